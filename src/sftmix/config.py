@@ -1,0 +1,193 @@
+"""Typed configuration: the single source of truth for YAML keys, defaults and their meaning.
+
+Every config file is YAML mapped onto these pydantic models. A validation error names the file,
+the field path, the value given and what was expected (``load_config``).
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from sftmix.errors import SftmixError
+
+
+def _to_fraction(v: Any) -> float:
+    """Accept 0.25, 1, "1/256" or "0.5"; return a float."""
+    if isinstance(v, bool):
+        raise ValueError("expected a number or a fraction like '1/256'")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(Fraction(v.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"expected a number or a fraction like '1/256', got {v!r}") from None
+    raise ValueError(f"expected a number or a fraction like '1/256', got {type(v).__name__}")
+
+
+Frac = Annotated[float, BeforeValidator(_to_fraction)]
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- data
+
+class CleanConfig(Strict):
+    """Cleaning rules (see ``sftmix.data.clean``)."""
+
+    max_tokens: int | None = Field(None, gt=0, description="split conversations longer than this (approximate tokens: chars/4)")
+    dedup: bool = Field(True, description="drop exact duplicates by content id")
+
+
+class SourceConfig(Strict):
+    """Where a source's rows come from, their format and ability, and how they are filtered.
+
+    Resolution order for a built-in source: ``path`` -> the data directory (``data_dir`` in the
+    config or ``$SFTMIX_DATA_DIR``) -> ``hub`` via ``datasets.load_dataset`` -> a pip package
+    that ships the data. A user source needs ``path`` or ``hub``, a ``format`` and an ``ability``.
+    """
+
+    builtin: str | None = Field(None, description="name of a built-in source; defaults to the source's key when that is a built-in name")
+    path: str | None = Field(None, description="a file (.json, .jsonl, .parquet, optionally .gz)")
+    hub: str | None = Field(None, description="a Hugging Face dataset id (or local dataset folder)")
+    hub_config: str | None = None
+    hub_split: str | None = None
+    format: Literal["alpaca", "sharegpt", "messages", "gsm8k", "gsm8k_rft"] | None = None
+    ability: str | None = Field(None, description="the ability this source trains, e.g. math, code, general")
+    split: Literal["train", "test"] = "train"
+    limit: int | None = Field(None, gt=0, description="use only the first N raw rows")
+    size: int | None = Field(None, gt=0, description="number of rows for generated sources")
+    skip_invalid: bool = Field(False, description="skip (and count) rows that do not fit the format instead of failing")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    tagger: Literal["rules", "llm", "none"] = "rules"
+    include_tags: list[str] = Field(default_factory=list, description="keep only rows with all these tags")
+    exclude_tags: list[str] = Field(default_factory=list, description="drop rows with any of these tags (paper 4.2: [code, math])")
+
+
+class PartConfig(Strict):
+    """One part of a mixture: a source (or an earlier mixture to replay) and an amount.
+
+    Give exactly one of ``fraction``, ``count`` or ``k``. See ``sftmix.data.compose`` for the
+    rounding rule and the meaning of the normalised ratio ``k``.
+    """
+
+    source: str | None = Field(None, description="a source name (key of `sources` or a built-in)")
+    replay: str | None = Field(None, description="name of an earlier mixture: draw this amount from each of its parts")
+    fraction: Frac | None = Field(None, description="fraction of the source pool, 0 < f <= 1")
+    count: int | None = Field(None, description="absolute number of rows")
+    k: Frac | None = Field(None, description="normalised ratio (paper 3.4); k = 1 keeps the natural size ratio")
+    relative_to: str | None = Field(None, description="with k: the part (source name) whose used fraction anchors the ratio")
+    allow_repeat: bool = Field(False, description="allow a count larger than the pool (rows repeat)")
+
+    @model_validator(mode="after")
+    def _check(self) -> PartConfig:
+        given = [n for n in ("fraction", "count", "k") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of fraction, count, k (got {', '.join(given) or 'none'})")
+        if (self.source is None) == (self.replay is None):
+            raise ValueError("give exactly one of source, replay")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.count is not None and self.count < 0:
+            raise ValueError(f"count must be >= 0, got {self.count}")
+        if self.k is not None and self.k < 0:
+            raise ValueError(f"k must be >= 0, got {self.k}")
+        if self.relative_to is not None and self.k is None:
+            raise ValueError("relative_to only applies with k")
+        return self
+
+
+class MixtureConfig(Strict):
+    """A named union of parts, shuffled with the seed."""
+
+    name: str = "mixture"
+    parts: list[PartConfig] = Field(..., min_length=1)
+    shuffle: bool = True
+
+
+class DataConfig(Strict):
+    """A compose file: sources and the mixtures built from them (in order)."""
+
+    seed: int = 0
+    data_dir: str | None = Field(None, description="folder with gsm8k/, code_alpaca/, sharegpt/ (else $SFTMIX_DATA_DIR)")
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    mixtures: list[MixtureConfig] = Field(..., min_length=1)
+    output_format: Literal["jsonl", "arrow"] = "jsonl"
+
+
+# ---------------------------------------------------------------- loading
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid config"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {loc}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise SftmixError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise SftmixError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SftmixError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(model: type[M], data: dict, where: str) -> M:
+    """Build ``model`` from ``data``; a failure names ``where``, each field, value and rule."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise SftmixError(format_validation_error(e, where)) from None
+
+
+def load_config(path: str | os.PathLike, model: type[M]) -> M:
+    return validate(model, read_yaml(path), str(path))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise SftmixError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(p)]
+            else:
+                node = node.setdefault(p, {})
+        last = parts[-1]
+        value = yaml.safe_load(raw)
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data

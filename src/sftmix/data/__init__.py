@@ -1,0 +1,1 @@
+"""The data layer: sources -> records -> pools -> mixtures (with manifests)."""

