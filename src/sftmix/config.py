@@ -125,6 +125,88 @@ class DataConfig(Strict):
     output_format: Literal["jsonl", "arrow"] = "jsonl"
 
 
+# ---------------------------------------------------------------- training
+
+class LoraConfig(Strict):
+    """LoRA through peft (the base weights stay frozen)."""
+
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class TrainSettings(Strict):
+    """Training settings of a stage. Defaults follow the paper (3 epochs, peak lr 2e-5, batch 16)
+    and FastChat's recipe (cosine schedule, weight decay 0); warmup 3% as DESIGN.md states."""
+
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
+    lr: float = Field(2e-5, gt=0, description="peak learning rate")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    batch_size: int = Field(16, gt=0, description="effective batch = per_device_batch_size x accumulation x processes")
+    per_device_batch_size: int = Field(4, gt=0)
+    max_length: int = Field(2048, gt=8, description="tokens per sample; longer samples keep their first max_length tokens")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast where the hardware has bf16 (CUDA, or CPUs with AMX/AVX512-BF16)")
+    gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None
+    packing: bool = Field(False, description="pack several samples per row (attention kept within each sample)")
+    group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
+    save_steps: int = Field(200, gt=0, description="checkpoint every N steps (for resume)")
+    keep_checkpoints: bool = Field(False, description="keep the resume checkpoints (with optimizer state) after the stage ends")
+    logging_steps: int = Field(10, gt=0)
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow (used when installed)")
+    seed: int | None = Field(None, description="training seed; defaults to the run seed")
+
+
+class StageConfig(Strict):
+    """One stage: a mixture and (partial) training settings over the run's defaults."""
+
+    name: str
+    mixture: MixtureConfig
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides of the run's `train` settings")
+
+
+STRATEGIES = ("individual", "multitask", "sequential", "mixed_sequential", "dmt")
+
+
+class StrategyConfig(Strict):
+    """One of the paper's strategies (Figure 1); expanded into stages by ``sftmix.train.strategies``."""
+
+    name: Literal["individual", "multitask", "sequential", "mixed_sequential", "dmt"]
+    sources: list[str] = Field(default_factory=list, description="individual: [one]; multitask: the union; sequential: the order")
+    specialised: list[str] = Field(default_factory=list, description="mixed_sequential / dmt stage 1 sources")
+    general: str | None = Field(None, description="mixed_sequential / dmt stage 2 source")
+    k: Frac = Field(0.0, ge=0, description="dmt: fraction of each stage-1 part replayed in stage 2")
+    fraction: Frac | dict[str, Frac] = Field(1.0, description="data amount: fraction of every source pool, or per source")
+
+
+class RunConfig(Strict):
+    """A training run: model, template, data, strategy (or explicit stages) and settings."""
+
+    name: str = "run"
+    model: str = Field("smollm2", description="smollm2 (embedded default), tiny, a hub id, a local folder or a .gguf file")
+    template: Literal["vicuna", "model"] = Field("vicuna", description="vicuna = FastChat's Vicuna v1.1; model = the tokenizer's chat template")
+    seed: int = 0
+    data_dir: str | None = None
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    strategy: StrategyConfig | None = None
+    stages: list[StageConfig] | None = None
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    output_dir: str | None = Field(None, description="defaults to runs/<name>")
+
+    @model_validator(mode="after")
+    def _one_plan(self) -> RunConfig:
+        if (self.strategy is None) == (self.stages is None):
+            raise ValueError("give exactly one of `strategy` or `stages`")
+        if self.stages is not None and not self.stages:
+            raise ValueError("`stages` is empty")
+        return self
+
+
 # ---------------------------------------------------------------- loading
 
 M = TypeVar("M", bound=BaseModel)

@@ -1,0 +1,1 @@
+"""Training: model loading, tokenising with cache, one stage on HF Trainer, strategies."""

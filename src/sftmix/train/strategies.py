@@ -1,0 +1,147 @@
+"""The paper's training strategies (Figure 1) as lists of stages, and running a strategy.
+
+A strategy is a value: a list of ``StageConfig`` (a mixture plus training overrides). Each
+stage starts from the previous stage's final checkpoint. DMT with k = 0 is mixed sequential.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftmix.config import MixtureConfig, PartConfig, RunConfig, StageConfig, StrategyConfig, TrainSettings
+from sftmix.data.compose import Composed, compose, read_composed, write_composed
+from sftmix.data.sources import BUILTINS, Pool, load_pool
+from sftmix.errors import SftmixError, unknown
+from sftmix.io import stable_hash
+
+
+def _part(source: str, fraction) -> PartConfig:
+    f = fraction.get(source, 1.0) if isinstance(fraction, dict) else fraction
+    return PartConfig(source=source, fraction=f)
+
+
+def individual(source: str, fraction=1.0) -> list[StageConfig]:
+    """One stage on one source."""
+    return [StageConfig(name=source, mixture=MixtureConfig(name=source, parts=[_part(source, fraction)]))]
+
+
+def multitask(sources: list[str], fraction=1.0) -> list[StageConfig]:
+    """One stage on the union of the sources."""
+    return [StageConfig(name="multitask", mixture=MixtureConfig(name="multitask", parts=[_part(s, fraction) for s in sources]))]
+
+
+def sequential(order: list[str], fraction=1.0) -> list[StageConfig]:
+    """One stage per source, in order (paper: code -> math -> general)."""
+    return [StageConfig(name=f"{i + 1}_{s}", mixture=MixtureConfig(name=f"{i + 1}_{s}", parts=[_part(s, fraction)]))
+            for i, s in enumerate(order)]
+
+
+def mixed_sequential(specialised: list[str], general: str, fraction=1.0) -> list[StageConfig]:
+    """(specialised union) -> general. Equal to ``dmt(..., k=0)``."""
+    return dmt(specialised, general, 0.0, fraction)
+
+
+def dmt(specialised: list[str], general: str, k: float, fraction=1.0) -> list[StageConfig]:
+    """Dual-stage Mixed Fine-tuning: (specialised union) -> general + k x each stage-1 part.
+
+    The replay is drawn from stage 1's manifest (a prefix of each part's sampling order), so the
+    replayed rows are rows the model saw in stage 1, as in the paper.
+    """
+    s1 = MixtureConfig(name="specialised", parts=[_part(s, fraction) for s in specialised])
+    parts = [_part(general, fraction)]
+    if k > 0:
+        parts.append(PartConfig(replay="specialised", k=k))
+    s2 = MixtureConfig(name="general", parts=parts)
+    return [StageConfig(name="1_specialised", mixture=s1), StageConfig(name="2_general", mixture=s2)]
+
+
+def stages_from_strategy(st: StrategyConfig) -> list[StageConfig]:
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise SftmixError(f"strategy {st.name}: {what}")
+
+    if st.name == "individual":
+        need(len(st.sources) == 1, "needs exactly one source in `sources`")
+        return individual(st.sources[0], st.fraction)
+    if st.name == "multitask":
+        need(len(st.sources) >= 1, "needs `sources`")
+        return multitask(st.sources, st.fraction)
+    if st.name == "sequential":
+        need(len(st.sources) >= 1, "needs `sources` (the order)")
+        return sequential(st.sources, st.fraction)
+    need(bool(st.specialised) and st.general is not None, "needs `specialised` and `general`")
+    if st.name == "mixed_sequential":
+        need(st.k == 0, "takes no k (use dmt)")
+        return mixed_sequential(st.specialised, st.general, st.fraction)
+    return dmt(st.specialised, st.general, st.k, st.fraction)
+
+
+def plan(cfg: RunConfig) -> list[StageConfig]:
+    """The stages of a run, with every source name checked."""
+    stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
+    valid = set(cfg.sources) | set(BUILTINS)
+    for st in stages:
+        for p in st.mixture.parts:
+            if p.source is not None and p.source not in valid:
+                raise unknown("source", p.source, valid)
+    return stages
+
+
+def stage_settings(cfg: RunConfig, stage: StageConfig) -> TrainSettings:
+    from sftmix.config import validate
+
+    merged = {**cfg.train.model_dump(), **stage.train}
+    return validate(TrainSettings, merged, f"stage {stage.name!r} train")
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir or Path("runs") / cfg.name)
+
+
+def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
+    """Run every stage of ``cfg`` in order; return the final checkpoint of the last stage.
+
+    Reads top to bottom: plan the stages; for each one, compose its mixture (replay parts draw
+    from earlier stages' manifests), train it from the previous checkpoint, record it.
+    Finished stages are skipped and an interrupted stage resumes, so rerunning is always safe.
+    """
+    from sftmix.train.models import resolve_model
+    from sftmix.train.stage import train_stage
+
+    stages = plan(cfg)
+    out = run_dir(cfg)
+    pools: dict[str, Pool] = {}
+    composed: dict[str, Composed] = {}
+    checkpoint = resolve_model(cfg.model)
+    parent = None
+    for i, stage in enumerate(stages):
+        stage_dir = out / f"stage{i + 1}_{stage.name}"
+        mixture = _compose_stage(cfg, stage, pools, composed, stage_dir)
+        settings = stage_settings(cfg, stage)
+        checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
+                                     seed=settings.seed if settings.seed is not None else cfg.seed,
+                                     parent=parent, run_config=cfg.model_dump(), progress=progress))
+        parent = {"stage": stage_dir.name, "checkpoint": checkpoint, "content_sha256": mixture.manifest["content_sha256"]}
+    return Path(checkpoint)
+
+
+def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, composed: dict, stage_dir: Path) -> Composed:
+    data_dir = stage_dir / "data"
+    if (data_dir / "manifest.json").exists():
+        mixture = read_composed(data_dir)
+    else:
+        for p in stage.mixture.parts:
+            if p.source is not None and p.source not in pools:
+                pools[p.source] = load_pool(p.source, cfg.sources.get(p.source), cfg.data_dir)
+        mixture = compose(stage.mixture, pools, cfg.seed, composed)
+        write_composed(mixture, data_dir)
+    composed[stage.mixture.name] = mixture
+    return mixture
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Stable id of a run's resolved config (the name and output folder excluded)."""
+    d = cfg.model_dump()
+    d.pop("name", None)
+    d.pop("output_dir", None)
+    return stable_hash(d, 12)
