@@ -58,20 +58,32 @@ def render_vicuna(messages: list[dict], eos: str, add_generation_prompt: bool = 
     return Rendered(text, spans)
 
 
-def render_model(messages: list[dict], tokenizer, add_generation_prompt: bool = False) -> Rendered:
-    """The tokenizer's chat template; assistant contents are located in order in the output."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise SftmixError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; use template: vicuna")
+def _apply(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as e:  # jinja errors: the template cannot render these roles
         raise SftmixError(f"the chat template of {tokenizer.name_or_path!r} cannot render this conversation: {e}") from None
+
+
+def render_model(messages: list[dict], tokenizer, add_generation_prompt: bool = False) -> Rendered:
+    """The tokenizer's chat template.
+
+    Assistant message i is located after the rendering of ``messages[:i]`` with a generation
+    prompt (when the template is prefix-consistent, as chat templates are), so that an answer
+    that also occurs inside a user turn is never matched there.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise SftmixError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; use template: vicuna")
+    text = _apply(tokenizer, messages, add_generation_prompt)
     spans = []
     pos = 0
     ends = tuple(s for s in (tokenizer.eos_token, *END_OF_TURN_STRINGS) if s)
-    for m in messages:
+    for idx, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
+        prefix = _apply(tokenizer, messages[:idx], True)
+        if text.startswith(prefix):
+            pos = max(pos, len(prefix))
         content = m["content"]
         i = text.find(content, pos)
         if i < 0 and content.strip():

@@ -17,7 +17,7 @@ Amounts (one per part):
 Sampling is nested: a pool's rows are ordered once by ``sha256(f"{seed}:{id}")`` and a part takes
 a prefix of that order. So at one seed the 1/256 subset is inside 1/64, inside 1/16, and so on,
 and the subset depends only on the seed and the rows' contents, never on file order or machine.
-A mixture is the union of its parts, shuffled with a generator seeded by (seed, mixture name).
+A mixture is the union of its parts, shuffled with a generator seeded by the seed.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def compose(
         raise SftmixError(f"{where}: the mixture is empty (every part has 0 rows)")
     if mixture.shuffle:
         rows = list(rows)
-        random.Random(f"{seed}:{mixture.name}").shuffle(rows)
+        # Seeded by the run seed alone: equal mixtures get equal orders (multitask on one source == individual).
+        random.Random(f"sftmix-shuffle-{seed}").shuffle(rows)
     content = hashlib.sha256(b"".join(_jsonl_lines(rows))).hexdigest()
     manifest = {
         "name": mixture.name,

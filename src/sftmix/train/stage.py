@@ -16,6 +16,7 @@ supervised tokens in the whole (accumulated, all-process) batch: FastChat/HF tok
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
         weight_decay=s.weight_decay,
         max_grad_norm=s.max_grad_norm,
         bf16=use_bf16(s.precision),
-        gradient_checkpointing=s.gradient_checkpointing,
+        activation_checkpointing=s.gradient_checkpointing,
         logging_steps=s.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -182,7 +183,9 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
         lora = settings.lora
         model = get_peft_model(model, PeftLora(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-    args = training_arguments(settings, out_dir, seed, state.num_processes, progress)
+    # WORLD_SIZE is set by torchrun / accelerate launch before any process group exists.
+    world = int(os.environ.get("WORLD_SIZE", state.num_processes))
+    args = training_arguments(settings, out_dir, seed, world, progress)
     if settings.gradient_checkpointing:
         model.config.use_cache = False
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),

@@ -1,0 +1,137 @@
+"""Training on the tiny model: strategies end to end, invariants, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import losses, max_weight_diff, tiny_run
+from sftmix.config import RunConfig, validate
+from sftmix.errors import SftmixError
+from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
+
+STRATEGIES = {
+    "individual": {"name": "individual", "sources": ["generated_math"]},
+    "multitask": {"name": "multitask", "sources": ["generated_math", "generated_code", "sharegpt"]},
+    "sequential": {"name": "sequential", "sources": ["generated_code", "generated_math", "sharegpt"]},
+    "mixed_sequential": {"name": "mixed_sequential", "specialised": ["generated_math", "generated_code"], "general": "sharegpt"},
+    "dmt": {"name": "dmt", "specialised": ["generated_math", "generated_code"], "general": "sharegpt", "k": "1/4"},
+}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
+    cfg = tiny_run(tmp_path, name, strategy={**STRATEGIES[name], "fraction": "1/2"})
+    final = run_strategy(cfg, progress=False)
+    meta = json.loads((final / "meta.json").read_text())
+    n_stages = len(plan(cfg))
+    assert meta["stage"].startswith(f"stage{n_stages}_")
+    ls = losses(final)
+    assert ls and all(x == x for x in ls)  # finite, logged every step
+    assert meta["manifest"]["total"] > 0 and meta["tokenize"]["rows"] > 0
+    assert meta["git_revision"] is None or len(meta["git_revision"]) >= 40
+    if n_stages > 1:
+        assert meta["parent"]["stage"].startswith(f"stage{n_stages - 1}_")
+    if name == "dmt":
+        replay = [p for p in meta["manifest"]["parts"] if p.get("replay_of")]
+        s1 = json.loads((tmp_path / name / "stage1_1_specialised" / "data" / "manifest.json").read_text())
+        assert [p["count"] for p in replay] == [round(p["count"] / 4) for p in s1["parts"]]
+        s1_ids = {p["source"]: p["ids"] for p in s1["parts"]}
+        assert all(set(p["ids"]) <= set(s1_ids[p["source"]]) for p in replay)
+
+
+def test_dmt_with_k0_equals_mixed_sequential(tmp_path):
+    assert dmt(["a", "b"], "g", 0.0) == mixed_sequential(["a", "b"], "g")
+    spec = {"specialised": ["generated_math", "generated_code"], "general": "sharegpt", "fraction": "1/2"}
+    a = run_strategy(tiny_run(tmp_path, "dmt0", strategy={"name": "dmt", "k": 0, **spec}), progress=False)
+    b = run_strategy(tiny_run(tmp_path, "mixseq", strategy={"name": "mixed_sequential", **spec}), progress=False)
+    assert max_weight_diff(a, b) == 0.0
+
+
+def test_multitask_on_one_source_equals_individual(tmp_path):
+    a = run_strategy(tiny_run(tmp_path, "mt", strategy={"name": "multitask", "sources": ["generated_math"]}), progress=False)
+    b = run_strategy(tiny_run(tmp_path, "ind", strategy={"name": "individual", "sources": ["generated_math"]}), progress=False)
+    assert max_weight_diff(a, b) == 0.0
+
+
+def test_batch_8x1_equals_4x2(tmp_path):
+    st = {"name": "individual", "sources": ["generated_math"]}
+    a = run_strategy(tiny_run(tmp_path, "b8", strategy=st, train={"per_device_batch_size": 8}), progress=False)
+    b = run_strategy(tiny_run(tmp_path, "b4", strategy=st, train={"per_device_batch_size": 4}), progress=False)
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) > 3
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
+    assert max_weight_diff(a, b) < 1e-4
+
+
+def test_bf16_and_lora_and_packing_options_train(tmp_path):
+    st = {"name": "individual", "sources": ["generated_code"]}
+    cfg = tiny_run(tmp_path, "opts", strategy=st, train={"precision": "auto", "packing": True, "lora": {"r": 4, "alpha": 8},
+                                                          "gradient_checkpointing": True})
+    final = run_strategy(cfg, progress=False)
+    meta = json.loads((final / "meta.json").read_text())
+    assert meta["tokenize"]["packed_rows"] < meta["tokenize"]["rows"]
+    assert max_weight_diff(final, cfg_base_model()) > 0  # LoRA was merged into the saved weights
+
+
+def cfg_base_model():
+    from sftmix.train.models import resolve_model
+
+    return resolve_model("tiny")
+
+
+def test_tokenisation_is_cached(tmp_path):
+    st = {"name": "individual", "sources": ["generated_math"]}
+    a = run_strategy(tiny_run(tmp_path, "c1", strategy=st), progress=False)
+    b = run_strategy(tiny_run(tmp_path, "c2", strategy=st), progress=False)
+    ma = json.loads((a / "meta.json").read_text())["tokenize"]
+    mb = json.loads((b / "meta.json").read_text())["tokenize"]
+    assert mb["cache"] == "hit" and ma["key"] == mb["key"]
+
+
+def test_packing_keeps_samples_apart():
+    from sftmix.train.tokenize import pack
+
+    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}]
+    (p,) = pack(rows, 8)
+    assert p["position_ids"] == [0, 1, 2, 0, 1]
+    assert p["labels"] == [-100, 2, 3, -100, 5]
+
+
+@pytest.mark.parametrize("patch,msg", [
+    ({"model": "/nonexistent/model"}, "does not exist"),
+    ({"strategy": {"name": "dmt", "specialised": ["generated_math"]}}, "needs `specialised` and `general`"),
+    ({"strategy": {"name": "individual", "sources": ["gsm9k"]}}, "did you mean 'gsm8k'"),
+    ({"train": {"batch_size": 10, "per_device_batch_size": 4}}, "not a multiple"),
+    ({"strategy": None, "stages": []}, "`stages` is empty"),
+])
+def test_bad_configs_are_clear_errors(patch, msg, tmp_path):
+    base = {"name": "x", "model": "tiny", "strategy": {"name": "individual", "sources": ["generated_math"]},
+            "output_dir": str(tmp_path / "x"), "train": {"report_to": []}}
+    for k, v in patch.items():
+        if v is None:
+            base.pop(k)
+        elif isinstance(v, dict) and k == "train":
+            base["train"] = {**base["train"], **v}
+        else:
+            base[k] = v
+    with pytest.raises(SftmixError, match=msg):
+        run_strategy(validate(RunConfig, base, "x.yaml"), progress=False)
+
+
+def test_template_the_tokenizer_cannot_render(tmp_path):
+    from sftmix.templates import render_model
+    from sftmix.train.models import load_tokenizer
+
+    tok = load_tokenizer(cfg_base_model())
+    tok.chat_template = None
+    with pytest.raises(SftmixError, match="no chat template"):
+        render_model([{"role": "user", "content": "x"}], tok)
+
+
+def test_cli_train_reports_bad_config_without_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: tiny\nstrategy: {name: dmtt}\n")
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 2 and "strategy.name" in r.stderr and "Traceback" not in r.stderr
