@@ -22,6 +22,47 @@ def cmd_train(args) -> None:
     print(f"final checkpoint: {final}")
 
 
+def cmd_eval(args) -> None:
+    from sftmix.config import EvalConfig, validate
+    from sftmix.eval.runner import evaluate
+    from sftmix.train.models import resolve_model
+
+    fields = {"tasks": [t.strip() for t in args.tasks.split(",") if t.strip()], "limit": args.limit,
+              "data_dir": args.data_dir, "backend": args.backend, "batch_size": args.batch_size,
+              "mtbench_repeats": args.repeats, "humaneval_wrapper": args.humaneval_wrapper,
+              "judge": {k: v for k, v in {"base_url": args.judge_base_url, "model": args.judge_model}.items() if v}}
+    if args.loss_sources:
+        fields["loss_sources"] = args.loss_sources.split(",")
+    if args.loss_samples:
+        fields["loss_samples"] = args.loss_samples
+    cfg = validate(EvalConfig, {k: v for k, v in fields.items() if v is not None}, "sftmix eval arguments")
+    model = resolve_model(args.model)
+    doc = evaluate(model, cfg, args.out, template=args.template, progress=not args.quiet)
+    print(json.dumps({t: _headline(t, m) for t, m in doc["tasks"].items()}, indent=1))
+    print(f"results: {args.out}/results.json")
+
+
+def _headline(task: str, m: dict):
+    if task == "gsm8k":
+        return {k: m[k] for k in ("accuracy", "flexible_accuracy", "invalid_rate", "n")}
+    if task == "humaneval":
+        return {k: m[k] for k in m if k.startswith("pass@") or k in ("n_problems", "isolated")}
+    if task == "mtbench":
+        return {k: m[k] for k in ("score", "score_sd", "turn1", "turn2", "failed_judgments", "repeats")}
+    return {src: round(v["loss"], 4) for src, v in m.items() if isinstance(v, dict)}
+
+
+def cmd_run(args) -> None:
+    from sftmix.eval.runner import evaluate
+    from sftmix.train.strategies import run_dir, run_strategy, training_ids
+
+    cfg = _load_run(args)
+    final = run_strategy(cfg, progress=not args.quiet)
+    doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
+                   training_ids(cfg), progress=not args.quiet)
+    print(json.dumps({t: _headline(t, m) for t, m in doc["tasks"].items()}, indent=1))
+
+
 def add_commands(sub) -> None:
     """Register the training, evaluation and study subcommands."""
     tr = sub.add_parser("train", help="train a run config (all its stages; resumes when restarted)")
@@ -30,6 +71,30 @@ def add_commands(sub) -> None:
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train, override=None)
     tr.set_defaults(func=lambda a: cmd_train(_merge_overrides(a)))
+
+    ev = sub.add_parser("eval", help="evaluate a model: gsm8k, humaneval, mtbench, loss")
+    ev.add_argument("model", help="smollm2, tiny, a checkpoint folder, a hub id or a .gguf file")
+    ev.add_argument("--tasks", default="loss", help="comma-separated: gsm8k,humaneval,mtbench,loss")
+    ev.add_argument("--limit", type=int, help="first N problems of each generation benchmark")
+    ev.add_argument("--out", "-o", default="eval_out")
+    ev.add_argument("--template", default="vicuna", choices=["vicuna", "model"])
+    ev.add_argument("--data-dir", help="folder with gsm8k/ and mt_bench/ (else $SFTMIX_DATA_DIR)")
+    ev.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--repeats", type=int, default=1, help="MT-Bench full repeats (the paper: 3)")
+    ev.add_argument("--humaneval-wrapper", default="complete", choices=["complete", "raw"])
+    ev.add_argument("--judge-base-url", help="OpenAI-compatible endpoint of the MT-Bench judge")
+    ev.add_argument("--judge-model", help="judge model name (default gpt-4-0613)")
+    ev.add_argument("--loss-sources", help="comma-separated sources for held-out loss")
+    ev.add_argument("--loss-samples", type=int)
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    rn = sub.add_parser("run", help="train a run config, then evaluate its final checkpoint")
+    rn.add_argument("config")
+    rn.add_argument("overrides", nargs="*", default=[])
+    rn.add_argument("--quiet", action="store_true")
+    rn.set_defaults(func=lambda a: cmd_run(_merge_overrides(a)))
 
 
 def _merge_overrides(args):

@@ -184,6 +184,36 @@ class StrategyConfig(Strict):
     fraction: Frac | dict[str, Frac] = Field(1.0, description="data amount: fraction of every source pool, or per source")
 
 
+class JudgeConfig(Strict):
+    """The MT-Bench judge: any OpenAI-compatible chat endpoint."""
+
+    base_url: str | None = Field(None, description="endpoint, e.g. http://localhost:8000/v1 (else $OPENAI_BASE_URL, else OpenAI)")
+    model: str = Field("gpt-4-0613", description="judge model name; record the exact snapshot")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    parallel: int = Field(4, gt=0)
+    max_retries: int = Field(6, ge=0)
+
+
+class EvalConfig(Strict):
+    """Which abilities to measure and how (see evaluation-protocol.md for each benchmark)."""
+
+    tasks: list[Literal["gsm8k", "humaneval", "mtbench", "loss"]] = Field(default_factory=lambda: ["loss"])
+    limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
+    data_dir: str | None = Field(None, description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    batch_size: int = Field(8, gt=0)
+    gsm8k_max_new_tokens: int = 512
+    humaneval_max_new_tokens: int = 512
+    humaneval_wrapper: Literal["complete", "raw"] = "complete"
+    humaneval_workers: int = Field(4, gt=0)
+    mtbench_max_new_tokens: int = 1024
+    mtbench_repeats: int = Field(1, gt=0, description="full repeats of generation and judging (the paper: 3)")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"])
+    loss_samples: int = Field(64, gt=0)
+    loss_max_length: int = Field(512, gt=8)
+
+
 class RunConfig(Strict):
     """A training run: model, template, data, strategy (or explicit stages) and settings."""
 
@@ -196,6 +226,7 @@ class RunConfig(Strict):
     strategy: StrategyConfig | None = None
     stages: list[StageConfig] | None = None
     train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str | None = Field(None, description="defaults to runs/<name>")
 
     @model_validator(mode="after")

@@ -55,7 +55,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained and Trainer: copy into a fresh model instead.
-    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)  # the dequantised copy is a plain model (trainable, saveable)
+    fresh = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config_dict))
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(tmp)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

