@@ -63,6 +63,39 @@ def cmd_run(args) -> None:
     print(json.dumps({t: _headline(t, m) for t, m in doc["tasks"].items()}, indent=1))
 
 
+def cmd_study(args) -> None:
+    from sftmix.analysis.report import write_report
+    from sftmix.cli import _table
+    from sftmix.study.runner import load_study, run_study, status_rows, study_dir
+    from sftmix.study.store import Store
+
+    study, runs = load_study(args.file, args.profile)
+    out = study_dir(study, args.profile)
+    if args.study_command == "run":
+        store = run_study(study, runs, args.profile, progress=not args.quiet)
+        print(f"report: {write_report(store, out / 'report', study.name, study.model_dump())}")
+    elif args.study_command == "status":
+        db = out / "results.sqlite"
+        rows = status_rows(Store(db) if db.exists() else None, runs)
+        _table(f"study {study.name}{' (' + args.profile + ')' if args.profile else ''}: {len(runs)} runs",
+               ["id", "run", "status", "error"], rows)
+        counts = {s: sum(r[2] == s for r in rows) for s in ("done", "running", "failed", "pending")}
+        print(counts)
+    else:
+        db = out / "results.sqlite"
+        if not db.exists():
+            from sftmix.errors import SftmixError
+
+            raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}` first)")
+        print(f"report: {write_report(Store(db), out / 'report', study.name, study.model_dump())}")
+
+
+def cmd_demo(args) -> None:
+    from sftmix.demo import run_demo
+
+    print(f"report: {run_demo(args.model, args.data_dir, args.out, args.quick, progress=not args.quiet)}")
+
+
 def add_commands(sub) -> None:
     """Register the training, evaluation and study subcommands."""
     tr = sub.add_parser("train", help="train a run config (all its stages; resumes when restarted)")
@@ -95,6 +128,25 @@ def add_commands(sub) -> None:
     rn.add_argument("overrides", nargs="*", default=[])
     rn.add_argument("--quiet", action="store_true")
     rn.set_defaults(func=lambda a: cmd_run(_merge_overrides(a)))
+
+    st = sub.add_parser("study", help="run, inspect or report a study (a grid of runs)").add_subparsers(dest="study_command", required=True)
+    for name, help_ in (("run", "run every run of the study (skips done runs, resumes half-done ones)"),
+                        ("status", "list the study's runs: done / running / failed / pending"),
+                        ("report", "write the study's report (tables, figures, HTML)")):
+        p = st.add_parser(name, help=help_)
+        p.add_argument("file")
+        p.add_argument("--profile", help="a profile of the study file, e.g. small")
+        p.add_argument("--small", dest="profile", action="store_const", const="small", help="same as --profile small")
+        p.add_argument("--quiet", action="store_true")
+        p.set_defaults(func=cmd_study)
+
+    dm = sub.add_parser("demo", help="a small complete study of the paper's strategies on the embedded model, with a report")
+    dm.add_argument("--model", default="smollm2")
+    dm.add_argument("--data-dir", help="folder with gsm8k/ and code_alpaca/ (else generated math and code)")
+    dm.add_argument("--out", default="demo_out")
+    dm.add_argument("--quick", action="store_true", help="fewer examples, held-out loss only")
+    dm.add_argument("--quiet", action="store_true")
+    dm.set_defaults(func=cmd_demo)
 
 
 def _merge_overrides(args):

@@ -1,0 +1,106 @@
+"""Study files and their expansion into runs.
+
+A study file::
+
+    name: rq1_scaling
+    base: {...}                     # a run config (model, sources, strategy, train, eval)
+    grid:                           # product axes: dotted run-config paths -> values
+      strategy.sources: [[gsm8k], [code_alpaca], [sharegpt]]
+      strategy.fraction: [1, 1/4, 1/16, 1/64, 1/256]
+    zip: {}                         # zipped axes (same length), combined with the product
+    profiles:
+      small: {...}                  # deep-merged over base with --profile small (or --small);
+                                    # its own `grid:` replaces axes of the same name
+
+Each run's config is the base deep-merged with one point of the grid; its id is a hash of the
+resolved config, so editing the study never confuses results of different configs.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
+
+from sftmix.config import RunConfig, Strict, validate
+from sftmix.errors import SftmixError
+from sftmix.train.strategies import run_id
+
+
+class StudyConfig(Strict):
+    name: str
+    description: str = ""
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: dict[str, list[Any]] = Field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    output_dir: str | None = None
+
+
+@dataclass
+class PlannedRun:
+    id: str
+    label: str
+    point: dict[str, Any]
+    config: RunConfig
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_path(d: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = copy.deepcopy(value)
+
+
+def _label(point: dict) -> str:
+    def short(v):
+        if isinstance(v, dict):
+            return v.get("name") or ",".join(f"{k}={short(x)}" for k, x in v.items())
+        if isinstance(v, list):
+            return "+".join(map(short, v))
+        return str(v)
+    return " ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in point.items()) or "base"
+
+
+def expand(study: StudyConfig, profile: str | None = None, where: str = "study") -> list[PlannedRun]:
+    """All runs of a study (validated), in grid order."""
+    base, grid = study.base, dict(study.grid)
+    if profile:
+        if profile not in study.profiles:
+            raise SftmixError(f"{where}: unknown profile {profile!r}; valid: {', '.join(study.profiles) or 'none'}")
+        prof = dict(study.profiles[profile])
+        grid.update(prof.pop("grid", {}))  # a profile may replace grid axes (e.g. one small model)
+        base = deep_merge(base, prof)
+    zlens = {len(v) for v in study.zip.values()}
+    if len(zlens) > 1:
+        raise SftmixError(f"{where}: zip axes must have equal lengths, got {sorted(zlens)}")
+    zipped = [dict(zip(study.zip, vals)) for vals in zip(*study.zip.values())] if study.zip else [{}]
+    product = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    runs, seen = [], set()
+    for p in product:
+        for z in zipped:
+            point = {**p, **z}
+            data = copy.deepcopy(base)
+            for k, v in point.items():
+                set_path(data, k, v)
+            data.setdefault("name", study.name)
+            cfg = validate(RunConfig, data, f"{where} run {_label(point)!r}")
+            rid = run_id(cfg)
+            if rid in seen:
+                continue
+            seen.add(rid)
+            runs.append(PlannedRun(rid, _label(point), point, cfg))
+    return runs

@@ -1,0 +1,91 @@
+"""Running a study: runs in order; a done run is skipped, a half-finished one resumes, a failed
+one is recorded with its error and the study goes on."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+from sftmix.config import load_config
+from sftmix.errors import SftmixError
+from sftmix.study.grid import PlannedRun, StudyConfig, expand
+from sftmix.study.store import Store
+
+
+def study_dir(study: StudyConfig, profile: str | None) -> Path:
+    base = Path(study.output_dir or Path("studies") / study.name)
+    return base / profile if profile else base
+
+
+def load_study(path: str, profile: str | None = None) -> tuple[StudyConfig, list[PlannedRun]]:
+    study = load_config(path, StudyConfig)
+    return study, expand(study, profile, where=str(path))
+
+
+def flatten_metrics(tasks: dict) -> list[tuple[str, str, float]]:
+    out = []
+    for task, m in tasks.items():
+        if task == "loss":
+            out += [("loss", src, float(v["loss"])) for src, v in m.items() if isinstance(v, dict)]
+            continue
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("wall_s",):
+                out.append((task, k, float(v)))
+    return out
+
+
+def _train_tokens_and_params(run_out: Path) -> tuple[float, float]:
+    tokens, params = 0.0, 0.0
+    for meta in sorted(run_out.glob("stage*/final/meta.json")):
+        m = json.loads(meta.read_text())
+        tokens += float(m.get("real_tokens", 0))
+        if not params:
+            from safetensors import safe_open
+
+            with safe_open(str(meta.parent / "model.safetensors"), "pt") as f:
+                params = float(sum(f.get_slice(k).get_shape().numel() if hasattr(f.get_slice(k).get_shape(), "numel")
+                                   else _prod(f.get_slice(k).get_shape()) for k in f.keys()))
+    return tokens, params
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = None, progress: bool = True) -> Store:
+    from sftmix.eval.runner import evaluate
+    from sftmix.train.strategies import run_strategy, training_ids
+
+    out = study_dir(study, profile)
+    store = Store(out / "results.sqlite")
+    for i, run in enumerate(runs):
+        if store.status(run.id) == "done":
+            continue
+        print(f"[{i + 1}/{len(runs)}] {run.label} ({run.id})", flush=True)
+        cfg = run.config.model_copy(update={"output_dir": str(out / "runs" / run.id)})
+        store.start(run.id, run.label, run.point, cfg.model_dump())
+        try:
+            final = run_strategy(cfg, progress=progress)
+            eval_dir = Path(cfg.output_dir) / "eval"
+            doc = evaluate(str(final), cfg.eval, eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
+                           training_ids(cfg), progress=progress)
+            tokens, params = _train_tokens_and_params(Path(cfg.output_dir))
+            store.finish(run.id, str(final), str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params)
+        except (SftmixError, RuntimeError, ValueError, OSError) as e:
+            store.fail(run.id, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}")
+            print(f"  failed: {type(e).__name__}: {e}", flush=True)
+    return store
+
+
+def status_rows(store: Store | None, runs: list[PlannedRun]) -> list[list[str]]:
+    by_id = {r["id"]: r for r in store.runs()} if store else {}
+    rows = []
+    for r in runs:
+        row = by_id.get(r.id)
+        state = row["status"] if row else "pending"
+        rows.append([r.id, r.label, state, (row or {}).get("error", "") and row["error"].splitlines()[0][:80]])
+    return rows

@@ -1,0 +1,62 @@
+"""The results store: one SQLite database per study directory.
+
+Tables: ``runs`` (one row per run: id, label, config, status, error, paths, timings) and
+``metrics`` (run id, task, metric, value). Every write is one transaction, so a kill at any time
+leaves the database consistent (SQLite's journal rolls back a half-done write).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+  id TEXT PRIMARY KEY, label TEXT, point TEXT, config TEXT, status TEXT, error TEXT,
+  checkpoint TEXT, eval_dir TEXT, started REAL, finished REAL, train_tokens REAL, params REAL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+  run_id TEXT, task TEXT, metric TEXT, value REAL, PRIMARY KEY (run_id, task, metric)
+);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        with self.conn:
+            self.conn.executescript(SCHEMA)
+
+    def status(self, run_id: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row["status"] if row else None
+
+    def start(self, run_id: str, label: str, point: dict, config: dict) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs (id, label, point, config, status, started) VALUES (?, ?, ?, ?, 'running', ?) "
+                "ON CONFLICT(id) DO UPDATE SET status = 'running', error = NULL, started = excluded.started",
+                (run_id, label, json.dumps(point), json.dumps(config), time.time()))
+
+    def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[tuple[str, str, float]],
+               train_tokens: float, params: float) -> None:
+        with self.conn:  # metrics and the 'done' status land together or not at all
+            self.conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", [(run_id, t, m, v) for t, m, v in metrics])
+            self.conn.execute("UPDATE runs SET status = 'done', checkpoint = ?, eval_dir = ?, finished = ?, train_tokens = ?, "
+                              "params = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, run_id))
+
+    def fail(self, run_id: str, error: str) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?", (error, time.time(), run_id))
+
+    def runs(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM runs")]
+
+    def metrics(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM metrics")]
