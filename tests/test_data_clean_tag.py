@@ -99,3 +99,29 @@ def test_instag_reply_parsing():
     assert tags == ["python coding", "math problem"]
     assert abilities_from_open_tags(tags) == ["code", "math"]
     assert abilities_from_open_tags(["travel advice"]) == []
+
+
+def test_llm_tagger_against_loopback_openai_server():
+    from openai_server import OpenAIServer
+
+    from sftmix.data.tag import LLMTagger, apply_tags
+
+    def reply(body):
+        q = body["messages"][0]["content"]
+        if "python" in q.lower():
+            return '[{"tag": "python coding", "explanation": "asks for code"}]'
+        if "integral" in q:
+            return '[{"tag": "calculus math", "explanation": "."}]'
+        return '[{"tag": "travel planning", "explanation": "."}]'
+
+    srv = OpenAIServer(reply=reply)
+    try:
+        convs = [conv("Write python to sort a list", "sorted(x)"), conv("What is the integral of x?", "x^2/2"),
+                 conv("Plan a trip to Rome", "Day 1 ...")]
+        tagger = LLMTagger(srv.url, "instag-local", workers=2)
+        apply_tags(convs, tagger)
+        assert [c.tags for c in convs] == [["code"], ["math"], []]
+        assert tagger.raw_tags[convs[2].id] == ["travel planning"]
+        assert all(r["model"] == "instag-local" and r["temperature"] == 0 for r in srv.requests)
+    finally:
+        srv.close()

@@ -121,3 +121,10 @@ def test_unresolvable_source_lists_every_place_tried(monkeypatch):
 def test_unknown_source_suggests_closest():
     with pytest.raises(SftmixError, match=r"unknown source 'gsm8' \(did you mean 'gsm8k'"):
         load_pool("gsm8")
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(SftmixError, match=r"path .*nope.jsonl does not exist"):
+        load_pool("mine", SourceConfig(path=str(tmp_path / "nope.jsonl"), format="gsm8k", ability="math"))
+    with pytest.raises(SftmixError, match="`ability` is required"):
+        load_pool("mine", SourceConfig(path=str(tmp_path / "nope.jsonl"), format="gsm8k"))

@@ -1,8 +1,5 @@
 """Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -10,6 +7,8 @@ import pytest
 from sftmix.eval import gsm8k, humaneval, mtbench
 from sftmix.eval.sandbox import Limits, namespaces_available, run_program
 from sftmix.errors import SftmixError
+
+from openai_server import OpenAIServer as JudgeServer
 
 
 @pytest.mark.parametrize("text,rft,flex", [
@@ -116,51 +115,28 @@ def test_attacks_are_contained_and_fail(name, monkeypatch, problems):
     assert run_program(humaneval.build_program(p, p["canonical_solution"])).passed
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="namespaces are asserted only where the tests run as root (dev and CI machines)")
 def test_sandbox_isolation_is_available_here():
-    # On this machine (root, Linux) namespaces work; elsewhere the fallback warns instead.
+    # As root on Linux the namespaces must work; elsewhere the fallback warns instead.
     assert namespaces_available()
 
 
+def test_fallback_without_namespaces_warns_and_still_scores():
+    import warnings
+
+    from sftmix.eval import sandbox
+
+    sandbox._warned = False
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ok = run_program("assert 1 + 1 == 2", isolated=False)
+        sandbox._warn_once()
+    assert ok.passed and any("namespaces" in str(x.message) for x in w)
+    assert not run_program("import sys\nsys.exit(0)", isolated=False).passed
+
+
 # ---------------------------------------------------------------- MT-Bench
-
-class JudgeServer:
-    """A loopback server speaking the OpenAI chat API; ``flaky`` fails every other request with 500."""
-
-    def __init__(self, flaky=False, reply="Good answer. Rating: [[7]]"):
-        self.calls = 0
-        self.requests = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.calls += 1
-                outer.requests.append(body)
-                if flaky and outer.calls % 2 == 1:
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b'{"error": {"message": "boom"}}')
-                    return
-                text = reply(body) if callable(reply) else reply
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
 
 def test_rating_parse():
     assert mtbench.parse_rating("Rating: [[8]]") == 8

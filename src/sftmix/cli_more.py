@@ -31,6 +31,9 @@ def cmd_eval(args) -> None:
               "data_dir": args.data_dir, "backend": args.backend, "batch_size": args.batch_size,
               "mtbench_repeats": args.repeats, "humaneval_wrapper": args.humaneval_wrapper,
               "judge": {k: v for k, v in {"base_url": args.judge_base_url, "model": args.judge_model}.items() if v}}
+    if args.max_new_tokens:
+        for k in ("gsm8k_max_new_tokens", "humaneval_max_new_tokens", "mtbench_max_new_tokens"):
+            fields[k] = args.max_new_tokens
     if args.loss_sources:
         fields["loss_sources"] = args.loss_sources.split(",")
     if args.loss_samples:
@@ -96,6 +99,15 @@ def cmd_demo(args) -> None:
     print(f"report: {run_demo(args.model, args.data_dir, args.out, args.quick, progress=not args.quiet)}")
 
 
+def cmd_tsne(args) -> None:
+    from sftmix.analysis.tsne import tsne
+    from sftmix.train.models import resolve_model
+
+    models = {"base": resolve_model(args.base), "tuned": resolve_model(args.tuned)}
+    png = tsne(models, args.sources.split(","), args.out, args.n, args.layer, args.template, args.seed, args.data_dir)
+    print(f"t-SNE: {png}")
+
+
 def add_commands(sub) -> None:
     """Register the training, evaluation and study subcommands."""
     tr = sub.add_parser("train", help="train a run config (all its stages; resumes when restarted)")
@@ -118,6 +130,7 @@ def add_commands(sub) -> None:
     ev.add_argument("--humaneval-wrapper", default="complete", choices=["complete", "raw"])
     ev.add_argument("--judge-base-url", help="OpenAI-compatible endpoint of the MT-Bench judge")
     ev.add_argument("--judge-model", help="judge model name (default gpt-4-0613)")
+    ev.add_argument("--max-new-tokens", type=int, help="override every task's generation budget (defaults 512/512/1024)")
     ev.add_argument("--loss-sources", help="comma-separated sources for held-out loss")
     ev.add_argument("--loss-samples", type=int)
     ev.add_argument("--quiet", action="store_true")
@@ -139,6 +152,18 @@ def add_commands(sub) -> None:
         p.add_argument("--small", dest="profile", action="store_const", const="small", help="same as --profile small")
         p.add_argument("--quiet", action="store_true")
         p.set_defaults(func=cmd_study)
+
+    ts = sub.add_parser("tsne", help="t-SNE of a layer's mean hidden states, base vs tuned model (paper Fig. 5a/b)")
+    ts.add_argument("base")
+    ts.add_argument("tuned")
+    ts.add_argument("--sources", default="gsm8k,code_alpaca,sharegpt")
+    ts.add_argument("--n", type=int, default=100, help="queries per source")
+    ts.add_argument("--layer", type=int, default=15)
+    ts.add_argument("--template", default="vicuna", choices=["vicuna", "model"])
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--data-dir")
+    ts.add_argument("--out", default="tsne_out")
+    ts.set_defaults(func=cmd_tsne)
 
     dm = sub.add_parser("demo", help="a small complete study of the paper's strategies on the embedded model, with a report")
     dm.add_argument("--model", default="smollm2")

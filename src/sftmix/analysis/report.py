@@ -25,24 +25,35 @@ def table(store: Store) -> tuple[list[str], list[list]]:
                   key=lambda c: (c[0] != "gsm8k", c[0] != "humaneval", c[0] != "mtbench", c))
     keep = [c for c in cols if c[1] in ("accuracy", "pass@1", "score") or c[0] == "loss"]
     vals = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
-    header = ["run"] + [f"{t}/{m}" for t, m in keep] + ["train PFLOPs"]
+    header = ["run"] + [f"{t}/{m}" for t, m in keep] + ["train PFLOPs", "eval PFLOPs"]
     rows = []
     for rid, r in runs.items():
-        flops = 6 * (r["params"] or 0) * (r["train_tokens"] or 0) / 1e15
-        rows.append([r["label"]] + [vals.get((rid, t, m)) for t, m in keep] + [round(flops, 6)])
+        train, ev = flops(r, vals, rid)
+        rows.append([r["label"]] + [vals.get((rid, t, m)) for t, m in keep] + [round(train / 1e15, 6), round(ev / 1e15, 6)])
     return header, rows
 
 
+def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
+    """Training FLOPs 6·N·D over the real tokens trained on (all stages and epochs); evaluation
+    FLOPs 2·N per prompt or generated token of the generation tasks (held-out loss excluded)."""
+    n = run["params"] or 0
+    eval_tokens = sum(v for (r, _t, m), v in vals.items() if r == rid and m == "tokens_processed")
+    return 6 * n * (run["train_tokens"] or 0), 2 * n * eval_tokens
+
+
 def _marks(header: list[str], rows: list[list]) -> dict[tuple[int, int], str]:
+    """Best and second-best per metric column (ties share the mark; a constant column gets none)."""
     marks = {}
-    for j, name in enumerate(header[1:-1], 1):
-        col = [(r[j], i) for i, r in enumerate(rows) if r[j] is not None]
+    for j, name in enumerate(header[1:-2], 1):
         lower = name.startswith(LOWER_IS_BETTER)
-        col.sort(key=lambda x: x[0] if lower else -x[0])
-        if col:
-            marks[(col[0][1], j)] = "best"
-        if len(col) > 1:
-            marks[(col[1][1], j)] = "second"
+        distinct = sorted({r[j] for r in rows if r[j] is not None}, reverse=not lower)
+        if len(distinct) < 2:
+            continue
+        for i, r in enumerate(rows):
+            if r[j] == distinct[0]:
+                marks[(i, j)] = "best"
+            elif r[j] == distinct[1]:
+                marks[(i, j)] = "second"
     return marks
 
 
@@ -78,6 +89,13 @@ def latex(header, rows) -> str:
     return "\n".join(out) + "\n"
 
 
+def _short(v) -> str:
+    if isinstance(v, dict) and "name" in v:
+        extra = v.get("sources") or ([f"k={v['k']}"] if "k" in v else [])
+        return v["name"] + (f"({'+'.join(map(str, extra))})" if extra else "")
+    return str(v)
+
+
 def figures(store: Store) -> dict[str, bytes]:
     """One PNG per (numeric axis, metric): metric against the axis (log2), a line per other setting."""
     import matplotlib
@@ -108,7 +126,10 @@ def figures(store: Store) -> dict[str, bytes]:
                 p = points[r["id"]]
                 if axis not in p or metric not in vals.get(r["id"], {}):
                     continue
-                other = " ".join(f"{k.split('.')[-1]}={v}" for k, v in p.items() if k != axis) or "runs"
+                # Lines: one per setting of the other axes; amount dicts (no "name") vary with the
+                # plotted axis in zipped studies and would give a line per point.
+                other = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in p.items()
+                                 if k != axis and not (isinstance(v, dict) and "name" not in v)) or "runs"
                 series.setdefault(other, []).append((num(p[axis]), vals[r["id"]][metric]))
             if not series:
                 continue
@@ -130,7 +151,8 @@ def figures(store: Store) -> dict[str, bytes]:
     return out
 
 
-def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict | None = None, notes: list[str] | None = None) -> Path:
+def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict | None = None, notes: list[str] | None = None,
+                 extra_figures: dict[str, bytes] | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(store)
@@ -143,15 +165,17 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-    figs = figures(store)
+    figs = {**figures(store), **(extra_figures or {})}
     for name, data in figs.items():
         with atomic_write(out / name, "wb") as f:
             f.write(data)
     runs = store.runs()
     status = {s: sum(r["status"] == s for r in runs) for s in ("done", "running", "failed")}
-    total_flops = sum(6 * (r["params"] or 0) * (r["train_tokens"] or 0) for r in runs if r["status"] == "done")
+    vals = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
+    totals = [flops(r, vals, r["id"]) for r in runs if r["status"] == "done"]
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>runs: {status}; training compute (6·N·D over real tokens): {total_flops:.3e} FLOPs</p>"]
+             f"<p>runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
+             f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs</p>"]
     for n in notes or []:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
     parts.append("<h2>Results</h2>" + _html_table(header, rows))
@@ -167,7 +191,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
                  html.escape(json.dumps([{k: r[k] for k in ("id", "label", "status", "checkpoint", "config")} for r in runs], indent=1)[:200000]) +
                  "</pre></details><details><summary>versions</summary><pre>" + html.escape(json.dumps(provenance(), indent=1)) + "</pre></details>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
-            "body{font-family:sans-serif;margin:2em;max-width:1100px} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+            "body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;display:block;overflow-x:auto} td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
             " td:first-child{text-align:left} .best{font-weight:bold} .second{text-decoration:underline} figure{display:inline-block;margin:8px}"
             " .note{background:#fff8e0;padding:8px;border-left:4px solid #e0b000}</style></head><body>" + "".join(parts) + "</body></html>")
     with atomic_write(out / "report.html") as f:

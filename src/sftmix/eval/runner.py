@@ -55,6 +55,7 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
 
                 generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress)
             metrics, rows = _generation_task(task, generator, cfg, template, data_dir, model_path, out, progress)
+            metrics["tokens_processed"] = _count_tokens(rows, generator.tokenizer)
         metrics["wall_s"] = round(time.perf_counter() - t0, 2)
         write_jsonl(out / f"samples_{task}.jsonl", rows)
         write_json(done, metrics)
@@ -62,6 +63,18 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
     doc = {"model": model_path, "template": template, "tasks": results, "config": cfg.model_dump(), **provenance()}
     write_json(out / "results.json", doc)
     return doc
+
+
+def _count_tokens(rows: list[dict], tokenizer) -> int:
+    """Prompt plus generated tokens of a generation task (for evaluation FLOPs, 2 N per token)."""
+    n = 0
+    for r in rows:
+        for key in ("prompt", "output", "completion"):
+            if isinstance(r.get(key), str):
+                n += len(tokenizer(r[key], add_special_tokens=False)["input_ids"])
+        for a in r.get("answers", []) if r.get("turn") == 2 else []:
+            n += len(tokenizer(a, add_special_tokens=False)["input_ids"])
+    return n
 
 
 def _check_judge(cfg: EvalConfig) -> None:

@@ -7,7 +7,8 @@ A study file::
     grid:                           # product axes: dotted run-config paths -> values
       strategy.sources: [[gsm8k], [code_alpaca], [sharegpt]]
       strategy.fraction: [1, 1/4, 1/16, 1/64, 1/256]
-    zip: {}                         # zipped axes (same length), combined with the product
+    zip: {}                         # zipped axes (same length), combined with the product;
+                                    # an axis named "_x" sets nothing and only labels runs
     profiles:
       small: {...}                  # deep-merged over base with --profile small (or --small);
                                     # its own `grid:` replaces axes of the same name
@@ -68,7 +69,10 @@ def set_path(d: dict, path: str, value: Any) -> None:
 def _label(point: dict) -> str:
     def short(v):
         if isinstance(v, dict):
-            return v.get("name") or ",".join(f"{k}={short(x)}" for k, x in v.items())
+            if "name" in v:  # a strategy: its name and what distinguishes it
+                extra = v.get("sources") or ([f"k={v['k']}"] if "k" in v else [])
+                return v["name"] + (f"({'+'.join(map(str, extra))})" if extra else "")
+            return ",".join(f"{k}={short(x)}" for k, x in v.items())
         if isinstance(v, list):
             return "+".join(map(short, v))
         return str(v)
@@ -95,7 +99,8 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study")
             point = {**p, **z}
             data = copy.deepcopy(base)
             for k, v in point.items():
-                set_path(data, k, v)
+                if not k.startswith("_"):  # "_name" axes only label runs (for tables and figures)
+                    set_path(data, k, v)
             data.setdefault("name", study.name)
             cfg = validate(RunConfig, data, f"{where} run {_label(point)!r}")
             rid = run_id(cfg)

@@ -8,7 +8,6 @@ import traceback
 from pathlib import Path
 
 from sftmix.config import load_config
-from sftmix.errors import SftmixError
 from sftmix.study.grid import PlannedRun, StudyConfig, expand
 from sftmix.study.store import Store
 
@@ -30,7 +29,7 @@ def flatten_metrics(tasks: dict) -> list[tuple[str, str, float]]:
             out += [("loss", src, float(v["loss"])) for src, v in m.items() if isinstance(v, dict)]
             continue
         for k, v in m.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("wall_s",):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out.append((task, k, float(v)))
     return out
 
@@ -64,6 +63,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     store = Store(out / "results.sqlite")
     for i, run in enumerate(runs):
         if store.status(run.id) == "done":
+            store.relabel(run.id, run.label, run.point)  # labels follow the study file
             continue
         print(f"[{i + 1}/{len(runs)}] {run.label} ({run.id})", flush=True)
         cfg = run.config.model_copy(update={"output_dir": str(out / "runs" / run.id)})
@@ -75,7 +75,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                            training_ids(cfg), progress=progress)
             tokens, params = _train_tokens_and_params(Path(cfg.output_dir))
             store.finish(run.id, str(final), str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params)
-        except (SftmixError, RuntimeError, ValueError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - a failed run is recorded and the study goes on
             store.fail(run.id, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}")
             print(f"  failed: {type(e).__name__}: {e}", flush=True)
     return store

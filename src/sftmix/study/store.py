@@ -36,6 +36,10 @@ class Store:
         row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row["status"] if row else None
 
+    def relabel(self, run_id: str, label: str, point: dict) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET label = ?, point = ? WHERE id = ?", (label, json.dumps(point), run_id))
+
     def start(self, run_id: str, label: str, point: dict, config: dict) -> None:
         with self.conn:
             self.conn.execute(
