@@ -229,3 +229,12 @@ def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
     after = evaluate(str(final), ecfg, tmp_path / "e1", sources=cfg.sources, progress=False)
     b, a = before["tasks"]["loss"]["generated_math"], after["tasks"]["loss"]["generated_math"]
     assert a["loss"] < b["loss"] - 0.5 and a["heldout"] == "test split" and a["samples"] == 16
+
+
+def test_salvage_recovers_a_rambling_completion_and_is_reported_separately(problems):
+    p = problems[0]
+    good = p["canonical_solution"]
+    rambling = good + "\n\ndef " + p["entry_point"] + "(numbers, threshold):\n    \"\"\" unterminated docstring"
+    m, rows = humaneval.score([p], [[rambling]], progress=False)
+    assert m["pass@1"] == 0.0 and m["pass@1_salvaged"] == 100.0
+    assert rows[0]["salvaged_changed"] and not rows[0]["passed"] and rows[0]["passed_salvaged"]

@@ -60,7 +60,7 @@ def cmd_data_compose(args) -> None:
     from sftmix.config import DataConfig, apply_overrides, read_yaml, validate
     from sftmix.data.compose import compose_all
 
-    data = apply_overrides(read_yaml(args.config), args.override)
+    data = apply_overrides(read_yaml(args.config), args.overrides)
     cfg = validate(DataConfig, data, args.config)
     composed = compose_all(cfg, args.output, progress=not args.quiet)
     rows = []
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = data.add_parser("compose", help="compose the mixtures of a config into a directory")
     comp.add_argument("config")
     comp.add_argument("-o", "--output", required=True)
-    comp.add_argument("--override", "-O", action="append", default=[], help="key.path=value")
+    comp.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides, e.g. data_dir=../shared/data")
     comp.add_argument("--quiet", action="store_true")
     comp.set_defaults(func=cmd_data_compose)
 

@@ -8,7 +8,7 @@ import json
 def _load_run(args):
     from sftmix.config import RunConfig, apply_overrides, read_yaml, validate
 
-    data = apply_overrides(read_yaml(args.config), args.override)
+    data = apply_overrides(read_yaml(args.config), args.overrides)
     return validate(RunConfig, data, args.config)
 
 
@@ -114,8 +114,7 @@ def add_commands(sub) -> None:
     tr.add_argument("config")
     tr.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides")
     tr.add_argument("--quiet", action="store_true")
-    tr.set_defaults(func=cmd_train, override=None)
-    tr.set_defaults(func=lambda a: cmd_train(_merge_overrides(a)))
+    tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a model: gsm8k, humaneval, mtbench, loss")
     ev.add_argument("model", help="smollm2, tiny, a checkpoint folder, a hub id or a .gguf file")
@@ -140,7 +139,7 @@ def add_commands(sub) -> None:
     rn.add_argument("config")
     rn.add_argument("overrides", nargs="*", default=[])
     rn.add_argument("--quiet", action="store_true")
-    rn.set_defaults(func=lambda a: cmd_run(_merge_overrides(a)))
+    rn.set_defaults(func=cmd_run)
 
     st = sub.add_parser("study", help="run, inspect or report a study (a grid of runs)").add_subparsers(dest="study_command", required=True)
     for name, help_ in (("run", "run every run of the study (skips done runs, resumes half-done ones)"),
@@ -172,8 +171,3 @@ def add_commands(sub) -> None:
     dm.add_argument("--quick", action="store_true", help="fewer examples, held-out loss only")
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)
-
-
-def _merge_overrides(args):
-    args.override = list(args.overrides)
-    return args

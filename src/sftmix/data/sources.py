@@ -122,13 +122,15 @@ def _raw_rows(name: str, cfg: SourceConfig, spec: Builtin | None, ddir: Path | N
     tried: list[str] = []
     salvage: dict = {}
     if spec is not None and spec.generator:
+        make = generated.generate_math if spec.generator == "math" else generated.generate_code
         size = cfg.size or (2000 if spec.generator == "math" else 1000)
-        rows = generated.generate_math(size) if spec.generator == "math" else generated.generate_code(size)
-        if cfg.split == "test":  # a disjoint held-out split from another seed
-            rows = generated.generate_math(size, seed=1) if spec.generator == "math" else generated.generate_code(size, seed=1)
-            train = {r.get("question", r.get("instruction")) for r in (generated.generate_math(size) if spec.generator == "math" else generated.generate_code(size))}
-            rows = [r for r in rows if r.get("question", r.get("instruction")) not in train]
-        return [(f"{name}[{i}]", r) for i, r in enumerate(rows)], {"kind": "generated", "generator": spec.generator, "size": size, "split": cfg.split}, salvage
+        rows = make(size)
+        if cfg.split == "test":  # held out: another seed's rows, minus any that the train split has
+            key = lambda r: r.get("question") or r.get("instruction")  # noqa: E731
+            train = {key(r) for r in rows}
+            rows = [r for r in make(size, seed=1) if key(r) not in train]
+        origin = {"kind": "generated", "generator": spec.generator, "size": size, "split": cfg.split}
+        return [(f"{name}[{i}]", r) for i, r in enumerate(rows)], origin, salvage
 
     if cfg.path:
         p = Path(cfg.path).expanduser()
@@ -185,8 +187,9 @@ def resolve_config(name: str, cfg: SourceConfig | None) -> tuple[SourceConfig, B
     spec = BUILTINS.get(builtin) if builtin else None
     if spec is None:
         if not (cfg.path or cfg.hub):
-            raise unknown("source", name, BUILTINS) if cfg == SourceConfig() else SftmixError(
-                f"source {name!r}: a user source needs `path` or `hub`")
+            if cfg == SourceConfig():  # a bare name: most likely a typo of a built-in
+                raise unknown("source", name, BUILTINS)
+            raise SftmixError(f"source {name!r}: a user source needs `path` or `hub`")
         if not cfg.ability:
             raise SftmixError(f"source {name!r}: field `ability` is required for a user source (e.g. math, code, general)")
     return cfg, spec

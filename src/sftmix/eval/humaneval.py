@@ -12,6 +12,8 @@ prompt alone. Extraction: the first fenced block containing ``def {entry_point}(
 block, else the raw output); a top-level ``def {entry_point}(`` makes the program
 ``prompt + "\\n" + code`` (the new def overrides), otherwise the code is a body re-indented to four
 spaces and appended to the prompt. Then ``test`` and ``check(entry_point)`` are appended.
+The headline ``pass@1`` uses that program as is; ``pass@1_salvaged`` first cuts the completion to
+its longest prefix that parses (see ``salvage``), and both are reported.
 """
 
 from __future__ import annotations
@@ -56,15 +58,39 @@ def extract_code(output: str, entry_point: str) -> str:
     return output
 
 
-def build_program(problem: dict, output: str) -> str:
+def salvage(problem: dict, code: str) -> str:
+    """Cut a rambling completion back to its longest prefix that parses, at line boundaries.
+
+    Small models often repeat the function or stop mid-string at the token limit; the strict
+    program then fails with a SyntaxError however good its first function is. Scores with and
+    without this step are reported separately (``pass@1`` and ``pass@1_salvaged``).
+    """
+    import ast
+
+    lines = code.splitlines()
+    for end in range(len(lines), 0, -1):
+        candidate = "\n".join(lines[:end])
+        try:
+            ast.parse(_assemble(problem, candidate))
+            return candidate
+        except SyntaxError:
+            continue
+    return code
+
+
+def _assemble(problem: dict, code: str) -> str:
+    if re.search(rf"^def {re.escape(problem['entry_point'])}\(", code, re.M):
+        return problem["prompt"] + "\n" + code
+    lines = textwrap.dedent(code).splitlines()
+    return problem["prompt"] + "\n".join(("    " + ln) if ln.strip() else ln for ln in lines)
+
+
+def build_program(problem: dict, output: str, salvage_syntax: bool = False) -> str:
     """The program to execute for one completion (see the module docstring)."""
     code = extract_code(output, problem["entry_point"])
-    if re.search(rf"^def {re.escape(problem['entry_point'])}\(", code, re.M):
-        body = problem["prompt"] + "\n" + code
-    else:
-        lines = textwrap.dedent(code).splitlines()
-        body = problem["prompt"] + "\n".join(("    " + ln) if ln.strip() else ln for ln in lines)
-    return body + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+    if salvage_syntax:
+        code = salvage(problem, code)
+    return _assemble(problem, code) + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -79,18 +105,27 @@ def score(problems: list[dict], outputs: list[list[str]], ks=(1,), workers: int 
     """Execute every completion (``outputs[i]`` = samples for problem i) and compute pass@k."""
     from sftmix.eval.sandbox import Limits, namespaces_available, run_many
 
-    flat = [(i, j, build_program(p, o)) for i, (p, outs) in enumerate(zip(problems, outputs, strict=True)) for j, o in enumerate(outs)]
-    results = run_many([f[2] for f in flat], Limits(timeout_s=timeout_s), workers=workers, progress=progress)
-    per: dict[int, list] = {}
-    rows = []
-    for (i, j, program), res in zip(flat, results):
-        per.setdefault(i, []).append(res.passed)
-        rows.append({"task_id": problems[i]["task_id"], "sample": j, "completion": outputs[i][j], "program": program,
-                     "passed": res.passed, "result": res.status, "detail": res.detail})
+    flat = [(i, j) for i, outs in enumerate(outputs) for j in range(len(outs))]
+    if len(outputs) != len(problems):
+        raise ValueError(f"{len(outputs)} output lists for {len(problems)} problems")
+    strict = [build_program(problems[i], outputs[i][j]) for i, j in flat]
+    salvaged = [build_program(problems[i], outputs[i][j], salvage_syntax=True) for i, j in flat]
+    todo = sorted(set(strict) | set(salvaged))  # each distinct program runs once
+    ran = dict(zip(todo, run_many(todo, Limits(timeout_s=timeout_s), workers=workers, progress=progress)))
     metrics = {"n_problems": len(problems), "isolated": namespaces_available()}
-    for k in ks:
-        if all(len(v) >= k for v in per.values()):
-            metrics[f"pass@{k}"] = 100.0 * sum(pass_at_k(len(v), sum(v), k) for v in per.values()) / max(1, len(per))
+    rows = []
+    for variant, programs in (("", strict), ("_salvaged", salvaged)):
+        per: dict[int, list] = {}
+        for (i, j), program in zip(flat, programs):
+            per.setdefault(i, []).append(ran[program].passed)
+        for k in ks:
+            if all(len(v) >= k for v in per.values()):
+                metrics[f"pass@{k}{variant}"] = 100.0 * sum(pass_at_k(len(v), sum(v), k) for v in per.values()) / max(1, len(per))
+    for (i, j), program, sal in zip(flat, strict, salvaged):
+        res = ran[program]
+        rows.append({"task_id": problems[i]["task_id"], "sample": j, "completion": outputs[i][j], "program": program,
+                     "passed": res.passed, "result": res.status, "detail": res.detail,
+                     "passed_salvaged": ran[sal].passed, "salvaged_changed": sal != program})
     return metrics, rows
 
 

@@ -179,7 +179,7 @@ class Judge:
 def aggregate(rows: list[dict]) -> dict:
     """FastChat's show_result (single): -1 rows dropped but counted; overall pooled."""
     ok = [r for r in rows if r["score"] != -1]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731 (None: no valid judgment, written as null)
     out = {
         "score": mean([r["score"] for r in ok]),
         "turn1": mean([r["score"] for r in ok if r["turn"] == 1]),
@@ -215,10 +215,11 @@ def run(generator, template: str, data_dir, judge: Judge, model_id: str, repeats
         per_repeat.append(aggregate(rows))
         all_rows += rows
     scores = [r["score"] for r in per_repeat]
+    valid = [s for s in scores if s is not None]
     metrics = {**aggregate(all_rows), "repeats": repeats, "score_per_repeat": scores,
-               "score_sd": statistics.stdev(scores) if len(scores) > 1 else 0.0, "judge_model": judge.model,
+               "score_sd": statistics.stdev(valid) if len(valid) > 1 else 0.0, "judge_model": judge.model,
                "judge_base_url": judge.base_url, "judge_stats": dict(judge.stats)}
-    metrics["score"] = statistics.mean(scores)
+    metrics["score"] = statistics.mean(valid) if valid else None
     return metrics, all_rows
 
 
