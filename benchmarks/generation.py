@@ -1,6 +1,6 @@
 """Generation benchmark: SmolLM2-135M-Instruct greedy on 32 GSM8K questions, batch 1 vs 8 vs 32.
 
-Prints useful tokens/s per batch size, the ratios against batch 1 (target: batch 32 >= 8x), and
+Prints useful tokens/s per batch size (fp32 by default; ``--dtype bfloat16`` for bf16 weights), the ratios against batch 1 (target: batch 32 >= 8x), and
 whether all outputs are identical to batch 1's.
 
     python benchmarks/generation.py [--n 32] [--max-new-tokens 256]
@@ -18,13 +18,14 @@ from sftmix.io import read_jsonl
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=32)
 ap.add_argument("--max-new-tokens", type=int, default=256)
+ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 args = ap.parse_args()
 data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 questions = [r["question"] for r in read_jsonl(data)[: args.n]]
 path = resolve_model("smollm2")
 base, rates = None, {}
 for bs in (1, 8, 32):
-    g = HFGenerator(path, batch_size=bs, progress=False)
+    g = HFGenerator(path, batch_size=bs, dtype=args.dtype, progress=False)
     prompts = [generation_prompt([{"role": "user", "content": q}], "vicuna", g.tokenizer) for q in questions]
     t = time.perf_counter()
     outs = g.generate(prompts, max_new_tokens=args.max_new_tokens)

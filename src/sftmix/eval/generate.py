@@ -89,11 +89,11 @@ class VLLMGenerator:
         return [o.outputs[0].text for o in outs]
 
 
-def make_generator(model_path: str, backend: str = "auto", batch_size: int = 8, progress: bool = True):
+def make_generator(model_path: str, backend: str = "auto", batch_size: int = 8, progress: bool = True, dtype: str = "float32"):
     """``auto`` picks vLLM when it is installed and a GPU is present, else Hugging Face."""
     if backend == "vllm" or (backend == "auto" and importlib.util.find_spec("vllm") is not None and _cuda()):
         return VLLMGenerator(model_path)
-    return HFGenerator(model_path, batch_size=batch_size, progress=progress)
+    return HFGenerator(model_path, batch_size=batch_size, dtype=dtype, progress=progress)
 
 
 def _cuda() -> bool:

@@ -53,7 +53,7 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
             if generator is None:
                 from sftmix.eval.generate import make_generator
 
-                generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress)
+                generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype)
             metrics, rows = _generation_task(task, generator, cfg, template, data_dir, model_path, out, progress)
             metrics["tokens_processed"] = _count_tokens(rows, generator.tokenizer)
         metrics["wall_s"] = round(time.perf_counter() - t0, 2)
