@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sftmix.errors import SftmixError
-from sftmix.io import atomic_write, read_jsonl, stable_hash
+from sftmix.io import read_jsonl, stable_hash
 
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
@@ -221,9 +221,3 @@ def run(generator, template: str, data_dir, judge: Judge, model_id: str, repeats
                "judge_base_url": judge.base_url, "judge_stats": dict(judge.stats)}
     metrics["score"] = statistics.mean(valid) if valid else None
     return metrics, all_rows
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path) as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sftmix.config import EvalConfig, SourceConfig
 from sftmix.errors import SftmixError
-from sftmix.io import read_json, read_jsonl, write_json, write_jsonl
+from sftmix.io import read_json, write_json, write_jsonl
 from sftmix.provenance import provenance
 
 
@@ -124,7 +124,3 @@ def _loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, traini
         metrics[name] = m
         rows += [{"source": name, "id": c.id} for c in convs]
     return metrics, rows
-
-
-def read_samples(out_dir: str | Path, task: str) -> list[dict]:
-    return read_jsonl(Path(out_dir) / f"samples_{task}.jsonl")

@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
-from sftmix.io import read_json, write_json
+from sftmix.io import write_json
 from sftmix.provenance import provenance
 from sftmix.train.models import cache_dir, load_model, load_tokenizer
 from sftmix.train.tokenize import Collator, tokenize_mixture
@@ -233,7 +233,3 @@ def _save_final(trainer: StageTrainer, tokenizer, final: Path, settings: TrainSe
     final.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
-
-
-def read_meta(stage_final: Path) -> dict:
-    return read_json(Path(stage_final) / "meta.json")
