@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sftmix.io import atomic_write
 from sftmix.provenance import provenance
+from sftmix.study.grid import short_value
 from sftmix.study.store import Store
 
 LOWER_IS_BETTER = ("loss",)
@@ -89,13 +90,6 @@ def latex(header, rows) -> str:
     return "\n".join(out) + "\n"
 
 
-def _short(v) -> str:
-    if isinstance(v, dict) and "name" in v:
-        extra = v.get("sources") or ([f"k={v['k']}"] if "k" in v else [])
-        return v["name"] + (f"({'+'.join(map(str, extra))})" if extra else "")
-    return str(v)
-
-
 def figures(store: Store) -> dict[str, bytes]:
     """One PNG per (numeric axis, metric): metric against the axis (log2), a line per other setting."""
     import matplotlib
@@ -128,7 +122,7 @@ def figures(store: Store) -> dict[str, bytes]:
                     continue
                 # Lines: one per setting of the other axes; amount dicts (no "name") vary with the
                 # plotted axis in zipped studies and would give a line per point.
-                other = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in p.items()
+                other = " ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in p.items()
                                  if k != axis and not (isinstance(v, dict) and "name" not in v)) or "runs"
                 series.setdefault(other, []).append((num(p[axis]), vals[r["id"]][metric]))
             if not series:

@@ -195,6 +195,13 @@ def resolve_config(name: str, cfg: SourceConfig | None) -> tuple[SourceConfig, B
     return cfg, spec
 
 
+def load_raw(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | None = None) -> list[dict]:
+    """The raw rows of a source (resolved as for ``load_pool``), without conversion or cleaning."""
+    cfg, spec = resolve_config(name, cfg)
+    rows, _, _ = _raw_rows(name, cfg, spec, data_dir(data_dir_cfg))
+    return [r for _, r in rows]
+
+
 def load_pool(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | None = None, tagger=None, progress: bool = False) -> Pool:
     """Load source ``name``: resolve, read, convert to conversations, clean, tag and filter."""
     cfg, spec = resolve_config(name, cfg)

@@ -22,11 +22,9 @@ def _data_dir(cfg: EvalConfig, run_data_dir: str | None) -> Path | None:
 
 
 def _gsm8k_problems(cfg: EvalConfig, data_dir: Path | None) -> list[dict]:
-    from sftmix.data.sources import _raw_rows, resolve_config
+    from sftmix.data.sources import load_raw
 
-    scfg, spec = resolve_config("gsm8k", SourceConfig(split="test"))
-    rows, _, _ = _raw_rows("gsm8k", scfg, spec, data_dir)
-    probs = [r for _, r in rows]
+    probs = load_raw("gsm8k", SourceConfig(split="test"), str(data_dir) if data_dir else None)
     return probs[: cfg.limit] if cfg.limit else probs
 
 
@@ -40,6 +38,15 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
     if "mtbench" in cfg.tasks:  # fail before any generation when the judge cannot be reached
         _check_judge(cfg)
     generator = None
+
+    def get_generator():  # loaded once, shared by the generation tasks and (when fp32 HF) the loss
+        nonlocal generator
+        if generator is None:
+            from sftmix.eval.generate import make_generator
+
+            generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype)
+        return generator
+
     results = {}
     for task in cfg.tasks:
         done = out / f"task_{task}.json"
@@ -48,12 +55,11 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
             continue
         t0 = time.perf_counter()
         if task == "loss":
-            metrics, rows = _loss(model_path, cfg, template, data_dir, sources or {}, seed, training_ids)
+            g = get_generator() if cfg.backend != "vllm" and cfg.dtype == "float32" else None
+            loaded = (g.tokenizer, g.model) if getattr(g, "model", None) is not None else None
+            metrics, rows = _loss(model_path, cfg, template, data_dir, sources or {}, seed, training_ids, loaded)
         else:
-            if generator is None:
-                from sftmix.eval.generate import make_generator
-
-                generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype)
+            generator = get_generator()
             metrics, rows = _generation_task(task, generator, cfg, template, data_dir, model_path, out, progress)
             metrics["tokens_processed"] = _count_tokens(rows, generator.tokenizer)
         metrics["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -109,11 +115,11 @@ def _generation_task(task, generator, cfg: EvalConfig, template, data_dir, model
     raise SftmixError(f"unknown task {task!r}; valid: gsm8k, humaneval, mtbench, loss")
 
 
-def _loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids):
+def _loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids, loaded=None):
     from sftmix.eval.loss import heldout, mean_loss
     from sftmix.train.models import load_model, load_tokenizer
 
-    tok, model = load_tokenizer(model_path), load_model(model_path)
+    tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
     metrics, rows = {}, []
     for name in cfg.loss_sources:
         convs, how = heldout(name, cfg.loss_samples, seed, sources.get(name), str(data_dir) if data_dir else None)

@@ -66,17 +66,20 @@ def set_path(d: dict, path: str, value: Any) -> None:
     d[keys[-1]] = copy.deepcopy(value)
 
 
+def short_value(v: Any) -> str:
+    """A short label for one grid value (a strategy shows its name and what distinguishes it)."""
+    if isinstance(v, dict):
+        if "name" in v:
+            extra = v.get("sources") or ([f"k={v['k']}"] if "k" in v else [])
+            return v["name"] + (f"({'+'.join(map(str, extra))})" if extra else "")
+        return ",".join(f"{k}={short_value(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return "+".join(map(short_value, v))
+    return str(v)
+
+
 def _label(point: dict) -> str:
-    def short(v):
-        if isinstance(v, dict):
-            if "name" in v:  # a strategy: its name and what distinguishes it
-                extra = v.get("sources") or ([f"k={v['k']}"] if "k" in v else [])
-                return v["name"] + (f"({'+'.join(map(str, extra))})" if extra else "")
-            return ",".join(f"{k}={short(x)}" for k, x in v.items())
-        if isinstance(v, list):
-            return "+".join(map(short, v))
-        return str(v)
-    return " ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in point.items()) or "base"
+    return " ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in point.items()) or "base"
 
 
 def expand(study: StudyConfig, profile: str | None = None, where: str = "study") -> list[PlannedRun]:

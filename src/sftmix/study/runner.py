@@ -4,6 +4,7 @@ one is recorded with its error and the study goes on."""
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from pathlib import Path
 
@@ -35,24 +36,16 @@ def flatten_metrics(tasks: dict) -> list[tuple[str, str, float]]:
 
 
 def _train_tokens_and_params(run_out: Path) -> tuple[float, float]:
+    """Real tokens trained over all stages (from their meta.json) and the model's parameter count."""
+    from safetensors import safe_open
+
     tokens, params = 0.0, 0.0
     for meta in sorted(run_out.glob("stage*/final/meta.json")):
-        m = json.loads(meta.read_text())
-        tokens += float(m.get("real_tokens", 0))
+        tokens += float(json.loads(meta.read_text()).get("real_tokens", 0))
         if not params:
-            from safetensors import safe_open
-
             with safe_open(str(meta.parent / "model.safetensors"), "pt") as f:
-                params = float(sum(f.get_slice(k).get_shape().numel() if hasattr(f.get_slice(k).get_shape(), "numel")
-                                   else _prod(f.get_slice(k).get_shape()) for k in f.keys()))
+                params = float(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
     return tokens, params
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = None, progress: bool = True) -> Store:
