@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sftmix.eval.generate import HFGenerator
 from sftmix.templates import generation_prompt
-from sftmix.train.models import resolve_model
+from sftmix.models import resolve_model
 from sftmix.io import read_jsonl
 
 ap = argparse.ArgumentParser()

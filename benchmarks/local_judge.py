@@ -15,7 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sftmix.eval.generate import HFGenerator
-from sftmix.train.models import resolve_model
+from sftmix.models import resolve_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="smollm2")

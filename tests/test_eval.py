@@ -36,7 +36,7 @@ def test_gsm8k_score_counts_invalid_and_flexible():
 
 def test_batched_greedy_equals_batch_one():
     from sftmix.eval.generate import HFGenerator
-    from sftmix.train.models import resolve_model
+    from sftmix.models import resolve_model
 
     path = resolve_model("tiny")
     prompts = ["USER: What is 2 + 2? ASSISTANT:", "USER: Write a function. ASSISTANT:", "Hi", "A much longer prompt " * 6]
@@ -159,7 +159,7 @@ class FixedGenerator:
     """Generation stand-in for the judge tests only (the judge is the thing under test here)."""
 
     def __init__(self):
-        from sftmix.train.models import load_tokenizer, resolve_model
+        from sftmix.models import load_tokenizer, resolve_model
 
         self.tokenizer = load_tokenizer(resolve_model("tiny"))
 
@@ -208,7 +208,7 @@ def test_eval_cli_unknown_task_and_missing_key(tmp_path, monkeypatch):
 
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "eval", "tiny", "--tasks", "gsm8k,mmlu", "--out", str(tmp_path)],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "tasks.1" in r.stderr
+    assert r.returncode == 2 and "unknown task" in r.stderr and "mmlu" in r.stderr
     env = {k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"}
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "eval", "tiny", "--tasks", "mtbench", "--out", str(tmp_path)],
                        capture_output=True, text=True, env=env)
@@ -219,7 +219,7 @@ def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
     from helpers import tiny_run
     from sftmix.eval.runner import evaluate
     from sftmix.config import EvalConfig
-    from sftmix.train.models import resolve_model
+    from sftmix.models import resolve_model
     from sftmix.train.strategies import run_strategy
 
     cfg = tiny_run(tmp_path, "math", strategy={"name": "individual", "sources": ["generated_math"]}, train={"epochs": 3})

@@ -84,7 +84,7 @@ def test_report_marks_best_two():
 def test_tsne_same_ids_for_both_models(tmp_path):
     from helpers import tiny_run
     from sftmix.analysis.tsne import load_points, tsne
-    from sftmix.train.models import resolve_model
+    from sftmix.models import resolve_model
     from sftmix.train.strategies import run_strategy
 
     final = run_strategy(tiny_run(tmp_path, "t", strategy={"name": "individual", "sources": ["generated_code"]}), progress=False)

@@ -2,7 +2,7 @@ import pytest
 
 from sftmix.config import SourceConfig
 from sftmix.templates import IGNORE, MaskError, generation_prompt, render_vicuna, tokenize_with_mask
-from sftmix.train.models import load_tokenizer, resolve_model
+from sftmix.models import load_tokenizer, resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_bf16_and_lora_and_packing_options_train(tmp_path):
 
 
 def cfg_base_model():
-    from sftmix.train.models import resolve_model
+    from sftmix.models import resolve_model
 
     return resolve_model("tiny")
 
@@ -122,7 +122,7 @@ def test_bad_configs_are_clear_errors(patch, msg, tmp_path):
 
 def test_template_the_tokenizer_cannot_render(tmp_path):
     from sftmix.templates import render_model
-    from sftmix.train.models import load_tokenizer
+    from sftmix.models import load_tokenizer
 
     tok = load_tokenizer(cfg_base_model())
     tok.chat_template = None

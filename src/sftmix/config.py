@@ -180,7 +180,7 @@ class StrategyConfig(Strict):
     sources: list[str] = Field(default_factory=list, description="individual: [one]; multitask: the union; sequential: the order")
     specialised: list[str] = Field(default_factory=list, description="mixed_sequential / dmt stage 1 sources")
     general: str | None = Field(None, description="mixed_sequential / dmt stage 2 source")
-    k: Frac = Field(0.0, ge=0, description="dmt: fraction of each stage-1 part replayed in stage 2")
+    k: Frac = Field(0.0, ge=0, le=1, description="dmt: fraction of each stage-1 part replayed in stage 2 (0 <= k <= 1)")
     fraction: Frac | dict[str, Frac] = Field(1.0, description="data amount: fraction of every source pool, or per source")
 
 
@@ -197,21 +197,21 @@ class JudgeConfig(Strict):
 class EvalConfig(Strict):
     """Which abilities to measure and how (see evaluation-protocol.md for each benchmark)."""
 
-    tasks: list[Literal["gsm8k", "humaneval", "mtbench", "loss"]] = Field(default_factory=lambda: ["loss"])
+    tasks: list[Literal["gsm8k", "humaneval", "mtbench", "loss"]] = Field(default_factory=lambda: ["loss"], min_length=1)
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
     data_dir: str | None = Field(None, description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
     backend: Literal["auto", "hf", "vllm"] = "auto"
     batch_size: int = Field(8, gt=0)
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="generation weights; bfloat16 is about 2x faster on CPUs with AMX "
                                                   "but greedy outputs then depend on the batch composition")
-    gsm8k_max_new_tokens: int = 512
-    humaneval_max_new_tokens: int = 512
+    gsm8k_max_new_tokens: int = Field(512, gt=0)
+    humaneval_max_new_tokens: int = Field(512, gt=0)
     humaneval_wrapper: Literal["complete", "raw"] = "complete"
     humaneval_workers: int = Field(4, gt=0)
-    mtbench_max_new_tokens: int = 1024
+    mtbench_max_new_tokens: int = Field(1024, gt=0)
     mtbench_repeats: int = Field(1, gt=0, description="full repeats of generation and judging (the paper: 3)")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"])
+    loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"], min_length=1)
     loss_samples: int = Field(64, gt=0)
     loss_max_length: int = Field(512, gt=8)
 
@@ -261,8 +261,12 @@ def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.exists():
         raise SftmixError(f"{path}: config file not found")
+    if path.is_dir():
+        raise SftmixError(f"{path}: is a folder; expected a YAML config file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SftmixError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -286,23 +290,44 @@ def load_config(path: str | os.PathLike, model: type[M]) -> M:
     return validate(model, read_yaml(path), str(path))
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
+def apply_overrides(data: dict, overrides: list[str], where: str = "command line") -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict.
+
+    A path step into a list takes an index (``mixtures.0.name=x``); a step into a mapping creates
+    it when missing. A step into a scalar, a bad index or an unparsable value is a ``SftmixError``
+    naming the override and the step.
+    """
     for item in overrides:
         if "=" not in item:
             raise SftmixError(f"override {item!r}: expected key.path=value")
         key, raw = item.split("=", 1)
-        node = data
         parts = key.split(".")
-        for p in parts[:-1]:
+        if not key or any(not p for p in parts):
+            raise SftmixError(f"override {item!r}: empty step in key path {key!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise SftmixError(f"override {item!r}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
+        node: Any = data
+        for depth, p in enumerate(parts):
+            here = ".".join(parts[:depth]) or "(top level)"
+            last = depth == len(parts) - 1
             if isinstance(node, list):
-                node = node[int(p)]
+                if not (p.isdigit() or (p.startswith("-") and p[1:].isdigit())):
+                    raise SftmixError(f"override {item!r}: {here} is a list; {p!r} is not an index (0..{len(node) - 1})")
+                i = int(p)
+                if not -len(node) <= i < len(node):
+                    raise SftmixError(f"override {item!r}: {here} has {len(node)} item(s); index {i} is out of range")
+                if last:
+                    node[i] = value
+                else:
+                    node = node[i]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = value
+                else:
+                    node = node.setdefault(p, {})
             else:
-                node = node.setdefault(p, {})
-        last = parts[-1]
-        value = yaml.safe_load(raw)
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+                raise SftmixError(f"override {item!r}: {here} is a {type(node).__name__} ({node!r}), not a mapping or list; "
+                                  f"cannot set {p!r} inside it")
     return data

@@ -93,7 +93,7 @@ def run_demo(model: str = "smollm2", data_dir: str | None = None, out: str = "de
 def _tsne_figure(study: StudyConfig, store, report_dir: Path, n: int) -> dict[str, bytes]:
     """Paper Fig. 5a/b at demo scale: base vs the DMT model on the same queries."""
     from sftmix.analysis.tsne import tsne
-    from sftmix.train.models import resolve_model
+    from sftmix.models import resolve_model
 
     dmt = next((r for r in store.runs() if r["status"] == "done" and r["label"].startswith("strategy=dmt")), None)
     if dmt is None:

@@ -35,7 +35,7 @@ def sample_queries(sources: list[str], n: int, seed: int, data_dir: str | None, 
 
 @torch.no_grad()
 def mean_hidden(model_path: str, queries: list[dict], layer: int, template: str, max_length: int = 256) -> tuple[np.ndarray, int]:
-    from sftmix.train.models import load_model, load_tokenizer
+    from sftmix.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(model_path), load_model(model_path)
     model.eval()

@@ -199,7 +199,10 @@ def write_composed(composed: Composed, out_dir: str | Path, fmt: str = "jsonl") 
     else:
         with atomic_write(out / "data.jsonl", "wb") as f:
             f.writelines(_jsonl_lines(composed.conversations))
-    write_json(out / "manifest.json", {**composed.manifest, "data_file": f"data.{fmt}"})
+    # Recorded in the in-memory manifest too, so that a stage composed now and one read back
+    # from disk after a restart carry the same manifest.
+    composed.manifest["data_file"] = f"data.{fmt}"
+    write_json(out / "manifest.json", composed.manifest)
     return out
 
 
@@ -227,21 +230,40 @@ def needed_sources(mixtures: list[MixtureConfig]) -> list[str]:
     return list(dict.fromkeys(p.source for m in mixtures for p in m.parts if p.source is not None))
 
 
-def compose_all(cfg, out_dir: str | Path | None = None, progress: bool = True) -> list[Composed]:
-    """Load every needed pool once, compose the mixtures in order, write each to ``out_dir/NAME``."""
-    from sftmix.data.sources import BUILTINS, load_pool
+def check_mixtures(mixtures: list[MixtureConfig], sources: dict, where: str = "mixtures") -> None:
+    """Check a sequence of mixtures before any work: known sources, unique names, and replay
+    parts that name an earlier mixture with an amount it can supply."""
+    from sftmix.data.sources import BUILTINS, resolve_config
     from sftmix.errors import unknown
 
-    names = needed_sources(cfg.mixtures)
-    valid = set(cfg.sources) | set(BUILTINS)
-    for n in names:
+    valid = set(sources) | set(BUILTINS)
+    for n in needed_sources(mixtures):
         if n not in valid:
             raise unknown("source", n, valid)
-    seen_names = set()
-    for m in cfg.mixtures:
-        if m.name in seen_names:
-            raise SftmixError(f"mixture name {m.name!r} is used twice; names must be unique")
-        seen_names.add(m.name)
+        resolve_config(n, sources.get(n))
+    seen: list[str] = []
+    for mi, m in enumerate(mixtures):
+        if m.name in seen:
+            raise SftmixError(f"{where}[{mi}]: mixture name {m.name!r} is used twice; names must be unique")
+        for pi, part in enumerate(m.parts):
+            pwhere = f"{where}[{mi}] ({m.name!r}) parts[{pi}]"
+            if part.replay is None:
+                continue
+            if part.replay not in seen:
+                raise SftmixError(f"{pwhere}: replay = {part.replay!r} is not an earlier mixture (earlier: {', '.join(seen) or 'none'})")
+            factor = part.k if part.k is not None else part.fraction
+            if factor is not None and factor > 1 and not part.allow_repeat:
+                raise SftmixError(f"{pwhere}: a replay draws k = {factor:g} of each part of {part.replay!r}, but at most "
+                                  "all of it (k <= 1) exists; lower k or set allow_repeat: true")
+        seen.append(m.name)
+
+
+def compose_all(cfg, out_dir: str | Path | None = None, progress: bool = True) -> list[Composed]:
+    """Load every needed pool once, compose the mixtures in order, write each to ``out_dir/NAME``."""
+    from sftmix.data.sources import load_pool
+
+    check_mixtures(cfg.mixtures, cfg.sources)
+    names = needed_sources(cfg.mixtures)
     pools = {}
     from sftmix.progress import track
 

@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def read_alpaca(row: dict) -> list[dict]:
     instruction = _str_field(row, "instruction")
     extra = _str_field(row, "input", required=False)
     out_field = "output" if row.get("output") is not None else "response"
+    if row.get(out_field) is None:
+        raise RowError(f"missing field 'output' (or its alias 'response') (have: {', '.join(sorted(row)) or 'none'})")
     output = _str_field(row, out_field)
     # Code Alpaca / Alpaca convention: the input follows the instruction on a new line.
     user = f"{instruction}\n{extra}" if extra.strip() else instruction
@@ -155,9 +158,9 @@ def iter_json_array_salvage(text: str) -> tuple[list, bool]:
     0.1.0 is) yields all elements that were complete before the cut and ``complete=False``.
     """
     decoder = json.JSONDecoder()
-    i = text.find("[")
-    if i < 0:
-        raise json.JSONDecodeError("expected a JSON array", text, 0)
+    i = len(text) - len(text.lstrip())
+    if i >= len(text) or text[i] != "[":
+        raise json.JSONDecodeError("expected a JSON array", text, i)
     i += 1
     out = []
     n = len(text)
@@ -180,16 +183,39 @@ def read_rows(path: str | os.PathLike, salvage: dict | None = None) -> Iterator[
 
     ``location`` is ``file:line`` for JSONL and ``file[index]`` otherwise. When ``salvage`` is a
     dict, a truncated JSON array is read up to its last complete element and ``salvage`` receives
-    ``{"truncated": True, "recovered": n}``; otherwise a truncated file is an error.
+    ``{"truncated": True, "recovered": n}``; otherwise a truncated file is an error. Only data
+    shipped by a package with a known cut is read that way: a user's file is never silently cut.
+    A file that is not UTF-8, not gzip, cut short or not an array of objects is a ``SftmixError``
+    naming the file and what was expected.
     """
     path = Path(path)
     if not path.exists():
         raise SftmixError(f"{path}: file not found")
+    if path.is_dir():
+        raise SftmixError(f"{path}: is a folder; expected a data file (.json, .jsonl or .parquet, optionally .gz)")
     suffix = _inner_suffix(path)
+    if suffix not in (".parquet", ".jsonl", ".json"):
+        raise SftmixError(f"{path}: unsupported file type {suffix or '(no extension)'!r}; expected .json, .jsonl or .parquet "
+                          "(optionally .gz)")
+    try:
+        yield from _read_rows(path, suffix, salvage)
+    except UnicodeDecodeError as e:
+        raise SftmixError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
+                          "convert the file to UTF-8") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise SftmixError(f"{path}: not a complete gzip file ({e or type(e).__name__})") from None
+
+
+def _read_rows(path: Path, suffix: str, salvage: dict | None) -> Iterator[tuple[str, dict]]:
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise SftmixError(f"{path}: not a readable Parquet file ({e})") from None
+        for i, row in enumerate(table.to_pylist()):
             yield f"{path}[{i}]", row
         return
     if suffix == ".jsonl":
@@ -202,20 +228,35 @@ def read_rows(path: str | os.PathLike, salvage: dict | None = None) -> Iterator[
                 except json.JSONDecodeError as e:
                     raise SftmixError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
                 if not isinstance(row, dict):
-                    raise SftmixError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                    raise SftmixError(f"{path}:{lineno}: expected a JSON object, got {_json_type(row)}")
                 yield f"{path}:{lineno}", row
         return
-    if suffix == ".json":
-        with _open_text(path) as f:
-            text = f.read()
-        rows, complete = iter_json_array_salvage(text)
-        if not complete:
-            if salvage is None:
-                raise SftmixError(f"{path}: JSON array is truncated after {len(rows)} complete rows")
-            salvage.update(truncated=True, recovered=len(rows))
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise SftmixError(f"{path}[{i}]: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}[{i}]", row
-        return
-    raise SftmixError(f"{path}: unsupported file type {suffix!r}; expected .json, .jsonl or .parquet (optionally .gz)")
+    with _open_text(path) as f:
+        text = f.read()
+    head = text.lstrip()[:1]
+    if not head:
+        raise SftmixError(f"{path}: the file is empty; expected a JSON array of objects")
+    if head != "[":
+        kind = "an object" if head == "{" else "not an array"
+        keys = ""
+        if head == "{":
+            try:
+                keys = f" with keys {', '.join(sorted(json.loads(text)))}"
+            except (json.JSONDecodeError, TypeError):
+                pass
+        raise SftmixError(f"{path}: expected a JSON array of objects at the top level, got {kind}{keys}; "
+                          "give one list of rows per file (e.g. split train/test into two files)")
+    rows, complete = iter_json_array_salvage(text)
+    if not complete:
+        if salvage is None:
+            raise SftmixError(f"{path}: the JSON array is cut short or invalid after {len(rows)} complete rows")
+        salvage.update(truncated=True, recovered=len(rows))
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise SftmixError(f"{path}[{i}]: expected a JSON object, got {_json_type(row)}")
+        yield f"{path}[{i}]", row
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -136,7 +136,7 @@ def _raw_rows(name: str, cfg: SourceConfig, spec: Builtin | None, ddir: Path | N
         p = Path(cfg.path).expanduser()
         if not p.exists():
             raise SftmixError(f"source {name!r}: path {p} does not exist")
-        rows = list(read_rows(p, salvage))
+        rows = list(read_rows(p))
         return rows, {"kind": "file", "path": str(p.resolve()), "sha256": sha256_file(p)}, salvage
     tried.append("path: not set")
 
@@ -148,7 +148,7 @@ def _raw_rows(name: str, cfg: SourceConfig, spec: Builtin | None, ddir: Path | N
             for rel in candidates:
                 p = ddir / rel
                 if p.exists():
-                    rows = list(read_rows(p, salvage))
+                    rows = list(read_rows(p))
                     return rows, {"kind": "data_dir", "path": str(p.resolve()), "sha256": sha256_file(p)}, salvage
             tried.append(f"data directory {ddir}: none of {', '.join(candidates) or '(no file for this split)'}")
 
@@ -172,7 +172,7 @@ def _raw_rows(name: str, cfg: SourceConfig, spec: Builtin | None, ddir: Path | N
     if spec is not None and spec.package and cfg.split == "train":
         p = _package_file(spec.package)
         if p is not None and p.exists():
-            rows = list(read_rows(p, salvage))
+            rows = list(read_rows(p, salvage))  # this package's file is known to be cut short
             return rows, {"kind": "package", "package": spec.package, "path": str(p), "bytes": p.stat().st_size}, salvage
         tried.append(f"pip package {spec.package}: not installed")
     raise SftmixError(f"source {name!r} ({cfg.split}) could not be resolved; tried:\n  - " + "\n  - ".join(tried))
@@ -244,4 +244,9 @@ def load_pool(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | No
     }
     if salvage.get("truncated"):
         stats["truncated_file_recovered_rows"] = salvage["recovered"]
+    if not kept:
+        where = origin.get("path") or origin.get("hub") or origin.get("generator") or name
+        raise SftmixError(f"source {name!r} ({where}): no conversations left (raw rows {len(rows)}, invalid skipped "
+                          f"{sum(invalid.values())}, dropped by cleaning {dict(drops) or 0}, filtered by tags "
+                          f"{before_filter - len(kept)})")
     return Pool(name=name, ability=ability, conversations=kept, origin=origin, stats=stats)

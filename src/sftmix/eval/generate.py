@@ -30,7 +30,7 @@ class HFGenerator:
     def __init__(self, model_path: str, batch_size: int = 8, dtype: str = "float32", progress: bool = True):
         import torch
 
-        from sftmix.train.models import load_model, load_tokenizer
+        from sftmix.models import load_model, load_tokenizer
 
         self.tokenizer = load_tokenizer(model_path)
         self.tokenizer.padding_side = "left"

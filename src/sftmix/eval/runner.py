@@ -117,7 +117,7 @@ def _generation_task(task, generator, cfg: EvalConfig, template, data_dir, model
 
 def _loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids, loaded=None):
     from sftmix.eval.loss import heldout, mean_loss
-    from sftmix.train.models import load_model, load_tokenizer
+    from sftmix.models import load_model, load_tokenizer
 
     tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
     metrics, rows = {}, []

@@ -12,6 +12,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from sftmix.errors import SftmixError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
   id TEXT PRIMARY KEY, label TEXT, point TEXT, config TEXT, status TEXT, error TEXT,
@@ -27,10 +29,14 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30)
-        self.conn.row_factory = sqlite3.Row
-        with self.conn:
-            self.conn.executescript(SCHEMA)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn.row_factory = sqlite3.Row
+            with self.conn:
+                self.conn.executescript(SCHEMA)
+            self.conn.execute("SELECT id, status FROM runs LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise SftmixError(f"{self.path}: not a readable sftmix results database ({e}); move it aside to start afresh") from None
 
     def status(self, run_id: str) -> str | None:
         row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()

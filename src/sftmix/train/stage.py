@@ -30,7 +30,7 @@ from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
 from sftmix.io import write_json
 from sftmix.provenance import provenance
-from sftmix.train.models import cache_dir, load_model, load_tokenizer
+from sftmix.models import cache_dir, load_model, load_tokenizer
 from sftmix.train.tokenize import Collator, tokenize_mixture
 
 

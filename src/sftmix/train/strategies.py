@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sftmix.config import MixtureConfig, PartConfig, RunConfig, StageConfig, StrategyConfig, TrainSettings
 from sftmix.data.compose import Composed, compose, read_composed, write_composed
-from sftmix.data.sources import BUILTINS, Pool, load_pool
-from sftmix.errors import SftmixError, unknown
+from sftmix.data.sources import Pool, load_pool
+from sftmix.errors import SftmixError
 from sftmix.io import stable_hash
 
 
@@ -77,13 +77,13 @@ def stages_from_strategy(st: StrategyConfig) -> list[StageConfig]:
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
-    """The stages of a run, with every source name checked."""
+    """The stages of a run, checked as a whole before any work: sources, replays, settings."""
+    from sftmix.data.compose import check_mixtures
+
     stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
-    valid = set(cfg.sources) | set(BUILTINS)
+    check_mixtures([st.mixture for st in stages], cfg.sources, where="stages")
     for st in stages:
-        for p in st.mixture.parts:
-            if p.source is not None and p.source not in valid:
-                raise unknown("source", p.source, valid)
+        stage_settings(cfg, st)
     return stages
 
 
@@ -105,7 +105,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     from earlier stages' manifests), train it from the previous checkpoint, record it.
     Finished stages are skipped and an interrupted stage resumes, so rerunning is always safe.
     """
-    from sftmix.train.models import resolve_model
+    from sftmix.models import resolve_model
     from sftmix.train.stage import train_stage
 
     stages = plan(cfg)

@@ -1,36 +1,11 @@
-"""The ``sftmix`` command: data | train | eval | run | study | demo.
-
-Each subcommand is a thin wrapper: parse arguments, load a typed config, call one public function,
-print a summary. Any ``SftmixError`` is printed without a traceback and exits with status 2.
-"""
+"""``sftmix data``: show, tag and compose SFT data."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
-from sftmix.errors import SftmixError
+from sftmix.cli.common import output_dir, positive_int, table
 
-
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
-def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*[str(x) for x in r])
-    _console().print(t)
-
-
-# ---------------------------------------------------------------- data
 
 def cmd_data_show(args) -> None:
     from sftmix.config import SourceConfig
@@ -42,7 +17,7 @@ def cmd_data_show(args) -> None:
         cfg = cfg.model_copy(update={"path": args.path, "format": args.format, "ability": args.ability or "custom"})
     pool = load_pool(args.source, cfg, args.data_dir)
     s = pool.stats
-    _table(f"source {pool.name} ({pool.ability})", ["field", "value"], [
+    table(f"source {pool.name} ({pool.ability})", ["field", "value"], [
         ["origin", json.dumps(pool.origin)],
         ["raw rows", s["raw_rows"]],
         ["invalid skipped", f"{s['invalid_skipped']} {s['invalid_reasons'] or ''}"],
@@ -59,16 +34,16 @@ def cmd_data_compose(args) -> None:
     from sftmix.config import DataConfig, apply_overrides, read_yaml, validate
     from sftmix.data.compose import compose_all
 
-    data = apply_overrides(read_yaml(args.config), args.overrides)
+    data = apply_overrides(read_yaml(args.config), args.overrides, args.config)
     cfg = validate(DataConfig, data, args.config)
-    composed = compose_all(cfg, args.output, progress=not args.quiet)
+    composed = compose_all(cfg, output_dir(args.output, "-o/--output"), progress=not args.quiet)
     rows = []
     for c in composed:
         for p in c.manifest["parts"]:
             rows.append([c.name, p["source"] + (f" (replay of {p['replay_of']})" if p.get("replay_of") else ""),
                          p["ability"], p["pool_size"], p["count"], p["approx_tokens"]])
         rows.append([c.name, "= total", "", "", c.manifest["total"], c.manifest["total_approx_tokens"]])
-    _table(f"composed into {args.output}", ["mixture", "part", "ability", "pool", "rows", "≈tokens"], rows)
+    table(f"composed into {args.output}", ["mixture", "part", "ability", "pool", "rows", "≈tokens"], rows)
     for c in composed:
         print(f"{c.name}: content sha256 {c.manifest['content_sha256']}")
 
@@ -89,17 +64,13 @@ def cmd_data_tag(args) -> None:
     n = len(pool)
     tags = pool.stats["tags"]
     without = sum(1 for c in pool.conversations if not ({"code", "math"} & set(c.tags)))
-    _table(f"tags of {args.source} ({'LLM ' + args.llm_model if tagger else 'rule'} tagger)", ["tag", "conversations", "share"],
-           [[t, k, f"{k / n:.1%}"] for t, k in sorted(tags.items())] +
-           [["without code or math", without, f"{without / n:.1%}" if n else "-"]])
+    table(f"tags of {args.source} ({'LLM ' + args.llm_model if tagger else 'rule'} tagger)", ["tag", "conversations", "share"],
+          [[t, k, f"{k / n:.1%}"] for t, k in sorted(tags.items())] +
+          [["without code or math", without, f"{without / n:.1%}" if n else "-"]])
 
 
-# ---------------------------------------------------------------- parser
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sftmix", description="SFT data composition: mixtures, strategies (DMT), evaluation, studies.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def add_commands(sub) -> None:
+    """Register ``sftmix data show | compose | tag``."""
     data = sub.add_parser("data", help="inspect, tag and compose SFT data").add_subparsers(dest="data_command", required=True)
     show = data.add_parser("show", help="load a source and show its statistics and first rows")
     show.add_argument("source", help="a built-in source name, or any name with --path")
@@ -108,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--ability")
     show.add_argument("--split", default="train", choices=["train", "test"])
     show.add_argument("--data-dir")
-    show.add_argument("--limit", type=int)
-    show.add_argument("-n", type=int, default=2, help="rows to print")
+    show.add_argument("--limit", type=positive_int)
+    show.add_argument("-n", type=positive_int, default=2, help="rows to print")
     show.add_argument("--no-tags", action="store_true")
     show.add_argument("--skip-invalid", action="store_true")
     show.set_defaults(func=cmd_data_show)
@@ -124,29 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     tag = data.add_parser("tag", help="tag a source with the ability tagger and report counts")
     tag.add_argument("source")
     tag.add_argument("--data-dir")
-    tag.add_argument("--limit", type=int)
+    tag.add_argument("--limit", type=positive_int)
     tag.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for InsTag-style tagging")
     tag.add_argument("--llm-model", default="instag")
     tag.set_defaults(func=cmd_data_tag)
 
-    from sftmix import cli_more
-
-    cli_more.add_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except SftmixError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The ``sftmix`` command: data | train | eval | run | study | demo | tsne.
+
+Each command group lives in its own module (``data``, ``train``, ``eval``, ``study``) and
+registers its subcommands here. A subcommand is a thin wrapper: parse arguments, load a typed
+config, call one public function, print a summary. Any ``SftmixError`` is printed without a
+traceback and exits with status 2; so do file-system errors that escape the checks.
+
+``key.path=value`` overrides may stand anywhere after the command, also after options
+(``sftmix data compose c.yaml -o out seed=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sftmix.errors import SftmixError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sftmix.cli import data, eval, study, train
+
+    p = argparse.ArgumentParser(prog="sftmix", description="SFT data composition: mixtures, strategies (DMT), evaluation, studies.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in (data, train, eval, study):
+        group.add_commands(sub)
+    return p
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a nargs="*" positional at the first option, so overrides given
+    # after options arrive here; anything else left over is a usage error as usual.
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        args.func(args)
+    except SftmixError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as e:
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
