@@ -28,7 +28,7 @@ def test_vicuna_rendering_matches_fastchat():
            "detailed, and polite answers to the user's questions.")
     r = render_vicuna(TWO_TURNS, "</s>")
     assert r.text == f"{sys} USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>"
-    assert [r.text[a:b] for a, b in r.spans] == ["a1</s>", "a2</s>"]
+    assert [r.text[a:b] for a, b in r.spans] == [" a1</s>", " a2</s>"]  # the separator space is generated
     prompt = render_vicuna(TWO_TURNS[:3], "</s>", add_generation_prompt=True).text
     assert prompt == f"{sys} USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT:"
 

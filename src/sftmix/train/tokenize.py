@@ -21,6 +21,11 @@ from sftmix.io import read_json, stable_hash, write_json
 from sftmix.templates import IGNORE, MaskError, tokenize_with_mask
 
 
+# Bumped whenever the rendering or masking rules change, so that no cache built under the old
+# rules is reused (2: the separator space before a reply is supervised, as FastChat does).
+MASK_VERSION = 2
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     return stable_hash([tokenizer.name_or_path, type(tokenizer).__name__, len(tokenizer),
                         tokenizer.eos_token, tokenizer.pad_token, getattr(tokenizer, "chat_template", None)])
@@ -53,7 +58,7 @@ def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, tem
     """Tokenised rows as a ``datasets.Dataset`` plus statistics; cached by the key above."""
     import datasets
 
-    key = stable_hash([tokenizer_fingerprint(tokenizer), template, max_length, packing, content_sha])
+    key = stable_hash([MASK_VERSION, tokenizer_fingerprint(tokenizer), template, max_length, packing, content_sha])
     cache = (cache_root / key) if cache_root else None
     if cache is not None and (cache / "stats.json").exists():
         return datasets.load_from_disk(str(cache / "data")), {**read_json(cache / "stats.json"), "cache": "hit", "key": key}
