@@ -328,6 +328,6 @@ def apply_overrides(data: dict, overrides: list[str], where: str = "command line
                 else:
                     node = node.setdefault(p, {})
             else:
-                raise SftmixError(f"override {item!r}: {here} is a {type(node).__name__} ({node!r}), not a mapping or list; "
-                                  f"cannot set {p!r} inside it")
+                raise SftmixError(f"override {item!r}: {here} holds the {type(node).__name__} value {node!r}, not a mapping "
+                                  f"or list; it has no field {p!r}")
     return data

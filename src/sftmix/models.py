@@ -139,7 +139,11 @@ def load_model(path: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as e:
         raise SftmixError(f"cannot load a model from {path!r}: {str(e).splitlines()[0]}") from None
+    except SafetensorError as e:  # a weights file cut short or damaged
+        raise SftmixError(f"cannot load a model from {path!r}: its weights file is damaged or cut short ({e})") from None

@@ -59,10 +59,15 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def set_path(d: dict, path: str, value: Any) -> None:
+def set_path(d: dict, path: str, value: Any, where: str = "grid") -> None:
+    """Set a dotted run-config path; a step into a value that is not a mapping is an error."""
     keys = path.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
+    for depth, k in enumerate(keys[:-1]):
+        nxt = d.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise SftmixError(f"{where}: axis {path!r}: {'.'.join(keys[:depth + 1])} is {type(nxt).__name__} {nxt!r}, "
+                              f"not a mapping, so it has no field {keys[depth + 1]!r}")
+        d = nxt
     d[keys[-1]] = copy.deepcopy(value)
 
 
@@ -103,7 +108,7 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study")
             data = copy.deepcopy(base)
             for k, v in point.items():
                 if not k.startswith("_"):  # "_name" axes only label runs (for tables and figures)
-                    set_path(data, k, v)
+                    set_path(data, k, v, where)
             data.setdefault("name", study.name)
             cfg = validate(RunConfig, data, f"{where} run {_label(point)!r}")
             rid = run_id(cfg)

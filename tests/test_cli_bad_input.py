@@ -1,0 +1,175 @@
+"""Bad input as a new user would give it: every case exits 2 with one message that names the
+file, line or field and what was expected, without a traceback, and leaves nothing half-written.
+
+Cases are a table: (id, function building argv in a temp dir, expected text in the message).
+They run ``sftmix.cli.main`` in-process (argparse's usage errors included), which is what the
+console script calls.
+"""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import TINY_SOURCES, TINY_TRAIN
+from sftmix.cli import main
+
+ROWS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(5)]
+
+
+def compose_cfg(tmp: Path, **extra) -> Path:
+    cfg = {"seed": 0, "mixtures": [{"name": "m", "parts": [{"source": "generated_math", "count": 5}]}],
+           "sources": {"generated_math": {"size": 20}}, **extra}
+    p = tmp / "compose.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def user_source_cfg(tmp: Path, data: Path, fmt: str = "alpaca") -> Path:
+    cfg = {"sources": {"mine": {"path": str(data), "format": fmt, "ability": "code"}},
+           "mixtures": [{"name": "m", "parts": [{"source": "mine", "fraction": 1}]}]}
+    p = tmp / "user.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def run_cfg(tmp: Path, **fields) -> Path:
+    cfg = {"name": "r", "model": "tiny", "sources": TINY_SOURCES, "train": TINY_TRAIN, "output_dir": str(tmp / "run"),
+           "strategy": {"name": "individual", "sources": ["generated_math"]}, **fields}
+    p = tmp / "run.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def study_cfg(tmp: Path, **fields) -> Path:
+    base = yaml.safe_load(run_cfg(tmp).read_text())
+    base.pop("output_dir")
+    cfg = {"name": "s", "base": base, "grid": {"seed": [0]}, "output_dir": str(tmp / "study"), **fields}
+    p = tmp / "study.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def a_file(tmp: Path) -> Path:
+    p = tmp / "occupied"
+    p.write_text("x")
+    return p
+
+
+def show(path: Path, fmt: str = "alpaca") -> list[str]:
+    return ["data", "show", "mine", "--path", str(path), "--format", fmt, "--ability", "code"]
+
+
+def write(tmp: Path, name: str, data: bytes) -> Path:
+    p = tmp / name
+    p.write_bytes(data)
+    return p
+
+
+LATIN1_ROW = json.dumps({"instruction": "Caf\u00e9", "input": "", "output": "ok"}, ensure_ascii=False).encode("latin-1")
+
+
+def cut_checkpoint(tmp: Path) -> list[str]:
+    from sftmix.models import resolve_model
+
+    ck = tmp / "ckpt"
+    shutil.copytree(resolve_model("tiny"), ck)
+    w = ck / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])
+    return ["eval", str(ck), "--tasks", "loss", "--loss-sources", "generated_math", "--out", str(tmp / "ev")]
+
+
+def garbage_store(tmp: Path) -> list[str]:
+    cfg = study_cfg(tmp)
+    (tmp / "study").mkdir()
+    (tmp / "study" / "results.sqlite").write_bytes(b"this is not a database" * 100)
+    return ["study", "status", str(cfg)]
+
+
+def replay_missing(tmp: Path) -> list[str]:
+    stages = [{"name": "one", "mixture": {"name": "one", "parts": [{"source": "generated_math", "count": 8}]}},
+              {"name": "two", "mixture": {"name": "two", "parts": [{"replay": "nothing", "k": 0.5}]}}]
+    return ["train", str(run_cfg(tmp, strategy=None, stages=stages))]
+
+
+CASES = [
+    # encodings and containers
+    ("latin1 jsonl", lambda t: show(write(t, "l.jsonl", LATIN1_ROW + b"\n")), "not UTF-8"),
+    ("latin1 json", lambda t: show(write(t, "l.json", b"[" + LATIN1_ROW + b"]")), "not UTF-8"),
+    ("latin1 config", lambda t: ["data", "compose", str(write(t, "c.yaml", "seed: 0 # caf\u00e9\n".encode("latin-1"))), "-o",
+                                 str(t / "o")], "not UTF-8"),
+    ("empty json", lambda t: show(write(t, "e.json", b"")), "is empty"),
+    ("train/test object", lambda t: show(write(t, "tt.json", json.dumps({"train": ROWS, "test": ROWS}).encode())),
+     "keys test, train"),
+    ("object with [ in text", lambda t: show(write(t, "o.json", b'{"note": "see [1]", "n": 3}')), "got an object"),
+    ("not gzip", lambda t: show(write(t, "n.jsonl.gz", b"plain text, not gzip\n")), "not a complete gzip"),
+    ("gzip cut short", lambda t: show(write(t, "c.jsonl.gz", gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in ROWS * 50))[:60])),
+     "not a complete gzip"),
+    ("data path is a folder", lambda t: show(t), "is a folder"),
+    ("config path is a folder", lambda t: ["data", "compose", str(t), "-o", str(t / "o")], "is a folder"),
+    # output places
+    ("compose -o a file", lambda t: ["data", "compose", str(compose_cfg(t)), "-o", str(a_file(t))], "is a file"),
+    ("compose -o under a file", lambda t: ["data", "compose", str(compose_cfg(t)), "-o", str(a_file(t) / "sub")], "is under"),
+    ("compose -o unwritable", lambda t: ["data", "compose", str(compose_cfg(t)), "-o", "/proc/sftmix-out"], "/proc/sftmix-out"),
+    ("train output_dir a file", lambda t: ["train", str(run_cfg(t, output_dir=str(a_file(t))))], "is a file"),
+    ("eval --out a file", lambda t: ["eval", "tiny", "--out", str(a_file(t))], "is a file"),
+    ("study output_dir a file", lambda t: ["study", "run", str(study_cfg(t, output_dir=str(a_file(t))))], "is a file"),
+    ("demo --out under a file", lambda t: ["demo", "--model", "tiny", "--quick", "--out", str(a_file(t) / "d")], "is under"),
+    # overrides
+    ("override into a scalar", lambda t: ["data", "compose", str(compose_cfg(t)), "-o", str(t / "o"), "seed.x=1"], "seed holds the int value 0"),
+    ("override index out of range", lambda t: ["data", "compose", str(compose_cfg(t)), "-o", str(t / "o"), "mixtures.5.name=x"],
+     "out of range"),
+    ("override non-index", lambda t: ["data", "compose", str(compose_cfg(t)), "-o", str(t / "o"), "mixtures.first.name=x"],
+     "not an index"),
+    ("study axis into a scalar", lambda t: ["study", "status", str(study_cfg(t, grid={"model.x": [1]}))], "not a mapping"),
+    # values
+    ("show --limit 0", lambda t: ["data", "show", "generated_math", "--limit", "0"], "--limit"),
+    ("eval --max-new-tokens -5", lambda t: ["eval", "tiny", "--max-new-tokens", "-5", "--out", str(t / "e")], "--max-new-tokens"),
+    ("eval --loss-samples 0", lambda t: ["eval", "tiny", "--loss-samples", "0", "--out", str(t / "e")], "--loss-samples"),
+    ("eval --tasks ,", lambda t: ["eval", "tiny", "--tasks", ",", "--out", str(t / "e")], "at least one"),
+    # damaged state
+    ("garbage results.sqlite", garbage_store, "not a readable sftmix results database"),
+    ("checkpoint weights cut short", cut_checkpoint, "damaged or cut short"),
+    # silent acceptance
+    ("truncated user json", lambda t: show(write(t, "t.json", json.dumps(ROWS).encode()[:-30])), "cut short"),
+    ("every study run failed", lambda t: ["study", "run", str(study_cfg(t, base={**yaml.safe_load(run_cfg(t).read_text()),
+                                                                                 "output_dir": None, "sources": {
+                                                                                     "mine": {"path": str(t / "gone.jsonl"), "format": "alpaca", "ability": "code"}},
+                                                                                 "strategy": {"name": "individual", "sources": ["mine"]}}))],
+     "1 of 1 runs failed"),
+    # misleading messages
+    ("alpaca row without output", lambda t: show(write(t, "a.jsonl", b'{"instruction": "x"}\n')), "missing field 'output'"),
+    ("empty user file", lambda t: ["data", "compose", str(user_source_cfg(t, write(t, "empty.jsonl", b""))), "-o", str(t / "o")],
+     "empty.jsonl"),
+    ("all-empty sharegpt turns", lambda t: ["data", "compose", str(user_source_cfg(t, write(t, "s.json", json.dumps(
+        [{"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}]}] * 3).encode()), "sharegpt")),
+        "-o", str(t / "o")], "no conversations left"),
+    # checked before any work
+    ("dmt k 2", lambda t: ["train", str(run_cfg(t, strategy={"name": "dmt", "specialised": ["generated_math"],
+                                                             "general": "generated_code", "k": 2}))], "strategy.k"),
+    ("replay of a missing stage", replay_missing, "'nothing' is not an earlier mixture"),
+]
+
+
+@pytest.mark.parametrize("case,build,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_clear_message(case, build, expected, tmp_path, capsys):
+    argv = build(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("*.tmp")), "a temp file was left behind"
+    assert not list(tmp_path.rglob("stage*")), "work started before the input was checked"
+
+
+def test_overrides_after_options_as_the_readme_writes_them(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    assert main(["data", "compose", str(cfg), "-o", str(tmp_path / "o"), "seed=1", "--quiet"]) == 0
+    assert json.loads((tmp_path / "o" / "m" / "manifest.json").read_text())["seed"] == 1
