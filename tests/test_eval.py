@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sftmix.eval import gsm8k, humaneval, mtbench
-from sftmix.eval.sandbox import Limits, namespaces_available, run_program
+from sftmix.eval.sandbox import run_program
 from sftmix.errors import SftmixError
 
 from openai_server import OpenAIServer as JudgeServer
@@ -80,60 +80,6 @@ def test_pass_at_k_estimator():
     assert humaneval.pass_at_k(10, 10, 1) == 1.0
     assert humaneval.pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert humaneval.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
-
-
-ATTACKS = {
-    "infinite loop": "while True:\n    pass",
-    "fork bomb": "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass",
-    "subprocess bomb": "import subprocess\nfor _ in range(200):\n    subprocess.Popen(['sleep', '30'])",
-    "memory bomb": "x = ' ' * (8 * 1024 ** 3)",
-    "write outside": "open('/work/sftmix_attack_marker', 'w').write('x')",
-    "sys.exit before tests": "import sys\nsys.exit(0)",
-    "os._exit before tests": "import os\nos._exit(0)",
-    "kill the parent": "import posix, signal\nposix.kill(posix.getppid(), signal.SIGKILL)\nposix.kill(1, signal.SIGKILL)",
-    "network": "import socket\nsocket.create_connection(('127.0.0.1', 1), timeout=1)\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
-    "read env": "import os\nassert 'SFTMIX_SECRET' in os.environ or open('/proc/1/environ').read().find('SFTMIX_SECRET') >= 0",
-    "print passed": "print('passed')\nraise SystemExit(0)",
-}
-
-
-@pytest.mark.parametrize("name", list(ATTACKS))
-def test_attacks_are_contained_and_fail(name, monkeypatch, problems):
-    """Each attack is the body of HumanEval/0's function, run with the real tests appended."""
-    import os
-    import textwrap
-
-    monkeypatch.setenv("SFTMIX_SECRET", "hunter2")
-    marker = Path("/work/sftmix_attack_marker")
-    p = problems[0]
-    completion = f"def {p['entry_point']}(numbers, threshold):\n" + textwrap.indent(ATTACKS[name], "    ") + "\n"
-    res = run_program(humaneval.build_program(p, completion), Limits(timeout_s=2.0))
-    assert not res.passed, (name, res)
-    assert not marker.exists()
-    os.kill(os.getpid(), 0)  # the evaluator is alive
-    # and an ordinary sample still runs correctly after the attack
-    assert run_program(humaneval.build_program(p, p["canonical_solution"])).passed
-
-
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
-                    reason="namespaces are asserted only where the tests run as root (dev and CI machines)")
-def test_sandbox_isolation_is_available_here():
-    # As root on Linux the namespaces must work; elsewhere the fallback warns instead.
-    assert namespaces_available()
-
-
-def test_fallback_without_namespaces_warns_and_still_scores():
-    import warnings
-
-    from sftmix.eval import sandbox
-
-    sandbox._warned = False
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        ok = run_program("assert 1 + 1 == 2", isolated=False)
-        sandbox._warn_once()
-    assert ok.passed and any("namespaces" in str(x.message) for x in w)
-    assert not run_program("import sys\nsys.exit(0)", isolated=False).passed
 
 
 # ---------------------------------------------------------------- MT-Bench

@@ -117,12 +117,55 @@ def _assemble(problem: dict, code: str, verbatim: bool = False) -> str:
     return program + ("\n" + module if module else "")
 
 
-def build_program(problem: dict, output: str, salvage_syntax: bool = False, verbatim: bool = False) -> str:
-    """The program to execute for one completion (see the module docstring)."""
+def build_candidate(problem: dict, output: str, salvage_syntax: bool = False, verbatim: bool = False) -> str:
+    """The candidate's code for one completion: prompt and extracted code, without the tests."""
     code = extract_code(output, problem["entry_point"])
     if salvage_syntax:
         code = salvage(problem, code)
-    return _assemble(problem, code, verbatim) + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+    return _assemble(problem, code, verbatim)
+
+
+def build_program(problem: dict, output: str, salvage_syntax: bool = False, verbatim: bool = False) -> str:
+    """The whole program for one completion (candidate, tests, ``check(entry_point)``), as the
+    in-process harness runs it."""
+    return (build_candidate(problem, output, salvage_syntax, verbatim) + "\n\n" + problem["test"] + "\n"
+            + f"check({problem['entry_point']})\n")
+
+
+def check_source(problem: dict) -> str:
+    """What runs in the evaluator beside the proxy: the prompt (its helper functions, e.g. ``poly``
+    for HumanEval/32) and the dataset's ``check``. Dataset code only, never the sample's; the
+    entry point's name is then bound to the proxy (HumanEval/33's test calls it by name)."""
+    return problem["prompt"] + "\n\n" + problem["test"] + "\n"
+
+
+def job(problem: dict, candidate: str, in_process: bool, limits):
+    from sftmix.eval.sandbox import Job
+
+    if in_process:
+        return Job(candidate + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n", limits=limits)
+    return Job(candidate, problem["entry_point"], check_source(problem), limits)
+
+
+_PROXY_OK: dict[str, bool] = {}
+
+
+def proxy_fallbacks(problems: list[dict], limits, workers: int, kind: str) -> set[str]:
+    """Task ids whose canonical solution fails through the proxy (its test needs the candidate in
+    the same process); these are scored with the in-process harness. Cached per problem text."""
+    from sftmix.eval.sandbox import run_many
+    from sftmix.io import stable_hash
+
+    keys = [stable_hash([p["prompt"], p["test"], p["canonical_solution"], kind]) for p in problems]
+    todo = [(k, p) for k, p in zip(keys, problems) if k not in _PROXY_OK]
+    if todo:
+        results = run_many([job(p, p["prompt"] + p["canonical_solution"], False, limits) for _, p in todo], workers, False, kind)
+        for (k, _), r in zip(todo, results):
+            _PROXY_OK[k] = r.passed
+    return {p["task_id"] for k, p in zip(keys, problems) if not _PROXY_OK[k]}
+
+
+VARIANTS = {"": {}, "_salvaged": {"salvage_syntax": True}, "_verbatim": {"verbatim": True}}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -133,33 +176,42 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def score(problems: list[dict], outputs: list[list[str]], ks=(1,), workers: int = 4, timeout_s: float = 3.0,
-          progress: bool = True) -> tuple[dict, list[dict]]:
-    """Execute every completion (``outputs[i]`` = samples for problem i) and compute pass@k."""
-    from sftmix.eval.sandbox import Limits, namespaces_available, run_many
+          progress: bool = True, kind: str | None = None) -> tuple[dict, list[dict]]:
+    """Execute every completion (``outputs[i]`` = samples for problem i) and compute pass@k.
 
-    flat = [(i, j) for i, outs in enumerate(outputs) for j in range(len(outs))]
+    The sandbox's canary runs first (a sandbox that cannot run Python stops the evaluation);
+    then each distinct candidate runs once, through the proxy unless its problem needs the
+    in-process harness (``proxy_fallbacks``).
+    """
+    from sftmix.eval.sandbox import Limits, canary, run_many
+
     if len(outputs) != len(problems):
         raise ValueError(f"{len(outputs)} output lists for {len(problems)} problems")
-    strict = [build_program(problems[i], outputs[i][j]) for i, j in flat]
-    salvaged = [build_program(problems[i], outputs[i][j], salvage_syntax=True) for i, j in flat]
-    verbatim = [build_program(problems[i], outputs[i][j], verbatim=True) for i, j in flat]
-    todo = sorted(set(strict) | set(salvaged) | set(verbatim))  # each distinct program runs once
-    ran = dict(zip(todo, run_many(todo, Limits(timeout_s=timeout_s), workers=workers, progress=progress)))
-    metrics = {"n_problems": len(problems), "isolated": namespaces_available()}
-    rows = []
-    for variant, programs in (("", strict), ("_salvaged", salvaged), ("_verbatim", verbatim)):
+    kind = canary(kind)
+    limits = Limits(timeout_s=timeout_s)
+    fallback = proxy_fallbacks(problems, limits, workers, kind)
+    flat = [(i, j) for i, outs in enumerate(outputs) for j in range(len(outs))]
+    candidates = {v: [build_candidate(problems[i], outputs[i][j], **opts) for i, j in flat] for v, opts in VARIANTS.items()}
+    todo = sorted({(i, c) for v in VARIANTS for (i, _), c in zip(flat, candidates[v])})  # each distinct one runs once
+    jobs = [job(problems[i], c, problems[i]["task_id"] in fallback, limits) for i, c in todo]
+    ran = dict(zip(todo, run_many(jobs, workers, progress, kind)))
+    used = sorted(fallback & {p["task_id"] for p in problems})
+    metrics = {"n_problems": len(problems), "isolation": kind, "proxy_fallback_problems": len(used),
+               "proxy_fallback_task_ids": used}
+    for variant in VARIANTS:
         per: dict[int, list] = {}
-        for (i, j), program in zip(flat, programs):
-            per.setdefault(i, []).append(ran[program].passed)
+        for (i, j), c in zip(flat, candidates[variant]):
+            per.setdefault(i, []).append(ran[(i, c)].passed)
         for k in ks:
             if all(len(v) >= k for v in per.values()):
                 metrics[f"pass@{k}{variant}"] = 100.0 * sum(pass_at_k(len(v), sum(v), k) for v in per.values()) / max(1, len(per))
-    for (i, j), program, sal, verb in zip(flat, strict, salvaged, verbatim):
-        res = ran[program]
-        rows.append({"task_id": problems[i]["task_id"], "sample": j, "completion": outputs[i][j], "program": program,
-                     "passed": res.passed, "result": res.status, "detail": res.detail,
-                     "passed_salvaged": ran[sal].passed, "salvaged_changed": sal != program,
-                     "passed_verbatim": ran[verb].passed})
+    rows = []
+    for n, (i, j) in enumerate(flat):
+        strict, sal, verb = (ran[(i, candidates[v][n])] for v in VARIANTS)
+        rows.append({"task_id": problems[i]["task_id"], "sample": j, "completion": outputs[i][j], "program": candidates[""][n],
+                     "passed": strict.passed, "result": strict.status, "detail": strict.detail, "mode": strict.mode,
+                     "passed_salvaged": sal.passed, "salvaged_changed": candidates["_salvaged"][n] != candidates[""][n],
+                     "passed_verbatim": verb.passed})
     return metrics, rows
 
 
@@ -168,8 +220,14 @@ def run(generator, template: str, problems: list[dict], wrapper: str = "complete
     """Greedy pass@1 with the chat template (n = 1, as the paper)."""
     from sftmix.templates import generation_prompt
 
+    import sys
+
+    from sftmix.eval.sandbox import canary
+
     if wrapper not in WRAPPERS:
         raise SftmixError(f"unknown HumanEval wrapper {wrapper!r}; valid: {', '.join(WRAPPERS)}")
+    kind = canary()  # before generating: a sandbox that cannot run code must fail early and loudly
+    print(f"HumanEval sandbox: {kind} isolation (canary passed)", file=sys.stderr, flush=True)
     prompts = [generation_prompt([{"role": "user", "content": WRAPPERS[wrapper].format(prompt=p["prompt"])}], template,
                                  generator.tokenizer) for p in problems]
     outs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, desc="humaneval")
