@@ -214,6 +214,11 @@ class EvalConfig(Strict):
     loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"], min_length=1)
     loss_samples: int = Field(64, gt=0)
     loss_max_length: int = Field(512, gt=8)
+    heldout_seed: int = Field(0, description="seed choosing the held-out rows of sources without a test split; fixed across "
+                              "runs and replicates so that they are measured on the same rows (paired comparisons)")
+    curve_points: int = Field(4, ge=0, description="held-out loss points per training stage besides its start and end "
+                              "(forgetting curves); 0 = start and end only")
+    curve: bool = Field(True, description="measure held-out loss of every loss source during training (forgetting curves)")
 
 
 class RunConfig(Strict):

@@ -1,6 +1,9 @@
-"""The study report: Table-1-style tables (markdown, CSV, LaTeX) with the best two per column
-marked, figures (metric against each numeric grid axis, one line per other setting), FLOPs, and an
-HTML page that embeds everything (no server needed), plus the configs and versions behind it."""
+"""The study report: Table-1-style tables (markdown, CSV, LaTeX) with a 95% interval on every
+value and the best two per column marked, the Findings (the study's claims tested pairwise, with
+verdicts), forgetting curves (held-out loss per ability during training, stage boundaries
+marked), figures (metric against each numeric grid axis with error bars, one line per other
+setting), FLOPs, and an HTML page that embeds everything (no server needed), plus the configs
+and versions behind it. Replicates (seeds) are one configuration throughout."""
 
 from __future__ import annotations
 
@@ -20,18 +23,10 @@ LOWER_IS_BETTER = ("loss",)
 
 
 def table(store: Store) -> tuple[list[str], list[list]]:
-    """Rows = done runs (label), columns = task/metric; values from the database only."""
-    runs = {r["id"]: r for r in store.runs() if r["status"] == "done"}
-    cols = sorted({(m["task"], m["metric"]) for m in store.metrics() if m["run_id"] in runs},
-                  key=lambda c: (c[0] != "gsm8k", c[0] != "humaneval", c[0] != "mtbench", c))
-    keep = [c for c in cols if c[1] in ("accuracy", "pass@1", "score") or c[0] == "loss"]
-    vals = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
-    header = ["run"] + [f"{t}/{m}" for t, m in keep] + ["train PFLOPs", "eval PFLOPs"]
-    rows = []
-    for rid, r in runs.items():
-        train, ev = flops(r, vals, rid)
-        rows.append([r["label"]] + [vals.get((rid, t, m)) for t, m in keep] + [round(train / 1e15, 6), round(ev / 1e15, 6)])
-    return header, rows
+    """Rows = configurations (replicates merged), columns = metrics as (estimate, low, high)."""
+    from sftmix.analysis.findings import summary
+
+    return summary(store)
 
 
 def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
@@ -42,24 +37,46 @@ def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
     return 6 * n * (run["train_tokens"] or 0), 2 * n * eval_tokens
 
 
+def _est(v):
+    return v[0] if isinstance(v, tuple) else v
+
+
+def _metric_columns(header: list[str]) -> range:
+    first = 2 if len(header) > 1 and header[1] == "seeds" else 1
+    return range(first, len(header) - 2)
+
+
 def _marks(header: list[str], rows: list[list]) -> dict[tuple[int, int], str]:
-    """Best and second-best per metric column (ties share the mark; a constant column gets none)."""
+    """Best and second-best per metric column by estimate (ties share the mark; a constant
+    column gets none)."""
     marks = {}
-    for j, name in enumerate(header[1:-2], 1):
-        lower = name.startswith(LOWER_IS_BETTER)
-        distinct = sorted({r[j] for r in rows if r[j] is not None}, reverse=not lower)
+    for j in _metric_columns(header):
+        lower = header[j].startswith(LOWER_IS_BETTER)
+        distinct = sorted({_est(r[j]) for r in rows if _est(r[j]) is not None}, reverse=not lower)
         if len(distinct) < 2:
             continue
         for i, r in enumerate(rows):
-            if r[j] == distinct[0]:
+            if _est(r[j]) == distinct[0]:
                 marks[(i, j)] = "best"
-            elif r[j] == distinct[1]:
+            elif _est(r[j]) == distinct[1]:
                 marks[(i, j)] = "second"
     return marks
 
 
 def _fmt(v) -> str:
+    if isinstance(v, tuple):
+        return f"{v[0]:.4f} [{v[1]:.4f}, {v[2]:.4f}]"
     return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def csv_rows(header: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
+    """Flat CSV: each metric column becomes estimate, low and high columns."""
+    cols = set(_metric_columns(header))
+    out_header = [x for j, h in enumerate(header) for x in ((h, f"{h} low", f"{h} high") if j in cols else (h,))]
+    out = []
+    for r in rows:
+        out.append([x for j, v in enumerate(r) for x in ((v if isinstance(v, tuple) else (v, None, None)) if j in cols else (v,))])
+    return out_header, out
 
 
 def markdown(header, rows) -> str:
@@ -72,7 +89,8 @@ def markdown(header, rows) -> str:
             m = marks.get((i, j))
             cells.append(f"**{s}**" if m == "best" else f"<u>{s}</u>" if m == "second" else s)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nBest per column in bold, second underlined (lower is better for loss).\n"
+    return "\n".join(lines) + ("\n\nEstimate [95% interval]; best per column in bold, second underlined (lower is better "
+                               "for loss). Intervals: see Method.\n")
 
 
 def latex(header, rows) -> str:
@@ -90,19 +108,31 @@ def latex(header, rows) -> str:
     return "\n".join(out) + "\n"
 
 
-def figures(store: Store) -> dict[str, bytes]:
-    """One PNG per (numeric axis, metric): metric against the axis (log2), a line per other setting."""
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figures(store: Store, header: list[str] | None = None, rows: list[list] | None = None) -> dict[str, bytes]:
+    """One PNG per (numeric axis, metric): metric against the axis (log2) with 95% error bars,
+    a line per setting of the other axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from fractions import Fraction
 
-    runs = [r for r in store.runs() if r["status"] == "done"]
-    vals = {}
-    for m in store.metrics():
-        vals.setdefault(m["run_id"], {})[f"{m['task']}/{m['metric']}"] = m["value"]
-    points = {r["id"]: json.loads(r["point"]) for r in runs}
+    from sftmix.analysis.findings import groups
+
+    if header is None or rows is None:
+        header, rows = table(store)
+    cells = {r[0]: dict(zip(header, r)) for r in rows}
+    gs = groups(store)
 
     def num(v):
         try:
@@ -110,43 +140,96 @@ def figures(store: Store) -> dict[str, bytes]:
         except (ValueError, ZeroDivisionError):
             return None
 
-    axes = sorted({k for p in points.values() for k, v in p.items() if num(v) is not None})
-    metrics = sorted({k for v in vals.values() for k in v if k.split("/")[1] in ("accuracy", "pass@1", "score") or k.startswith("loss/")})
+    axes = sorted({k for g in gs for k, v in g.point.items() if num(v) is not None})
+    metrics = [h for h in header[_metric_columns(header).start:_metric_columns(header).stop]]
     out = {}
     for axis in axes:
         for metric in metrics:
             series: dict[str, list] = {}
-            for r in runs:
-                p = points[r["id"]]
-                if axis not in p or metric not in vals.get(r["id"], {}):
+            for g in gs:
+                v = cells.get(g.label, {}).get(metric)
+                if axis not in g.point or v is None:
                     continue
                 # Lines: one per setting of the other axes; amount dicts (no "name") vary with the
                 # plotted axis in zipped studies and would give a line per point.
-                other = " ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in p.items()
-                                 if k != axis and not (isinstance(v, dict) and "name" not in v)) or "runs"
-                series.setdefault(other, []).append((num(p[axis]), vals[r["id"]][metric]))
+                other = " ".join(f"{k.split('.')[-1]}={short_value(x)}" for k, x in g.point.items()
+                                 if k != axis and not (isinstance(x, dict) and "name" not in x)) or "runs"
+                est, lo, hi = v if isinstance(v, tuple) else (v, v, v)
+                series.setdefault(other, []).append((num(g.point[axis]), est, lo, hi))
             if not series:
                 continue
             fig, ax = plt.subplots(figsize=(5, 3.2))
             for name, pts in sorted(series.items()):
                 pts.sort()
-                xs = [x if x > 0 else min(p for p, _ in pts if p > 0) / 2 if any(p > 0 for p, _ in pts) else 1e-3 for x, _ in pts]
-                ax.plot(xs, [y for _, y in pts], marker="o", label=name[:40])
+                positive = [x for x, *_ in pts if x > 0]
+                xs = [x if x > 0 else (min(positive) / 2 if positive else 1e-3) for x, *_ in pts]
+                ys = [e for _, e, _, _ in pts]
+                err = [[e - lo for _, e, lo, _ in pts], [hi - e for _, e, _, hi in pts]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name[:40])
             ax.set_xscale("log", base=2)
             ax.set_xlabel(axis)
-            ax.set_ylabel(metric)
+            ax.set_ylabel(metric + " (95% CI)")
             ax.legend(fontsize=6)
             ax.grid(alpha=0.3)
-            fig.tight_layout()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            plt.close(fig)
-            out[f"{axis.replace('.', '_')}__{metric.replace('/', '_').replace('@', 'at')}.png"] = buf.getvalue()
+            out[f"{axis.replace('.', '_')}__{metric.replace('/', '_').replace('@', 'at')}.png"] = _png(fig)
+    return out
+
+
+def curve_figures(store: Store) -> dict[str, bytes]:
+    """Forgetting curves: per ability, held-out loss against optimizer steps since the run began,
+    one line per configuration (mean over seeds, band = min..max over seeds); dotted verticals in
+    the line's colour mark where its next stage starts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sftmix.analysis.findings import groups
+
+    pts = store.curves()
+    if not pts:
+        return {}
+    by_run: dict[str, list[dict]] = {}
+    for c in pts:
+        by_run.setdefault(c["run_id"], []).append(c)
+    out = {}
+    for ability in sorted({c["ability"] for c in pts}):
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        for g in groups(store):
+            per_step: dict[int, list[float]] = {}
+            starts: set[int] = set()
+            for r in g.runs:
+                for c in by_run.get(r["id"], []):
+                    if c["ability"] == ability:
+                        per_step.setdefault(c["run_step"], []).append(c["loss"])
+                        if c["step"] == 0 and c["stage_index"] > 1:
+                            starts.add(c["run_step"])
+            if not per_step:
+                continue
+            xs = sorted(per_step)
+            ys = [sum(per_step[x]) / len(per_step[x]) for x in xs]
+            (line,) = ax.plot(xs, ys, marker=".", label=g.label[:48])
+            if len(g.runs) > 1:
+                ax.fill_between(xs, [min(per_step[x]) for x in xs], [max(per_step[x]) for x in xs], color=line.get_color(), alpha=0.15)
+            for s in sorted(starts):
+                ax.axvline(s, color=line.get_color(), linestyle=":", alpha=0.7)
+        ax.set_xlabel("optimizer steps since the run began (dotted: a stage starts)")
+        ax.set_ylabel(f"held-out loss: {ability}")
+        ax.set_title(f"forgetting curve: {ability}")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+        out[f"curve__{ability}.png"] = _png(fig)
     return out
 
 
 def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict | None = None, notes: list[str] | None = None,
-                 extra_figures: dict[str, bytes] | None = None) -> Path:
+                 extra_figures: dict[str, bytes] | None = None, top: list[str] | None = None) -> Path:
+    """Write the tables, figures, Findings and the HTML and markdown pages; return the HTML path.
+
+    ``top``: lines shown first (e.g. where the data came from); ``notes``: extra remarks."""
+    from sftmix.analysis.findings import METHOD, finding_sentence, test_claims
+    from sftmix.study.grid import Claim
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(store)
@@ -155,11 +238,18 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
         f.write(md)
     with atomic_write(out / "table.tex") as f:
         f.write(latex(header, rows))
+    flat_header, flat_rows = csv_rows(header, rows)
     with atomic_write(out / "table.csv") as f:
         w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    figs = {**figures(store), **(extra_figures or {})}
+        w.writerow(flat_header)
+        w.writerows(flat_rows)
+    claims = [Claim(**c) for c in (study_doc or {}).get("compare", [])]
+    found = test_claims(store, claims)
+    with atomic_write(out / "findings.json") as f:
+        json.dump(found, f, indent=1)
+    sentences = [finding_sentence(x) for x in found]
+    curves = curve_figures(store)
+    figs = {**curves, **figures(store, header, rows), **(extra_figures or {})}
     for name, data in figs.items():
         with atomic_write(out / name, "wb") as f:
             f.write(data)
@@ -167,16 +257,23 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     status = {s: sum(r["status"] == s for r in runs) for s in ("done", "running", "failed")}
     vals = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
     totals = [flops(r, vals, r["id"]) for r in runs if r["status"] == "done"]
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
-             f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs</p>"]
+    img = lambda n, d: (f"<figure><img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(d).decode()}'>"  # noqa: E731
+                        f"<figcaption>{html.escape(n)}</figcaption></figure>")
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p class='top'>{html.escape(t)}</p>" for t in top or []]
+    parts.append(f"<p>runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
+                 f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs</p>")
+    if found:
+        parts.append("<h2>Findings</h2><ul class='findings'>" + "".join(
+            f"<li class='{x['verdict'].split()[0]}'>{html.escape(s)}</li>" for x, s in zip(found, sentences)) + "</ul>")
     for n in notes or []:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
-    parts.append("<h2>Results</h2>" + _html_table(header, rows))
-    if figs:
-        parts.append("<h2>Figures</h2>" + "".join(
-            f"<figure><img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(d).decode()}'>"
-            f"<figcaption>{html.escape(n)}</figcaption></figure>" for n, d in figs.items()))
+    parts.append("<h2>Results</h2>" + _html_table(header, rows) + f"<p class='method'><b>Method.</b> {html.escape(METHOD)}</p>")
+    if curves:
+        parts.append("<h2>Forgetting curves</h2>" + "".join(img(n, d) for n, d in curves.items()))
+    rest = {n: d for n, d in figs.items() if n not in curves}
+    if rest:
+        parts.append("<h2>Figures</h2>" + "".join(img(n, d) for n, d in rest.items()))
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{html.escape(r['label'])}: <pre>{html.escape((r['error'] or '')[:500])}</pre></li>" for r in failed) + "</ul>")
@@ -187,11 +284,16 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
             "body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;display:block;overflow-x:auto} td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
             " td:first-child{text-align:left} .best{font-weight:bold} .second{text-decoration:underline} figure{display:inline-block;margin:8px}"
-            " .note{background:#fff8e0;padding:8px;border-left:4px solid #e0b000}</style></head><body>" + "".join(parts) + "</body></html>")
+            " .note{background:#fff8e0;padding:8px;border-left:4px solid #e0b000} .top{background:#eef4ff;padding:8px;border-left:4px solid #4060c0}"
+            " .findings li{margin:6px 0} .as{color:#0a6b0a} .the{color:#a00000} .not{color:#555} .method{font-size:90%;color:#333}"
+            "</style></head><body>" + "".join(parts) + "</body></html>")
     with atomic_write(out / "report.html") as f:
         f.write(page)
     with atomic_write(out / "report.md") as f:
-        f.write(f"# {title}\n\n" + "".join(f"> {n}\n\n" for n in notes or []) + md + "\n" + "".join(f"![{n}]({n})\n" for n in figs))
+        f.write(f"# {title}\n\n" + "".join(f"> {t}\n\n" for t in top or [])
+                + ("## Findings\n\n" + "".join(f"- {s}\n" for s in sentences) + "\n" if found else "")
+                + "".join(f"> {n}\n\n" for n in notes or []) + "## Results\n\n" + md + f"\n**Method.** {METHOD}\n\n"
+                + "".join(f"![{n}]({n})\n" for n in figs))
     return out / "report.html"
 
 

@@ -74,6 +74,6 @@ def run(generator, template: str, problems: list[dict], max_new_tokens: int = 51
     prompts = [generation_prompt([{"role": "user", "content": p["question"]}], template, generator.tokenizer) for p in problems]
     outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, desc="gsm8k")
     metrics, rows = score(outputs, [p["answer"] for p in problems])
-    for r, p, prompt in zip(rows, problems, prompts):
-        r.update(question=p["question"], prompt=prompt)
+    for i, (r, p, prompt) in enumerate(zip(rows, problems, prompts)):
+        r.update(item=i, question=p["question"], prompt=prompt)
     return metrics, rows

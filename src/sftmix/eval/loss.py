@@ -2,9 +2,14 @@
 
 Cheap and deterministic, so the demo and forgetting curves can use it where generation is slow.
 Held-out rows of a source: its ``test`` split when one exists (GSM8K, generated sources);
-otherwise the *last* ``n`` rows of the pool's seeded sampling order. Training parts take prefixes
-of that same order, so they are disjoint unless a part uses nearly the whole pool; the overlap with
-the run's manifests is reported (``overlap_with_training``) rather than assumed.
+otherwise the *last* ``n`` rows of the pool's sampling order under ``heldout_seed`` (0 by
+default, whatever the run's seed, so that every run and every replicate of a study is measured on
+the same rows and runs can be compared pairwise). Training excludes those rows from its pools
+(``sftmix.train.strategies``), and the overlap with the run's manifests is still reported
+(``overlap_with_training``) rather than assumed.
+
+``mean_loss`` returns the token-weighted mean and, per sample, the summed token loss and the
+token count, from which intervals and paired differences are computed (``sftmix.analysis.stats``).
 """
 
 from __future__ import annotations
@@ -23,28 +28,38 @@ from sftmix.templates import IGNORE, MaskError, tokenize_with_mask
 HAS_TEST_SPLIT = ("gsm8k", "generated_math", "generated_code")
 
 
-def heldout(name: str, n: int, seed: int, cfg: SourceConfig | None, data_dir: str | None) -> tuple[list[Conversation], str]:
-    """``n`` held-out conversations of a source and how they were chosen."""
+def has_test_split(name: str, cfg: SourceConfig | None) -> bool:
     cfg = cfg or SourceConfig()
-    builtin = cfg.builtin or (name if name in BUILTINS else None)
-    if builtin in HAS_TEST_SPLIT:
-        pool = load_pool(name, cfg.model_copy(update={"split": "test", "limit": None}), data_dir)
-        return sampling_order(pool.conversations, seed)[:n], "test split"
-    pool = load_pool(name, cfg, data_dir)
+    return (cfg.builtin or (name if name in BUILTINS else None)) in HAS_TEST_SPLIT
+
+
+def heldout(name: str, n: int, seed: int, cfg: SourceConfig | None, data_dir: str | None, pool=None) -> tuple[list[Conversation], str]:
+    """``n`` held-out conversations of a source and how they were chosen (``seed``: the held-out
+    seed, not the run's). ``pool``: the source's already loaded train pool, if any."""
+    cfg = cfg or SourceConfig()
+    if has_test_split(name, cfg):
+        test = load_pool(name, cfg.model_copy(update={"split": "test", "limit": None}), data_dir)
+        return sampling_order(test.conversations, seed)[:n], "test split"
+    pool = pool or load_pool(name, cfg, data_dir)
     return sampling_order(pool.conversations, seed)[-n:], "tail of the train pool's sampling order"
 
 
 @torch.no_grad()
 def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_length: int = 512, batch_size: int = 8) -> dict:
-    """Token-weighted mean loss over the supervised tokens of ``convs``."""
+    """Token-weighted mean loss over the supervised tokens of ``convs``.
+
+    Returns ``loss``, ``tokens``, ``samples`` and ``per_sample``: ``[id, summed loss, tokens]``
+    for each conversation that has supervised tokens. The model's train/eval mode is restored.
+    """
     rows = []
     for c in convs:
         try:
-            rows.append(tokenize_with_mask(c.messages, template, tokenizer, max_length))
+            rows.append({**tokenize_with_mask(c.messages, template, tokenizer, max_length), "id": c.id})
         except MaskError:
             continue
     rows.sort(key=lambda r: len(r["input_ids"]))
-    total, count = 0.0, 0
+    total, count, per_sample = 0.0, 0, []
+    was_training = model.training
     model.eval()
     for i in range(0, len(rows), batch_size):
         batch = rows[i: i + batch_size]
@@ -55,8 +70,16 @@ def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_le
         for j, r in enumerate(batch):
             k = len(r["input_ids"])
             ids[j, :k], labels[j, :k], mask[j, :k] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+        dev = next(model.parameters()).device
+        ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         tgt = labels[:, 1:]
-        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum").item()
-        count += int((tgt != IGNORE).sum())
-    return {"loss": total / count if count else math.nan, "tokens": count, "samples": len(rows)}
+        token_loss = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none")  # (batch, len)
+        sums, counts = token_loss.sum(1).tolist(), (tgt != IGNORE).sum(1).tolist()
+        for r, s, k in zip(batch, sums, counts):
+            per_sample.append([r["id"], s, int(k)])
+        total += sum(sums)
+        count += sum(counts)
+    model.train(was_training)
+    per_sample.sort()
+    return {"loss": total / count if count else math.nan, "tokens": count, "samples": len(rows), "per_sample": per_sample}

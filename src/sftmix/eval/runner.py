@@ -122,11 +122,12 @@ def _loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, traini
     tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
     metrics, rows = {}, []
     for name in cfg.loss_sources:
-        convs, how = heldout(name, cfg.loss_samples, seed, sources.get(name), str(data_dir) if data_dir else None)
+        convs, how = heldout(name, cfg.loss_samples, cfg.heldout_seed, sources.get(name), str(data_dir) if data_dir else None)
         m = mean_loss(model, tok, convs, template, cfg.loss_max_length, cfg.batch_size)
+        per_sample = m.pop("per_sample")
         m["heldout"] = how
         if training_ids is not None:
             m["overlap_with_training"] = sum(c.id in training_ids for c in convs)
         metrics[name] = m
-        rows += [{"source": name, "id": c.id} for c in convs]
+        rows += [{"source": name, "id": i, "loss_sum": s, "tokens": k} for i, s, k in per_sample]
     return metrics, rows

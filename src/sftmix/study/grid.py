@@ -12,6 +12,11 @@ A study file::
     profiles:
       small: {...}                  # deep-merged over base with --profile small (or --small);
                                     # its own `grid:` replaces axes of the same name
+    replicates: 3                   # each configuration with seeds 0, 1, 2 (data sampling and
+                                    # training); replicates are one configuration in the report
+    compare:                        # the paper's claims this study tests (report: Findings)
+      - {a: dmt, b: sequential, metric: loss/code_alpaca, expect: better,
+         claim: "DMT forgets less code than sequential training"}
 
 Each run's config is the base deep-merged with one point of the grid; its id is a hash of the
 resolved config, so editing the study never confuses results of different configs.
@@ -22,13 +27,30 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from sftmix.config import RunConfig, Strict, validate
 from sftmix.errors import SftmixError
 from sftmix.train.strategies import run_id
+
+
+class Claim(Strict):
+    """A comparison the report tests: group ``a`` against group ``b`` on ``metric``.
+
+    A selector (``a``, ``b``) is a group's label, a strategy name, or a mapping of run-config
+    paths (or grid axis names) to values, e.g. ``{strategy.name: dmt, strategy.fraction: 1}``;
+    it must match exactly one configuration. ``metric``: ``loss/<source>``, ``gsm8k/accuracy``,
+    ``humaneval/pass@1`` or ``mtbench/score``. ``expect: better`` claims that ``a`` is better
+    than ``b`` (lower loss, higher accuracy or score); ``worse`` the opposite.
+    """
+
+    a: str | dict[str, Any]
+    b: str | dict[str, Any]
+    metric: str
+    expect: Literal["better", "worse"] = "better"
+    claim: str = Field("", description="the paper's statement, in words")
 
 
 class StudyConfig(Strict):
@@ -38,7 +60,12 @@ class StudyConfig(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: dict[str, list[Any]] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    replicates: int = Field(1, ge=1, description="seeds 0..n-1 for every configuration (adds a `seed` grid axis)")
+    compare: list[Claim] = Field(default_factory=list)
     output_dir: str | None = None
+
+
+REPLICATE_AXIS = "seed"
 
 
 @dataclass
@@ -47,6 +74,15 @@ class PlannedRun:
     label: str
     point: dict[str, Any]
     config: RunConfig
+
+    @property
+    def group(self) -> str:
+        return group_label(self.point)
+
+
+def group_label(point: dict) -> str:
+    """The label of a run's configuration: its point without the replicate (seed) axis."""
+    return _label({k: v for k, v in point.items() if k != REPLICATE_AXIS})
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -96,6 +132,8 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study")
         prof = dict(study.profiles[profile])
         grid.update(prof.pop("grid", {}))  # a profile may replace grid axes (e.g. one small model)
         base = deep_merge(base, prof)
+    if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in study.zip:
+        grid[REPLICATE_AXIS] = list(range(study.replicates))
     zlens = {len(v) for v in study.zip.values()}
     if len(zlens) > 1:
         raise SftmixError(f"{where}: zip axes must have equal lengths, got {sorted(zlens)}")

@@ -35,6 +35,46 @@ def flatten_metrics(tasks: dict) -> list[tuple[str, str, float]]:
     return out
 
 
+def per_item_samples(eval_dir: Path, tasks: dict) -> list[tuple]:
+    """(task, metric, item, value, weight) for every item behind a headline metric, read from the
+    evaluation's ``samples_<task>.jsonl``: held-out loss as (summed token loss, tokens), GSM8K
+    accuracy and HumanEval pass@1 as 0/100 per problem (mean over samples), MT-Bench as the score
+    of each valid judgment."""
+    from sftmix.io import read_jsonl
+
+    out: list[tuple] = []
+    for task in tasks:
+        path = eval_dir / f"samples_{task}.jsonl"
+        if not path.exists():
+            continue
+        rows = read_jsonl(path)
+        if task == "loss":
+            out += [("loss", r["source"], r["id"], r["loss_sum"], r["tokens"]) for r in rows if "loss_sum" in r]
+        elif task == "gsm8k":
+            out += [("gsm8k", "accuracy", str(r.get("item", i)), 100.0 * bool(r["correct"]), 1.0) for i, r in enumerate(rows)]
+        elif task == "humaneval":
+            per: dict[str, list] = {}
+            for r in rows:
+                per.setdefault(r["task_id"], []).append(bool(r["passed"]))
+            out += [("humaneval", "pass@1", t, 100.0 * sum(v) / len(v), 1.0) for t, v in per.items()]
+        elif task == "mtbench":
+            out += [("mtbench", "score", f"{r['question_id']}:{r['turn']}:{r.get('repeat', 0)}", float(r["score"]), 1.0)
+                    for r in rows if r.get("score", -1) != -1]
+    return out
+
+
+def curve_rows(run_out: Path) -> list[tuple]:
+    """(stage, stage_index, step, run_step, run_tokens, ability, loss) from the stages' meta.json."""
+    out = []
+    for meta_path in sorted(run_out.glob("stage*/final/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        index = int(meta_path.parent.parent.name[len("stage"):].split("_")[0])
+        for pt in meta.get("curve", []):
+            out += [(pt["stage"], index, pt["step"], pt["run_step"], pt["run_tokens"], ability, loss)
+                    for ability, loss in pt["loss"].items()]
+    return out
+
+
 def _train_tokens_and_params(run_out: Path) -> tuple[float, float]:
     """Real tokens trained over all stages (from their meta.json) and the model's parameter count."""
     from safetensors import safe_open
@@ -67,7 +107,8 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
             doc = evaluate(str(final), cfg.eval, eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
                            training_ids(cfg), progress=progress)
             tokens, params = _train_tokens_and_params(Path(cfg.output_dir))
-            store.finish(run.id, str(final), str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params)
+            store.finish(run.id, str(final), str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params,
+                         per_item_samples(eval_dir, doc["tasks"]), curve_rows(Path(cfg.output_dir)))
         except Exception as e:  # noqa: BLE001 - a failed run is recorded and the study goes on
             store.fail(run.id, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}")
             print(f"  failed: {type(e).__name__}: {e}", flush=True)

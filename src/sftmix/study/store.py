@@ -1,8 +1,11 @@
 """The results store: one SQLite database per study directory.
 
-Tables: ``runs`` (one row per run: id, label, config, status, error, paths, timings) and
-``metrics`` (run id, task, metric, value). Every write is one transaction, so a kill at any time
-leaves the database consistent (SQLite's journal rolls back a half-done write).
+Tables: ``runs`` (one row per run: id, label, config, status, error, paths, timings),
+``metrics`` (run id, task, metric, value), ``samples`` (the per-item results behind a metric: a
+held-out sample's summed token loss and token count, a problem's pass or a judgment's score,
+as value and weight, so that intervals come from data) and ``curves`` (held-out loss per ability
+during training). Every write is one transaction, so a kill at any time leaves the database
+consistent (SQLite's journal rolls back a half-done write).
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS metrics (
   run_id TEXT, task TEXT, metric TEXT, value REAL, PRIMARY KEY (run_id, task, metric)
+);
+CREATE TABLE IF NOT EXISTS samples (
+  run_id TEXT, task TEXT, metric TEXT, item TEXT, value REAL, weight REAL, PRIMARY KEY (run_id, task, metric, item)
+);
+CREATE TABLE IF NOT EXISTS curves (
+  run_id TEXT, stage TEXT, stage_index INTEGER, step INTEGER, run_step INTEGER, run_tokens REAL, ability TEXT, loss REAL,
+  PRIMARY KEY (run_id, stage, step, ability)
 );
 """
 
@@ -54,10 +64,15 @@ class Store:
                 (run_id, label, json.dumps(point), json.dumps(config), time.time()))
 
     def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[tuple[str, str, float]],
-               train_tokens: float, params: float) -> None:
-        with self.conn:  # metrics and the 'done' status land together or not at all
-            self.conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+               train_tokens: float, params: float, samples: list[tuple] = (), curves: list[tuple] = ()) -> None:
+        """Record a finished run: metrics, per-item samples ``(task, metric, item, value, weight)``
+        and curve points ``(stage, stage_index, step, run_step, run_tokens, ability, loss)``."""
+        with self.conn:  # metrics, samples, curves and the 'done' status land together or not at all
+            for table in ("metrics", "samples", "curves"):
+                self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", [(run_id, t, m, v) for t, m, v in metrics])
+            self.conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)", [(run_id, *s) for s in samples])
+            self.conn.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *c) for c in curves])
             self.conn.execute("UPDATE runs SET status = 'done', checkpoint = ?, eval_dir = ?, finished = ?, train_tokens = ?, "
                               "params = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, run_id))
 
@@ -70,3 +85,14 @@ class Store:
 
     def metrics(self) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM metrics")]
+
+    def samples(self, task: str | None = None, metric: str | None = None) -> list[dict]:
+        q, args = "SELECT * FROM samples WHERE 1 = 1", []
+        if task is not None:
+            q, args = q + " AND task = ?", [*args, task]
+        if metric is not None:
+            q, args = q + " AND metric = ?", [*args, metric]
+        return [dict(r) for r in self.conn.execute(q + " ORDER BY run_id, item", args)]
+
+    def curves(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM curves ORDER BY run_id, run_step, ability")]

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
-from sftmix.io import write_json
+from sftmix.io import read_json, write_json
 from sftmix.provenance import provenance
 from sftmix.models import cache_dir, load_model, load_tokenizer
 from sftmix.train.tokenize import Collator, tokenize_mixture
@@ -106,6 +107,78 @@ class StageTrainer(Trainer):
             logs["real_tokens"] = self._real_tokens
             self._tokens_at_log, self._time_at_log = self._real_tokens, now
         super().log(logs, start_time)
+
+
+@dataclass
+class CurveSpec:
+    """What a stage measures for the forgetting curves: held-out rows per ability, how they are
+    rendered (as ``sftmix.eval.loss``), how many points between the stage's start and end, and
+    where the stage starts on the run's cumulative axes (optimizer steps, real tokens)."""
+
+    sets: dict[str, list]
+    template: str
+    max_length: int
+    batch_size: int
+    points: int
+    run_step: int = 0
+    run_tokens: int = 0
+
+
+CURVE_KEY = "heldout_loss/"
+
+
+class HeldoutCurve(TrainerCallback):
+    """Held-out loss of every ability at the stage's start, at ``points`` evenly spaced optimizer
+    steps, and at its end, logged through ``Trainer.log`` (so the points live in the trainer
+    state's log history, are saved in checkpoints and survive a resume).
+
+    It calls ``sftmix.eval.loss.mean_loss``, the final evaluation's own function, on the same rows:
+    the last point of the last stage is the run's final held-out loss. (``Trainer.evaluate`` with
+    a dict of eval sets would average per-batch means weighted by batch size, not per token, and
+    so would not match that number.)
+    """
+
+    def __init__(self, spec: CurveSpec, trainer: StageTrainer, tokenizer):
+        self.spec, self.trainer, self.tokenizer = spec, trainer, tokenizer
+        self.logged_at: set[int] = set()
+
+    def measure(self, state) -> None:
+        from sftmix.eval.loss import mean_loss
+
+        if state.global_step in self.logged_at:
+            return
+        self.logged_at.add(state.global_step)
+        logs = {CURVE_KEY + name: mean_loss(self.trainer.model, self.tokenizer, convs, self.spec.template, self.spec.max_length,
+                                            self.spec.batch_size)["loss"] for name, convs in self.spec.sets.items()}
+        logs["run_step"] = self.spec.run_step + state.global_step
+        logs["run_tokens"] = self.spec.run_tokens + self.trainer._real_tokens
+        self.trainer.log(logs)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.logged_at |= {h["step"] for h in state.log_history if any(k.startswith(CURVE_KEY) for k in h)}
+        if state.global_step:  # resumed: carry the token count on from the last log before the checkpoint
+            self.trainer._real_tokens = max((h.get("real_tokens", 0) for h in state.log_history), default=0)
+        self.measure(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = max(1, -(-state.max_steps // (self.spec.points + 1)))
+        if self.spec.points and state.global_step % every == 0 and state.global_step < state.max_steps:
+            self.measure(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.measure(state)
+
+
+def curve_points(log_history: list[dict], stage: str) -> list[dict]:
+    """The curve points of a stage's log history: stage, step, run_step, run_tokens, loss per ability."""
+    return [{"stage": stage, "step": h["step"], "run_step": h["run_step"], "run_tokens": h["run_tokens"],
+             "loss": {k[len(CURVE_KEY):]: v for k, v in h.items() if k.startswith(CURVE_KEY)}}
+            for h in log_history if any(k.startswith(CURVE_KEY) for k in h)]
+
+
+def read_meta(final: Path) -> dict:
+    """A finished stage's ``meta.json``."""
+    return read_json(Path(final) / "meta.json")
 
 
 def _report_to(wanted: list[str]) -> list[str]:
@@ -211,11 +284,13 @@ def stage_done(out_dir: Path) -> bool:
 
 
 def train_stage(model_path: str, composed: Composed, settings: TrainSettings, template: str, out_dir: Path,
-                seed: int, parent: dict | None = None, run_config: dict | None = None, progress: bool = True) -> Path:
+                seed: int, parent: dict | None = None, run_config: dict | None = None, progress: bool = True,
+                curve: CurveSpec | None = None) -> Path:
     """Train one stage from ``model_path`` on ``composed``; return the final checkpoint folder.
 
     A finished stage (``final/meta.json`` exists) is skipped; an interrupted one resumes from its
-    last checkpoint in ``checkpoints/``.
+    last complete checkpoint in ``checkpoints/``. With ``curve``, held-out losses are measured
+    during training (``HeldoutCurve``) and kept in ``meta.json`` under ``curve``.
     """
     out_dir = Path(out_dir)
     final = out_dir / "final"
@@ -246,6 +321,8 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
         model.config.use_cache = False
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
                            processing_class=tokenizer)
+    if curve is not None and curve.sets:
+        trainer.add_callback(HeldoutCurve(curve, trainer, tokenizer))
     ckpt_dir = Path(args.output_dir)
     resume = last_complete_checkpoint(ckpt_dir) if state.is_main_process else None
     state.wait_for_everyone()
@@ -273,6 +350,9 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "metrics": result.metrics,
             "wall_s": round(wall, 2),
             "real_tokens": trainer._real_tokens,
+            "run_step_end": (curve.run_step if curve else 0) + trainer.state.global_step,
+            "run_tokens_end": (curve.run_tokens if curve else 0) + trainer._real_tokens,
+            "curve": curve_points(trainer.state.log_history, out_dir.name),
             "log_history": trainer.state.log_history,
             **provenance(),
         }

@@ -101,28 +101,74 @@ def run_dir(cfg: RunConfig) -> Path:
 def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     """Run every stage of ``cfg`` in order; return the final checkpoint of the last stage.
 
-    Reads top to bottom: plan the stages; for each one, compose its mixture (replay parts draw
-    from earlier stages' manifests), train it from the previous checkpoint, record it.
-    Finished stages are skipped and an interrupted stage resumes, so rerunning is always safe.
+    Reads top to bottom: plan the stages; pick the held-out rows the forgetting curves measure;
+    for each stage, compose its mixture (replay parts draw from earlier stages' manifests), train
+    it from the previous checkpoint while measuring the curves, record it. Finished stages are
+    skipped and an interrupted stage resumes, so rerunning is always safe.
     """
     from sftmix.models import resolve_model
-    from sftmix.train.stage import train_stage
+    from sftmix.train.stage import CurveSpec, read_meta, train_stage
 
     stages = plan(cfg)
     out = run_dir(cfg)
     pools: dict[str, Pool] = {}
     composed: dict[str, Composed] = {}
+    heldout_sets = curve_sets(cfg, pools) if "loss" in cfg.eval.tasks and cfg.eval.curve else {}
     checkpoint = resolve_model(cfg.model)
-    parent = None
+    parent, offset = None, {"run_step": 0, "run_tokens": 0}
     for i, stage in enumerate(stages):
         stage_dir = out / f"stage{i + 1}_{stage.name}"
         mixture = _compose_stage(cfg, stage, pools, composed, stage_dir)
         settings = stage_settings(cfg, stage)
+        curve = CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size, cfg.eval.curve_points,
+                          **offset) if heldout_sets else None
         checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
                                      seed=settings.seed if settings.seed is not None else cfg.seed,
-                                     parent=parent, run_config=cfg.model_dump(), progress=progress))
-        parent = {"stage": stage_dir.name, "checkpoint": checkpoint, "content_sha256": mixture.manifest["content_sha256"]}
+                                     parent=parent, run_config=cfg.model_dump(), progress=progress, curve=curve))
+        meta = read_meta(Path(checkpoint))
+        offset = {"run_step": meta.get("run_step_end", 0), "run_tokens": meta.get("run_tokens_end", 0)}
+        parent = {"stage": stage_dir.name, "checkpoint": checkpoint, "content_sha256": mixture.manifest["content_sha256"], **offset}
     return Path(checkpoint)
+
+
+def curve_sets(cfg: RunConfig, pools: dict[str, Pool]) -> dict[str, list]:
+    """The held-out rows of every loss source, as the final evaluation picks them (same seed,
+    same rule), so that a curve's last point is the final held-out loss. A source that cannot be
+    loaded is left out of the curves with a warning (the final evaluation reports it)."""
+    import sys
+
+    from sftmix.eval.loss import heldout
+
+    sets = {}
+    for name in cfg.eval.loss_sources:
+        try:
+            sets[name], _ = heldout(name, cfg.eval.loss_samples, cfg.eval.heldout_seed, cfg.sources.get(name),
+                                    cfg.eval.data_dir or cfg.data_dir, pool=_pool(cfg, name, pools, exclude=False))
+        except SftmixError as e:
+            print(f"forgetting curves: held-out source {name!r} left out: {str(e).splitlines()[0]}", file=sys.stderr)
+    return sets
+
+
+def _pool(cfg: RunConfig, name: str, pools: dict, exclude: bool = True) -> Pool | None:
+    """A source's pool, loaded once. For training (``exclude``) the held-out rows of a loss
+    source without a test split are removed, so no run trains on the rows it is measured on."""
+    from sftmix.eval.loss import has_test_split, heldout
+
+    key = (name, exclude)
+    if key not in pools:
+        if not exclude:
+            if has_test_split(name, cfg.sources.get(name)):
+                return None
+            pools[key] = load_pool(name, cfg.sources.get(name), cfg.data_dir)
+        else:
+            pool = _pool(cfg, name, pools, exclude=False) or load_pool(name, cfg.sources.get(name), cfg.data_dir)
+            if name in cfg.eval.loss_sources and not has_test_split(name, cfg.sources.get(name)):
+                held, _ = heldout(name, cfg.eval.loss_samples, cfg.eval.heldout_seed, cfg.sources.get(name), cfg.data_dir, pool=pool)
+                ids = {c.id for c in held}
+                kept = [c for c in pool.conversations if c.id not in ids]
+                pool = Pool(pool.name, pool.ability, kept, pool.origin, {**pool.stats, "heldout_excluded": len(pool) - len(kept)})
+            pools[key] = pool
+    return pools[key]
 
 
 def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, composed: dict, stage_dir: Path) -> Composed:
@@ -130,10 +176,8 @@ def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, composed: di
     if (data_dir / "manifest.json").exists():
         mixture = read_composed(data_dir)
     else:
-        for p in stage.mixture.parts:
-            if p.source is not None and p.source not in pools:
-                pools[p.source] = load_pool(p.source, cfg.sources.get(p.source), cfg.data_dir)
-        mixture = compose(stage.mixture, pools, cfg.seed, composed)
+        names = list(dict.fromkeys(p.source for p in stage.mixture.parts if p.source is not None))
+        mixture = compose(stage.mixture, {n: _pool(cfg, n, pools) for n in names}, cfg.seed, composed)
         write_composed(mixture, data_dir)
     composed[stage.mixture.name] = mixture
     return mixture

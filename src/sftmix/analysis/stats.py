@@ -1,0 +1,148 @@
+"""Uncertainty from data: bootstrap intervals, paired differences, exact McNemar, verdicts.
+
+Every metric is a ratio over items: sum(value) / sum(weight). Held-out loss: value = a sample's
+summed token loss, weight = its token count (the token-weighted mean of ``eval/loss.py``);
+accuracy and pass@1: value 0 or 100 per problem, weight 1; MT-Bench: a judgment's score.
+
+A *group* is one configuration: its runs are replicates over seeds, all measured on the same
+items (held-out rows are chosen with a fixed seed; benchmarks have fixed problems). Intervals:
+
+- one run: percentile bootstrap over items (resampling items with replacement);
+- replicates: the items and the seeds are crossed, so each bootstrap draw resamples both (one
+  draw of items, applied to every run, and one draw of runs); the estimate is the mean over
+  seeds of each run's ratio. This covers item and seed (training) variance together.
+
+Paired comparison of groups A and B on the same items: the difference of their estimates, with
+the same item draw (and, for seeds both have, the same seed draw) applied to both sides, so the
+shared difficulty of items cancels; a group against itself gives exactly 0 in every draw. For
+pass/fail metrics the exact McNemar test on the discordant pairs (pooled over shared seeds) is
+reported too, and decides the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVEL = 0.95
+N_BOOT = 2000
+
+
+@dataclass
+class Items:
+    """One group's per-item results: ``values`` and ``weights`` of shape (runs, items), with
+    the seeds of the runs and the item ids (same order for every run)."""
+
+    values: np.ndarray
+    weights: np.ndarray
+    seeds: list[int]
+    items: list[str]
+
+
+def items_of(runs: list[tuple[int, dict[str, tuple[float, float]]]], only: list[str] | None = None) -> Items:
+    """Build ``Items`` from ``[(seed, {item: (value, weight)})]``, keeping the items every run has
+    (and that are in ``only`` when given)."""
+    common = set.intersection(*(set(r) for _, r in runs)) if runs else set()
+    if only is not None:
+        common &= set(only)
+    ids = sorted(common)
+    v = np.array([[r[i][0] for i in ids] for _, r in runs], dtype=float).reshape(len(runs), len(ids))
+    w = np.array([[r[i][1] for i in ids] for _, r in runs], dtype=float).reshape(len(runs), len(ids))
+    return Items(v, w, [s for s, _ in runs], ids)
+
+
+def estimate(x: Items) -> float:
+    """Mean over runs of each run's ratio sum(value) / sum(weight)."""
+    return float(np.mean(x.values.sum(1) / x.weights.sum(1)))
+
+
+def _draws(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap draws as counts: (n_boot, n), each row a multinomial resample of n things."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+
+
+def _boot(x: Items, item_counts: np.ndarray, run_counts: np.ndarray) -> np.ndarray:
+    ratios = (item_counts @ x.values.T) / (item_counts @ x.weights.T)  # (n_boot, runs)
+    return (run_counts * ratios).sum(1) / x.values.shape[0]
+
+
+def interval(x: Items, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> tuple[float, float, float]:
+    """(estimate, low, high): the percentile bootstrap interval described in the module docstring."""
+    if x.values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    runs, n = x.values.shape
+    boots = _boot(x, _draws(n, n_boot, rng), _draws(runs, n_boot, rng) if runs > 1 else np.ones((n_boot, 1)))
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return estimate(x), float(lo), float(hi)
+
+
+def paired_difference(a: Items, b: Items, n_boot: int = N_BOOT, seed: int = 0,
+                      level: float = LEVEL) -> tuple[float, float, float, int]:
+    """(A - B, low, high, items): paired bootstrap over the items both have (and the seeds both
+    have, when any are shared; otherwise each side's runs are resampled on their own)."""
+    shared = sorted(set(a.items) & set(b.items))
+    a, b = _subset(a, shared), _subset(b, shared)
+    common = sorted(set(a.seeds) & set(b.seeds))
+    if common:
+        a, b = _seeds(a, common), _seeds(b, common)
+    if not shared:
+        return float("nan"), float("nan"), float("nan"), 0
+    rng = np.random.default_rng(seed)
+    items = _draws(len(shared), n_boot, rng)
+
+    def seed_draw(x: Items) -> np.ndarray:
+        return _draws(len(x.seeds), n_boot, rng) if len(x.seeds) > 1 else np.ones((n_boot, 1))
+
+    ra = seed_draw(a)
+    rb = ra if common else seed_draw(b)
+    diffs = _boot(a, items, ra) - _boot(b, items, rb)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return estimate(a) - estimate(b), float(lo), float(hi), len(shared)
+
+
+def _subset(x: Items, ids: list[str]) -> Items:
+    idx = [x.items.index(i) for i in ids]
+    return Items(x.values[:, idx], x.weights[:, idx], x.seeds, ids)
+
+
+def _seeds(x: Items, seeds: list[int]) -> Items:
+    idx = [x.seeds.index(s) for s in seeds]
+    return Items(x.values[idx], x.weights[idx], seeds, x.items)
+
+
+def mcnemar(a: Items, b: Items) -> tuple[int, int, float]:
+    """Exact McNemar test on pass/fail items (value > 0 = pass) paired by item and shared seed:
+    (A passes and B fails, A fails and B passes, two-sided p-value)."""
+    from scipy.stats import binomtest
+
+    shared = sorted(set(a.items) & set(b.items))
+    a, b = _subset(a, shared), _subset(b, shared)
+    common = sorted(set(a.seeds) & set(b.seeds)) or None
+    if common:
+        a, b = _seeds(a, common), _seeds(b, common)
+    else:  # no shared seeds: compare the first run of each
+        a, b = _seeds(a, a.seeds[:1]), _seeds(b, b.seeds[:1])
+    pa, pb = a.values > 0, b.values > 0
+    only_a, only_b = int((pa & ~pb).sum()), int((~pa & pb).sum())
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return only_a, only_b, p
+
+
+AS_PAPER, OPPOSITE, UNCLEAR = "as in the paper", "the opposite of the paper", "not distinguishable at this scale"
+
+
+def verdict(low: float, high: float, expect_positive: bool, p: float | None = None, diff: float | None = None,
+            alpha: float = 1 - LEVEL) -> str:
+    """The verdict on a claim that A - B is positive (``expect_positive``) or negative.
+
+    Continuous metrics: the interval must exclude 0. Pass/fail metrics (``p`` given): McNemar's
+    p must be below ``alpha`` and the difference must have a sign."""
+    if p is not None:
+        if p >= alpha or not diff:
+            return UNCLEAR
+        return AS_PAPER if (diff > 0) == expect_positive else OPPOSITE
+    if np.isnan(low) or np.isnan(high) or low <= 0 <= high:
+        return UNCLEAR
+    return AS_PAPER if (low > 0) == expect_positive else OPPOSITE
