@@ -121,61 +121,109 @@ def _get(config: dict, path: str):
 def _same(a, b) -> bool:
     if a is None:
         return False
+    if a == b:
+        return True
     try:
         return float(Fraction(str(a))) == float(Fraction(str(b)))
     except (ValueError, ZeroDivisionError):
-        return short_value(a) == str(b) or a == b
+        return short_value(a) == short_value(b)
 
 
-def select(gs: list[Group], selector: str | dict) -> tuple[Group | None, str]:
-    """The one group a claim's selector names, or None and why not."""
+def _axis_for(key: str, point: dict) -> str | None:
+    """The grid axis a selector key refers to: itself, an axis it lies under (``strategy.name``
+    under ``strategy``), or an axis whose last part it names."""
+    for p in point:
+        if p == key or key.startswith(p + ".") or p.endswith("." + key) or p.split(".")[-1] == key:
+            return p
+    return None
+
+
+def _matches(g: Group, selector: str | dict) -> bool:
     if isinstance(selector, str):
-        exact = [g for g in gs if g.label == selector]
-        found = exact or [g for g in gs if _get(g.config, "strategy.name") == selector]
-    else:
-        def matches(g: Group) -> bool:
-            for k, v in selector.items():
-                axis = next((p for p in g.point if p == k or p.endswith("." + k) or p.split(".")[-1] == k), None)
-                if not (_same(_get(g.config, k), v) or (axis is not None and _same(g.point[axis], v))):
-                    return False
-            return True
-        found = [g for g in gs if matches(g)]
-    if len(found) == 1:
-        return found[0], ""
-    if not found:
-        return None, f"no configuration matches {selector!r}"
-    return None, f"{len(found)} configurations match {selector!r} ({'; '.join(g.label for g in found[:4])}); be more specific"
+        return g.label == selector or _get(g.config, "strategy.name") == selector
+    for k, v in selector.items():
+        axis = _axis_for(k, g.point)
+        if not (_same(_get(g.config, k), v) or (axis is not None and axis == k and _same(g.point[axis], v))):
+            return False
+    return True
 
 
-def test_claims(store: Store, claims: list[Claim]) -> list[dict]:
-    """Each claim: the groups compared, A - B with a paired 95% interval, McNemar for pass/fail
-    metrics, and the verdict. Claims whose groups or data are missing say so."""
+def _selector_axes(selector: str | dict, point: dict) -> set[str]:
+    if isinstance(selector, str):
+        return {p for p in point if p == "strategy" or p.startswith("strategy.")}
+    return {a for k in selector if (a := _axis_for(k, point)) is not None}
+
+
+def pairs(gs: list[Group], claim: Claim, zipped: tuple[str, ...] = ()) -> tuple[list[tuple[Group, Group, str]], str]:
+    """The (A, B, context) configuration pairs a claim compares, or [] and why none.
+
+    The context is a configuration's values on the axes the selectors do not name; ``zipped``
+    axes (a study's ``zip``) move together, so naming one of them takes them all out."""
+    ga = [g for g in gs if _matches(g, claim.a)]
+    gb = [g for g in gs if _matches(g, claim.b)]
+    if not ga or not gb:
+        return [], f"no configuration matches {claim.a if not ga else claim.b!r}"
+    if len(ga) == 1 and len(gb) == 1:
+        return [(ga[0], gb[0], "")], ""
+
+    def context(g: Group) -> tuple:
+        skip = _selector_axes(claim.a, g.point) | _selector_axes(claim.b, g.point)
+        if skip & set(zipped):
+            skip |= set(zipped)
+        return tuple(sorted((k, short_value(v)) for k, v in g.point.items() if k not in skip))
+
+    by_ctx = {}
+    for g in gb:
+        by_ctx.setdefault(context(g), []).append(g)
+    out = []
+    for a in ga:
+        match = [b for b in by_ctx.get(context(a), []) if b is not a]
+        if len(match) == 1:
+            out.append((a, match[0], " ".join(f"{k.split('.')[-1]}={v}" for k, v in context(a))))
+    if not out:
+        return [], f"{len(ga)} and {len(gb)} configurations match, but none pair up on the other axes; be more specific"
+    return out, ""
+
+
+def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()) -> list[dict]:
+    """Each claim (per pair of configurations and per measured metric): A - B with a paired 95%
+    interval, McNemar for pass/fail metrics, and the verdict. Claims whose configurations or
+    data are missing say so."""
     gs = groups(store)
+    measured = set(metric_keys(store))
     out = []
     for c in claims:
-        row = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)} on {c.metric}",
-               "metric": c.metric, "expect": c.expect, "a": short_value(c.a), "b": short_value(c.b)}
-        a, why_a = select(gs, c.a)
-        b, why_b = select(gs, c.b)
-        if a is None or b is None:
-            out.append({**row, "verdict": "not tested", "note": why_a or why_b})
+        metrics = [c.metric] if isinstance(c.metric, str) else list(c.metric)
+        base = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)}", "expect": c.expect,
+                "a": short_value(c.a), "b": short_value(c.b), "metric": metrics[0]}
+        found, why = pairs(gs, c, zipped)
+        usable = [m for m in metrics if m in measured]
+        if not found or not usable:
+            out.append({**base, "verdict": "not tested",
+                        "note": why or f"the study measured none of {', '.join(metrics)}"})
             continue
-        row.update(a=a.label, b=b.label, seeds_a=len(a.runs), seeds_b=len(b.runs))
-        ia, ib = group_items(store, a, c.metric), group_items(store, b, c.metric)
-        if ia is None or ib is None or not ia.items or not ib.items:
-            out.append({**row, "verdict": "not tested", "note": f"no per-item results for {c.metric}"})
-            continue
-        diff, lo, hi, n = stats.paired_difference(ia, ib)
-        # a claim that A is better: A - B < 0 for loss, > 0 otherwise; "worse" flips it
-        expect_positive = (not lower_is_better(c.metric)) == (c.expect == "better")
-        test = None
-        if c.metric.split("/")[0] in BINARY_TASKS:
-            only_a, only_b, p = stats.mcnemar(ia, ib)
-            test = {"a_only": only_a, "b_only": only_b, "p": p}
-        v = stats.verdict(lo, hi, expect_positive, test["p"] if test else None, diff)
-        out.append({**row, "diff": diff, "low": lo, "high": hi, "items": n, "mcnemar": test, "verdict": v,
-                    "a_value": stats.estimate(ia), "b_value": stats.estimate(ib)})
+        for a, b, ctx in found:
+            for metric in usable:
+                out.append(_test(store, base, a, b, ctx, metric))
     return out
+
+
+def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -> dict:
+    row = {**base, "claim": base["claim"] + (f" ({ctx})" if ctx else ""), "metric": metric, "a": a.label, "b": b.label,
+           "seeds_a": len(a.runs), "seeds_b": len(b.runs)}
+    ia, ib = group_items(store, a, metric), group_items(store, b, metric)
+    if ia is None or ib is None or not ia.items or not ib.items:
+        return {**row, "verdict": "not tested", "note": f"no per-item results for {metric}"}
+    diff, lo, hi, n = stats.paired_difference(ia, ib)
+    # a claim that A is better: A - B < 0 for loss, > 0 otherwise; "worse" flips it
+    expect_positive = (not lower_is_better(metric)) == (base["expect"] == "better")
+    test = None
+    if metric.split("/")[0] in BINARY_TASKS:
+        only_a, only_b, p = stats.mcnemar(ia, ib)
+        test = {"a_only": only_a, "b_only": only_b, "p": p}
+    v = stats.verdict(lo, hi, expect_positive, test["p"] if test else None, diff)
+    return {**row, "diff": diff, "low": lo, "high": hi, "items": n, "mcnemar": test, "verdict": v,
+            "a_value": stats.estimate(ia), "b_value": stats.estimate(ib)}
 
 
 def finding_sentence(f: dict) -> str:
@@ -195,4 +243,7 @@ METHOD = ("Intervals are 95% percentile bootstrap intervals (2,000 draws) over t
           "Comparisons are paired on the same items (and seeds where both configurations have them): the difference A - B "
           "with a paired bootstrap interval; for pass/fail benchmarks also the exact McNemar test, which then decides. "
           "A claim holds 'as in the paper' when the interval excludes 0 (or p < 0.05) in the paper's direction, 'the "
-          "opposite of the paper' when it does so the other way, and is 'not distinguishable at this scale' otherwise.")
+          "opposite of the paper' when it does so the other way, and is 'not distinguishable at this scale' otherwise. "
+          "With a single seed an interval reflects the choice of evaluation items only, not the randomness of training: "
+          "a verdict then says the difference holds for these trained models, not that it would replicate; use "
+          "replicates (seeds) for that.")

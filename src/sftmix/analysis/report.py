@@ -227,7 +227,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     """Write the tables, figures, Findings and the HTML and markdown pages; return the HTML path.
 
     ``top``: lines shown first (e.g. where the data came from); ``notes``: extra remarks."""
-    from sftmix.analysis.findings import METHOD, finding_sentence, test_claims
+    from sftmix.analysis.findings import METHOD, check_claims, finding_sentence
     from sftmix.study.grid import Claim
 
     out = Path(out_dir)
@@ -244,7 +244,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
         w.writerow(flat_header)
         w.writerows(flat_rows)
     claims = [Claim(**c) for c in (study_doc or {}).get("compare", [])]
-    found = test_claims(store, claims)
+    found = check_claims(store, claims, tuple((study_doc or {}).get("zip", {})))
     with atomic_write(out / "findings.json") as f:
         json.dump(found, f, indent=1)
     sentences = [finding_sentence(x) for x in found]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftmix.cli.common import output_dir, table
+from sftmix.cli.common import output_dir, positive_int, table
 from sftmix.errors import SftmixError
 
 
@@ -38,7 +38,7 @@ def cmd_demo(args) -> None:
     from sftmix.demo import run_demo
 
     out = output_dir(args.out, "--out")
-    print(f"report: {run_demo(args.model, args.data_dir, str(out), args.quick, progress=not args.quiet)}")
+    print(f"report: {run_demo(args.model, args.data_dir, str(out), args.quick, progress=not args.quiet, benchmarks=args.benchmarks)}")
 
 
 def add_commands(sub) -> None:
@@ -56,8 +56,11 @@ def add_commands(sub) -> None:
 
     dm = sub.add_parser("demo", help="a small complete study of the paper's strategies on the embedded model, with a report")
     dm.add_argument("--model", default="smollm2")
-    dm.add_argument("--data-dir", help="folder with gsm8k/ and code_alpaca/ (else generated math and code)")
+    dm.add_argument("--data-dir", help="folder with gsm8k/ and code_alpaca/ (else $SFTMIX_DATA_DIR, the hub, and only then "
+                    "the generated sources)")
     dm.add_argument("--out", default="demo_out")
-    dm.add_argument("--quick", action="store_true", help="fewer examples, held-out loss only")
+    dm.add_argument("--quick", action="store_true", help="fewer examples, one seed, held-out loss only")
+    dm.add_argument("--benchmarks", type=positive_int, default=None,
+                    help="also GSM8K and HumanEval on the first N problems (off by default: a handful of problems is noise)")
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)

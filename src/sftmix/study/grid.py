@@ -40,15 +40,19 @@ class Claim(Strict):
     """A comparison the report tests: group ``a`` against group ``b`` on ``metric``.
 
     A selector (``a``, ``b``) is a group's label, a strategy name, or a mapping of run-config
-    paths (or grid axis names) to values, e.g. ``{strategy.name: dmt, strategy.fraction: 1}``;
-    it must match exactly one configuration. ``metric``: ``loss/<source>``, ``gsm8k/accuracy``,
-    ``humaneval/pass@1`` or ``mtbench/score``. ``expect: better`` claims that ``a`` is better
-    than ``b`` (lower loss, higher accuracy or score); ``worse`` the opposite.
+    paths (or grid axis names) to values, e.g. ``{strategy.name: dmt, strategy.fraction: 1}``.
+    When a selector matches several configurations (a study over three model sizes, say), the
+    claim is tested once per setting of the other axes, pairing ``a`` and ``b`` configurations
+    that agree on them. ``metric``: ``loss/<source>``, ``gsm8k/accuracy``, ``humaneval/pass@1``
+    or ``mtbench/score``, or a list of them (each one the study measured is tested, so one claim
+    serves a full profile with benchmarks and a small one with held-out loss). ``expect: better``
+    claims that ``a`` is better than ``b`` (lower loss, higher accuracy or score); ``worse`` the
+    opposite.
     """
 
     a: str | dict[str, Any]
     b: str | dict[str, Any]
-    metric: str
+    metric: str | list[str]
     expect: Literal["better", "worse"] = "better"
     claim: str = Field("", description="the paper's statement, in words")
 

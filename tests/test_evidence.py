@@ -1,0 +1,164 @@
+"""Evidence: forgetting curves, bootstrap intervals, paired comparisons, McNemar, Findings."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
+from sftmix.analysis import stats
+
+LOSS_EVAL = {"tasks": ["loss"], "loss_sources": ["generated_code", "generated_math", "sharegpt"], "loss_samples": 12,
+             "curve_points": 2}
+
+
+@pytest.fixture(scope="module")
+def sequential_run(tmp_path_factory):
+    from sftmix.eval.runner import evaluate
+    from sftmix.train.strategies import run_dir, run_strategy, training_ids
+
+    tmp = tmp_path_factory.mktemp("curve")
+    # sharegpt has no test split: its held-out rows come from the same pool it trains on (all of it)
+    cfg = tiny_run(tmp, "seq", strategy={"name": "sequential", "sources": ["generated_code", "sharegpt"]}, eval=LOSS_EVAL)
+    final = run_strategy(cfg, progress=False)
+    doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
+                   training_ids(cfg), progress=False)
+    metas = [json.loads(m.read_text()) for m in sorted(run_dir(cfg).glob("stage*/final/meta.json"))]
+    return cfg, metas, doc
+
+
+def test_the_curve_ends_at_the_final_heldout_loss(sequential_run):
+    _, metas, doc = sequential_run
+    last = metas[-1]["curve"][-1]
+    assert last["run_step"] == metas[-1]["run_step_end"]  # the stage's end point
+    for source in LOSS_EVAL["loss_sources"]:
+        assert abs(last["loss"][source] - doc["tasks"]["loss"][source]["loss"]) < 1e-5, source
+
+
+def test_the_curve_spans_stages(sequential_run):
+    _, (first, second), _ = sequential_run
+    assert [p["step"] for p in first["curve"]][0] == 0 and len(first["curve"]) >= 4  # start, 2 between, end
+    assert second["curve"][0]["step"] == 0
+    assert second["curve"][0]["run_step"] == first["curve"][-1]["run_step"] > 0
+    assert second["curve"][0]["run_tokens"] == first["curve"][-1]["run_tokens"] > 0
+    for source in LOSS_EVAL["loss_sources"]:
+        assert abs(second["curve"][0]["loss"][source] - first["curve"][-1]["loss"][source]) < 1e-5
+    # forgetting is visible: stage 2 (general) moves code loss up from where stage 1 left it
+    code = [p["loss"]["generated_code"] for p in second["curve"]]
+    assert code[-1] > code[0]
+
+
+def test_heldout_rows_are_never_trained_on(sequential_run):
+    _, _, doc = sequential_run
+    cfg, metas, doc = sequential_run
+    losses = {k: v for k, v in doc["tasks"]["loss"].items() if isinstance(v, dict)}
+    assert set(losses) == set(LOSS_EVAL["loss_sources"])
+    for source, m in losses.items():
+        assert m["overlap_with_training"] == 0, source
+    sharegpt_part = metas[1]["manifest"]["parts"][0]
+    assert sharegpt_part["pool_stats"]["heldout_excluded"] == LOSS_EVAL["loss_samples"]
+
+
+def test_bootstrap_covers_a_known_mean_at_about_the_nominal_rate():
+    rng = np.random.default_rng(123)
+    true_ratio, hits, trials = 2.0, 0, 300
+    for t in range(trials):
+        w = rng.integers(5, 50, size=60).astype(float)  # token counts
+        v = w * true_ratio + rng.normal(0, 1.5, size=60) * np.sqrt(w)  # summed losses around the ratio
+        _, lo, hi = stats.interval(stats.Items(v[None], w[None], [0], [str(i) for i in range(60)]), n_boot=800, seed=t)
+        hits += lo <= true_ratio <= hi
+    assert 0.90 <= hits / trials <= 0.99, hits / trials
+
+
+def test_replicates_widen_the_interval_with_seed_variance():
+    rng = np.random.default_rng(0)
+    w = np.ones((3, 50))
+    base = rng.normal(0, 1, size=50)
+    one = stats.Items(base[None].copy(), w[:1], [0], [str(i) for i in range(50)])
+    many = stats.Items(np.stack([base + s for s in (0.0, 1.5, -1.5)]), w, [0, 1, 2], [str(i) for i in range(50)])
+    _, lo1, hi1 = stats.interval(one)
+    _, lo3, hi3 = stats.interval(many)
+    assert hi3 - lo3 > hi1 - lo1
+
+
+def test_a_run_against_itself_differs_by_exactly_zero():
+    rng = np.random.default_rng(1)
+    x = stats.Items(rng.normal(size=(2, 40)), rng.integers(1, 9, size=(2, 40)).astype(float), [0, 1], [str(i) for i in range(40)])
+    diff, lo, hi, n = stats.paired_difference(x, x)
+    assert (diff, lo, hi, n) == (0.0, 0.0, 0.0, 40)
+
+
+def test_mcnemar_on_a_hand_computed_table():
+    # 10 items: A passes 8 that B fails, B passes 2 that A fails, both pass 5, both fail 5
+    a = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5
+    b = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 5
+    ids = [str(i) for i in range(20)]
+    ia = stats.Items(np.array([a], float) * 100, np.ones((1, 20)), [0], ids)
+    ib = stats.Items(np.array([b], float) * 100, np.ones((1, 20)), [0], ids)
+    only_a, only_b, p = stats.mcnemar(ia, ib)
+    assert (only_a, only_b) == (8, 2)
+    assert p == pytest.approx(2 * (1 + 10 + 45) / 1024)  # two-sided exact binomial, n = 10, k <= 2
+    assert stats.verdict(float("nan"), float("nan"), True, p, 0.3) == stats.UNCLEAR  # p = 0.109: not below 0.05
+
+
+def test_verdicts():
+    assert stats.verdict(0.1, 0.3, True) == stats.AS_PAPER
+    assert stats.verdict(-0.3, -0.1, True) == stats.OPPOSITE
+    assert stats.verdict(-0.1, 0.3, True) == stats.UNCLEAR
+    assert stats.verdict(-0.3, -0.1, False) == stats.AS_PAPER
+
+
+def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
+    from sftmix.analysis.report import write_report
+    from sftmix.study.runner import load_study, run_study, study_dir
+
+    study = {
+        "name": "evidence", "output_dir": str(tmp_path / "st"), "replicates": 2,
+        "base": {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "sequential", "sources": ["generated_code", "generated_math"]},
+                 "train": TINY_TRAIN, "eval": {**LOSS_EVAL, "loss_sources": ["generated_code", "generated_math"]}},
+        "grid": {"strategy": [{"name": "sequential", "sources": ["generated_code", "generated_math"]},
+                              {"name": "dmt", "specialised": ["generated_code"], "general": "generated_math", "k": 0.5}]},
+        "compare": [{"a": "dmt", "b": "sequential", "metric": "loss/generated_code", "claim": "DMT keeps more code"},
+                    {"a": "dmt", "b": "sequential", "metric": "loss/generated_math", "expect": "worse", "claim": "a second claim"},
+                    {"a": "multitask", "b": "sequential", "metric": "loss/generated_code", "claim": "a claim with no runs"}],
+    }
+    f = tmp_path / "evidence.yaml"
+    f.write_text(yaml.safe_dump(study))
+    cfg, runs = load_study(str(f))
+    assert len(runs) == 4 and {r.config.seed for r in runs} == {0, 1} and len({r.group for r in runs}) == 2
+    store = run_study(cfg, runs, progress=False)
+    shutil.rmtree(study_dir(cfg, None) / "runs")  # the report needs nothing but results.sqlite
+    page = write_report(store, tmp_path / "report", "evidence", cfg.model_dump())
+    found = json.loads((tmp_path / "report" / "findings.json").read_text())
+    assert [x["verdict"] != "not tested" for x in found] == [True, True, False]
+    for x in found[:2]:
+        assert x["verdict"] in (stats.AS_PAPER, stats.OPPOSITE, stats.UNCLEAR)
+        assert x["seeds_a"] == x["seeds_b"] == 2 and x["low"] <= x["diff"] <= x["high"]
+    assert "no configuration matches 'multitask'" in found[2]["note"]
+    html = page.read_text()
+    assert "<h2>Findings</h2>" in html and "<h2>Forgetting curves</h2>" in html and "95%" in html
+    table = (tmp_path / "report" / "table.csv").read_text().splitlines()
+    assert table[0].startswith("run,seeds,loss/generated_code,loss/generated_code low,loss/generated_code high")
+    assert len(table) == 3 and all(",2," in row for row in table[1:])  # one row per configuration, 2 seeds each
+
+
+@pytest.mark.parametrize("profile", [None, "small"])
+def test_every_shipped_claim_names_configurations_of_its_study(profile):
+    """Without training: each claim of each shipped study pairs up configurations of that study."""
+    from pathlib import Path
+
+    from sftmix.analysis.findings import Group, pairs
+    from sftmix.study.runner import load_study
+
+    for f in sorted(Path("configs/studies").glob("*.yaml")):
+        study, runs = load_study(str(f), profile)
+        assert study.compare, f"{f} names no claim"
+        gs = {}
+        for r in runs:
+            gs.setdefault(r.group, Group(r.group, {k: v for k, v in r.point.items() if k != "seed"}, r.config.model_dump()))
+        for c in study.compare:
+            found, why = pairs(list(gs.values()), c, tuple(study.zip))
+            assert found, (f.name, c.claim, why)
+            assert all(a is not b for a, b, _ in found)
