@@ -16,17 +16,17 @@ def cmd_study(args) -> None:
     db = out / "results.sqlite"
     if args.study_command == "run":
         output_dir(out, "study output_dir")
-        store = run_study(study, runs, args.profile, progress=not args.quiet)
+        store = run_study(study, runs, args.profile, progress=not args.quiet, executor=args.executor, address=args.address)
         print(f"report: {write_report(store, out / 'report', study.name, study.model_dump())}")
         failed = [r for r in store.runs() if r["status"] == "failed"]
         if failed:
             raise SftmixError(f"{len(failed)} of {len(runs)} runs failed (see `sftmix study status {args.file}`): "
                               + "; ".join(f"{r['label']}: {(r['error'] or '').splitlines()[0][:120]}" for r in failed[:5]))
     elif args.study_command == "status":
-        rows = status_rows(Store(db) if db.exists() else None, runs)
+        rows = status_rows(Store(db) if db.exists() else None, runs, out)
         table(f"study {study.name}{' (' + args.profile + ')' if args.profile else ''}: {len(runs)} runs",
-              ["id", "run", "status", "error"], rows)
-        counts = {s: sum(r[2] == s for r in rows) for s in ("done", "running", "failed", "pending")}
+              ["id", "run", "status", "detail"], rows)
+        counts = {s: sum(r[2] == s for r in rows) for s in ("done", "running", "queued", "interrupted", "failed", "pending")}
         print(counts)
     else:
         if not db.exists():
@@ -52,6 +52,10 @@ def add_commands(sub) -> None:
         p.add_argument("--profile", help="a profile of the study file, e.g. small")
         p.add_argument("--small", dest="profile", action="store_const", const="small", help="same as --profile small")
         p.add_argument("--quiet", action="store_true")
+        if name == "run":
+            p.add_argument("--executor", choices=["local", "ray", "slurm", "slurm-local"],
+                           help="where runs execute (default: the study file's `executor`, else local)")
+            p.add_argument("--address", help="ray: address of an existing cluster (host:port); none starts a local one")
         p.set_defaults(func=cmd_study)
 
     dm = sub.add_parser("demo", help="a small complete study of the paper's strategies on the embedded model, with a report")

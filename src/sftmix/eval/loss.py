@@ -44,6 +44,14 @@ def heldout(name: str, n: int, seed: int, cfg: SourceConfig | None, data_dir: st
     return sampling_order(pool.conversations, seed)[-n:], "tail of the train pool's sampling order"
 
 
+def heldout_key(sets: dict[str, list[Conversation]], template: str, max_length: int, batch_size: int) -> str:
+    """Identity of a held-out measurement: the rows per source and how they were scored."""
+    from sftmix.io import stable_hash
+    from sftmix.train.tokenize import MASK_VERSION
+
+    return stable_hash([{n: [c.id for c in v] for n, v in sorted(sets.items())}, template, max_length, batch_size, MASK_VERSION], 24)
+
+
 @torch.no_grad()
 def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_length: int = 512, batch_size: int = 8) -> dict:
     """Token-weighted mean loss over the supervised tokens of ``convs``.
@@ -61,25 +69,38 @@ def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_le
     total, count, per_sample = 0.0, 0, []
     was_training = model.training
     model.eval()
-    for i in range(0, len(rows), batch_size):
-        batch = rows[i: i + batch_size]
-        n = max(len(r["input_ids"]) for r in batch)
-        ids = torch.full((len(batch), n), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), n), IGNORE)
-        mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for j, r in enumerate(batch):
-            k = len(r["input_ids"])
-            ids[j, :k], labels[j, :k], mask[j, :k] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
-        dev = next(model.parameters()).device
-        ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        tgt = labels[:, 1:]
-        token_loss = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none")  # (batch, len)
-        sums, counts = token_loss.sum(1).tolist(), (tgt != IGNORE).sum(1).tolist()
-        for r, s, k in zip(batch, sums, counts):
-            per_sample.append([r["id"], s, int(k)])
-        total += sum(sums)
-        count += sum(counts)
-    model.train(was_training)
+    # Logits only at supervised positions (as the trainer does): a forward pre-hook on the output
+    # layer keeps those hidden states, so the (batch x length x vocabulary) tensor is never built.
+    select: list = [None]
+    head = model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda module, args: (args[0][select[0]],))
+    try:
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i: i + batch_size]
+            n = max(len(r["input_ids"]) for r in batch)
+            ids = torch.full((len(batch), n), tokenizer.pad_token_id)
+            labels = torch.full((len(batch), n), IGNORE)
+            mask = torch.zeros((len(batch), n), dtype=torch.long)
+            for j, r in enumerate(batch):
+                k = len(r["input_ids"])
+                ids[j, :k], labels[j, :k], mask[j, :k] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+            dev = next(model.parameters()).device
+            ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+            tgt = labels[:, 1:]
+            sel = torch.zeros_like(labels, dtype=torch.bool)
+            sel[:, :-1] = tgt != IGNORE
+            select[0] = sel
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (supervised positions, vocab)
+            token_loss = F.cross_entropy(logits, tgt[tgt != IGNORE], reduction="none")
+            row = sel.nonzero()[:, 0]
+            sums = torch.zeros(len(batch), dtype=token_loss.dtype, device=dev).index_add_(0, row, token_loss).tolist()
+            counts = (tgt != IGNORE).sum(1).tolist()
+            for r, s, k in zip(batch, sums, counts):
+                per_sample.append([r["id"], s, int(k)])
+            total += sum(sums)
+            count += sum(counts)
+    finally:
+        hook.remove()
+        model.train(was_training)
     per_sample.sort()
     return {"loss": total / count if count else math.nan, "tokens": count, "samples": len(rows), "per_sample": per_sample}

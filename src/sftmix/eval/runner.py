@@ -55,7 +55,8 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
             continue
         t0 = time.perf_counter()
         if task == "loss":
-            g = get_generator() if cfg.backend != "vllm" and cfg.dtype == "float32" else None
+            shared = cfg.backend != "vllm" and cfg.dtype == "float32" and any(t != "loss" for t in cfg.tasks)
+            g = get_generator() if shared else None  # otherwise loaded only if a source is not already measured
             loaded = (g.tokenizer, g.model) if getattr(g, "model", None) is not None else None
             metrics, rows = _loss(model_path, cfg, template, data_dir, sources or {}, seed, training_ids, loaded)
         else:
@@ -116,14 +117,32 @@ def _generation_task(task, generator, cfg: EvalConfig, template, data_dir, model
 
 
 def _loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids, loaded=None):
-    from sftmix.eval.loss import heldout, mean_loss
+    """Held-out loss per source. A checkpoint whose training already measured exactly these rows
+    the same way at its last step (``heldout_loss.json``, written by the forgetting curve) is not
+    measured again: the numbers are the same by construction (tested)."""
+    from sftmix.eval.loss import heldout, heldout_key, mean_loss
     from sftmix.models import load_model, load_tokenizer
 
-    tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
-    metrics, rows = {}, []
+    sets, hows = {}, {}
     for name in cfg.loss_sources:
-        convs, how = heldout(name, cfg.loss_samples, cfg.heldout_seed, sources.get(name), str(data_dir) if data_dir else None)
-        m = mean_loss(model, tok, convs, template, cfg.loss_max_length, cfg.batch_size)
+        sets[name], hows[name] = heldout(name, cfg.loss_samples, cfg.heldout_seed, sources.get(name),
+                                         str(data_dir) if data_dir else None)
+    saved = Path(model_path) / "heldout_loss.json"
+    measured = {}
+    if saved.exists():
+        doc = read_json(saved)
+        if doc.get("key") == heldout_key(sets, template, cfg.loss_max_length, cfg.batch_size):
+            measured = doc["results"]
+    model = tok = None
+    metrics, rows = {}, []
+    for name, convs in sets.items():
+        how = hows[name]
+        if name in measured:
+            m = dict(measured[name])
+        else:
+            if model is None:
+                tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
+            m = mean_loss(model, tok, convs, template, cfg.loss_max_length, cfg.batch_size)
         per_sample = m.pop("per_sample")
         m["heldout"] = how
         if training_ids is not None:

@@ -27,12 +27,13 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from sftmix.config import RunConfig, Strict, validate
 from sftmix.errors import SftmixError
+from sftmix.study.executors import ExecutorConfig, Resources
 from sftmix.train.strategies import run_id
 
 
@@ -66,6 +67,9 @@ class StudyConfig(Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     replicates: int = Field(1, ge=1, description="seeds 0..n-1 for every configuration (adds a `seed` grid axis)")
     compare: list[Claim] = Field(default_factory=list)
+    executor: Annotated[ExecutorConfig, BeforeValidator(lambda v: {"name": v} if isinstance(v, str) else v)] = Field(
+        default_factory=ExecutorConfig, description="where runs execute: local, ray, slurm, slurm-local (or {name, address})")
+    resources: Resources = Field(default_factory=Resources, description="what one run needs (cpus, gpus, nodes, time, ...)")
     output_dir: str | None = None
 
 

@@ -1,15 +1,21 @@
-"""Running a study: runs in order; a done run is skipped, a half-finished one resumes, a failed
-one is recorded with its error and the study goes on."""
+"""Running a study: the driver submits runs to an executor (local, Ray, Slurm), and alone writes
+the results store, from the files each run leaves in its folder (``sftmix.study.worker``).
+
+A done run is ingested once and never started again; a half-finished one resumes; one still
+running under an engine (its lock is held, or its Slurm job is queued) is waited for, not
+started twice; a failed one is recorded with its error, the study goes on, and the next
+``study run`` retries it."""
 
 from __future__ import annotations
 
 import json
 import math
-import traceback
+import time
 from pathlib import Path
 
 from sftmix.config import load_config
 from sftmix.study.grid import PlannedRun, StudyConfig, expand
+from sftmix.study import worker
 from sftmix.study.store import Store
 
 
@@ -88,38 +94,117 @@ def _train_tokens_and_params(run_out: Path) -> tuple[float, float]:
     return tokens, params
 
 
-def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = None, progress: bool = True) -> Store:
-    from sftmix.eval.runner import evaluate
-    from sftmix.train.strategies import run_strategy, training_ids
+def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = None, progress: bool = True,
+              executor: str | None = None, address: str | None = None) -> Store:
+    """Run every run not yet done with the study's executor (or ``executor``), ingesting each
+    run's results into ``results.sqlite`` as it ends."""
+    from sftmix.study.executors import ExecutorConfig, make_executor, queued_job
 
-    out = study_dir(study, profile)
+    out = study_dir(study, profile).resolve()  # workers may run in another folder or on another machine
     store = Store(out / "results.sqlite")
-    for i, run in enumerate(runs):
-        if store.status(run.id) == "done":
-            store.relabel(run.id, run.label, run.point)  # labels follow the study file
+    ecfg = study.executor.model_copy(update={k: v for k, v in {"name": executor, "address": address}.items() if v})
+    ex = make_executor(ecfg, study.resources, out, progress)
+    todo = []
+    for run in runs:
+        if ingest(store, run, out):
             continue
-        print(f"[{i + 1}/{len(runs)}] {run.label} ({run.id})", flush=True)
-        cfg = run.config.model_copy(update={"output_dir": str(out / "runs" / run.id)})
-        store.start(run.id, run.label, run.point, cfg.model_dump())
-        try:
-            final = run_strategy(cfg, progress=progress)
-            eval_dir = Path(cfg.output_dir) / "eval"
-            doc = evaluate(str(final), cfg.eval, eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
-                           training_ids(cfg), progress=progress)
-            tokens, params = _train_tokens_and_params(Path(cfg.output_dir))
-            store.finish(run.id, str(final), str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params,
-                         per_item_samples(eval_dir, doc["tasks"]), curve_rows(Path(cfg.output_dir)))
-        except Exception as e:  # noqa: BLE001 - a failed run is recorded and the study goes on
-            store.fail(run.id, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}")
-            print(f"  failed: {type(e).__name__}: {e}", flush=True)
+        todo.append(run)
+    if not todo:
+        return store
+    ex.check()  # bad resources or an unreachable cluster fail here, before any run starts
+    print(f"{len(todo)} of {len(runs)} runs to do on {ex.describe()}, {ex.parallel} at a time", flush=True)
+    waiting = {}  # runs another worker (or a queued job) already has: wait for their files
+    handles = []
+    queue = list(todo)
+    started = len(runs) - len(todo)
+    try:
+        while queue or handles or waiting:
+            while queue and len(handles) < ex.parallel:
+                run = queue.pop(0)
+                run_out = run_path(out, run)
+                if worker.is_running(run_out) or queued_job(run_out):
+                    print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
+                    waiting[run.id] = run
+                    continue
+                started += 1
+                print(f"[{started}/{len(runs)}] {run.label} ({run.id})", flush=True)
+                store.start(run.id, run.label, run.point, run.config.model_dump())
+                (run_out / worker.ERROR).unlink(missing_ok=True)
+                handles.append(ex.submit(run.id, run.config.model_dump(mode="json"), run_out))
+            for h, engine_error in ex.finished(handles, timeout=5.0) if handles else []:
+                handles.remove(h)
+                run = next(r for r in todo if r.id == h.run_id)
+                if not ingest(store, run, out, engine_error):
+                    store.fail(run.id, engine_error or "the run ended without a result (see its folder)")
+            for rid, run in list(waiting.items()):
+                run_out = run_path(out, run)
+                if not worker.is_running(run_out) and not queued_job(run_out):
+                    del waiting[rid]
+                    if not ingest(store, run, out):
+                        queue.append(run)  # its worker died without a result: run it here
+            if waiting and not handles and not queue:
+                time.sleep(1.0)
+    finally:
+        ex.close()
     return store
 
 
-def status_rows(store: Store | None, runs: list[PlannedRun]) -> list[list[str]]:
+def run_path(out: Path, run: PlannedRun) -> Path:
+    return out / "runs" / run.id
+
+
+def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = None) -> bool:
+    """Record a run whose folder says it ended; True when it is done (now or before)."""
+    if store.status(run.id) == "done":
+        store.relabel(run.id, run.label, run.point)  # labels follow the study file
+        return True
+    run_out = run_path(out, run)
+    done, error = run_out / worker.DONE, run_out / worker.ERROR
+    if done.exists():
+        info = json.loads(done.read_text())
+        eval_dir = Path(info["eval_dir"])
+        doc = json.loads((eval_dir / "results.json").read_text())
+        tokens, params = _train_tokens_and_params(run_out)
+        if store.status(run.id) is None:
+            store.start(run.id, run.label, run.point, run.config.model_dump())
+        store.finish(run.id, info["checkpoint"], str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params,
+                     per_item_samples(eval_dir, doc["tasks"]), curve_rows(run_out))
+        return True
+    if error.exists():
+        err = json.loads(error.read_text())
+        if store.status(run.id) is None:
+            store.start(run.id, run.label, run.point, run.config.model_dump())
+        store.fail(run.id, f"{err['error']}\n{err.get('traceback', '')[-2000:]}")
+        print(f"  failed: {err['error'][:300]}", flush=True)
+    elif engine_error:
+        print(f"  failed: {engine_error[:300]}", flush=True)
+    return False
+
+
+def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = None) -> list[list[str]]:
+    """[id, label, state, detail] per run: done / running (on which executor) / queued / failed /
+    pending, from the store and, where given, the run folders."""
+    from sftmix.study.executors import queued_job
+
     by_id = {r["id"]: r for r in store.runs()} if store else {}
     rows = []
     for r in runs:
-        row = by_id.get(r.id)
-        state = row["status"] if row else "pending"
-        rows.append([r.id, r.label, state, (row or {}).get("error", "") and row["error"].splitlines()[0][:80]])
+        row = by_id.get(r.id) or {}
+        state, detail = row.get("status") or "pending", (row.get("error") or "").splitlines()[0][:80] if row.get("error") else ""
+        if out is not None and state != "done":
+            run_out = run_path(out, r)
+            job = json.loads((run_out / worker.JOB).read_text()) if (run_out / worker.JOB).exists() else None
+            where = f"{job['executor']} job {job['job_id']}" if job else "local"
+            if (run_out / worker.DONE).exists():
+                state, detail = "done", "finished; ingested at the next `study run`"
+            elif worker.is_running(run_out):
+                state, detail = "running", f"on {where}"
+            elif queued_job(run_out):
+                state, detail = "queued", where
+            elif (run_out / worker.ERROR).exists():
+                state = "failed"
+                detail = json.loads((run_out / worker.ERROR).read_text())["error"].splitlines()[0][:80]
+            elif state == "running":
+                state, detail = "interrupted", "its worker is gone; `study run` resumes it"
+        rows.append([r.id, r.label, state, detail])
     return rows

@@ -122,9 +122,12 @@ class CurveSpec:
     points: int
     run_step: int = 0
     run_tokens: int = 0
+    start: dict | None = None  # the previous stage's last point: the same weights, so not measured again
+    cache_key: str | None = None  # a first stage's start point is the base model's: measured once per key
 
 
 CURVE_KEY = "heldout_loss/"
+HELDOUT_FILE = "heldout_loss.json"
 
 
 class HeldoutCurve(TrainerCallback):
@@ -141,15 +144,26 @@ class HeldoutCurve(TrainerCallback):
     def __init__(self, spec: CurveSpec, trainer: StageTrainer, tokenizer):
         self.spec, self.trainer, self.tokenizer = spec, trainer, tokenizer
         self.logged_at: set[int] = set()
+        self.last: dict | None = None  # full results (per sample too) of the latest measurement
+        self.last_step = -1
 
-    def measure(self, state) -> None:
+    def final_results(self, state) -> dict | None:
+        """The measurement at the stage's last step, as ``sftmix.eval.loss`` results: saved with
+        the checkpoint so that its final evaluation need not measure the same rows again."""
+        return self.last if self.last is not None and self.last_step == state.global_step else None
+
+    def measure(self, state, known: dict | None = None) -> None:
         from sftmix.eval.loss import mean_loss
 
         if state.global_step in self.logged_at:
             return
         self.logged_at.add(state.global_step)
-        logs = {CURVE_KEY + name: mean_loss(self.trainer.model, self.tokenizer, convs, self.spec.template, self.spec.max_length,
-                                            self.spec.batch_size)["loss"] for name, convs in self.spec.sets.items()}
+        if known is None:
+            self.last = {name: mean_loss(self.trainer.model, self.tokenizer, convs, self.spec.template, self.spec.max_length,
+                                         self.spec.batch_size) for name, convs in self.spec.sets.items()}
+            self.last_step = state.global_step
+            known = {name: m["loss"] for name, m in self.last.items()}
+        logs = {CURVE_KEY + name: v for name, v in known.items()}
         logs["run_step"] = self.spec.run_step + state.global_step
         logs["run_tokens"] = self.spec.run_tokens + self.trainer._real_tokens
         self.trainer.log(logs)
@@ -158,7 +172,16 @@ class HeldoutCurve(TrainerCallback):
         self.logged_at |= {h["step"] for h in state.log_history if any(k.startswith(CURVE_KEY) for k in h)}
         if state.global_step:  # resumed: carry the token count on from the last log before the checkpoint
             self.trainer._real_tokens = max((h.get("real_tokens", 0) for h in state.log_history), default=0)
+            return
+        if self.spec.start is not None and set(self.spec.start) == set(self.spec.sets):
+            return self.measure(state, self.spec.start)
+        cache = cache_dir() / "curves" / f"{self.spec.cache_key}.json" if self.spec.cache_key else None
+        if cache is not None and cache.exists():
+            return self.measure(state, read_json(cache))
         self.measure(state)
+        if cache is not None and state.is_world_process_zero:
+            point = curve_points(state.log_history, "")[-1]["loss"]
+            write_json(cache, point)
 
     def on_step_end(self, args, state, control, **kwargs):
         every = max(1, -(-state.max_steps // (self.spec.points + 1)))
@@ -333,6 +356,13 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     wall = time.perf_counter() - t0
     if state.is_main_process:
         _save_final(trainer, tokenizer, final, settings)
+        curve_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldoutCurve)), None)
+        measured = curve_cb.final_results(trainer.state) if curve_cb else None
+        if measured:
+            from sftmix.eval.loss import heldout_key
+
+            write_json(final / HELDOUT_FILE, {"key": heldout_key(curve.sets, template, curve.max_length, curve.batch_size),
+                                              "results": measured})
         meta = {
             "stage": out_dir.name,
             "base_model": model_path,

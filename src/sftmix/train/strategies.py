@@ -108,6 +108,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     """
     from sftmix.models import resolve_model
     from sftmix.train.stage import CurveSpec, read_meta, train_stage
+    from sftmix.train.tokenize import MASK_VERSION
 
     stages = plan(cfg)
     out = run_dir(cfg)
@@ -115,13 +116,18 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     composed: dict[str, Composed] = {}
     heldout_sets = curve_sets(cfg, pools) if "loss" in cfg.eval.tasks and cfg.eval.curve else {}
     checkpoint = resolve_model(cfg.model)
-    parent, offset = None, {"run_step": 0, "run_tokens": 0}
+    parent, offset, meta = None, {"run_step": 0, "run_tokens": 0}, {}
     for i, stage in enumerate(stages):
         stage_dir = out / f"stage{i + 1}_{stage.name}"
         mixture = _compose_stage(cfg, stage, pools, composed, stage_dir)
         settings = stage_settings(cfg, stage)
-        curve = CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size, cfg.eval.curve_points,
-                          **offset) if heldout_sets else None
+        curve = None
+        if heldout_sets:
+            start = meta["curve"][-1]["loss"] if i and meta.get("curve") else None
+            key = stable_hash([checkpoint, {n: [c.id for c in v] for n, v in heldout_sets.items()}, cfg.template,
+                               cfg.eval.loss_max_length, cfg.eval.batch_size, MASK_VERSION]) if not i else None
+            curve = CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size, cfg.eval.curve_points,
+                              start=start, cache_key=key, **offset)
         checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
                                      seed=settings.seed if settings.seed is not None else cfg.seed,
                                      parent=parent, run_config=cfg.model_dump(), progress=progress, curve=curve))

@@ -1,0 +1,336 @@
+"""Where a study's runs execute: here one after another (``local``), as Ray tasks (``ray``), or as
+Slurm jobs through submitit (``slurm``; submitit's local mode, ``slurm-local``, runs the same
+path as subprocess jobs on this machine). Each executor only starts ``worker.execute`` for a run
+and reports when it has ended; what a run produced is read from its folder by the driver.
+
+Ray: each run is a task with the study's ``resources`` (``num_cpus``, ``num_gpus``); ``address``
+connects to an existing cluster, none starts a local one. Slurm: each run is a job with those
+resources; a job that is preempted or reaches its time limit is requeued by submitit and
+resumes from its last checkpoint (the stage trainer resumes); a run over several GPUs or nodes
+trains through ``accelerate launch`` started once per node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from sftmix.config import Strict
+from sftmix.errors import SftmixError
+from sftmix.io import read_json, write_json
+from sftmix.study import worker
+
+EXECUTORS = ("local", "ray", "slurm", "slurm-local")
+
+
+class Resources(Strict):
+    """What one run needs (each run of the study gets the same)."""
+
+    gpus: int = Field(0, ge=0, description="GPUs per node")
+    cpus: int = Field(1, ge=1, description="CPU cores (per node); torch threads are limited to these")
+    nodes: int = Field(1, ge=1)
+    time: str = Field("12h", description="wall-clock limit of one job: 90m, 12h, 2d or H:MM:SS")
+    partition: str | None = Field(None, description="Slurm partition")
+    parallel: int | None = Field(None, ge=1, description="at most this many runs at once (default: as resources allow)")
+    slurm: dict = Field(default_factory=dict, description="extra submitit/Slurm parameters, e.g. {account: x, qos: y}")
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        minutes(v)
+        return v
+
+
+def minutes(text: str) -> int:
+    """'90m' / '12h' / '2d' / 'H:MM:SS' -> minutes (rounded up)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd])\s*", text)
+    if m:
+        return max(1, int(-(-float(m.group(1)) * {"m": 1, "h": 60, "d": 1440}[m.group(2)] // 1)))
+    m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2})\s*", text)
+    if m:
+        h, mi, s = (int(x) for x in m.groups())
+        return max(1, h * 60 + mi + (1 if s else 0))
+    raise ValueError(f"expected a duration like 90m, 12h, 2d or 1:30:00, got {text!r}")
+
+
+class ExecutorConfig(Strict):
+    """``executor`` in a study file: the engine and its connection."""
+
+    name: Literal["local", "ray", "slurm", "slurm-local"] = "local"
+    address: str | None = Field(None, description="ray: host:port of an existing cluster (else a local one is started)")
+
+
+@dataclass
+class Handle:
+    run_id: str
+    run_out: Path
+    ref: object = None
+    submitted: float = field(default_factory=time.time)
+
+
+class Executor:
+    """Start runs and tell when they end. ``check`` raises before any run starts."""
+
+    name = "local"
+
+    def __init__(self, resources: Resources, progress: bool = True):
+        self.resources = resources
+        self.progress = progress
+
+    def check(self) -> None:
+        want = self.resources.gpus
+        if want:
+            import torch
+
+            have = torch.cuda.device_count()
+            if want > have:
+                raise SftmixError(f"resources.gpus = {want} but this machine has {have} GPU(s)")
+        if self.resources.nodes > 1:
+            raise SftmixError(f"resources.nodes = {self.resources.nodes}: the {self.name} executor runs on one machine; "
+                              "use executor slurm for runs over several nodes")
+        if self.resources.cpus > (os.cpu_count() or 1):
+            raise SftmixError(f"resources.cpus = {self.resources.cpus} but this machine has {os.cpu_count()} CPU(s)")
+
+    @property
+    def parallel(self) -> int:
+        return self.resources.parallel or 1
+
+    def submit(self, run_id: str, config: dict, run_out: Path) -> Handle:
+        h = Handle(run_id, run_out)
+        h.ref = worker.execute(config, str(run_out), None, self.progress, self._launcher())
+        return h
+
+    def _launcher(self) -> list[str] | None:
+        return worker.launch_command(self.resources.gpus, self.resources.nodes) if self.resources.gpus > 1 else None
+
+    def finished(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, str | None]]:
+        """Handles whose run has ended, each with an engine error message (None when the worker
+        itself returned; its outcome is then in the run folder)."""
+        return [(h, None) for h in handles]
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, resources: Resources, progress: bool = True, address: str | None = None):
+        super().__init__(resources, progress)
+        self.address = address
+
+    def check(self) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise SftmixError("executor ray needs Ray: pip install 'sftmix[ray]'") from None
+        if self.resources.nodes > 1:
+            raise SftmixError(f"resources.nodes = {self.resources.nodes}: with Ray, one run is one task on one node; "
+                              "use executor slurm for runs over several nodes")
+        if self.address and self.address != "auto":
+            host, _, port = self.address.replace("ray://", "").rpartition(":")
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+            except (OSError, ValueError) as e:
+                raise SftmixError(f"Ray cluster at {self.address} is not reachable ({e}); start it with `ray start --head` "
+                                  "or leave out --address to start a local one") from None
+        if not ray.is_initialized():
+            kwargs = {"address": self.address} if self.address else {"num_cpus": os.cpu_count(), "num_gpus": _gpu_count(),
+                                                                      "object_store_memory": 256 * 1024 * 1024}
+            ray.init(include_dashboard=False, log_to_driver=self.progress, ignore_reinit_error=True,
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **kwargs)
+        total = ray.cluster_resources()
+        for key, want in (("CPU", self.resources.cpus), ("GPU", self.resources.gpus)):
+            if want and total.get(key, 0) < want:
+                raise SftmixError(f"resources: a run asks for {want} {key} but the Ray cluster has {total.get(key, 0):g} in "
+                                  "total; no run could ever start")
+        self._remote = ray.remote(max_retries=0)(worker.execute)
+
+    @property
+    def parallel(self) -> int:
+        if self.resources.parallel:
+            return self.resources.parallel
+        import ray
+
+        total = ray.cluster_resources()
+        by_cpu = int(total.get("CPU", 1) // self.resources.cpus)
+        by_gpu = int(total.get("GPU", 0) // self.resources.gpus) if self.resources.gpus else by_cpu
+        return max(1, min(by_cpu, by_gpu))
+
+    def submit(self, run_id: str, config: dict, run_out: Path) -> Handle:
+        cpus = self.resources.cpus
+        env = {v: str(cpus) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        ref = self._remote.options(num_cpus=cpus, num_gpus=self.resources.gpus, name=f"sftmix-{run_id}",
+                                   runtime_env={"env_vars": env}).remote(config, str(run_out), cpus, False, self._launcher(),
+                                                                         os.getcwd())
+        return Handle(run_id, run_out, ref)
+
+    def finished(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, str | None]]:
+        import ray
+
+        by_ref = {h.ref: h for h in handles}
+        done, _ = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+        out = []
+        for ref in done:
+            try:
+                ray.get(ref)
+                out.append((by_ref[ref], None))
+            except Exception as e:  # noqa: BLE001 - the worker died (OOM kill, node loss): the driver records it
+                out.append((by_ref[ref], f"Ray task failed: {type(e).__name__}: {str(e)[:500]}"))
+        return out
+
+    def describe(self) -> str:
+        return f"ray ({self.address or 'local cluster'})"
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized() and not self.address:
+            ray.shutdown()
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+class Job:
+    """What a Slurm (or submitit local) job runs: one run; requeued on preemption or timeout."""
+
+    def __init__(self, config: dict, run_out: str, cpus: int, gpus: int, nodes: int):
+        self.config, self.run_out, self.cpus, self.gpus, self.nodes = config, run_out, cpus, gpus, nodes
+        self.cwd = os.getcwd()
+
+    def __call__(self) -> str:
+        launcher = None
+        rank = 0
+        if self.gpus > 1 or self.nodes > 1:
+            import submitit
+
+            env = submitit.JobEnvironment()
+            rank = env.global_rank
+            main = env.hostnames[0] if env.hostnames else "localhost"
+            launcher = worker.launch_command(self.gpus, self.nodes, env.node, main)
+        os.chdir(self.cwd)
+        if rank != 0:  # the other nodes only train: their launcher joins rank 0's
+            from sftmix.config import RunConfig
+
+            cfg = RunConfig.model_validate({**self.config, "output_dir": self.run_out})
+            worker._train(cfg, Path(self.run_out), launcher, False)
+            return "trained"
+        return worker.execute(self.config, self.run_out, self.cpus, False, launcher)
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on preemption or timeout: requeue the same job; it resumes."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+class SubmititExecutor(Executor):
+    name = "slurm"
+
+    def __init__(self, resources: Resources, progress: bool = True, folder: Path = Path("jobs"), local: bool = False):
+        super().__init__(resources, progress)
+        self.folder = Path(folder)
+        self.local = local
+        if local:
+            self.name = "slurm-local"
+
+    def check(self) -> None:
+        try:
+            import submitit
+        except ImportError:
+            raise SftmixError("executor slurm needs submitit: pip install 'sftmix[slurm]'") from None
+        if self.local:
+            super().check()
+        else:
+            import shutil
+
+            if shutil.which("sbatch") is None:
+                raise SftmixError("executor slurm: no `sbatch` on this machine (use slurm-local to run the same jobs "
+                                  "as local processes)")
+        self.ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster="local" if self.local else "slurm")
+        params = {"timeout_min": minutes(self.resources.time), "cpus_per_task": self.resources.cpus,
+                  "nodes": self.resources.nodes, "tasks_per_node": 1, "name": "sftmix"}
+        if self.resources.gpus:
+            params["gpus_per_node"] = self.resources.gpus
+        if not self.local:
+            if self.resources.partition:
+                params["slurm_partition"] = self.resources.partition
+            params.update({k if k.startswith("slurm_") else f"slurm_{k}": v for k, v in self.resources.slurm.items()})
+        if self.local:
+            params = {k: v for k, v in params.items() if k in ("timeout_min", "cpus_per_task", "gpus_per_node", "nodes",
+                                                                "tasks_per_node", "name")}
+            params.pop("nodes", None)
+        self.ex.update_parameters(**params)
+
+    @property
+    def parallel(self) -> int:
+        if self.resources.parallel:
+            return self.resources.parallel
+        return max(1, (os.cpu_count() or 1) // self.resources.cpus) if self.local else 10_000
+
+    def submit(self, run_id: str, config: dict, run_out: Path) -> Handle:
+        r = self.resources
+        job = self.ex.submit(Job(config, str(run_out), r.cpus, r.gpus, r.nodes))
+        write_json(run_out / worker.JOB, {"executor": self.name, "job_id": str(job.job_id), "folder": str(self.folder),
+                                          "submitted": time.time()})
+        return Handle(run_id, run_out, job)
+
+    def finished(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, str | None]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = []
+            for h in handles:
+                if h.ref.done():
+                    try:
+                        h.ref.result()
+                        out.append((h, None))
+                    except Exception as e:  # noqa: BLE001 - the job failed outside the worker: recorded by the driver
+                        out.append((h, f"{self.name} job {h.ref.job_id} failed: {str(e)[-500:]}"))
+            if out or time.monotonic() > deadline:
+                return out
+            time.sleep(0.5)
+
+    def describe(self) -> str:
+        return f"{self.name} (jobs in {self.folder})"
+
+
+def make_executor(cfg: ExecutorConfig, resources: Resources, out: Path, progress: bool = True) -> Executor:
+    if cfg.name == "local":
+        return Executor(resources, progress)
+    if cfg.name == "ray":
+        return RayExecutor(resources, progress, cfg.address)
+    return SubmititExecutor(resources, progress, out / "jobs", local=cfg.name == "slurm-local")
+
+
+def queued_job(run_out: Path) -> dict | None:
+    """The job a run was submitted as (``job.json``), if it is still queued or running there."""
+    path = Path(run_out) / worker.JOB
+    if not path.exists():
+        return None
+    info = read_json(path)
+    if info.get("executor") == "slurm":
+        try:
+            import submitit
+
+            state = submitit.SlurmJob(folder=info["folder"] + "/%j", job_id=info["job_id"]).state
+        except Exception:  # noqa: BLE001 - no Slurm here or the job is unknown: treat as not queued
+            return None
+        return {**info, "state": state} if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING") else None
+    return None

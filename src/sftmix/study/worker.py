@@ -1,0 +1,149 @@
+"""One run of a study, executed wherever an executor puts it (this process, a Ray worker, a Slurm
+job): train, evaluate, mark done, all inside the run's own folder.
+
+One writer, one truth: a worker writes nothing but files under ``runs/<id>/`` (checkpoints, the
+evaluation, ``done.json`` or ``error.json``); the driver alone writes ``results.sqlite``, from
+those files (``sftmix.study.runner.ingest``). A lock on ``runs/<id>/.lock`` (``flock``) makes it
+impossible for two workers to train the same run at once; the driver probes the same lock to
+tell a running run from a pending one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from sftmix.io import write_json
+
+LOCK, DONE, ERROR, JOB = ".lock", "done.json", "error.json", "job.json"
+
+
+class AlreadyRunning(Exception):
+    """Another worker holds this run's lock."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_out/.lock``, held while a worker trains and evaluates."""
+
+    def __init__(self, run_out: Path, wait_s: float = 2.0):
+        self.path = Path(run_out) / LOCK
+        self.wait_s = wait_s
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait_s  # a driver's probe holds the lock for microseconds
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise AlreadyRunning(str(self.path)) from None
+                time.sleep(0.05)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "since": time.time()}).encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def is_running(run_out: Path) -> bool:
+    """Whether a worker holds the run's lock now (a probe: shared, non-blocking, released at once)."""
+    path = Path(run_out) / LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def limit_threads(cpus: int | None) -> None:
+    """Keep a worker's torch (and BLAS) threads to the CPUs it was given."""
+    if not cpus:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(cpus)
+    import torch
+
+    torch.set_num_threads(cpus)
+
+
+def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool = False, launcher: list[str] | None = None,
+            cwd: str | None = None) -> str:
+    """Train and evaluate one run in ``run_out``; return "done", "failed" or "running elsewhere".
+
+    ``config`` is the run's resolved config (a dict, so that it travels to any worker).
+    ``launcher``: a command prefix (``accelerate launch ...``) that trains in separate processes,
+    for runs over several GPUs or nodes; evaluation then runs here on the final checkpoint.
+    ``cwd``: the driver's working folder (a Ray or Slurm worker may start elsewhere).
+    """
+    from sftmix.config import RunConfig
+
+    if cwd:  # relative paths in the config (data_dir, sources) mean what they meant to the driver
+        os.chdir(cwd)
+    run_out_p = Path(run_out)
+    try:
+        with RunLock(run_out_p):
+            if (run_out_p / DONE).exists():
+                return "done"
+            (run_out_p / ERROR).unlink(missing_ok=True)
+            limit_threads(cpus)
+            try:
+                cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
+                final = _train(cfg, run_out_p, launcher, progress)
+                eval_dir = run_out_p / "eval"
+                from sftmix.eval.runner import evaluate
+                from sftmix.train.strategies import training_ids
+
+                evaluate(str(final), cfg.eval, eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
+                         progress=progress)
+                write_json(run_out_p / DONE, {"checkpoint": str(final), "eval_dir": str(eval_dir), "finished": time.time()})
+                return "done"
+            except Exception as e:  # noqa: BLE001 - recorded for the driver, which reports it
+                write_json(run_out_p / ERROR, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]})
+                return "failed"
+    except AlreadyRunning:
+        return "running elsewhere"
+
+
+def _train(cfg, run_out: Path, launcher: list[str] | None, progress: bool) -> Path:
+    from sftmix.train.strategies import plan, run_dir, run_strategy
+
+    if not launcher:
+        return run_strategy(cfg, progress=progress)
+    import subprocess
+
+    import yaml
+
+    path = run_out / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    subprocess.run([*launcher, "-m", "sftmix.cli", "train", str(path), "--quiet"], check=True)
+    stages = plan(cfg)
+    return run_dir(cfg) / f"stage{len(stages)}_{stages[-1].name}" / "final"
+
+
+def launch_command(gpus: int, nodes: int = 1, rank: int = 0, main_host: str = "localhost", port: int = 29500) -> list[str]:
+    """``accelerate launch`` for one node of a run over ``gpus`` GPUs per node on ``nodes`` nodes
+    (one launcher per node, as accelerate expects; it starts one process per GPU)."""
+    cmd = ["accelerate", "launch", f"--num_processes={max(1, gpus) * nodes}", f"--num_machines={nodes}", f"--machine_rank={rank}"]
+    if gpus * nodes > 1:
+        cmd.insert(2, "--multi_gpu")
+    if nodes > 1:
+        cmd += [f"--main_process_ip={main_host}", f"--main_process_port={port}"]
+    return cmd

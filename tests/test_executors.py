@@ -1,0 +1,169 @@
+"""Studies on Ray and through submitit, for real: same results as the local executor, nothing
+trained twice after the driver is killed, and clear errors before any run starts."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import TINY_SOURCES, TINY_TRAIN
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'sftmix[ray]'); CI installs it")
+submitit = pytest.importorskip("submitit", reason="submitit is an optional extra (pip install 'sftmix[slurm]'); CI installs it")
+
+
+def study_file(tmp: Path, name: str, **extra) -> Path:
+    study = {
+        "name": name, "output_dir": str(tmp / name),
+        "base": {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]},
+                 "train": {**TINY_TRAIN, "epochs": 2},
+                 "eval": {"tasks": ["loss"], "loss_sources": ["generated_math", "generated_code"], "loss_samples": 8,
+                          "curve_points": 1}},
+        "grid": {"strategy.sources": [["generated_math"], ["generated_code"]], "strategy.fraction": ["1/2", 1]},
+        "resources": {"cpus": 1},
+        **extra,
+    }
+    f = tmp / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(study))
+    return f
+
+
+def sftmix(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "sftmix.cli", *args], capture_output=True, text=True, **kw)
+
+
+def metrics(db: Path) -> dict:
+    con = sqlite3.connect(db)
+    return {(label, metric): v for label, metric, v in con.execute(
+        "SELECT runs.label, metrics.metric, metrics.value FROM metrics JOIN runs ON runs.id = metrics.run_id "
+        "WHERE task = 'loss' AND metric NOT IN ('wall_s')")}
+
+
+def stage_metas(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.glob("runs/*/stage*/final/meta.json")}
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    f = study_file(tmp, "ref")
+    r = sftmix("study", "run", str(f), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return metrics(tmp / "ref" / "results.sqlite")
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster with 2 CPUs, started by the test (as a user would with `ray start`)."""
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run(["ray", "start", "--head", "--num-cpus=2", "--num-gpus=0", f"--port={port}", "--include-dashboard=false",
+                            "--disable-usage-stats", "--object-store-memory=200000000"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    yield f"127.0.0.1:{port}"
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def kill_after_first_done(cmd: list[str], db: Path, root: Path) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if list(root.glob("runs/*/done.json")):
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever it started in its session
+    proc.wait()
+
+
+def check_same_results_and_trained_once(f: Path, root: Path, cmd: list[str], reference: dict) -> None:
+    db = root / "results.sqlite"
+    kill_after_first_done(cmd, db, root)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM runs WHERE status = 'done'").fetchone()[0] == 4
+    metas = stage_metas(root)
+    assert len(metas) == 4  # one trained stage per run: nothing was trained twice
+    got = metrics(db)
+    assert got.keys() == reference.keys()
+    for key, value in reference.items():
+        assert abs(got[key] - value) < 2e-3 * max(1.0, abs(value)), key  # thread counts change summation order
+    # a second rerun ingests nothing again and trains nothing
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and stage_metas(root) == metas
+    st = sftmix("study", "status", str(f))
+    assert "'done': 4" in st.stdout
+
+
+def test_ray_runs_the_study_in_parallel_with_the_local_results(tmp_path, ray_cluster, local_reference):
+    f = study_file(tmp_path, "onray", executor={"name": "ray", "address": ray_cluster})
+    cmd = [sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--quiet"]
+    check_same_results_and_trained_once(f, tmp_path / "onray", cmd, local_reference)
+    # 2 runs at a time on the 2-CPU cluster: the workers' own times (lock taken, done written) overlap
+    import json
+
+    spans = sorted((json.loads((r / ".lock").read_text())["since"], json.loads((r / "done.json").read_text())["finished"])
+                   for r in (tmp_path / "onray" / "runs").iterdir())
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+
+
+def test_submitit_local_jobs_run_the_study_with_the_local_results(tmp_path, local_reference):
+    f = study_file(tmp_path, "onsubmitit")
+    cmd = [sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--executor", "slurm-local", "--quiet"]
+    check_same_results_and_trained_once(f, tmp_path / "onsubmitit", cmd, local_reference)
+    assert list((tmp_path / "onsubmitit" / "jobs").glob("*/*_log.out"))  # submitit's own job logs
+
+
+def test_two_workers_never_train_the_same_run(tmp_path):
+    from sftmix.study import worker
+
+    run_out = tmp_path / "run"
+    with worker.RunLock(run_out):
+        assert worker.is_running(run_out)
+        assert worker.execute({}, str(run_out)) == "running elsewhere"
+    assert not worker.is_running(run_out)
+
+
+@pytest.mark.parametrize("extra,args,expected", [
+    ({}, ["--executor", "kubernetes"], "invalid choice: 'kubernetes'"),
+    ({"executor": "kubernetes"}, [], "executor.name"),
+    ({"resources": {"cpus": 64}}, ["--executor", "ray"], "the Ray cluster has"),
+    ({"resources": {"gpus": 4}}, [], "resources.gpus = 4"),
+    ({"resources": {"nodes": 2}}, ["--executor", "slurm-local"], "resources.nodes = 2"),
+    ({"resources": {"time": "forever"}}, [], "expected a duration"),
+    ({}, ["--executor", "ray", "--address", "127.0.0.1:1"], "is not reachable"),
+], ids=["unknown executor flag", "unknown executor in file", "more cpus than the cluster", "gpus", "nodes", "time",
+        "unreachable ray address"])
+def test_bad_executor_input_fails_before_any_run_starts(tmp_path, extra, args, expected):
+    f = study_file(tmp_path, "bad", **extra)
+    r = sftmix("study", "run", str(f), *args, "--quiet", timeout=300)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    assert expected in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "bad").glob("runs/*/stage*"))
+
+
+def test_launch_command_for_several_gpus_and_nodes():
+    from sftmix.study.worker import launch_command
+
+    assert launch_command(8, 1) == ["accelerate", "launch", "--multi_gpu", "--num_processes=8", "--num_machines=1", "--machine_rank=0"]
+    assert launch_command(4, 2, rank=1, main_host="node01") == [
+        "accelerate", "launch", "--multi_gpu", "--num_processes=8", "--num_machines=2", "--machine_rank=1",
+        "--main_process_ip=node01", "--main_process_port=29500"]
