@@ -1,7 +1,5 @@
 """Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
 
-from pathlib import Path
-
 import pytest
 
 from sftmix.eval import gsm8k, humaneval, mtbench

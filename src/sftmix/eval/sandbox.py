@@ -119,7 +119,9 @@ def _dec(x, depth=0):
         return {_dec(k, depth + 1): _dec(w, depth + 1) for k, w in v}
     raise ValueError("unknown tag %r" % tag)
 '''
-exec(compile(CODEC, "sftmix-codec", "exec"))  # defines _enc and _dec here too: one definition
+_codec: dict = {}
+exec(compile(CODEC, "sftmix-codec", "exec"), _codec)  # the same definitions on this side of the pipe
+encode, decode = _codec["_enc"], _codec["_dec"]
 
 # Runs inside the sandbox. Frames are 8-byte little-endian lengths + JSON, read from stdin and
 # written to a private copy of stdout; the sample's own fd 1 is pointed at stderr and its stdin
@@ -523,14 +525,14 @@ def run_candidate(program: str, entry_point: str, check_source: str, limits: Lim
             status = "timed out" if s.timed_out else "failed"
         else:
             def candidate(*args, **kwargs):
-                s.send({"args": _enc(list(args)), "kwargs": {str(k): _enc(v) for k, v in kwargs.items()}})
+                s.send({"args": encode(list(args)), "kwargs": {str(k): encode(v) for k, v in kwargs.items()}})
                 reply = s.receive()
                 if reply is None:
                     raise CandidateError("the sample timed out" if s.timed_out else "the sample ended or broke the protocol")
                 if "raised" in reply:
                     raise _exception(reply)
                 try:
-                    return _dec(reply["value"])
+                    return decode(reply["value"])
                 except Exception as e:  # noqa: BLE001 - a malformed value is the sample's failure
                     raise CandidateError(f"unreadable return value: {e}") from None
 

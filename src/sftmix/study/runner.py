@@ -98,7 +98,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
               executor: str | None = None, address: str | None = None) -> Store:
     """Run every run not yet done with the study's executor (or ``executor``), ingesting each
     run's results into ``results.sqlite`` as it ends."""
-    from sftmix.study.executors import ExecutorConfig, make_executor, queued_job
+    from sftmix.study.executors import make_executor, queued_job
 
     out = study_dir(study, profile).resolve()  # workers may run in another folder or on another machine
     store = Store(out / "results.sqlite")
