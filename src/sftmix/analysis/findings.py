@@ -222,8 +222,10 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -
         only_a, only_b, p = stats.mcnemar(ia, ib)
         test = {"a_only": only_a, "b_only": only_b, "p": p}
     v = stats.verdict(lo, hi, expect_positive, test["p"] if test else None, diff)
+    pa, pb = stats.align(ia, ib)  # the values compared: shared items, and shared seeds where there are any
     return {**row, "diff": diff, "low": lo, "high": hi, "items": n, "mcnemar": test, "verdict": v,
-            "a_value": stats.estimate(ia), "b_value": stats.estimate(ib)}
+            "a_value": stats.estimate(pa), "b_value": stats.estimate(pb), "seeds_a": len(pa.seeds),
+            "seeds_b": len(pb.seeds), "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds))}
 
 
 def finding_sentence(f: dict) -> str:
@@ -233,8 +235,15 @@ def finding_sentence(f: dict) -> str:
     test = f"; McNemar {f['mcnemar']['a_only']} vs {f['mcnemar']['b_only']} discordant, p = {f['mcnemar']['p']:.3g}" \
         if f.get("mcnemar") else ""
     return (f"{f['claim']} — {f['metric']}: {f['a']} {f['a_value']:.4g} vs {f['b']} {f['b_value']:.4g}, "
-            f"difference {f['diff']:+.4g} [95% CI {f['low']:+.4g}, {f['high']:+.4g}] over {f['items']} items, "
-            f"{f['seeds_a']}/{f['seeds_b']} seed(s){test}: {f['verdict']}.")
+            f"difference {f['diff']:+.4g} [95% CI {f['low']:+.4g}, {f['high']:+.4g}] over {f['items']} items and "
+            f"{_seed_words(f)}{test}: {f['verdict']}.")
+
+
+def _seed_words(f: dict) -> str:
+    shared = f.get("seeds_compared") or []
+    if shared:
+        return f"seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))} (paired)"
+    return f"{f['seeds_a']} vs {f['seeds_b']} seed(s), unpaired"
 
 
 METHOD = ("Intervals are 95% percentile bootstrap intervals (2,000 draws) over the evaluation items (held-out samples, "

@@ -82,11 +82,8 @@ def paired_difference(a: Items, b: Items, n_boot: int = N_BOOT, seed: int = 0,
                       level: float = LEVEL) -> tuple[float, float, float, int]:
     """(A - B, low, high, items): paired bootstrap over the items both have (and the seeds both
     have, when any are shared; otherwise each side's runs are resampled on their own)."""
-    shared = sorted(set(a.items) & set(b.items))
-    a, b = _subset(a, shared), _subset(b, shared)
-    common = sorted(set(a.seeds) & set(b.seeds))
-    if common:
-        a, b = _seeds(a, common), _seeds(b, common)
+    a, b = align(a, b)
+    shared, common = a.items, sorted(set(a.seeds) & set(b.seeds))
     if not shared:
         return float("nan"), float("nan"), float("nan"), 0
     rng = np.random.default_rng(seed)
@@ -100,6 +97,17 @@ def paired_difference(a: Items, b: Items, n_boot: int = N_BOOT, seed: int = 0,
     diffs = _boot(a, items, ra) - _boot(b, items, rb)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return estimate(a) - estimate(b), float(lo), float(hi), len(shared)
+
+
+def align(a: Items, b: Items) -> tuple[Items, Items]:
+    """The parts of A and B that a paired comparison uses: the items both have, and the seeds
+    both have when they share any (otherwise all runs of each)."""
+    shared = sorted(set(a.items) & set(b.items))
+    a, b = _subset(a, shared), _subset(b, shared)
+    common = sorted(set(a.seeds) & set(b.seeds))
+    if common:
+        a, b = _seeds(a, common), _seeds(b, common)
+    return a, b
 
 
 def _subset(x: Items, ids: list[str]) -> Items:
