@@ -182,3 +182,16 @@ def test_every_shipped_claim_names_configurations_of_its_study(profile):
             found, why = pairs(list(gs.values()), c, tuple(study.zip))
             assert found, (f.name, c.claim, why)
             assert all(a is not b for a, b, _ in found)
+
+
+def test_the_base_curve_cache_key_follows_the_weights(tmp_path):
+    import os
+
+    from sftmix.train.strategies import weights_fingerprint
+
+    w = tmp_path / "model.safetensors"
+    w.write_bytes(b"a" * 10)
+    first = weights_fingerprint(str(tmp_path))
+    w.write_bytes(b"b" * 11)
+    os.utime(w, ns=(1, 1))
+    assert weights_fingerprint(str(tmp_path)) != first and weights_fingerprint("smollm2-hub-id") == []

@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -26,9 +26,6 @@ from sftmix.config import Strict
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
 from sftmix.study import worker
-
-EXECUTORS = ("local", "ray", "slurm", "slurm-local")
-
 
 class Resources(Strict):
     """What one run needs (each run of the study gets the same)."""
@@ -72,7 +69,6 @@ class Handle:
     run_id: str
     run_out: Path
     ref: object = None
-    submitted: float = field(default_factory=time.time)
 
 
 class Executor:

@@ -357,7 +357,9 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     if state.is_main_process:
         _save_final(trainer, tokenizer, final, settings)
         curve_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldoutCurve)), None)
-        measured = curve_cb.final_results(trainer.state) if curve_cb else None
+        # With LoRA the measurement was of the unmerged adapter model, the saved one is merged: the
+        # final evaluation measures the saved weights itself.
+        measured = curve_cb.final_results(trainer.state) if curve_cb and settings.lora is None else None
         if measured:
             from sftmix.eval.loss import heldout_key
 

@@ -124,7 +124,8 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         curve = None
         if heldout_sets:
             start = meta["curve"][-1]["loss"] if i and meta.get("curve") else None
-            key = stable_hash([checkpoint, {n: [c.id for c in v] for n, v in heldout_sets.items()}, cfg.template,
+            key = stable_hash([checkpoint, weights_fingerprint(checkpoint), {n: [c.id for c in v] for n, v in heldout_sets.items()},
+                               cfg.template,
                                cfg.eval.loss_max_length, cfg.eval.batch_size, MASK_VERSION]) if not i else None
             curve = CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size, cfg.eval.curve_points,
                               start=start, cache_key=key, **offset)
@@ -135,6 +136,13 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         offset = {"run_step": meta.get("run_step_end", 0), "run_tokens": meta.get("run_tokens_end", 0)}
         parent = {"stage": stage_dir.name, "checkpoint": checkpoint, "content_sha256": mixture.manifest["content_sha256"], **offset}
     return Path(checkpoint)
+
+
+def weights_fingerprint(model_path: str) -> list:
+    """Size and modification time of a local model's weight files: the base-model curve point is
+    cached per model, and a folder whose weights were replaced must not reuse the old point."""
+    folder = Path(model_path)
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.glob("*.safetensors")) if folder.is_dir() else []
 
 
 def curve_sets(cfg: RunConfig, pools: dict[str, Pool]) -> dict[str, list]:
