@@ -59,6 +59,23 @@ def local_reference(tmp_path_factory):
     return metrics(tmp / "ref" / "results.sqlite")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_token(tmp_path_factory):
+    """Ray >= 2.59 turns token authentication on for a cluster whenever a token exists on its
+    machine, and the first local ``ray.init()`` writes one to ``~/.ray/auth_token``. So these
+    tests use their own token, explicitly, for the cluster and every driver: the outcome does not
+    depend on what an earlier run left in HOME, and nothing is written there."""
+    import secrets
+
+    token = tmp_path_factory.mktemp("raytoken") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        mp.delenv("RAY_AUTH_TOKEN", raising=False)
+        yield token
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -82,14 +99,27 @@ def ray_cluster(tmp_path_factory):
 
 
 def kill_after_first_done(cmd: list[str], db: Path, root: Path) -> None:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if list(root.glob("runs/*/done.json")):
-            break
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever it started in its session
-    proc.wait()
+    log = root.parent / f"{root.name}-driver.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if list(root.glob("runs/*/done.json")):
+                break
+            time.sleep(0.1)
+        ended = proc.poll()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and whatever it started in its session
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    # the kill must land while the study is under way: a driver that ended on its own (an error,
+    # or a study already finished) would make the rerun below test nothing
+    errors = {p.parent.name: p.read_text()[-800:] for p in root.glob("runs/*/error.json")}
+    assert ended is None, f"driver exited ({ended}) before any run was done; run errors {errors}; driver said:\n" + \
+        log.read_text(errors="replace")[-3000:]
+    assert list(root.glob("runs/*/done.json")), "no run finished within 600 s"
+    assert len(list(root.glob("runs/*/done.json"))) < 4, "every run was done before the kill: nothing was interrupted"
 
 
 def check_same_results_and_trained_once(f: Path, root: Path, cmd: list[str], reference: dict) -> None:
@@ -167,3 +197,24 @@ def test_launch_command_for_several_gpus_and_nodes():
     assert launch_command(4, 2, rank=1, main_host="node01") == [
         "accelerate", "launch", "--multi_gpu", "--num_processes=8", "--num_machines=2", "--machine_rank=1",
         "--main_process_ip=node01", "--main_process_port=29500"]
+
+
+@pytest.mark.parametrize("auth_env,expected", [
+    ({"RAY_AUTH_MODE": None}, "requires token authentication: set RAY_AUTH_MODE=token"),
+    ({"RAY_AUTH_TOKEN": "0" * 64}, "refused this machine's Ray token"),
+], ids=["no token sent", "wrong token"])
+def test_a_cluster_that_wants_a_token_gets_a_clear_error(tmp_path, ray_cluster, auth_env, expected):
+    """A cluster with token authentication (Ray's default since 2.59 once a token exists) and a
+    driver that sends none, or the wrong one: exit 2 with what to set, before any run starts."""
+    f = study_file(tmp_path, "auth", executor={"name": "ray", "address": ray_cluster})
+    env = {**os.environ, "RAY_NUM_REDIS_GET_RETRIES": "2"}  # Ray retries a refused connection for 20 s by default
+    for key, value in auth_env.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    r = sftmix("study", "run", str(f), "--quiet", timeout=300, env=env)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    assert expected in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "auth").glob("runs/*/stage*"))

@@ -143,8 +143,11 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             kwargs = {"address": self.address} if self.address else {"num_cpus": os.cpu_count(), "num_gpus": _gpu_count(),
                                                                       "object_store_memory": 256 * 1024 * 1024}
-            ray.init(include_dashboard=False, log_to_driver=self.progress, ignore_reinit_error=True,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **kwargs)
+            try:
+                ray.init(include_dashboard=False, log_to_driver=self.progress, ignore_reinit_error=True,
+                         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, **kwargs)
+            except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its own errors here
+                raise SftmixError(_ray_init_error(self.address, e)) from None
         total = ray.cluster_resources()
         for key, want in (("CPU", self.resources.cpus), ("GPU", self.resources.gpus)):
             if want and total.get(key, 0) < want:
@@ -193,6 +196,33 @@ class RayExecutor(Executor):
 
         if ray.is_initialized() and not self.address:
             ray.shutdown()
+
+
+def _ray_init_error(address: str | None, err: BaseException) -> str:
+    """Why ``ray.init`` failed, in words a user can act on.
+
+    Since Ray 2.59 a cluster started with ``ray start`` requires token authentication whenever a
+    token exists on its machine (``~/.ray/auth_token`` is written by the first local
+    ``ray.init()``), but a driver given an explicit address sends its token only when
+    ``RAY_AUTH_MODE=token`` is set: Ray does not send a secret to an address unless told to, and
+    neither does sftmix."""
+    chain, e = [], err
+    while e is not None and len(chain) < 8:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+    if "InvalidAuthToken" in text or "AuthenticationError" in text or "auth token" in text.lower():
+        if "no authentication token was found" in text:
+            return (f"RAY_AUTH_MODE=token but no Ray token was found for {where}: put the cluster's token in "
+                    "RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token")
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            return (f"{where} refused this machine's Ray token (RAY_AUTH_MODE=token): give the cluster's own token in "
+                    "RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token")
+        return (f"{where} requires token authentication: set RAY_AUTH_MODE=token, with the cluster's token in "
+                "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (`ray get-auth-token` prints it on the head node)")
+    last = next((line.strip() for line in reversed(str(err).strip().splitlines()) if line.strip()), type(err).__name__)
+    return f"could not connect to {where}: {last[:500]}"
 
 
 def _gpu_count() -> int:
