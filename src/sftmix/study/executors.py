@@ -7,14 +7,19 @@ Ray: each run is a task with the study's ``resources`` (``num_cpus``, ``num_gpus
 connects to an existing cluster, none starts a local one. Slurm: each run is a job with those
 resources; a job that is preempted or reaches its time limit is requeued by submitit and
 resumes from its last checkpoint (the stage trainer resumes); a run over several GPUs or nodes
-trains through ``accelerate launch`` started once per node.
+trains through ``accelerate launch`` started once per node. Whether a Slurm job is still queued
+or has ended is asked of ``squeue``, not of ``sacct`` as submitit does: ``sacct`` needs an
+accounting database that many clusters lack, and a job that died without a result would be
+waited for forever.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +274,7 @@ class Job:
 
 class SubmititExecutor(Executor):
     name = "slurm"
+    QUEUE_POLL_S = 10.0
 
     def __init__(self, resources: Resources, progress: bool = True, folder: Path = Path("jobs"), local: bool = False):
         super().__init__(resources, progress)
@@ -276,6 +282,8 @@ class SubmititExecutor(Executor):
         self.local = local
         if local:
             self.name = "slurm-local"
+        self._last_poll = float("-inf")
+        self._missing: dict[str, int] = {}
 
     def check(self) -> None:
         try:
@@ -285,8 +293,6 @@ class SubmititExecutor(Executor):
         if self.local:
             super().check()
         else:
-            import shutil
-
             if shutil.which("sbatch") is None:
                 raise SftmixError("executor slurm: no `sbatch` on this machine (use slurm-local to run the same jobs "
                                   "as local processes)")
@@ -329,9 +335,43 @@ class SubmititExecutor(Executor):
                         out.append((h, None))
                     except Exception as e:  # noqa: BLE001 - the job failed outside the worker: recorded by the driver
                         out.append((h, f"{self.name} job {h.ref.job_id} failed: {str(e)[-500:]}"))
+            if not out and not self.local:
+                out = self._left_the_queue(handles)
             if out or time.monotonic() > deadline:
                 return out
             time.sleep(0.5)
+
+    def _left_the_queue(self, handles: list[Handle]) -> list[tuple[Handle, str | None]]:
+        """Jobs that are no longer in Slurm's queue but left no result: cancelled, killed by a
+        node failure or the OOM killer before submitit could write one. submitit learns a job's
+        end from ``sacct``, which needs Slurm's accounting database; many clusters have none, and
+        its jobs would then be waited for forever. ``squeue`` is asked instead, every
+        ``QUEUE_POLL_S``, and a job must be missing twice in a row (a result file may still be
+        on its way through a network file system)."""
+        now = time.monotonic()
+        if now - self._last_poll < self.QUEUE_POLL_S:
+            return []
+        self._last_poll = now
+        out = []
+        for h in handles:
+            try:
+                state = slurm_queue_state(str(h.ref.job_id))
+            except SftmixError:
+                continue  # the controller did not answer: ask again later
+            if state in ACTIVE_STATES:
+                self._missing.pop(h.run_id, None)
+                continue
+            self._missing[h.run_id] = self._missing.get(h.run_id, 0) + 1
+            if self._missing[h.run_id] < 2 or h.ref.done():
+                continue
+            if (h.run_out / worker.DONE).exists():
+                out.append((h, None))  # the worker finished; only submitit's own result is missing
+                continue
+            log = h.ref.stderr() or ""
+            tail = "\n".join(log.strip().splitlines()[-5:])
+            out.append((h, f"slurm job {h.ref.job_id} left the queue ({state or 'gone'}) without a result"
+                           + (f"; its stderr ends:\n{tail}" if tail else "")))
+        return out
 
     def describe(self) -> str:
         return f"{self.name} (jobs in {self.folder})"
@@ -345,18 +385,46 @@ def make_executor(cfg: ExecutorConfig, resources: Resources, out: Path, progress
     return SubmititExecutor(resources, progress, out / "jobs", local=cfg.name == "slurm-local")
 
 
+# squeue's states of a job that has not ended (a requeued job passes through several of them)
+ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "REQUEUED",
+                           "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT",
+                           "RESV_DEL_HOLD"})
+
+
+def slurm_queue_state(job_id: str) -> str | None:
+    """The job's state in Slurm's queue, from ``squeue`` (which works without an accounting
+    database, unlike ``sacct``); None once the job has left the queue. Raises SftmixError when
+    Slurm cannot be asked."""
+    if shutil.which("squeue") is None:
+        raise SftmixError("no `squeue` on this machine")
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SftmixError(f"squeue failed: {e}") from None
+    if r.returncode != 0:
+        if "invalid job id" in r.stderr.lower():
+            return None  # already purged from the controller's memory
+        raise SftmixError(f"squeue failed: {r.stderr.strip()[-300:]}")
+    states = r.stdout.split()
+    return next((st for st in states if st in ACTIVE_STATES), states[0] if states else None)
+
+
 def queued_job(run_out: Path) -> dict | None:
-    """The job a run was submitted as (``job.json``), if it is still queued or running there."""
+    """The Slurm job a run was submitted as (``job.json``), if it is still queued or running.
+
+    When this machine has Slurm but its controller does not answer, the job counts as queued
+    (state ``UNKNOWN``): the driver waits and asks again rather than submit the run a second time.
+    Without Slurm here (a study folder copied elsewhere) it does not."""
     path = Path(run_out) / worker.JOB
     if not path.exists():
         return None
     info = read_json(path)
-    if info.get("executor") == "slurm":
-        try:
-            import submitit
-
-            state = submitit.SlurmJob(folder=info["folder"] + "/%j", job_id=info["job_id"]).state
-        except Exception:  # noqa: BLE001 - no Slurm here or the job is unknown: treat as not queued
-            return None
-        return {**info, "state": state} if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING") else None
-    return None
+    if info.get("executor") != "slurm":
+        return None
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        state = slurm_queue_state(info["job_id"])
+    except SftmixError as e:
+        return {**info, "state": "UNKNOWN", "why": str(e)}
+    return {**info, "state": state} if state in ACTIVE_STATES else None

@@ -199,8 +199,8 @@ def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = 
                 state, detail = "done", "finished; ingested at the next `study run`"
             elif worker.is_running(run_out):
                 state, detail = "running", f"on {where}"
-            elif queued_job(run_out):
-                state, detail = "queued", where
+            elif q := queued_job(run_out):
+                state, detail = "queued", f"{where} ({q['state']})"
             elif (run_out / worker.ERROR).exists():
                 state = "failed"
                 detail = json.loads((run_out / worker.ERROR).read_text())["error"].splitlines()[0][:80]
