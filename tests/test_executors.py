@@ -350,3 +350,22 @@ def test_a_slurm_job_killed_without_a_result_is_recorded_not_waited_for(tmp_path
     assert status == "failed" and "left the queue" in error
     st = sftmix("study", "status", str(f))
     assert "failed" in st.stdout and "left the queue" in st.stdout, st.stdout
+
+
+@pytest.mark.parametrize("resources,expected", [
+    ({"cpus": 1, "partition": "nope"}, "invalid partition"),
+    ({"cpus": 1, "slurm": {"fooo": 1}}, "resources.slurm: Unknown argument 'fooo'"),
+], ids=["no such partition", "unknown slurm parameter"])
+def test_slurm_refusals_are_clear_errors(tmp_path, slurm, resources, expected):
+    """What the cluster refuses (sbatch's own words) or submitit does not know: exit 2, no traceback,
+    nothing trained, and the refused run recorded as failed with the reason."""
+    f = study_file(tmp_path, "refused", executor="slurm", resources=resources)
+    r = sftmix("study", "run", str(f), "--quiet", timeout=300)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    assert expected in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "refused").glob("runs/*/stage*"))
+    db = tmp_path / "refused" / "results.sqlite"
+    if db.exists():
+        rows = sqlite3.connect(db).execute("SELECT status, error FROM runs").fetchall()
+        assert all(status == "failed" and expected in error for status, error in rows), rows

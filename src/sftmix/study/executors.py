@@ -309,7 +309,10 @@ class SubmititExecutor(Executor):
             params = {k: v for k, v in params.items() if k in ("timeout_min", "cpus_per_task", "gpus_per_node", "nodes",
                                                                 "tasks_per_node", "name")}
             params.pop("nodes", None)
-        self.ex.update_parameters(**params)
+        try:
+            self.ex.update_parameters(**params)
+        except (NameError, ValueError, TypeError) as e:  # submitit names the parameter it does not know
+            raise SftmixError(f"resources.slurm: {str(e)[:600]}") from None
 
     @property
     def parallel(self) -> int:
@@ -319,7 +322,12 @@ class SubmititExecutor(Executor):
 
     def submit(self, run_id: str, config: dict, run_out: Path) -> Handle:
         r = self.resources
-        job = self.ex.submit(Job(config, str(run_out), r.cpus, r.gpus, r.nodes))
+        try:
+            job = self.ex.submit(Job(config, str(run_out), r.cpus, r.gpus, r.nodes))
+        except Exception as e:  # noqa: BLE001 - sbatch refused the job (partition, account, time, gres): its words
+            said = str(e).strip().splitlines()
+            raise SftmixError(f"{self.name}: the job for run {run_id} was refused: "
+                              + " | ".join(line.strip() for line in said[-4:] if line.strip())) from None
         write_json(run_out / worker.JOB, {"executor": self.name, "job_id": str(job.job_id), "folder": str(self.folder),
                                           "submitted": time.time()})
         return Handle(run_id, run_out, job)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sftmix.config import load_config
+from sftmix.errors import SftmixError
 from sftmix.study.grid import PlannedRun, StudyConfig, expand
 from sftmix.study import worker
 from sftmix.study.store import Store
@@ -112,7 +113,8 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     if not todo:
         return store
     ex.check()  # bad resources or an unreachable cluster fail here, before any run starts
-    print(f"{len(todo)} of {len(runs)} runs to do on {ex.describe()}, {ex.parallel} at a time", flush=True)
+    at_once = "all at once" if ex.parallel >= len(todo) > 1 else f"{ex.parallel} at a time"
+    print(f"{len(todo)} of {len(runs)} runs to do on {ex.describe()}, {at_once}", flush=True)
     waiting = {}  # runs another worker (or a queued job) already has: wait for their files
     handles = []
     queue = list(todo)
@@ -130,7 +132,11 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                 print(f"[{started}/{len(runs)}] {run.label} ({run.id})", flush=True)
                 store.start(run.id, run.label, run.point, run.config.model_dump())
                 (run_out / worker.ERROR).unlink(missing_ok=True)
-                handles.append(ex.submit(run.id, run.config.model_dump(mode="json"), run_out))
+                try:
+                    handles.append(ex.submit(run.id, run.config.model_dump(mode="json"), run_out))
+                except SftmixError as e:  # the engine refused the run: every other run would be refused alike
+                    store.fail(run.id, str(e))
+                    raise
             for h, engine_error in ex.finished(handles, timeout=5.0) if handles else []:
                 handles.remove(h)
                 run = next(r for r in todo if r.id == h.run_id)
