@@ -195,3 +195,35 @@ def test_the_base_curve_cache_key_follows_the_weights(tmp_path):
     w.write_bytes(b"b" * 11)
     os.utime(w, ns=(1, 1))
     assert weights_fingerprint(str(tmp_path)) != first and weights_fingerprint("smollm2-hub-id") == []
+
+
+def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_does(tmp_path, monkeypatch):
+    """With bf16, accelerate wraps the trained model's forward in an autocast in place. A curve
+    measured through that wrapper ends 1e-4 away from the fp32 evaluation of the saved weights,
+    and the final evaluation, which reuses the curve's last measurement, would report it. This
+    CPU has no native bf16, so bf16 is forced; torch emulates it, and the wrapper is the same."""
+    import sftmix.eval.loss as loss_mod
+    import sftmix.train.stage as stage_mod
+    from sftmix.eval.runner import evaluate
+    from sftmix.train.strategies import run_dir, run_strategy, training_ids
+
+    monkeypatch.setattr(stage_mod, "cpu_has_bf16", lambda: True)
+    wrapped_seen = []
+    real_plain = loss_mod.plain_forward
+
+    def spy(model):
+        wrapped_seen.append(hasattr(model, "_original_forward"))
+        return real_plain(model)
+
+    monkeypatch.setattr(loss_mod, "plain_forward", spy)
+    cfg = tiny_run(tmp_path, "bf16", strategy={"name": "individual", "sources": ["generated_code"]},
+                   eval={**LOSS_EVAL, "curve_points": 1}, train={"precision": "bf16"})
+    final = run_strategy(cfg, progress=False)
+    meta = json.loads((final / "meta.json").read_text())
+    assert meta["bf16"] and any(wrapped_seen)  # the curve really was measured on an autocast-wrapped model
+    doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
+                   training_ids(cfg), progress=False)
+    fresh = fresh_losses(cfg, str(final))
+    for source in LOSS_EVAL["loss_sources"]:
+        assert abs(meta["curve"][-1]["loss"][source] - fresh[source]) < 1e-6, source
+        assert abs(doc["tasks"]["loss"][source]["loss"] - fresh[source]) < 1e-6, source

@@ -44,12 +44,40 @@ def heldout(name: str, n: int, seed: int, cfg: SourceConfig | None, data_dir: st
     return sampling_order(pool.conversations, seed)[-n:], "tail of the train pool's sampling order"
 
 
+# Part of every key under which a held-out measurement is reused: 2 = measured through the
+# model's own forward, never through a trainer's mixed-precision autocast (see plain_forward).
+LOSS_VERSION = 2
+
+
 def heldout_key(sets: dict[str, list[Conversation]], template: str, max_length: int, batch_size: int) -> str:
     """Identity of a held-out measurement: the rows per source and how they were scored."""
     from sftmix.io import stable_hash
     from sftmix.train.tokenize import MASK_VERSION
 
-    return stable_hash([{n: [c.id for c in v] for n, v in sorted(sets.items())}, template, max_length, batch_size, MASK_VERSION], 24)
+    rows = {n: [c.id for c in v] for n, v in sorted(sets.items())}
+    return stable_hash([rows, template, max_length, batch_size, MASK_VERSION, LOSS_VERSION], 24)
+
+
+class SelectSupervised:
+    """Forward pre-hook on the output layer: keep only the hidden states at ``self.mask`` (the
+    positions whose next token is supervised), so the (batch x length x vocabulary) logits are never
+    built. Passes everything through while ``mask`` is None. Training and held-out loss share it."""
+
+    def __init__(self):
+        self.mask: torch.Tensor | None = None
+
+    def __call__(self, module, args):
+        if self.mask is None:
+            return None
+        return (args[0][self.mask],)
+
+
+def plain_forward(model):
+    """The model's own forward. While a trainer holds a model for mixed precision, accelerate
+    wraps its ``forward`` in place in a bf16/fp16 autocast (keeping the original as
+    ``_original_forward``); a held-out measurement taken through that wrapper would differ from the
+    final evaluation of the saved weights, which runs in the model's own dtype."""
+    return getattr(model, "_original_forward", None) or model
 
 
 @torch.no_grad()
@@ -69,11 +97,10 @@ def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_le
     total, count, per_sample = 0.0, 0, []
     was_training = model.training
     model.eval()
-    # Logits only at supervised positions (as the trainer does): a forward pre-hook on the output
-    # layer keeps those hidden states, so the (batch x length x vocabulary) tensor is never built.
-    select: list = [None]
-    head = model.get_output_embeddings()
-    hook = head.register_forward_pre_hook(lambda module, args: (args[0][select[0]],))
+    # Logits only at supervised positions, as the trainer computes them
+    select = SelectSupervised()
+    hook = model.get_output_embeddings().register_forward_pre_hook(select)
+    forward = plain_forward(model)
     try:
         for i in range(0, len(rows), batch_size):
             batch = rows[i: i + batch_size]
@@ -89,8 +116,8 @@ def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_le
             tgt = labels[:, 1:]
             sel = torch.zeros_like(labels, dtype=torch.bool)
             sel[:, :-1] = tgt != IGNORE
-            select[0] = sel
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (supervised positions, vocab)
+            select.mask = sel
+            logits = forward(input_ids=ids, attention_mask=mask).logits.float()  # (supervised positions, vocab)
             token_loss = F.cross_entropy(logits, tgt[tgt != IGNORE], reduction="none")
             row = sel.nonzero()[:, 0]
             sums = torch.zeros(len(batch), dtype=token_loss.dtype, device=dev).index_add_(0, row, token_loss).tolist()

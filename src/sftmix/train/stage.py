@@ -28,6 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
+from sftmix.eval.loss import SelectSupervised
 from sftmix.io import read_json, write_json
 from sftmix.provenance import provenance
 from sftmix.models import cache_dir, load_model, load_tokenizer
@@ -54,24 +55,12 @@ def use_bf16(precision: str) -> bool:
     return ok
 
 
-class _SelectSupervised:
-    """Forward pre-hook on the output layer: keep only the hidden states at ``self.mask``."""
-
-    def __init__(self):
-        self.mask: torch.Tensor | None = None
-
-    def __call__(self, module, args):
-        if self.mask is None:
-            return None
-        return (args[0][self.mask],)
-
-
 class StageTrainer(Trainer):
     """``Trainer`` with the supervised-positions-only loss and real-token throughput logging."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._select = _SelectSupervised()
+        self._select = SelectSupervised()
         self.model.get_output_embeddings().register_forward_pre_hook(self._select)
         self.loss_is_scaled_for_ga = True  # our loss is already divided by the accumulated token count
         self._real_tokens = 0
