@@ -168,6 +168,7 @@ def test_two_workers_never_train_the_same_run(tmp_path):
     run_out = tmp_path / "run"
     with worker.RunLock(run_out):
         assert worker.is_running(run_out)
+        assert worker.holder(run_out)["pid"] == os.getpid()  # what `study status` shows as "running on"
         assert worker.execute({}, str(run_out)) == "running elsewhere"
     assert not worker.is_running(run_out)
 

@@ -119,6 +119,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     handles = []
     queue = list(todo)
     started = len(runs) - len(todo)
+    last_look = float("-inf")
     try:
         while queue or handles or waiting:
             while queue and len(handles) < ex.parallel:
@@ -142,17 +143,23 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                 run = next(r for r in todo if r.id == h.run_id)
                 if not ingest(store, run, out, engine_error):
                     store.fail(run.id, engine_error or "the run ended without a result (see its folder)")
-            for rid, run in list(waiting.items()):
-                run_out = run_path(out, run)
-                if not worker.is_running(run_out) and not queued_job(run_out):
-                    del waiting[rid]
-                    if not ingest(store, run, out):
-                        queue.append(run)  # its worker died without a result: run it here
+            # runs held elsewhere are looked at every WAIT_POLL_S: a queued Slurm job costs a squeue call
+            if waiting and time.monotonic() - last_look >= WAIT_POLL_S:
+                last_look = time.monotonic()
+                for rid, run in list(waiting.items()):
+                    run_out = run_path(out, run)
+                    if not worker.is_running(run_out) and not queued_job(run_out):
+                        del waiting[rid]
+                        if not ingest(store, run, out):
+                            queue.append(run)  # its worker died without a result: run it here
             if waiting and not handles and not queue:
                 time.sleep(1.0)
     finally:
         ex.close()
     return store
+
+
+WAIT_POLL_S = 10.0
 
 
 def run_path(out: Path, run: PlannedRun) -> Path:
@@ -204,7 +211,9 @@ def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = 
             if (run_out / worker.DONE).exists():
                 state, detail = "done", "finished; ingested at the next `study run`"
             elif worker.is_running(run_out):
-                state, detail = "running", f"on {where}"
+                holder = worker.holder(run_out)
+                on = f"host {holder['host']}, pid {holder['pid']}" if holder else "a worker"
+                state, detail = "running", f"on {where + ', ' if job else ''}{on}"
             elif q := queued_job(run_out):
                 state, detail = "queued", f"{where} ({q['state']})"
             elif (run_out / worker.ERROR).exists():

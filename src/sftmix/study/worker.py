@@ -73,6 +73,14 @@ def is_running(run_out: Path) -> bool:
         os.close(fd)
 
 
+def holder(run_out: Path) -> dict | None:
+    """Who holds (or last held) the run's lock: ``{"pid", "host", "since"}`` as its worker wrote it."""
+    try:
+        return json.loads((Path(run_out) / LOCK).read_text() or "null")
+    except (OSError, ValueError):
+        return None
+
+
 def limit_threads(cpus: int | None) -> None:
     """Keep a worker's torch (and BLAS) threads to the CPUs it was given."""
     if not cpus:
