@@ -108,8 +108,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     """
     from sftmix.models import resolve_model
     from sftmix.train.stage import CurveSpec, read_meta, train_stage
-    from sftmix.eval.loss import LOSS_VERSION
-    from sftmix.train.tokenize import MASK_VERSION
+    from sftmix.eval.loss import heldout_key
 
     stages = plan(cfg)
     out = run_dir(cfg)
@@ -125,9 +124,8 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         curve = None
         if heldout_sets:
             start = meta["curve"][-1]["loss"] if i and meta.get("curve") else None
-            key = stable_hash([checkpoint, weights_fingerprint(checkpoint), {n: [c.id for c in v] for n, v in heldout_sets.items()},
-                               cfg.template,
-                               cfg.eval.loss_max_length, cfg.eval.batch_size, MASK_VERSION, LOSS_VERSION]) if not i else None
+            how = heldout_key(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size)
+            key = stable_hash([checkpoint, weights_fingerprint(checkpoint), how]) if not i else None
             curve = CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size, cfg.eval.curve_points,
                               start=start, cache_key=key, **offset)
         checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
