@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
 from sftmix.analysis import stats
 from sftmix.study.grid import REPLICATE_AXIS, Claim, group_label, short_value
 from sftmix.study.store import Store
@@ -38,11 +40,12 @@ class Group:
         return [json.loads(r["config"]).get("seed", 0) for r in self.runs]
 
 
-def groups(store: Store) -> list[Group]:
-    """Done runs grouped by configuration, in the order the runs were first recorded."""
+def groups(store: Store, only: set[str] | None = None) -> list[Group]:
+    """Done runs grouped by configuration, in the order the runs were first recorded (``only``:
+    these run ids alone, e.g. the runs the study file plans now)."""
     out: dict[str, Group] = {}
     for r in store.runs():
-        if r["status"] != "done":
+        if r["status"] != "done" or (only is not None and r["id"] not in only):
             continue
         point = json.loads(r["point"] or "{}")
         label = group_label(point) if REPLICATE_AXIS in point else r["label"]
@@ -193,6 +196,9 @@ def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()
     measured = set(metric_keys(store))
     out = []
     for c in claims:
+        if c.weights:
+            out += _weighted_claim(store, gs, c, zipped, measured)
+            continue
         metrics = [c.metric] if isinstance(c.metric, str) else list(c.metric)
         base = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)}", "expect": c.expect,
                 "a": short_value(c.a), "b": short_value(c.b), "metric": metrics[0]}
@@ -226,6 +232,73 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -
     return {**row, "diff": diff, "low": lo, "high": hi, "items": n, "mcnemar": test, "verdict": v,
             "a_value": stats.estimate(pa), "b_value": stats.estimate(pb), "seeds_a": len(pa.seeds),
             "seeds_b": len(pb.seeds), "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds))}
+
+
+def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set) -> list[dict]:
+    """A claim on the weighted mean of several metrics (each paired on its own items; seeds
+    shared): one row per configuration pair."""
+    name = c.metric if isinstance(c.metric, str) else "weighted mean"
+    base = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)}", "expect": c.expect,
+            "a": short_value(c.a), "b": short_value(c.b), "metric": name, "weights": c.weights}
+    found, why = pairs(gs, c, zipped)
+    missing = [m for m in c.weights if m not in measured]
+    if not found or missing:
+        return [{**base, "verdict": "not tested", "note": why or f"the study did not measure {', '.join(missing)}"}]
+    out = []
+    for a, b, ctx in found:
+        row = {**base, "claim": base["claim"] + (f" ({ctx})" if ctx else ""), "a": a.label, "b": b.label,
+               "seeds_a": len(a.runs), "seeds_b": len(b.runs)}
+        parts = [(w, group_items(store, a, m), group_items(store, b, m)) for m, w in c.weights.items()]
+        if any(x is None or y is None or not x.items or not y.items for _, x, y in parts):
+            out.append({**row, "verdict": "not tested", "note": "no per-item results for every weighted metric"})
+            continue
+        va, vb, diff, lo, hi = stats.paired_weighted_difference(parts)
+        lower = all(lower_is_better(m) for m in c.weights)
+        v = stats.verdict(lo, hi, (not lower) == (c.expect == "better"))
+        pa, pb = stats.align(parts[0][1], parts[0][2])
+        out.append({**row, "diff": diff, "low": lo, "high": hi, "items": sum(len(stats.align(x, y)[0].items) for _, x, y in parts),
+                    "mcnemar": None, "verdict": v, "a_value": va, "b_value": vb, "seeds_a": len(pa.seeds), "seeds_b": len(pb.seeds),
+                    "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds))})
+    return out
+
+
+INSIDE, OUTSIDE_LOW, OUTSIDE_HIGH = "inside the predicted interval", "below the predicted interval", "above the predicted interval"
+
+
+def check_predictions(store: Store, predictions: list) -> list[dict]:
+    """Each prediction beside what was observed (estimate and 95% interval over items and seeds)
+    and whether the observed estimate lies in the predictive interval."""
+    gs = groups(store)
+    out = []
+    for p in predictions:
+        row = {"configuration": short_value(p.a), "metric": p.metric, "predicted": p.estimate, "low": p.low, "high": p.high,
+               "law_low": p.law_low, "law_high": p.law_high, "law": p.law}
+        match = [g for g in gs if _matches(g, p.a)]
+        if len(match) != 1:
+            out.append({**row, "verdict": "not tested", "note": f"{len(match)} configurations match {short_value(p.a)}"})
+            continue
+        g = match[0]
+        weights = p.weights or {p.metric: 1.0}
+        parts = [(w, group_items(store, g, m)) for m, w in weights.items()]
+        if any(x is None or not x.items for _, x in parts):
+            out.append({**row, "verdict": "not tested", "note": f"{g.label}: no per-item results for {p.metric}"})
+            continue
+        total = sum(w for w, _ in parts)
+        draws = sum(w / total * stats.shared_item_draws([x], stats.N_BOOT, 0)[:, 0] for w, x in parts)
+        est = sum(w / total * stats.estimate(x) for w, x in parts)
+        lo, hi = np.quantile(draws, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
+        v = INSIDE if p.low <= est <= p.high else OUTSIDE_LOW if est < p.low else OUTSIDE_HIGH
+        out.append({**row, "configuration": g.label, "observed": est, "observed_low": float(lo), "observed_high": float(hi),
+                    "seeds": len(g.runs), "verdict": v})
+    return out
+
+
+def prediction_sentence(p: dict) -> str:
+    if p["verdict"] == "not tested":
+        return f"Prediction for {p['configuration']}, {p['metric']}: not tested ({p['note']})."
+    return (f"Prediction for {p['configuration']}, {p['metric']} ({p['law']} law): predicted {p['predicted']:.4g} [95% predictive "
+            f"{p['low']:.4g}, {p['high']:.4g}], observed {p['observed']:.4g} [95% CI {p['observed_low']:.4g}, "
+            f"{p['observed_high']:.4g}] over {p['seeds']} seed(s): {p['verdict']}.")
 
 
 def finding_sentence(f: dict) -> str:

@@ -223,12 +223,16 @@ def curve_figures(store: Store) -> dict[str, bytes]:
 
 
 def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict | None = None, notes: list[str] | None = None,
-                 extra_figures: dict[str, bytes] | None = None, top: list[str] | None = None) -> Path:
+                 extra_figures: dict[str, bytes] | None = None, top: list[str] | None = None, laws: dict | None = None) -> Path:
     """Write the tables, figures, Findings and the HTML and markdown pages; return the HTML path.
 
-    ``top``: lines shown first (e.g. where the data came from); ``notes``: extra remarks."""
-    from sftmix.analysis.findings import METHOD, check_claims, finding_sentence
-    from sftmix.study.grid import Claim
+    ``top``: lines shown first (e.g. where the data came from); ``notes``: extra remarks;
+    ``laws``: a fit (``fit.json``; by default the one beside the store, if any) for the Laws
+    section. The study's predictions (a proposal's) are checked against what was observed."""
+    from sftmix.analysis import lawreport
+    from sftmix.analysis.findings import METHOD, check_claims, check_predictions, finding_sentence, prediction_sentence
+    from sftmix.analysis.lawfit import fit_key, load_fit
+    from sftmix.study.grid import Claim, Prediction
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,8 +252,21 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     with atomic_write(out / "findings.json") as f:
         json.dump(found, f, indent=1)
     sentences = [finding_sentence(x) for x in found]
+    predicted = check_predictions(store, [Prediction(**p) for p in (study_doc or {}).get("predictions", [])])
+    if predicted:
+        with atomic_write(out / "predictions.json") as f:
+            json.dump(predicted, f, indent=1)
+    pred_sentences = [prediction_sentence(p) for p in predicted]
+    laws = laws if laws is not None else load_fit(store.path.parent)
+    law_figs, stale = {}, None
+    if laws:
+        if laws.get("key") != fit_key(store, laws["unit"], laws["draws"], laws["seed"], set(laws["only"]) if laws.get("only") else None):
+            stale = ("These laws were fitted before the latest runs finished (or on other runs): run `sftmix study fit` "
+                     "again to refit them on every done run.")
+        law_figs = lawreport.figures(laws)
+        lawreport.write_csvs(laws, out)
     curves = curve_figures(store)
-    figs = {**curves, **figures(store, header, rows), **(extra_figures or {})}
+    figs = {**curves, **figures(store, header, rows), **(extra_figures or {}), **law_figs}
     for name, data in figs.items():
         with atomic_write(out / name, "wb") as f:
             f.write(data)
@@ -266,12 +283,20 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     if found:
         parts.append("<h2>Findings</h2><ul class='findings'>" + "".join(
             f"<li class='{x['verdict'].split()[0]}'>{html.escape(s)}</li>" for x, s in zip(found, sentences)) + "</ul>")
+    if predicted:
+        parts.append("<h2>Predictions</h2><p>What the fitted laws predicted for these configurations, beside what was "
+                     "observed; the predictive interval adds one configuration's measurement noise to the law's own "
+                     "uncertainty.</p><ul class='findings'>" + "".join(
+                         f"<li class='{'as' if p['verdict'].startswith('inside') else 'the' if p['verdict'] != 'not tested' else 'not'}'>"
+                         f"{html.escape(s)}</li>" for p, s in zip(predicted, pred_sentences)) + "</ul>")
     for n in notes or []:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
     parts.append("<h2>Results</h2>" + _html_table(header, rows) + f"<p class='method'><b>Method.</b> {html.escape(METHOD)}</p>")
     if curves:
         parts.append("<h2>Forgetting curves</h2>" + "".join(img(n, d) for n, d in curves.items()))
-    rest = {n: d for n, d in figs.items() if n not in curves}
+    if laws:
+        parts.append(lawreport.section_html(laws, law_figs, stale, img))
+    rest = {n: d for n, d in figs.items() if n not in curves and n not in law_figs}
     if rest:
         parts.append("<h2>Figures</h2>" + "".join(img(n, d) for n, d in rest.items()))
     failed = [r for r in runs if r["status"] == "failed"]
@@ -292,8 +317,10 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     with atomic_write(out / "report.md") as f:
         f.write(f"# {title}\n\n" + "".join(f"> {t}\n\n" for t in top or [])
                 + ("## Findings\n\n" + "".join(f"- {s}\n" for s in sentences) + "\n" if found else "")
+                + ("## Predictions\n\n" + "".join(f"- {s}\n" for s in pred_sentences) + "\n" if predicted else "")
+                + (lawreport.section_md(laws, law_figs, stale) if laws else "")
                 + "".join(f"> {n}\n\n" for n in notes or []) + "## Results\n\n" + md + f"\n**Method.** {METHOD}\n\n"
-                + "".join(f"![{n}]({n})\n" for n in figs))
+                + "".join(f"![{n}]({n})\n" for n in figs if n not in law_figs))
     return out / "report.html"
 
 

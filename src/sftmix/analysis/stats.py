@@ -78,6 +78,54 @@ def interval(x: Items, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
     return estimate(x), float(lo), float(hi)
 
 
+def shared_item_draws(groups: list[Items], n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """Bootstrap draws of several groups' estimates measured on the same items: (n_boot, groups).
+
+    One item draw per bootstrap draw is applied to every group (they share the items' difficulty,
+    as a law fitted across configurations does), and each group's runs are resampled on their own.
+    Every group must hold the same items in the same order (``align_items``)."""
+    if not groups:
+        return np.zeros((n_boot, 0))
+    rng = np.random.default_rng(seed)
+    items = _draws(len(groups[0].items), n_boot, rng)
+    out = np.empty((n_boot, len(groups)))
+    for j, x in enumerate(groups):
+        runs = _draws(len(x.seeds), n_boot, rng) if len(x.seeds) > 1 else np.ones((n_boot, 1))
+        out[:, j] = _boot(x, items, runs)
+    return out
+
+
+def align_items(groups: list[Items]) -> list[Items]:
+    """The groups restricted to the items every one of them has (same order)."""
+    shared = sorted(set.intersection(*(set(x.items) for x in groups))) if groups else []
+    return [_subset(x, shared) for x in groups]
+
+
+def paired_weighted_difference(pairs: list[tuple[float, Items, Items]], n_boot: int = N_BOOT, seed: int = 0,
+                               level: float = LEVEL) -> tuple[float, float, float, float, float]:
+    """A weighted mean of several metrics, A against B: ``pairs`` holds (weight, A's items, B's
+    items) per metric. Each metric is paired as in ``paired_difference`` (its own item draws);
+    the seed draw is shared by all metrics, since they are measured on the same runs. Returns
+    (A's weighted value, B's, A - B, low, high)."""
+    rng = np.random.default_rng(seed)
+    total = sum(w for w, _, _ in pairs)
+    aligned = [(w, *align(a, b)) for w, a, b in pairs]
+    seeds_a = len(aligned[0][1].seeds)
+    shared_seeds = bool(set(aligned[0][1].seeds) & set(aligned[0][2].seeds))
+    ra = _draws(seeds_a, n_boot, rng) if seeds_a > 1 else np.ones((n_boot, 1))
+    seeds_b = len(aligned[0][2].seeds)
+    rb = ra if shared_seeds else (_draws(seeds_b, n_boot, rng) if seeds_b > 1 else np.ones((n_boot, 1)))
+    diffs = np.zeros(n_boot)
+    va = vb = 0.0
+    for w, a, b in aligned:
+        items = _draws(len(a.items), n_boot, rng)
+        diffs += w * (_boot(a, items, ra) - _boot(b, items, rb)) / total
+        va += w * estimate(a) / total
+        vb += w * estimate(b) / total
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return va, vb, va - vb, float(lo), float(hi)
+
+
 def paired_difference(a: Items, b: Items, n_boot: int = N_BOOT, seed: int = 0,
                       level: float = LEVEL) -> tuple[float, float, float, int]:
     """(A - B, low, high, items): paired bootstrap over the items both have (and the seeds both

@@ -11,13 +11,15 @@ def cmd_study(args) -> None:
     from sftmix.study.runner import load_study, run_study, status_rows, study_dir
     from sftmix.study.store import Store
 
-    study, runs = load_study(args.file, args.profile)
+    notes: list[str] = []
+    study, runs = load_study(args.file, args.profile, notes)
     out = study_dir(study, args.profile)
     db = out / "results.sqlite"
+    doc = study_doc(study, args.profile)
     if args.study_command == "run":
         output_dir(out, "study output_dir")
         store = run_study(study, runs, args.profile, progress=not args.quiet, executor=args.executor, address=args.address)
-        print(f"report: {write_report(store, out / 'report', study.name, study.model_dump())}")
+        print(f"report: {write_report(store, out / 'report', study.name, doc, top=notes)}")
         failed = [r for r in store.runs() if r["status"] == "failed"]
         if failed:
             raise SftmixError(f"{len(failed)} of {len(runs)} runs failed (see `sftmix study status {args.file}`): "
@@ -31,7 +33,179 @@ def cmd_study(args) -> None:
     else:
         if not db.exists():
             raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}` first)")
-        print(f"report: {write_report(Store(db), out / 'report', study.name, study.model_dump())}")
+        print(f"report: {write_report(Store(db), out / 'report', study.name, doc, top=notes)}")
+
+
+def study_doc(study, profile: str | None) -> dict:
+    """The study as the report shows it: the profile's zipped axes where it has its own (claims
+    pair configurations along them)."""
+    doc = study.model_dump()
+    prof = study.profiles.get(profile or "", {})
+    if prof.get("zip"):
+        doc["zip"] = prof["zip"]
+    return doc
+
+
+def _results(args):
+    """The study, its planned runs, output folder and store (which must exist)."""
+    from sftmix.study.runner import load_study, study_dir
+    from sftmix.study.store import Store
+
+    args.notes = []
+    study, runs = load_study(args.file, args.profile, args.notes)
+    out = study_dir(study, args.profile)
+    db = out / "results.sqlite"
+    if not db.exists():
+        raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}"
+                          f"{' --profile ' + args.profile if args.profile else ''}` first)")
+    return study, runs, out, Store(db)
+
+
+def _counts(store, runs) -> dict:
+    rows = {r["id"]: r["status"] for r in store.runs()}
+    c = {s: sum(rows.get(r.id) == s for r in runs) for s in ("done", "failed", "running")}
+    c["pending"] = sum(r.id not in rows for r in runs)
+    c["planned"] = len(runs)
+    return c
+
+
+def _fit(args, study, runs, out, store, quiet: bool = False) -> dict:
+    """fit.json for the study's done runs: reused when it was made from the same runs and settings."""
+    from sftmix.analysis.lawfit import fit_key, load_fit, run_fit
+
+    counts = _counts(store, runs)
+    others = {k: v for k, v in counts.items() if k in ("failed", "running", "pending") and v}
+    print(f"fit: {counts['done']} of {counts['planned']} runs done"
+          + (f" ({', '.join(f'{v} {k}' for k, v in others.items())}); fitting on the done ones" if others else ""), flush=True)
+    only = {r.id for r in runs}
+    doc = load_fit(out)
+    if doc is not None and doc.get("key") == fit_key(store, args.unit, args.draws, args.seed, only) and not getattr(args, "refit", False):
+        if not quiet:
+            print(f"fit: {out / 'fit.json'} is up to date with these runs; reused")
+        return doc
+    return run_fit(store, out, args.unit, args.draws, args.seed, counts, progress=not args.quiet, only=only)
+
+
+def cmd_fit(args) -> None:
+    from sftmix.analysis.lawfit import SUMMARY_COLUMNS, summary_rows
+    from sftmix.analysis.report import write_report
+
+    study, runs, out, store = _results(args)
+    args.refit = True
+    doc = _fit(args, study, runs, out, store)
+    table(f"laws: {study.name} ({doc['unit']}, {doc['draws']} bootstrap draws)", SUMMARY_COLUMNS, summary_rows(doc))
+    for n in doc["notes"]:
+        print(f"note: {n}")
+    for name, r in doc["targets"].items():
+        print(f"{name}: {r['why']}")
+    print(f"fit: {out / 'fit.json'}")
+    print(f"report: {write_report(store, out / 'report', study.name, study_doc(study, args.profile), top=args.notes, laws=doc)}")
+
+
+def cmd_propose(args) -> None:
+    import yaml
+
+    from sftmix.analysis.propose import propose_k, propose_mixture, proposal_study
+    from sftmix.io import atomic_write, write_json
+
+    study, runs, out, store = _results(args)
+    if args.dmt_k is None and not args.weights:
+        raise SftmixError("propose: give --weights ABILITY=W,... (a mixture) or --dmt-k EPS (DMT's replay k)")
+    if args.dmt_k is not None:
+        prop = propose_k(store, args.dmt_k, args.draws, args.seed, only={r.id for r in runs})
+    else:
+        args.unit = "examples"
+        doc = _fit(args, study, runs, out, store, quiet=True)
+        prop = propose_mixture(doc, args.weights, args.budget, dict(args.max_loss))
+    proposal_out = (out / "proposal").resolve()
+    doc_yaml = proposal_study(prop, study.name, store, str(proposal_out))
+    prop["study_file"] = str(out / "proposal.yaml")
+    write_json(out / "proposal.json", prop)
+    with atomic_write(out / "proposal.yaml") as f:
+        f.write("# Written by `sftmix study propose`: run it with `sftmix study run` and read its report's Predictions.\n")
+        yaml.safe_dump(doc_yaml, f, sort_keys=False, width=120)
+    _print_proposal(prop)
+    print(f"proposal: {out / 'proposal.json'}")
+    print(f"study file: {out / 'proposal.yaml'} (run: sftmix study run {out / 'proposal.yaml'})")
+
+
+def _print_proposal(prop: dict) -> None:
+    def iv(v):
+        return f"{v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+
+    if prop["mode"] == "mixture":
+        p, b = prop["proposal"], prop["best_tried"]
+        print(f"proposal: {', '.join(f'{a} {n}' for a, n in p['examples'].items())} examples (total {p['total']}, budget "
+              f"{prop['budget']:g}); sources: {p['sources']}")
+        rows = [[n, iv(v), f"{v['law_low']:.4f}..{v['law_high']:.4f}",
+                 iv(b["observed"][n]) if n in b["observed"] else "-"] for n, v in p["predicted"].items()]
+        rows.append(["weighted", iv(p["weighted"]), f"{p['weighted']['law_low']:.4f}..{p['weighted']['law_high']:.4f}",
+                     f"{b['weighted_observed']:.4f}"])
+        table(f"predicted for the proposal vs observed for the best tried ({b['label']})",
+              ["held-out loss", "proposal: predicted [95% predictive]", "law interval", "best tried: observed [95%]"], rows)
+    else:
+        print(f"proposal: k = {prop['k']:.4g} [{_k(prop['k_low'])}, {_k(prop['k_high'])}] keeps every specialised ability within "
+              f"{prop['eps']:g} of its stage-1 loss; best tried: {prop['best_tried']['label']} (k = {prop['best_tried']['k']:g}"
+              f"{'' if prop['best_tried']['meets_eps'] else ', the largest tried: none met EPS'})")
+        rows = [[n, e["ability"], e["fit"]["selected"] or "none", f"{e.get('stage1_loss', float('nan')):.4f}",
+                 f"{e['k']:.4g} [{_k(e['k_low'])}, {_k(e['k_high'])}]" if "k" in e else "-",
+                 iv(e["predicted_at_k"]) if "predicted_at_k" in e else "-"] for n, e in prop["targets"].items()]
+        table("DMT's k", ["held-out loss", "ability", "law", "stage-1 loss", "critical k [95%]", "predicted at k"], rows)
+    for n in prop.get("notes", []):
+        print(f"note: {n}")
+
+
+def _k(v) -> str:
+    return "above 1" if v is None else f"{v:.4g}"
+
+
+def cmd_export(args) -> None:
+    from sftmix.analysis.lawfit import backfill_data, export_olmix
+
+    study, runs, out, store = _results(args)
+    backfill_data(store, out)
+    ratios, metrics = export_olmix(store, args.olmix)
+    print(f"olmix: {ratios} and {metrics}")
+
+
+def _weights(text: str) -> dict[str, float]:
+    """--weights math=1,code=1,general=0.5"""
+    import argparse
+
+    out = {}
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        try:
+            if not eq or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected ABILITY=WEIGHT[,ABILITY=WEIGHT...], got {text!r}") from None
+    return out
+
+
+def _max_loss(text: str) -> tuple[str, float]:
+    import argparse
+
+    name, eq, value = text.partition("=")
+    try:
+        if not eq or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ABILITY=LOSS, got {text!r}") from None
+
+
+def _nonneg(text: str) -> float:
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return v
 
 
 def cmd_demo(args) -> None:
@@ -57,6 +231,35 @@ def add_commands(sub) -> None:
                            help="where runs execute (default: the study file's `executor`, else local)")
             p.add_argument("--address", help="ray: address of an existing cluster (host:port); none starts a local one")
         p.set_defaults(func=cmd_study)
+
+    def common(p):
+        p.add_argument("file")
+        p.add_argument("--profile", help="a profile of the study file, e.g. small")
+        p.add_argument("--small", dest="profile", action="store_const", const="small", help="same as --profile small")
+        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--draws", type=positive_int, default=200, help="bootstrap draws for the intervals (default 200)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the fits' random starts")
+
+    p = st.add_parser("fit", help="fit amount, mixture and joint laws per ability to the study's held-out losses, with "
+                                  "leave-one-out validation (fit.json, a Laws section in the report)")
+    common(p)
+    p.add_argument("--unit", choices=["examples", "tokens"], default="examples", help="amounts in examples or in tokens")
+    p.set_defaults(func=cmd_fit)
+    p = st.add_parser("propose", help="the mixture (or DMT's k) the fitted laws recommend, with intervals, and a study file "
+                                      "that runs it beside the best tried configuration")
+    common(p)
+    p.add_argument("--weights", type=_weights, help="ability weights, e.g. math=1,code=1,general=1")
+    p.add_argument("--budget", type=float, help="at most this many training examples in all (default: the largest total tried)")
+    p.add_argument("--max-loss", type=_max_loss, action="append", default=[], metavar="ABILITY=VALUE",
+                   help="keep this ability's predicted held-out loss at or below VALUE (repeatable)")
+    p.add_argument("--dmt-k", type=_nonneg, metavar="EPS",
+                   help="from a study over DMT's k: the smallest k keeping each specialised ability within EPS of its "
+                        "stage-1 held-out loss")
+    p.set_defaults(func=cmd_propose, unit="examples")
+    p = st.add_parser("export", help="write the runs' proportions and metrics for other tools")
+    common(p)
+    p.add_argument("--olmix", required=True, metavar="DIR", help="ratios.csv and metrics.csv in olmix's layout")
+    p.set_defaults(func=cmd_export)
 
     dm = sub.add_parser("demo", help="a small complete study of the paper's strategies on the embedded model, with a report")
     dm.add_argument("--model", default="smollm2")

@@ -11,7 +11,8 @@ A study file::
                                     # an axis named "_x" sets nothing and only labels runs
     profiles:
       small: {...}                  # deep-merged over base with --profile small (or --small);
-                                    # its own `grid:` replaces axes of the same name
+                                    # its own `grid:` replaces axes of the same name, its own
+                                    # `zip:` replaces the zipped axes as a whole
     replicates: 3                   # each configuration with seeds 0, 1, 2 (data sampling and
                                     # training); replicates are one configuration in the report
     compare:                        # the paper's claims this study tests (report: Findings)
@@ -56,6 +57,25 @@ class Claim(Strict):
     metric: str | list[str]
     expect: Literal["better", "worse"] = "better"
     claim: str = Field("", description="the paper's statement, in words")
+    weights: dict[str, float] = Field(default_factory=dict, description="compare the weighted mean of these metrics "
+                                      "(metric -> weight); `metric` then only names it, e.g. 'weighted held-out loss'")
+
+
+class Prediction(Strict):
+    """What a fitted law predicted for a configuration of this study (``sftmix study propose``
+    writes these): the report shows the observed value beside it and whether it lies in the
+    predictive interval ``[low, high]`` (the law's uncertainty plus one configuration's
+    measurement noise; ``law_low``/``law_high`` is the law's alone)."""
+
+    a: str | dict[str, Any]
+    metric: str
+    weights: dict[str, float] = Field(default_factory=dict, description="a weighted mean of these metrics, as in claims")
+    estimate: float
+    low: float
+    high: float
+    law_low: float | None = None
+    law_high: float | None = None
+    law: str = ""
 
 
 class StudyConfig(Strict):
@@ -67,9 +87,13 @@ class StudyConfig(Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     replicates: int = Field(1, ge=1, description="seeds 0..n-1 for every configuration (adds a `seed` grid axis)")
     compare: list[Claim] = Field(default_factory=list)
+    predictions: list[Prediction] = Field(default_factory=list, description="laws' predictions the report checks")
     executor: Annotated[ExecutorConfig, BeforeValidator(lambda v: {"name": v} if isinstance(v, str) else v)] = Field(
         default_factory=ExecutorConfig, description="where runs execute: local, ray, slurm, slurm-local (or {name, address})")
     resources: Resources = Field(default_factory=Resources, description="what one run needs (cpus, gpus, nodes, time, ...)")
+    fallbacks: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "source name -> the source config used instead when that source cannot be loaded (no data directory, no hub); "
+        "the report says so at the top. A profile may carry its own."))
     output_dir: str | None = None
 
 
@@ -131,21 +155,54 @@ def _label(point: dict) -> str:
     return " ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in point.items()) or "base"
 
 
-def expand(study: StudyConfig, profile: str | None = None, where: str = "study") -> list[PlannedRun]:
-    """All runs of a study (validated), in grid order."""
-    base, grid = study.base, dict(study.grid)
+def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None) -> dict:
+    """Each source named in ``fallbacks`` is loaded as the base config says (path, data
+    directory, hub, package); one that cannot be is replaced by its fallback config, and
+    ``notes`` says which data each used and why."""
+    if not fallbacks:
+        return base
+    import os
+
+    from sftmix.config import SourceConfig
+    from sftmix.data.sources import load_pool
+
+    base = copy.deepcopy(base)
+    data_dir = base.get("data_dir") or os.environ.get("SFTMIX_DATA_DIR")
+    for name, fb in fallbacks.items():
+        cfg = (base.get("sources") or {}).get(name) or {}
+        try:
+            pool = load_pool(name, SourceConfig(**cfg), data_dir)
+            where = pool.origin.get("path") or pool.origin.get("hub") or pool.origin.get("package") or pool.origin.get("kind")
+            line = f"{name}: {pool.ability} data from {where}"
+        except SftmixError as e:
+            base.setdefault("sources", {})[name] = copy.deepcopy(fb)
+            reason = " ".join(str(e).split())
+            line = (f"{name}: FALLBACK to {fb.get('builtin', fb)} because {reason}. Generated data is a toy: treat its numbers "
+                    "as a pipeline check, not evidence.")
+        if notes is not None and line not in notes:
+            notes.append(line)
+    return base
+
+
+def expand(study: StudyConfig, profile: str | None = None, where: str = "study", notes: list[str] | None = None) -> list[PlannedRun]:
+    """All runs of a study (validated), in grid order. ``notes`` receives where sources with a
+    fallback took their data from."""
+    base, grid, zips, fallbacks = study.base, dict(study.grid), dict(study.zip), dict(study.fallbacks)
     if profile:
         if profile not in study.profiles:
             raise SftmixError(f"{where}: unknown profile {profile!r}; valid: {', '.join(study.profiles) or 'none'}")
         prof = dict(study.profiles[profile])
         grid.update(prof.pop("grid", {}))  # a profile may replace grid axes (e.g. one small model)
+        zips = prof.pop("zip", None) or zips  # ... or the zipped axes as a whole (amounts sized to its pools)
+        fallbacks = prof.pop("fallbacks", None) or fallbacks
         base = deep_merge(base, prof)
-    if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in study.zip:
+    base = apply_fallbacks(base, fallbacks, notes)
+    if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in zips:
         grid[REPLICATE_AXIS] = list(range(study.replicates))
-    zlens = {len(v) for v in study.zip.values()}
+    zlens = {len(v) for v in zips.values()}
     if len(zlens) > 1:
         raise SftmixError(f"{where}: zip axes must have equal lengths, got {sorted(zlens)}")
-    zipped = [dict(zip(study.zip, vals)) for vals in zip(*study.zip.values())] if study.zip else [{}]
+    zipped = [dict(zip(zips, vals)) for vals in zip(*zips.values())] if zips else [{}]
     product = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
     runs, seen = [], set()
     for p in product:

@@ -25,9 +25,10 @@ def study_dir(study: StudyConfig, profile: str | None) -> Path:
     return base / profile if profile else base
 
 
-def load_study(path: str, profile: str | None = None) -> tuple[StudyConfig, list[PlannedRun]]:
+def load_study(path: str, profile: str | None = None, notes: list[str] | None = None) -> tuple[StudyConfig, list[PlannedRun]]:
+    """The study file and its runs; ``notes`` receives where fallback sources took their data."""
     study = load_config(path, StudyConfig)
-    return study, expand(study, profile, where=str(path))
+    return study, expand(study, profile, where=str(path), notes=notes)
 
 
 def flatten_metrics(tasks: dict) -> list[tuple[str, str, float]]:
@@ -79,6 +80,22 @@ def curve_rows(run_out: Path) -> list[tuple]:
         for pt in meta.get("curve", []):
             out += [(pt["stage"], index, pt["step"], pt["run_step"], pt["run_tokens"], ability, loss)
                     for ability, loss in pt["loss"].items()]
+    return out
+
+
+def data_rows(run_out: Path) -> list[tuple]:
+    """(stage_index, stage, source, ability, replay, examples, tokens, pool_size, origin) per part
+    of every stage's mixture, from the stages' manifests (replayed parts have replay = 1; tokens
+    are the manifest's approximate count, characters / 4)."""
+    out = []
+    for mpath in sorted(run_out.glob("stage*/data/manifest.json")):
+        stage = mpath.parent.parent.name
+        index = int(stage[len("stage"):].split("_")[0])
+        for part in json.loads(mpath.read_text())["parts"]:
+            origin = part.get("origin") or {}
+            out.append((index, stage, part["source"], part["ability"], int(bool(part.get("replay_of"))), float(part["count"]),
+                        float(part.get("approx_tokens", 0)), float(part.get("pool_size", 0)),
+                        origin.get("kind", "") if isinstance(origin, dict) else str(origin)))
     return out
 
 
@@ -181,7 +198,7 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
         if store.status(run.id) is None:
             store.start(run.id, run.label, run.point, run.config.model_dump())
         store.finish(run.id, info["checkpoint"], str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params,
-                     per_item_samples(eval_dir, doc["tasks"]), curve_rows(run_out))
+                     per_item_samples(eval_dir, doc["tasks"]), curve_rows(run_out), data_rows(run_out))
         return True
     if error.exists():
         err = json.loads(error.read_text())

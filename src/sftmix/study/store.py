@@ -3,8 +3,10 @@
 Tables: ``runs`` (one row per run: id, label, config, status, error, paths, timings),
 ``metrics`` (run id, task, metric, value), ``samples`` (the per-item results behind a metric: a
 held-out sample's summed token loss and token count, a problem's pass or a judgment's score,
-as value and weight, so that intervals come from data) and ``curves`` (held-out loss per ability
-during training). Every write is one transaction, so a kill at any time leaves the database
+as value and weight, so that intervals come from data), ``data`` (what each stage trained on:
+examples and approximate tokens per source and ability, replayed parts apart, from the stages'
+manifests; the amounts that scaling and mixture laws are fitted on) and ``curves`` (held-out
+loss per ability during training). Every write is one transaction, so a kill at any time leaves the database
 consistent (SQLite's journal rolls back a half-done write).
 """
 
@@ -27,6 +29,10 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE TABLE IF NOT EXISTS samples (
   run_id TEXT, task TEXT, metric TEXT, item TEXT, value REAL, weight REAL, PRIMARY KEY (run_id, task, metric, item)
+);
+CREATE TABLE IF NOT EXISTS data (
+  run_id TEXT, stage_index INTEGER, stage TEXT, source TEXT, ability TEXT, replay INTEGER, examples REAL, tokens REAL,
+  pool_size REAL, origin TEXT, PRIMARY KEY (run_id, stage_index, source, replay)
 );
 CREATE TABLE IF NOT EXISTS curves (
   run_id TEXT, stage TEXT, stage_index INTEGER, step INTEGER, run_step INTEGER, run_tokens REAL, ability TEXT, loss REAL,
@@ -64,12 +70,16 @@ class Store:
                 (run_id, label, json.dumps(point), json.dumps(config), time.time()))
 
     def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[tuple[str, str, float]],
-               train_tokens: float, params: float, samples: list[tuple] = (), curves: list[tuple] = ()) -> None:
-        """Record a finished run: metrics, per-item samples ``(task, metric, item, value, weight)``
-        and curve points ``(stage, stage_index, step, run_step, run_tokens, ability, loss)``."""
-        with self.conn:  # metrics, samples, curves and the 'done' status land together or not at all
-            for table in ("metrics", "samples", "curves"):
+               train_tokens: float, params: float, samples: list[tuple] = (), curves: list[tuple] = (),
+               data: list[tuple] = ()) -> None:
+        """Record a finished run: metrics, per-item samples ``(task, metric, item, value, weight)``,
+        curve points ``(stage, stage_index, step, run_step, run_tokens, ability, loss)`` and the
+        data it trained on ``(stage_index, stage, source, ability, replay, examples, tokens,
+        pool_size, origin)``."""
+        with self.conn:  # metrics, samples, curves, data and the 'done' status land together or not at all
+            for table in ("metrics", "samples", "curves", "data"):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            self.conn.executemany("INSERT INTO data VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *d) for d in data])
             self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", [(run_id, t, m, v) for t, m, v in metrics])
             self.conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)", [(run_id, *s) for s in samples])
             self.conn.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *c) for c in curves])
@@ -93,6 +103,16 @@ class Store:
         if metric is not None:
             q, args = q + " AND metric = ?", [*args, metric]
         return [dict(r) for r in self.conn.execute(q + " ORDER BY run_id, item", args)]
+
+    def set_data(self, run_id: str, data: list[tuple]) -> None:
+        """Record the data of a run done before the store had a ``data`` table (read back from its
+        folder)."""
+        with self.conn:
+            self.conn.execute("DELETE FROM data WHERE run_id = ?", (run_id,))
+            self.conn.executemany("INSERT INTO data VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *d) for d in data])
+
+    def data(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM data ORDER BY run_id, stage_index, replay, source")]
 
     def curves(self) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM curves ORDER BY run_id, run_step, ability")]

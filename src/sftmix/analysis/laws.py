@@ -1,0 +1,402 @@
+"""Scaling and mixture laws: fitted per held-out loss to a study's configurations, with bootstrap
+intervals and validation on configurations the fit did not see.
+
+A configuration's features are the amounts ``D`` of each ability's data it trained on (all
+stages together; examples, or tokens scaled to examples), their total ``N = sum(D)`` and the
+proportions ``r = D / N``. For the held-out loss of an ability ``a``:
+
+- ``amount``:  L = E + B·(1 + D_a)^(-alpha)                       (the fine-tuning scaling law; the
+  1 keeps an untrained ability finite: E + B is about the base model's loss)
+- ``mixture``: L = c + exp(b + sum_j t_j·r_j)                     (Ye et al. 2024, Data Mixing Laws;
+  the proportions sum to 1, so one t is redundant with b: the last ability's t is fixed at 0)
+- ``joint``:   L = c + exp(b + sum_j t_j·r_j)·N^(-beta)           (the mixing law nested in an amount
+  law over the total, separable in proportion and amount as BiMix is: at a fixed N it is the
+  mixing law, at fixed proportions an amount law in N)
+- baselines: ``constant`` (the mean of the configurations) and ``loglinear``
+  (L = w_0 + sum_j w_j·log(1 + D_j), a linear regression on log amounts).
+
+Fitting: bounded least squares (scipy ``least_squares``) with a robust soft-L1 loss scaled to
+the measurement noise, from several starts. Intervals: the estimates are redrawn as the report's
+bootstrap draws them (items and seeds resampled; one item draw shared by every configuration,
+since they are measured on the same rows), the law refitted on each draw.
+
+Validation: leave one configuration out, fit on the others, predict it. A law *fits* only if its
+leave-one-out error beats the constant's; the best such law is selected. A prediction's interval
+adds to the law's own uncertainty the measurement noise of one configuration (the bootstrap
+deviations of the measured configurations), so it says where an observed estimate should land,
+and its coverage over left-out configurations is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.stats import spearmanr
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Law:
+    """A law's form: its name, formula, parameters, prediction and where it applies."""
+
+    name: str
+    formula: str
+
+    def param_names(self, abilities: list[str], a: int) -> list[str]:
+        m = len(abilities)
+        t = [f"t_{abilities[j]}" for j in range(m - 1)]
+        return {"amount": ["E", "log_B", "alpha"], "mixture": ["c", "b", *t], "joint": ["c", "b", "beta", *t],
+                "loglinear": ["w_0", *[f"w_{x}" for x in abilities]]}[self.name]
+
+    def n_params(self, m: int) -> int:
+        return {"amount": 3, "mixture": 2 + m - 1, "joint": 3 + m - 1, "loglinear": 1 + m}[self.name]
+
+    def min_configs(self, m: int) -> int:
+        """Configurations needed: one more than the parameters, so that every leave-one-out fit is
+        determined."""
+        return self.n_params(m) + 1
+
+    def predict(self, theta: np.ndarray, X: np.ndarray, a: int) -> np.ndarray:
+        """Predicted loss for the rows of ``X`` (configurations x abilities, amounts)."""
+        X = np.atleast_2d(X)
+        N = X.sum(1)
+        r = X / np.where(N > 0, N, 1)[:, None]
+        if self.name == "amount":
+            E, logb, alpha = theta
+            return E + np.exp(logb) * (1.0 + X[:, a]) ** (-alpha)
+        if self.name == "mixture":
+            c, b, *t = theta
+            return c + np.exp(np.clip(b + r[:, :-1] @ np.asarray(t), -50, 50))
+        if self.name == "joint":
+            c, b, beta, *t = theta
+            return c + np.exp(np.clip(b + r[:, :-1] @ np.asarray(t) - beta * np.log(np.maximum(N, 1.0)), -50, 50))
+        w0, *w = theta
+        return w0 + np.log1p(X) @ np.asarray(w)
+
+    def jacobian(self, theta: np.ndarray, X: np.ndarray, a: int) -> np.ndarray:
+        """d prediction / d parameters, (configurations x parameters): analytic, so a fit costs a
+        few evaluations instead of one per parameter per step."""
+        X = np.atleast_2d(X)
+        N = X.sum(1)
+        r = X / np.where(N > 0, N, 1)[:, None]
+        one = np.ones(len(X))
+        if self.name == "amount":
+            _, logb, alpha = theta
+            term = np.exp(logb) * (1.0 + X[:, a]) ** (-alpha)
+            return np.c_[one, term, -term * np.log1p(X[:, a])]
+        if self.name == "mixture":
+            c, b, *t = theta
+            e = np.exp(np.clip(b + r[:, :-1] @ np.asarray(t), -50, 50))
+            return np.c_[one, e, e[:, None] * r[:, :-1]]
+        if self.name == "joint":
+            c, b, beta, *t = theta
+            logn = np.log(np.maximum(N, 1.0))
+            e = np.exp(np.clip(b + r[:, :-1] @ np.asarray(t) - beta * logn, -50, 50))
+            return np.c_[one, e, -e * logn, e[:, None] * r[:, :-1]]
+        return np.c_[one, np.log1p(X)]
+
+    def bounds(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        big = 30.0
+        lo = {"amount": [0, -big, 0], "mixture": [0, -big] + [-big] * (m - 1),
+              "joint": [0, -big, 0] + [-big] * (m - 1), "loglinear": [-np.inf] * (1 + m)}[self.name]
+        hi = {"amount": [big, big, 4], "mixture": [big, 10] + [big] * (m - 1),
+              "joint": [big, 10, 4] + [big] * (m - 1), "loglinear": [np.inf] * (1 + m)}[self.name]
+        return np.array(lo, float), np.array(hi, float)
+
+    def cannot(self, X: np.ndarray, a: int) -> str | None:
+        """Why the design cannot determine this law (None when it can)."""
+        N = X.sum(1)
+        r = np.round(X / np.where(N > 0, N, 1)[:, None], 6)
+        n_r = len({tuple(x) for x in r})
+        if self.name == "amount" and len(set(np.round(X[:, a], 6))) < 3:
+            return "the study has fewer than 3 distinct amounts of this ability's data"
+        if self.name == "mixture" and n_r < 3:
+            return "the study has fewer than 3 distinct proportions"
+        if self.name == "joint":
+            if n_r < 3:
+                return "the study has fewer than 3 distinct proportions"
+            if len(set(np.round(N, 6))) < 2:
+                return "the study trains every configuration on the same total amount (the joint law needs 2 or more)"
+        if self.name == "loglinear" and np.linalg.matrix_rank(np.c_[np.ones(len(X)), np.log1p(X)]) < 1 + X.shape[1]:
+            return "the amounts of the abilities are collinear in this design"
+        return None
+
+    def starts(self, X: np.ndarray, y: np.ndarray, a: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Initial parameters for the multi-start fit: a grid over the exponents, a few random
+        directions for the mixture weights, the linear part matched to the data."""
+        m = X.shape[1]
+        lo_y, spread = float(np.min(y)), float(np.ptp(y)) or max(abs(float(np.mean(y))) * 0.1, 1e-3)
+        if self.name == "loglinear":
+            A = np.c_[np.ones(len(X)), np.log1p(X)]
+            return [np.linalg.lstsq(A, y, rcond=None)[0]]
+        out = []
+        if self.name == "amount":
+            for alpha in (0.1, 0.3, 0.6, 1.0, 2.0):
+                for E in (max(lo_y - spread, 0.0), max(lo_y - 0.1 * spread, 0.0)):
+                    # B so that the curve spans the data at the smallest amount
+                    top = float(np.max(y)) - E
+                    x0 = float(np.min(X[:, a]))
+                    out.append(np.array([E, math.log(max(top, 1e-6)) + alpha * math.log1p(x0), alpha]))
+            return out
+        ts = [np.zeros(m - 1)] + [rng.normal(0, 2, m - 1) for _ in range(5)]
+        for t in ts:
+            for frac in (0.5, 0.9):
+                c = max(lo_y - frac * spread, 0.0)
+                if self.name == "mixture":
+                    out.append(np.array([c, math.log(max(float(np.mean(y)) - c, 1e-6)), *t]))
+                else:
+                    for beta in (0.2, 0.6):
+                        nbar = float(np.exp(np.mean(np.log(np.maximum(X.sum(1), 1.0)))))
+                        out.append(np.array([c, math.log(max(float(np.mean(y)) - c, 1e-6)) + beta * math.log(nbar), beta, *t]))
+        return out
+
+
+LAWS = {
+    "amount": Law("amount", "L = E + B·(1 + D_a)^(-alpha)"),
+    "mixture": Law("mixture", "L = c + exp(b + Σ_j t_j·r_j)"),
+    "joint": Law("joint", "L = c + exp(b + Σ_j t_j·r_j)·N^(-beta)"),
+}
+BASELINES = {"loglinear": Law("loglinear", "L = w_0 + Σ_j w_j·log(1 + D_j)")}
+CANDIDATES = {**LAWS, **BASELINES}
+
+
+def _clip_into(x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    span = np.where(np.isfinite(hi - lo), (hi - lo) * 1e-6, 1e-6)
+    return np.clip(x0, lo + span, hi - span)
+
+
+def fit(law: Law, X: np.ndarray, y: np.ndarray, a: int, scale: float, starts: list[np.ndarray]) -> np.ndarray:
+    """The law's parameters minimising a soft-L1 loss (scale ``scale``) of the residuals, best
+    of the given starts."""
+    if law.name == "loglinear":  # linear: closed form (robustness adds nothing with few points)
+        A = np.c_[np.ones(len(X)), np.log1p(X)]
+        return np.linalg.lstsq(A, y, rcond=None)[0]
+    lo, hi = law.bounds(X.shape[1])
+    best, best_cost = None, np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for x0 in starts:
+            try:
+                r = least_squares(lambda th: law.predict(th, X, a) - y, _clip_into(np.asarray(x0, float), lo, hi),
+                                  jac=lambda th: law.jacobian(th, X, a), bounds=(lo, hi), loss="soft_l1", f_scale=scale,
+                                  max_nfev=200, x_scale="jac")
+            except ValueError:
+                continue
+            if np.isfinite(r.cost) and r.cost < best_cost:
+                best, best_cost = r.x, r.cost
+    if best is None:
+        raise RuntimeError(f"the {law.name} law could not be fitted from any start")
+    return best
+
+
+@dataclass
+class Target:
+    """One held-out loss to model: its name (``loss/<source>``), ability index, the observed
+    estimate per configuration, the bootstrap draws of those estimates (n_boot x configs) and
+    each configuration's observed interval."""
+
+    name: str
+    ability: str
+    a: int
+    y: np.ndarray
+    draws: np.ndarray
+    low: np.ndarray = field(default=None)
+    high: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.low is None:
+            self.low, self.high = np.quantile(self.draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+
+    @property
+    def noise(self) -> float:
+        """The typical measurement noise of one configuration (median bootstrap sd)."""
+        sd = float(np.median(np.std(self.draws, axis=0))) if self.draws.size else 0.0
+        # floored: exact data (no noise) would otherwise scale the robust loss to rounding error
+        return max(sd, 1e-4 * float(np.mean(np.abs(self.y))), 1e-9)
+
+
+def _fit_many(law: Law, X, y, a, scale, rng) -> np.ndarray:
+    return fit(law, X, y, a, scale, law.starts(X, y, a, rng))
+
+
+def bootstrap(law: Law, X: np.ndarray, t: Target, theta: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """Parameters refitted on every bootstrap draw of the estimates (warm-started at ``theta``):
+    (n_boot, params). ``cols`` restricts the fit to some configurations."""
+    cols = np.arange(len(t.y)) if cols is None else cols
+    out = np.empty((len(t.draws), len(theta)))
+    for i, yb in enumerate(t.draws[:, cols]):
+        out[i] = fit(law, X[cols], yb, t.a, t.noise, [theta])
+    return out
+
+
+def jackknife_interval(preds: np.ndarray, residuals: np.ndarray) -> tuple[float, float]:
+    """A prediction interval from leave-one-out fits (jackknife+ with signed residuals): each
+    left-out fit's prediction at the new point plus that fit's error on the configuration it
+    left out; the 2.5% and 97.5% quantiles of those values. It carries the law's misfit and a
+    configuration's measurement noise as the study saw them (same held-out rows)."""
+    v = preds + residuals
+    lo, hi = np.quantile(v, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return float(lo), float(hi)
+
+
+def _errors(pred: np.ndarray, y: np.ndarray) -> dict:
+    err = pred - y
+    out = {"mae": float(np.mean(np.abs(err))), "mre": float(np.mean(np.abs(err) / np.abs(y))),
+           "r2": float(1 - np.sum(err ** 2) / np.sum((y - y.mean()) ** 2)) if np.ptp(y) > 0 else float("nan")}
+    if len(y) > 2 and np.ptp(pred) > 0 and np.ptp(y) > 0:
+        out["spearman"] = float(spearmanr(pred, y).statistic)
+    else:
+        out["spearman"] = float("nan")
+    return out
+
+
+def _loo_fits(law: Law | None, X: np.ndarray, y: np.ndarray, a: int, scale: float, theta: np.ndarray | None,
+              rng: np.random.Generator, cols: np.ndarray, extra: int = 3) -> tuple[list, np.ndarray]:
+    """Fits leaving out each configuration of ``cols`` in turn (the others of ``cols`` kept):
+    their parameters and their predictions at the configuration left out."""
+    thetas, pred = [], np.empty(len(cols))
+    for k, g in enumerate(cols):
+        keep = cols[cols != g]
+        if law is None:
+            th = np.array([y[keep].mean()])
+            pred[k] = th[0]
+        else:
+            starts = ([theta] if theta is not None else []) + (law.starts(X[keep], y[keep], a, rng)[:extra] if extra else [])
+            th = fit(law, X[keep], y[keep], a, scale, starts)
+            pred[k] = law.predict(th, X[g][None, :], a)[0]
+        thetas.append(th)
+    return thetas, pred
+
+
+def predict_loo(law: Law | None, thetas: list, X: np.ndarray, a: int) -> np.ndarray:
+    """Each leave-one-out fit's prediction at the rows of ``X``: (fits, rows)."""
+    if law is None:
+        return np.array([[th[0]] * len(X) for th in thetas])
+    return np.array([law.predict(th, X, a) for th in thetas])
+
+
+def loo(law: Law | None, X: np.ndarray, t: Target, theta: np.ndarray | None, rng: np.random.Generator,
+        intervals: bool = True) -> dict:
+    """Leave one configuration out: fit on the others, predict it. ``law`` None is the constant
+    baseline. The left-out fits and their errors are kept (they give new configurations their
+    prediction intervals, ``jackknife_interval``). With ``intervals``, each left-out configuration
+    also gets the interval the other configurations alone would give it (leaving out two at a
+    time), and the share of configurations inside theirs is the interval's coverage."""
+    n = len(t.y)
+    allc = np.arange(n)
+    thetas, pred = _loo_fits(law, X, t.y, t.a, t.noise, theta, rng, allc)
+    out = _errors(pred, t.y)
+    lo, hi = np.full(n, np.nan), np.full(n, np.nan)
+    if intervals and n >= 3:
+        for g in range(n):
+            keep = allc[allc != g]
+            th2, p2 = _loo_fits(law, X, t.y, t.a, t.noise, thetas[g], rng, keep, extra=0)  # warm: one start
+            at_g = predict_loo(law, th2, X[g][None, :], t.a)[:, 0]
+            lo[g], hi[g] = jackknife_interval(at_g, t.y[keep] - p2)
+        out["coverage"] = float(np.mean((t.y >= lo) & (t.y <= hi)))
+    out["predicted"], out["pred_low"], out["pred_high"] = pred.tolist(), lo.tolist(), hi.tolist()
+    out["thetas"] = [np.asarray(th).tolist() for th in thetas]
+    out["residuals"] = (t.y - pred).tolist()
+    return out
+
+
+def extrapolation(law: Law | None, X: np.ndarray, t: Target, rng: np.random.Generator, need: int) -> dict | None:
+    """Fit without the configurations at the largest amount of the target's ability, predict
+    them; None when fewer than ``need`` configurations would remain."""
+    top = X[:, t.a].max()
+    held = np.where(np.isclose(X[:, t.a], top))[0]
+    keep = np.where(~np.isclose(X[:, t.a], top))[0]
+    if len(keep) < need or not len(held):
+        return None
+    if law is None:
+        pred = np.full(len(held), t.y[keep].mean())
+    else:
+        th = _fit_many(law, X[keep], t.y[keep], t.a, t.noise, rng)
+        pred = law.predict(th, X[held], t.a)
+    err = pred - t.y[held]
+    return {"held_out_amount": float(top), "configurations": held.tolist(), "predicted": pred.tolist(),
+            "mae": float(np.mean(np.abs(err))), "mre": float(np.mean(np.abs(err) / np.abs(t.y[held])))}
+
+
+def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, loo_intervals: bool = True,
+               laws: dict[str, Law] | None = None) -> dict:
+    """Every candidate law on one held-out loss: parameters with bootstrap intervals, leave-one-out
+    and extrapolation validation, and the selection (``selected`` None: no law fits).
+
+    Returns a JSON-ready dict; the selected law's bootstrap parameters are kept under
+    ``draws`` for predictions at new configurations."""
+    rng = np.random.default_rng(seed)
+    laws = CANDIDATES if laws is None else laws
+    m = X.shape[1]
+    res: dict = {"ability": t.ability, "noise": t.noise,
+                 "constant": {"formula": "L = mean of the configurations", "params": {"mean": float(t.y.mean())},
+                              "loo": loo(None, X, t, None, rng, False),
+                              "extrapolation": extrapolation(None, X, t, rng, 1)},
+                 "laws": {}}
+    for name, law in laws.items():
+        why = law.cannot(X, t.a)
+        if why is None and len(t.y) < law.min_configs(m):
+            why = (f"the {name} law has {law.n_params(m)} parameters and needs at least {law.min_configs(m)} configurations "
+                   f"(one more, so every leave-one-out fit is determined); the study has {len(t.y)} done")
+        if why:
+            res["laws"][name] = {"formula": law.formula, "status": "not fitted", "why": why, "min_configs": law.min_configs(m)}
+            continue
+        theta = _fit_many(law, X, t.y, t.a, t.noise, rng)
+        res["laws"][name] = {"formula": law.formula, "status": "fitted", "theta": theta.tolist(),
+                             "param_names": law.param_names(abilities, t.a), "min_configs": law.min_configs(m),
+                             "fitted": law.predict(theta, X, t.a).tolist(),
+                             "loo": loo(law, X, t, theta, rng, False), "extrapolation": extrapolation(law, X, t, rng, law.min_configs(m) - 1)}
+    const = res["constant"]["loo"]["mae"]
+    fitted = {n: d for n, d in res["laws"].items() if d["status"] == "fitted"}
+    good = {n: d for n, d in fitted.items() if d["loo"]["mae"] < const}
+    if not fitted:
+        res["selected"], res["why"] = None, "no law could be fitted: " + "; ".join(
+            f"{n}: {d['why']}" for n, d in res["laws"].items())
+    elif not good:
+        best = min(fitted, key=lambda n: fitted[n]["loo"]["mae"])
+        res["selected"], res["why"] = None, (
+            f"no law fits at this scale: the best leave-one-out error ({best}: {fitted[best]['loo']['mae']:.4g}) does not "
+            f"beat the constant's ({const:.4g})")
+    else:
+        # parsimony: among laws within 0.1% of the best error, the one with fewest parameters
+        top = min(d["loo"]["mae"] for d in good.values())
+        near = [n for n in good if good[n]["loo"]["mae"] <= top * 1.001 + 1e-12]
+        best = min(near, key=lambda n: (CANDIDATES[n].n_params(m), good[n]["loo"]["mae"]))
+        res["selected"] = best
+        res["why"] = (f"lowest leave-one-out error ({good[best]['loo']['mae']:.4g}) of the laws that beat the constant "
+                      f"({const:.4g}): " + ", ".join(f"{n} {d['loo']['mae']:.4g}" for n, d in sorted(fitted.items(),
+                                                                                       key=lambda kv: kv[1]['loo']['mae'])))
+    for name, d in fitted.items():  # parameter intervals from the bootstrap
+        law = laws[name]
+        theta = np.array(d["theta"])
+        draws = bootstrap(law, X, t, theta)
+        lo, hi = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+        d["params"] = {p: [float(v), float(a_), float(b_)] for p, v, a_, b_ in zip(d["param_names"], theta, lo, hi)}
+        fl, fh = np.quantile(np.array([law.predict(th, X, t.a) for th in draws]), [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+        d["fitted_low"], d["fitted_high"] = fl.tolist(), fh.tolist()
+        d["draws"] = draws.tolist()
+        if loo_intervals and name == res["selected"]:  # the intervals' coverage: leaving out two at a time
+            d["loo"] = loo(law, X, t, theta, rng, True)
+    if loo_intervals and res["selected"] is None:
+        res["constant"]["loo"] = loo(None, X, t, None, rng, True)
+    return res
+
+
+def predict_with(law_name: str, d: dict, x: np.ndarray, a: int) -> dict:
+    """A fitted law's prediction at a new configuration ``x``: the estimate, the law's 95% band
+    (bootstrap refits) and the 95% prediction interval for an observed estimate there (from the
+    leave-one-out fits, ``jackknife_interval``)."""
+    law = CANDIDATES[law_name]
+    x = np.atleast_2d(x)
+    est = float(law.predict(np.array(d["theta"]), x, a)[0])
+    band = np.array([law.predict(th, x, a)[0] for th in np.array(d["draws"])])
+    lo, hi = np.quantile(band, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    at = predict_loo(law, [np.array(th) for th in d["loo"]["thetas"]], x, a)[:, 0]
+    plo, phi = jackknife_interval(at, np.array(d["loo"]["residuals"]))
+    return {"estimate": est, "law_low": float(lo), "law_high": float(hi), "low": plo, "high": phi, "law": law_name,
+            "band_draws": band, "interval_values": at + np.array(d["loo"]["residuals"])}

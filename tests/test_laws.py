@@ -1,0 +1,319 @@
+"""Scaling and mixture laws: parameters recovered inside calibrated intervals, zero leave-one-out
+error on exact data, the selection saying so when no law holds, the optimiser against brute force,
+DMT's critical k against its closed form, the CLI on synthetic stores, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lawsynth import (ABILITIES, DESIGN, DMT_NEW, DMT_PARTS, amount_truth, dmt_study, fill, fill_dmt, joint_truth,
+                      mixture_study)
+from sftmix.analysis import stats
+from sftmix.analysis.laws import LAWS, Target, bootstrap, fit, fit_target
+from sftmix.cli import main
+from sftmix.errors import SftmixError
+
+X = np.array([[d[1], d[2], d[0]] for d in DESIGN], float)  # (code, general, math), as the fit orders abilities
+MATH = ABILITIES.index("math")
+
+
+def simulated_target(law, theta, a, rng, n_items=48, sd_item=0.2, sd_e=0.05, draws=100) -> Target:
+    """Estimates of ``law`` at the design, measured on shared held-out items (item difficulty
+    shared by every configuration, per-item noise per configuration), one seed."""
+    truth = law.predict(theta, X, a)
+    d, w = rng.normal(0, sd_item, n_items), rng.uniform(50, 150, n_items)
+    groups = []
+    for L in truth:
+        v = (L + d + rng.normal(0, sd_e, n_items)) * w
+        groups.append(stats.items_of([(0, {f"i{i}": (v[i], w[i]) for i in range(n_items)})]))
+    y = np.array([stats.estimate(g) for g in groups])
+    return Target("loss/x", ABILITIES[a], a, y, stats.shared_item_draws(groups, draws, int(rng.integers(1 << 30))))
+
+
+TRUTHS = {"amount": (np.array([0.8, math.log(0.9), 0.4]), MATH), "mixture": (np.array([0.7, -0.2, 0.5, -1.5]), MATH),
+          "joint": (np.array([0.7, 0.8, 0.3, 0.5, -1.5]), MATH)}
+
+
+@pytest.mark.parametrize("name", ["amount", "mixture"])
+def test_bootstrap_intervals_cover_the_true_parameters(name):
+    """Over repeated simulations, the 95% parameter intervals hold the true parameters about 95%
+    of the time: neither too narrow (below 0.85) nor uselessly wide (above 0.99)."""
+    law, (theta, a) = LAWS[name], TRUTHS[name]
+    rng = np.random.default_rng(0)
+    hits = []
+    for _ in range(30):
+        t = simulated_target(law, theta, a, rng)
+        th = fit(law, X, t.y, a, t.noise, [theta] + law.starts(X, t.y, a, rng))
+        lo, hi = np.quantile(bootstrap(law, X, t, th), [0.025, 0.975], axis=0)
+        hits.append((theta >= lo) & (theta <= hi))
+    coverage = float(np.mean(hits))
+    assert 0.85 <= coverage <= 0.99, coverage
+
+
+def test_joint_law_is_recovered_and_selected():
+    law, (theta, a) = LAWS["joint"], TRUTHS["joint"]
+    t = simulated_target(law, theta, a, np.random.default_rng(3), sd_item=0.1, sd_e=0.01)
+    res = fit_target(X, ABILITIES, t, loo_intervals=False)
+    assert res["selected"] == "joint", res["why"]
+    params = res["laws"]["joint"]["params"]
+    for (p, (_, lo, hi)), true in zip(params.items(), theta):
+        assert lo <= true <= hi, (p, lo, hi, true)
+
+
+@pytest.mark.parametrize("name", ["amount", "mixture", "joint"])
+def test_exact_law_has_zero_leave_one_out_error(name):
+    law, (theta, a) = LAWS[name], TRUTHS[name]
+    y = law.predict(theta, X, a)
+    t = Target("loss/x", ABILITIES[a], a, y, np.tile(y, (20, 1)))
+    res = fit_target(X, ABILITIES, t, loo_intervals=False)
+    assert res["laws"][name]["loo"]["mae"] < 1e-4 * y.mean()
+    assert res["selected"] == name  # the joint law also fits mixture data exactly; fewer parameters win the tie
+    assert res["constant"]["loo"]["mae"] > 0.01
+
+
+def test_data_following_no_law_say_so():
+    rng = np.random.default_rng(7)
+    y = 1.0 + rng.normal(0, 0.05, len(X))  # no relation to the amounts at all
+    draws = y + rng.normal(0, 0.05, (50, len(X)))
+    res = fit_target(X, ABILITIES, Target("loss/x", "math", MATH, y, draws), loo_intervals=False)
+    assert res["selected"] is None
+    assert "no law fits at this scale" in res["why"]
+
+
+# ---------------------------------------------------------------- the optimiser
+
+AMOUNT_THETA = {"code": [0.6, math.log(0.8), 0.5], "general": [1.5, math.log(0.4), 0.3], "math": [0.8, math.log(0.9), 0.4]}
+
+
+def handmade_fit(caps: dict[str, float]) -> dict:
+    """A fit document whose selected laws are known amount laws (no fitting involved)."""
+    targets = {}
+    configs = [{"label": f"c{i}", "seeds": [0], "stages": 1, "examples": dict(zip(ABILITIES, x.tolist())),
+                "tokens": {}, "proportions": {}, "total": float(x.sum())} for i, x in enumerate(X)]
+    for ab, theta in AMOUNT_THETA.items():
+        a = ABILITIES.index(ab)
+        y = LAWS["amount"].predict(np.array(theta), X, a)
+        targets[f"loss/{ab}_src"] = {
+            "ability": ab, "selected": "amount", "observed": y.tolist(), "observed_low": y.tolist(), "observed_high": y.tolist(),
+            "laws": {"amount": {"status": "fitted", "theta": theta, "draws": [theta] * 5,
+                                "loo": {"thetas": [theta] * len(X), "residuals": [0.0] * len(X)}}}}
+    return {"unit": "examples", "abilities": ABILITIES, "configurations": configs, "targets": targets,
+            "sources": {ab: [f"{ab}_src"] for ab in ABILITIES}, "pools": {f"{ab}_src": caps[ab] for ab in ABILITIES}}
+
+
+def brute_force(weights: dict, budget: int, caps: dict, max_loss: dict | None = None) -> tuple[float, tuple]:
+    best = (np.inf, None)
+    for c in range(0, min(budget, int(caps["code"])) + 1):
+        for g in range(0, min(budget - c, int(caps["general"])) + 1):
+            m = np.arange(0, min(budget - c - g, int(caps["math"])) + 1)
+            D = np.c_[np.full(len(m), c), np.full(len(m), g), m].astype(float)
+            losses = {ab: LAWS["amount"].predict(np.array(th), D, ABILITIES.index(ab)) for ab, th in AMOUNT_THETA.items()}
+            J = sum(w * losses[ab] for ab, w in weights.items()) / sum(weights.values())
+            ok = np.ones(len(m), bool)
+            for ab, v in (max_loss or {}).items():
+                ok &= losses[ab] <= v
+            J = np.where(ok, J, np.inf)
+            i = int(np.argmin(J))
+            if J[i] < best[0]:
+                best = (float(J[i]), (c, g, int(m[i])))
+    return best
+
+
+def _objective(weights, prop) -> float:
+    D = np.array([[prop["proposal"]["examples"][ab] for ab in ABILITIES]], float)
+    return sum(w * LAWS["amount"].predict(np.array(AMOUNT_THETA[ab]), D, ABILITIES.index(ab))[0]
+               for ab, w in weights.items()) / sum(weights.values())
+
+
+@pytest.mark.parametrize("weights,budget,max_loss", [
+    ({"math": 1, "code": 1, "general": 1}, 120, {}),
+    ({"math": 3, "code": 1, "general": 0.5}, 80, {}),
+    ({"math": 1, "code": 1, "general": 1}, 120, {"general": 1.62}),
+])
+def test_optimiser_finds_the_known_optimum_within_budget_caps_and_constraints(weights, budget, max_loss):
+    from sftmix.analysis.propose import propose_mixture
+
+    caps = {"code": 25.0, "general": 500.0, "math": 500.0}  # code's source is small: its cap binds
+    prop = propose_mixture(handmade_fit(caps), weights, budget, max_loss)
+    ex = prop["proposal"]["examples"]
+    assert sum(ex.values()) <= budget
+    assert all(ex[ab] <= caps[ab] for ab in ABILITIES)
+    J_best, at = brute_force(weights, budget, caps, max_loss)
+    J = _objective(weights, prop)
+    assert J <= J_best + 1e-4, (ex, at, J, J_best)
+    for ab, v in max_loss.items():
+        assert prop["proposal"]["predicted"][f"loss/{ab}_src"]["estimate"] <= v + 1e-9
+    if max_loss:  # the constraint changes the answer
+        free = propose_mixture(handmade_fit(caps), weights, budget, {})
+        assert free["proposal"]["examples"] != ex
+
+
+def test_optimiser_infeasible_constraint_says_what_is_reachable():
+    from sftmix.analysis.propose import propose_mixture
+
+    reachable = 0.8 + 0.9 * 51 ** -0.4  # all 50 examples on math
+    with pytest.raises(SftmixError, match=r"no mixture of at most 50 examples meets every --max-loss: the lowest predicted math "
+                                          rf"loss within the budget is {reachable:.4g} \(asked <= 0.9\)"):
+        propose_mixture(handmade_fit({"code": 25.0, "general": 500.0, "math": 500.0}), {"math": 1}, 50, {"math": 0.9})
+
+
+# ---------------------------------------------------------------- DMT's k
+
+def test_dmt_k_finds_the_critical_k(tmp_path):
+    from sftmix.analysis.propose import propose_k
+
+    c, b, t = 0.5, math.log(0.6), -12.0  # math loss after stage 2 falls with the replayed proportion r
+    f = dmt_study(tmp_path, [0, "1/64", "1/16", "1/8", "1/4", "1/2", 1])
+    store = fill_dmt(f, {"generated_math": lambda r: c + math.exp(b + t * r),
+                         "sharegpt": lambda r: 1.6 + 0.5 * r}, stage1={"generated_math": 0.52})
+    eps = 0.03
+    prop = propose_k(store, eps, n_boot=20)
+    # closed form: c + exp(b + t r) <= 0.52 + eps  <=>  r >= (log(0.55 - c) - b) / t; r = R / (R + new), R ~ k * 400
+    r_star = (math.log(0.52 + eps - c) - b) / t
+    k_star = r_star * DMT_NEW / (1 - r_star) / sum(DMT_PARTS.values())
+    assert abs(prop["k"] - k_star) <= 0.02 * k_star + 2 / sum(DMT_PARTS.values()), (prop["k"], k_star)
+    assert prop["targets"]["loss/generated_math"]["fit"]["selected"] == "mixture"
+    assert prop["best_tried"]["k"] == 0.25  # the smallest tried k whose observed math loss is within eps
+    # the same through the CLI: a study file running the proposed k beside the best tried one
+    assert main(["study", "propose", str(f), "--dmt-k", str(eps), "--draws", "20", "--quiet"]) == 0
+    from sftmix.study.grid import StudyConfig, expand
+
+    runs = expand(StudyConfig(**yaml.safe_load((tmp_path / "dmtk" / "proposal.yaml").read_text())))
+    assert sorted(r.config.strategy.k for r in runs) == sorted([0.25, prop["k"]])
+    assert json.loads((tmp_path / "dmtk" / "proposal.json").read_text())["mode"] == "dmt_k"
+    with pytest.raises(SftmixError, match="no k in \\[0, 1\\] keeps loss/generated_math within 0.001"):
+        propose_k(fill_dmt(dmt_study(tmp_path, [0, "1/16", "1/4", 1], "d2"), {"generated_math": lambda r: c + math.exp(b + t * r)},
+                           stage1={"generated_math": 0.4}), 0.001, n_boot=10)
+
+
+# ---------------------------------------------------------------- the CLI on synthetic stores
+
+TRUTH = {"generated_math": amount_truth(0.8, math.log(0.9), 0.4, "math"),
+         "generated_code": amount_truth(0.6, math.log(0.7), 0.5, "code"),
+         "sharegpt": joint_truth(1.5, 0.5, 0.3, [0.5, -1.0])}
+
+
+def test_fit_propose_export_on_a_synthetic_study(tmp_path, capsys):
+    f = mixture_study(tmp_path, DESIGN, replicates=2)
+    fill(f, TRUTH, fail=1, running=1, only=len(DESIGN) * 2 - 2, sd_noise=0.02)
+    assert main(["study", "fit", str(f), "--draws", "40", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "26 of 28 runs done (1 failed, 1 running); fitting on the done ones" in out
+    doc = json.loads((tmp_path / "syn" / "fit.json").read_text())
+    sel = {n: r["selected"] for n, r in doc["targets"].items()}
+    assert sel == {"loss/generated_code": "amount", "loss/generated_math": "amount", "loss/sharegpt": "joint"}
+    for r in doc["targets"].values():
+        law = r["laws"][r["selected"]]
+        assert law["loo"]["mre"] < 0.03 and law["loo"]["spearman"] > 0.8 and 0 <= law["loo"]["coverage"] <= 1
+        assert len(law["loo"]["predicted"]) == len(DESIGN)
+    rep = tmp_path / "syn" / "report"
+    html = (rep / "report.html").read_text()
+    assert "<h2>Laws</h2>" in html and "LOO MAE" in html and "law__loss_generated_math.png" in html
+    with open(rep / "laws_validation.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["configuration"] for r in rows} == {c["label"] for c in doc["configurations"]}
+
+    assert main(["study", "propose", str(f), "--weights", "math=1,code=1,general=1", "--draws", "40", "--quiet"]) == 0
+    prop = json.loads((tmp_path / "syn" / "proposal.json").read_text())
+    assert prop["proposal"]["total"] <= 96 and prop["budget"] == 96  # default budget: the largest total tried
+    assert prop["proposal"]["weighted"]["estimate"] <= prop["best_tried"]["weighted_predicted"] + 1e-9
+    study = yaml.safe_load((tmp_path / "syn" / "proposal.yaml").read_text())
+    from sftmix.study.grid import StudyConfig, expand
+
+    runs = expand(StudyConfig(**study))
+    assert len(runs) == 4 and {r.point["_config"] for r in runs} == {"proposal", "best tried"}
+    proposed = next(r for r in runs if r.point["_config"] == "proposal").config.strategy
+    assert {s: round(proposed.fraction[s] * {"generated_math": 400, "generated_code": 400, "sharegpt": 300}[s])
+            for s in proposed.sources} == prop["proposal"]["sources"]
+    assert study["compare"][0]["weights"] and len(study["predictions"]) == 4
+
+    assert main(["study", "export", str(f), "--olmix", str(tmp_path / "olmix")]) == 0
+    with open(tmp_path / "olmix" / "ratios.csv") as fh:
+        ratios = list(csv.DictReader(fh))
+    with open(tmp_path / "olmix" / "metrics.csv") as fh:
+        metrics = list(csv.DictReader(fh))
+    assert len(ratios) == len(metrics) == 26 and list(ratios[0]) == ["run", *ABILITIES]
+    assert all(abs(sum(float(r[a]) for a in ABILITIES) - 1) < 1e-9 for r in ratios)
+    assert "loss/generated_math" in metrics[0]
+
+
+def test_report_says_no_law_fits(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    level = {tuple(x): 1.0 + v for x, v in zip(X.tolist(), rng.normal(0, 0.05, len(X)))}  # unrelated to the amounts
+    f = mixture_study(tmp_path, DESIGN, replicates=1)
+    fill(f, {"generated_math": lambda x: np.array([level[tuple(x[0].tolist())]])}, sd_item=0.0, sd_noise=0.01)
+    assert main(["study", "fit", str(f), "--draws", "30", "--quiet"]) == 0
+    doc = json.loads((tmp_path / "syn" / "fit.json").read_text())
+    assert doc["targets"]["loss/generated_math"]["selected"] is None
+    md = (tmp_path / "syn" / "report" / "report.md").read_text()
+    assert "no law fits at this scale" in md
+    assert main(["study", "propose", str(f), "--weights", "math=1", "--quiet"]) == 2
+    assert "drop math from --weights" in capsys.readouterr().err
+    assert not (tmp_path / "syn" / "proposal.yaml").exists()
+
+
+def _fails(capsys, argv: list[str], expect: str) -> str:
+    import re
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(expect, err), err
+    return err
+
+
+def _nothing_written(folder: Path, fit_too: bool) -> None:
+    left = {p.name for p in folder.iterdir()}
+    assert not left & {"proposal.yaml", "proposal.json"}
+    if fit_too:
+        assert "fit.json" not in left
+    assert not [p for p in folder.rglob("*.tmp")]
+
+
+@pytest.mark.parametrize("case", ["too_few", "no_variation", "no_loss"])
+def test_fit_bad_input_is_a_clear_exit_2_with_nothing_written(tmp_path, capsys, case):
+    design, truth, fill_kw = DESIGN, TRUTH, {}
+    if case == "too_few":
+        fill_kw, expect = {"only": 3}, (r"3 configuration\(s\) are done, fewer than any law needs: the amount law needs 4, "
+                                        r"the mixture law needs 5, the joint law needs 6")
+    elif case == "no_variation":
+        design, expect = [(32, 32, 32)], "all trained on the same amounts of every ability"
+    else:
+        truth, expect = {}, "measured no held-out loss"
+    f = mixture_study(tmp_path, design, replicates=2)
+    fill(f, truth, **fill_kw)
+    _fails(capsys, ["study", "fit", str(f), "--draws", "20", "--quiet"], expect)
+    _nothing_written(tmp_path / "syn", fit_too=True)
+
+
+@pytest.fixture(scope="module")
+def fitted_without_general(tmp_path_factory):
+    """A synthetic study fitted once; its general ability has no held-out loss."""
+    tmp = tmp_path_factory.mktemp("nogeneral")
+    f = mixture_study(tmp, DESIGN, replicates=1)
+    fill(f, {k: v for k, v in TRUTH.items() if k != "sharegpt"})
+    assert main(["study", "fit", str(f), "--draws", "20", "--quiet"]) == 0
+    return f
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--weights", "math=1,reasoning=1"], "unknown ability 'reasoning'; the study's abilities: code, general, math"),
+    (["--weights", "general=1"], "ability 'general' has no held-out loss in this study"),
+    (["--weights", "math=1", "--max-loss", "code=0.1"], "no mixture of at most 96 examples meets every --max-loss: the lowest "
+                                                         "predicted code loss within the budget is"),
+    (["--weights", "math=1", "--budget", "0.5"], "a mixture needs at least 1 example"),
+    (["--weights", "math=-1"], "weights must be >= 0"),
+    ([], "give --weights"),
+])
+def test_propose_bad_input_is_a_clear_exit_2_with_nothing_written(fitted_without_general, capsys, args, expect):
+    f = fitted_without_general
+    _fails(capsys, ["study", "propose", str(f), *args, "--draws", "20", "--quiet"], expect)
+    _nothing_written(f.parent / "syn", fit_too=False)
