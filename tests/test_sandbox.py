@@ -160,6 +160,77 @@ def test_a_session_leaving_sleeper_leaves_no_process_and_no_hang(kind):
     assert not left, f"survivors: {left}"
 
 
+# Each attack leaves processes whose command line holds {secret}, so that pgrep finds exactly them.
+ESCAPES = {
+    "setsid in the harness itself": """
+import os
+os.setsid()
+os.execv("/bin/sleep", ["sleep", "{secret}"])
+""",
+    "double fork, daemon-style": """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.chdir("/")
+        os.execv("/bin/sleep", ["sleep", "{secret}"])
+    os._exit(0)
+time.sleep(60)
+""",
+    "ignores SIGTERM, own process group": """
+import os, sys
+os.setpgid(0, 0)
+os.execv(sys.executable, [sys.executable, "-c", "import signal, time\nsignal.signal(15, signal.SIG_IGN)\nwhile True: time.sleep(1)",
+                          "{secret}"])
+""",
+    "forks while being killed": """
+import os, time
+while True:
+    try:
+        if os.fork() == 0:
+            os.setsid()
+            os.execv("/bin/sleep", ["sleep", "{secret}"])
+    except OSError:
+        pass
+    time.sleep(0.01)
+""",
+}
+
+
+@pytest.mark.parametrize("attack", list(ESCAPES))
+@pytest.mark.parametrize("kind", ["bwrap", "unshare", "rlimits"])
+def test_no_process_survives_the_sample_under_any_isolation(kind, attack):
+    if kind not in kinds():
+        pytest.skip(f"{kind} does not work on this machine")
+    secret = f"{1000 + os.getpid() % 1000}.{list(ESCAPES).index(attack)}{['bwrap', 'unshare', 'rlimits'].index(kind)}7"
+    limits = Limits(timeout_s=1.0, max_processes=64)
+    t = time.monotonic()
+    r = run_program(ESCAPES[attack].replace("{secret}", secret), limits, kind)
+    took = time.monotonic() - t
+    assert not r.passed and r.status in ("timed out", "failed"), r
+    assert took < limits.timeout_s + 2 * limits.grace_s + 1.0, took
+    seen = []
+    for _ in range(5):  # the kernel tears a namespace down asynchronously: a moment's grace, no more
+        seen = subprocess.run(["pgrep", "-f", secret], capture_output=True, text=True).stdout.split()
+        if not seen:
+            break
+        time.sleep(0.1)
+    if seen:
+        subprocess.run(["pkill", "-9", "-f", secret])
+    assert not seen, f"{len(seen)} survivor(s) under {kind} after {attack!r}"
+
+
+def test_a_sandbox_that_cannot_start_python_is_an_error_not_a_failed_sample(monkeypatch):
+    """setpriv or chroot failing to run the interpreter (e.g. too many processes of its user)
+    must stop the evaluation, never score a correct sample as failed."""
+    monkeypatch.setattr(sandbox, "HARNESS", "import os\nos._exit(1)\n")  # ends before saying it is alive
+    for kind in kinds():
+        with pytest.raises(SandboxError, match="the interpreter never started"):
+            run_program("pass\n", Limits(timeout_s=5.0), kind)
+        with pytest.raises(SandboxError, match="the interpreter never started"):
+            run_candidate("def f(x):\n    return x\n", "f", "def check(c):\n    assert c(1) == 1\n", Limits(timeout_s=5.0), kind)
+
+
 def test_a_sample_that_keeps_its_pipes_open_cannot_hold_a_proxy_call(problems):
     p = problems[0]
     code = body(p, "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nreturn True")

@@ -12,8 +12,10 @@ it and ``results.json`` records it):
 - ``unshare`` (fallback where bwrap is missing): the same shape built with util-linux: new
   namespaces, a tmpfs root holding read-only bind mounts of the same folders, ``chroot``, then
   ``nobody``.
-- ``rlimits`` (last resort, with a warning): rlimits and a clean environment only. Here a
-  sample can read the file system, and a process that leaves its session can outlive it.
+- ``rlimits`` (last resort, with a warning): rlimits, a clean environment and a reaper (a child
+  subreaper that kills everything the sample started when its time is up, sessions left or
+  not). Here a sample can read the file system, and, running as the evaluator's user, could kill
+  the reaper first.
 
 Always: rlimits (CPU, address space, file size, processes, no core files), a clean environment,
 a wall-clock limit after which the whole sandbox is killed (with a PID namespace every process
@@ -157,6 +159,7 @@ def _send(obj):
     while data:
         data = data[_write(_write_fd, data):]
 
+_send({"alive": True})  # before any sample code: a session without it never started Python
 _job = _recv()
 _globals = {}
 try:
@@ -272,7 +275,11 @@ mkdir -p "$R/proc" "$R/dev" "$R/tmp"; chmod 1777 "$R/tmp"
 mount -t proc proc "$R/proc"
 for d in null zero urandom random; do touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"; done
 cd "$R/tmp"
-exec chroot "$R" "$@"
+# Not exec: this shell stays the namespace's PID 1. unshare --kill-child gives it a parent-death
+# SIGKILL, which a change of credentials would clear (setpriv, below, changes them for the
+# sample); so when unshare is killed this shell dies, and with the namespace's PID 1 every
+# process in the namespace dies, whatever session or group the sample moved to.
+chroot "$R" "$@"
 '''
 
 
@@ -285,12 +292,71 @@ def _unshare_command(python: str, binds: list[str], root_dir: str) -> list[str]:
             *_drop_privileges(), python, "-I", "-S", "-c", HARNESS]
 
 
+# rlimits has no PID namespace to tear down: the harness runs under this reaper, a child
+# subreaper (prctl PR_SET_CHILD_SUBREAPER), so whatever the sample starts stays its descendant
+# even after leaving its session (setsid, double fork); on SIGTERM, or when the harness ends, the
+# reaper kills its descendants until none is left (a sample that forks while being killed
+# included), then exits with the harness's status. The sample runs as the same user, so it
+# could still kill the reaper first: rlimits is the last resort, and says so.
+REAPER = r'''
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = os.fork()
+if child == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+me = os.getpid()
+
+def descendants():
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [me]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+def end(code):
+    for _ in range(200):
+        alive = descendants()
+        if not alive:
+            break
+        for p in alive:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+    os._exit(code)
+
+signal.signal(signal.SIGTERM, lambda *_: end(137))
+while True:
+    try:
+        pid, status = os.waitpid(-1, 0)
+    except ChildProcessError:
+        end(1)
+    if pid == child:
+        end(os.waitstatus_to_exitcode(status) & 0xFF)
+'''
+
+
 def _command(isolation: str, python: str, binds: list[str], root_dir: str) -> list[str]:
     if isolation == "bwrap":
         return _bwrap_command(python, binds)
     if isolation == "unshare":
         return _unshare_command(python, binds, root_dir)
-    return [python, "-I", "-S", "-c", HARNESS]
+    return [python, "-I", "-S", "-c", REAPER, python, "-I", "-S", "-c", HARNESS]
 
 
 @functools.lru_cache(maxsize=1)
@@ -343,6 +409,11 @@ def _warn_once(kind: str) -> None:
                       "with rlimits and a clean environment only: it can read the file system and reach the network. "
                       "Install bubblewrap (apt-get install bubblewrap).", RuntimeWarning, stacklevel=3)
         _warned = True
+    elif kind == "unshare" and not _warned:
+        warnings.warn("sandbox: bubblewrap (bwrap) is not installed; generated code runs under the unshare fallback "
+                      "(namespaces, chroot and nobody built by hand with util-linux). Install bubblewrap "
+                      "(apt-get install bubblewrap) for the reviewed isolation.", RuntimeWarning, stacklevel=3)
+        _warned = True
 
 
 # ---------------------------------------------------------------- one sandboxed process
@@ -384,6 +455,7 @@ class _Session:
 
     def __init__(self, limits: Limits, kind: str):
         self.limits = limits
+        self.kind = kind
         self.start = time.monotonic()
         self.deadline = self.start + limits.timeout_s
         python, binds = interpreter()
@@ -444,8 +516,28 @@ class _Session:
                 return None
             self.buffer += chunk
 
+    def started(self) -> None:
+        """Wait for the harness's first frame. A sandbox that ends without it never started the
+        interpreter (setpriv or chroot could not run it, a limit stopped it): that is an error of
+        the sandbox, raised, never a sample scored as failed."""
+        hello = self.receive()
+        if hello is None and not self.timed_out:
+            err = self.close()
+            python, binds = interpreter()
+            raise SandboxError(f"the sandbox ({self.kind}) cannot run Python: the interpreter never started. Interpreter "
+                               f"{python}, visible folders {', '.join(binds)}. What it said: {err.strip()[-600:] or '(nothing)'}. "
+                               "No sample is scored from a sandbox that cannot start; fix the cause and rerun.")
+
     def close(self) -> str:
-        """Kill the whole sandbox and reap it; return the kept stderr."""
+        """Kill the whole sandbox and reap it; return the kept stderr (once closed, the same)."""
+        if getattr(self, "_closed", None) is not None:
+            return self._closed
+        if self.kind == "rlimits" and self.proc.poll() is None:  # the reaper kills what the sample started
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=self.limits.grace_s)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -465,7 +557,8 @@ class _Session:
         except OSError:
             pass
         shutil.rmtree(self.root, ignore_errors=True)
-        return self.err.text()
+        self._closed = self.err.text()
+        return self._closed
 
 
 def _resolve(kind: str | None) -> str:
@@ -486,6 +579,7 @@ def run_program(program: str, limits: Limits = Limits(), kind: str | None = None
         return Result(False, "failed", f"could not start: {e}")
     try:
         s.send({"program": program, "nonce": nonce})
+        s.started()
         msg = s.receive()
         reported = msg is not None and msg.get("done") == nonce
         if reported:
@@ -519,6 +613,7 @@ def run_candidate(program: str, entry_point: str, check_source: str, limits: Lim
     status, detail = "failed", ""
     try:
         s.send({"program": program, "entry_point": entry_point})
+        s.started()
         hello = s.receive()
         if hello is None or not hello.get("ready"):
             detail = str((hello or {}).get("load_error", "the sample ended before serving"))
