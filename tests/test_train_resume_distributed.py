@@ -75,3 +75,18 @@ def test_two_processes_gloo_match_one_process(tmp_path):
     # Same global batch of 8 (1 x 4 x accumulation 2 vs 2 processes x 4): same trajectory
     # within float-reduction tolerance.
     assert max(abs(a - b) / abs(a) for a, b in zip(l1, l2)) < 2e-3
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
+                    reason="accelerate's launcher not installed")
+def test_the_shipped_fsdp_config_on_cpu_processes_is_refused_not_silently_ddp(tmp_path):
+    """accelerate 1.15 turns FSDP on only for accelerator devices: on CPU processes the shipped
+    FSDP config would train as plain DDP and look tested. sftmix refuses, naming why."""
+    cfg = write_cfg(tmp_path, "fsdp", {"name": "individual", "sources": ["generated_math"]}, per_device_batch_size=4, batch_size=8)
+    launcher = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    r = subprocess.run([launcher, "launch", "--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "2",
+                        "--mixed_precision", "no", "--main_process_port", "29531", "-m", "sftmix.cli", "train", str(cfg), "--quiet"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode != 0
+    assert "accelerate was launched with an FSDP config, but the trainer runs MULTI_CPU" in r.stderr, r.stderr[-3000:]
+    assert not list((tmp_path / "fsdp").glob("stage*/final/meta.json"))

@@ -295,6 +295,20 @@ def stage_done(out_dir: Path) -> bool:
     return (out_dir / "final" / "meta.json").exists()
 
 
+def check_launch(distributed_type) -> None:
+    """``accelerate launch`` with an FSDP or DeepSpeed config must train that way. accelerate
+    enables FSDP only on accelerators: on CPU processes it builds plain DDP without a word, so a
+    config that was never exercised would look tested. Refuse instead."""
+    from accelerate.utils import DistributedType
+
+    for env, want, name in (("ACCELERATE_USE_FSDP", DistributedType.FSDP, "an FSDP"),
+                            ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "a DeepSpeed")):
+        if os.environ.get(env, "false").lower() == "true" and distributed_type != want:
+            raise SftmixError(f"accelerate was launched with {name} config, but the trainer runs {distributed_type.value} "
+                              f"({name.split()[1]} needs accelerator devices in accelerate; on CPU processes it falls back to "
+                              "DDP): launch with configs/accelerate/ddp.yaml here, or on GPUs")
+
+
 def train_stage(model_path: str, composed: Composed, settings: TrainSettings, template: str, out_dir: Path,
                 seed: int, parent: dict | None = None, run_config: dict | None = None, progress: bool = True,
                 curve: CurveSpec | None = None) -> Path:
@@ -333,6 +347,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
         model.config.use_cache = False
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
                            processing_class=tokenizer)
+    check_launch(trainer.accelerator.distributed_type)
     if curve is not None and curve.sets:
         trainer.add_callback(HeldoutCurve(curve, trainer, tokenizer))
     ckpt_dir = Path(args.output_dir)
@@ -362,6 +377,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "train": settings.model_dump(),
             "effective_batch": settings.batch_size,
             "processes": state.num_processes,
+            "distributed_type": str(trainer.accelerator.distributed_type.value),
             "bf16": args.bf16,
             "manifest": composed.manifest,
             "tokenize": tok_stats,
