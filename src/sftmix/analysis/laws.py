@@ -368,7 +368,8 @@ def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, lo
         near = [n for n in good if good[n]["loo"]["mae"] <= top * 1.001 + 1e-12]
         best = min(near, key=lambda n: (CANDIDATES[n].n_params(m), good[n]["loo"]["mae"]))
         res["selected"] = best
-        res["why"] = (f"lowest leave-one-out error ({good[best]['loo']['mae']:.4g}) of the laws that beat the constant "
+        lead = ("the log-linear baseline predicts best, so no law beats a plain regression here: " if best in BASELINES else "")
+        res["why"] = (lead + f"lowest leave-one-out error ({good[best]['loo']['mae']:.4g}) of the models that beat the constant "
                       f"({const:.4g}): " + ", ".join(f"{n} {d['loo']['mae']:.4g}" for n, d in sorted(fitted.items(),
                                                                                        key=lambda kv: kv[1]['loo']['mae'])))
     for name, d in fitted.items():  # parameter intervals from the bootstrap

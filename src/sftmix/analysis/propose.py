@@ -376,11 +376,18 @@ def proposal_study(prop: dict, study_name: str, store, out_dir: str) -> dict:
                     "fraction": {s: f"{n}/{int(prop['pools'][s])}" for s, n in p["sources"].items()}}
         doc["description"] = (f"The mixture `sftmix study propose` recommends for {study_name} (weights {prop['weights']}, "
                               f"budget {prop['budget']:g} examples), beside the best configuration tried ({best.label}).")
-        doc["zip"] = {"_config": ["proposal", "best tried"], "strategy": [strategy, copy.deepcopy(best.config["strategy"])]}
+        same = all(abs(p["examples"][a] - prop["best_tried"]["examples"].get(a, 0)) < 0.5 for a in p["examples"])
+        if same:  # nothing new to run beside it: the proposal is the best tried mixture
+            doc["zip"] = {"_config": ["proposal"], "strategy": [strategy]}
+            doc["description"] += " The proposal is the best tried mixture itself."
+        else:
+            doc["zip"] = {"_config": ["proposal", "best tried"], "strategy": [strategy, copy.deepcopy(best.config["strategy"])]}
         weights = {n: w / sum(prop["weights"].values()) / len(prop["targets"][a])
                    for a, w in prop["weights"].items() for n in prop["targets"][a]}
-        doc["compare"].append({"a": sel(), "b": {"_config": "best tried"}, "metric": "weighted held-out loss", "weights": dict(weights),
-                               "expect": "better", "claim": "The proposed mixture is better than the best configuration tried"})
+        if not same:
+            doc["compare"].append({"a": sel(), "b": {"_config": "best tried"}, "metric": "weighted held-out loss",
+                                   "weights": dict(weights), "expect": "better",
+                                   "claim": "The proposed mixture is better than the best configuration tried"})
         for n, v in p["predicted"].items():
             doc["predictions"].append({"a": sel(), "metric": n, **_pred(v)})
         doc["predictions"].append({"a": sel(), "metric": "weighted held-out loss", "weights": dict(weights), **_pred(p["weighted"])})
