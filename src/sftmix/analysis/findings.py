@@ -196,22 +196,31 @@ def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()
     measured = set(metric_keys(store))
     out = []
     for c in claims:
-        if c.weights:
-            out += _weighted_claim(store, gs, c, zipped, measured)
-            continue
-        metrics = [c.metric] if isinstance(c.metric, str) else list(c.metric)
-        base = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)}", "expect": c.expect,
-                "a": short_value(c.a), "b": short_value(c.b), "metric": metrics[0]}
-        found, why = pairs(gs, c, zipped)
-        usable = [m for m in metrics if m in measured]
-        if not found or not usable:
-            out.append({**base, "verdict": "not tested",
-                        "note": why or f"the study measured none of {', '.join(metrics)}"})
-            continue
-        for a, b, ctx in found:
-            for metric in usable:
-                out.append(_test(store, base, a, b, ctx, metric))
+        out += [_own_words(row, c) for row in _claim_rows(store, gs, c, zipped, measured)]
     return out
+
+
+def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set) -> list[dict]:
+    if c.weights:
+        return _weighted_claim(store, gs, c, zipped, measured)
+    metrics = [c.metric] if isinstance(c.metric, str) else list(c.metric)
+    base = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)}", "expect": c.expect,
+            "a": short_value(c.a), "b": short_value(c.b), "metric": metrics[0]}
+    found, why = pairs(gs, c, zipped)
+    usable = [m for m in metrics if m in measured]
+    if not found or not usable:
+        return [{**base, "verdict": "not tested", "note": why or f"the study measured none of {', '.join(metrics)}"}]
+    return [_test(store, base, a, b, ctx, metric) for a, b, ctx in found for metric in usable]
+
+
+OWN = {stats.AS_PAPER: "holds", stats.OPPOSITE: "the opposite holds"}
+
+
+def _own_words(row: dict, claim: Claim) -> dict:
+    """A study's own claim (not the paper's) says 'holds', not 'as in the paper'."""
+    if claim.source == "own" and row.get("verdict") in OWN:
+        row = {**row, "verdict": OWN[row["verdict"]]}
+    return row
 
 
 def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -> dict:

@@ -386,7 +386,7 @@ def proposal_study(prop: dict, study_name: str, store, out_dir: str) -> dict:
                    for a, w in prop["weights"].items() for n in prop["targets"][a]}
         if not same:
             doc["compare"].append({"a": sel(), "b": {"_config": "best tried"}, "metric": "weighted held-out loss",
-                                   "weights": dict(weights), "expect": "better",
+                                   "weights": dict(weights), "expect": "better", "source": "own",
                                    "claim": "The proposed mixture is better than the best configuration tried"})
         for n, v in p["predicted"].items():
             doc["predictions"].append({"a": sel(), "metric": n, **_pred(v)})
@@ -401,7 +401,7 @@ def proposal_study(prop: dict, study_name: str, store, out_dir: str) -> dict:
         doc["zip"] = {"_config": ["proposal", "best tried"], "strategy.k": [prop["k"], k_best]}
         for n, e in prop["targets"].items():
             if "limit" not in e:  # a general ability: less replay should help it
-                doc["compare"].append({"a": sel(), "b": {"_config": "best tried"}, "metric": n,
+                doc["compare"].append({"a": sel(), "b": {"_config": "best tried"}, "metric": n, "source": "own",
                                        "expect": "better" if prop["k"] < k_best else "worse",
                                        "claim": f"The proposed k ({prop['k']:.3g}) keeps {e['ability']} ability at least as "
                                                 f"well as the best k tried ({k_best:g})"})

@@ -310,7 +310,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
             "body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;display:block;overflow-x:auto} td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
             " td:first-child{text-align:left} .best{font-weight:bold} .second{text-decoration:underline} figure{display:inline-block;margin:8px}"
             " .note{background:#fff8e0;padding:8px;border-left:4px solid #e0b000} .top{background:#eef4ff;padding:8px;border-left:4px solid #4060c0}"
-            " .findings li{margin:6px 0} .as{color:#0a6b0a} .the{color:#a00000} .not{color:#555} .method{font-size:90%;color:#333}"
+            " .findings li{margin:6px 0} .as,.holds{color:#0a6b0a} .the{color:#a00000} .not{color:#555} .method{font-size:90%;color:#333}"
             "</style></head><body>" + "".join(parts) + "</body></html>")
     with atomic_write(out / "report.html") as f:
         f.write(page)

@@ -410,9 +410,10 @@ def _warn_once(kind: str) -> None:
                       "Install bubblewrap (apt-get install bubblewrap).", RuntimeWarning, stacklevel=3)
         _warned = True
     elif kind == "unshare" and not _warned:
-        warnings.warn("sandbox: bubblewrap (bwrap) is not installed; generated code runs under the unshare fallback "
-                      "(namespaces, chroot and nobody built by hand with util-linux). Install bubblewrap "
-                      "(apt-get install bubblewrap) for the reviewed isolation.", RuntimeWarning, stacklevel=3)
+        why = ("bubblewrap (bwrap) is not installed: install it (apt-get install bubblewrap) for the reviewed isolation"
+               if shutil.which("bwrap") is None else "bubblewrap is installed, but was not chosen or did not work here")
+        warnings.warn("sandbox: generated code runs under the unshare fallback (namespaces, chroot and nobody built by hand "
+                      f"with util-linux); {why}.", RuntimeWarning, stacklevel=3)
         _warned = True
 
 

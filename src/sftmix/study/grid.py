@@ -59,6 +59,9 @@ class Claim(Strict):
     claim: str = Field("", description="the paper's statement, in words")
     weights: dict[str, float] = Field(default_factory=dict, description="compare the weighted mean of these metrics "
                                       "(metric -> weight); `metric` then only names it, e.g. 'weighted held-out loss'")
+    source: Literal["paper", "own"] = Field("paper", description="whose claim: the paper's (verdicts 'as in the paper' / "
+                                            "'the opposite of the paper') or the study's own, e.g. a proposal's "
+                                            "('holds' / 'the opposite holds')")
 
 
 class Prediction(Strict):
