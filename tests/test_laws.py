@@ -317,3 +317,15 @@ def test_propose_bad_input_is_a_clear_exit_2_with_nothing_written(fitted_without
     f = fitted_without_general
     _fails(capsys, ["study", "propose", str(f), *args, "--draws", "20", "--quiet"], expect)
     _nothing_written(f.parent / "syn", fit_too=False)
+
+
+def test_a_run_restarted_under_a_new_label_takes_it(tmp_path):
+    """A run started again after the study file relabelled it (an interrupted run) must join its
+    configuration: the store keeps the new label and point, or the fit sees two configurations."""
+    from sftmix.study.store import Store
+
+    store = Store(tmp_path / "results.sqlite")
+    store.start("r1", "seed=1 _mix=64-0-0", {"_mix": "64-0-0", "seed": 1}, {})
+    store.start("r1", "seed=1 _mix=6:0:0", {"_mix": "6:0:0", "seed": 1}, {})
+    row = store.runs()[0]
+    assert row["label"] == "seed=1 _mix=6:0:0" and json.loads(row["point"])["_mix"] == "6:0:0"

@@ -66,7 +66,8 @@ class Store:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO runs (id, label, point, config, status, started) VALUES (?, ?, ?, ?, 'running', ?) "
-                "ON CONFLICT(id) DO UPDATE SET status = 'running', error = NULL, started = excluded.started",
+                "ON CONFLICT(id) DO UPDATE SET status = 'running', error = NULL, started = excluded.started, label = excluded.label, "
+                "point = excluded.point",
                 (run_id, label, json.dumps(point), json.dumps(config), time.time()))
 
     def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[tuple[str, str, float]],
