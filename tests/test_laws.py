@@ -202,11 +202,21 @@ TRUTH = {"generated_math": amount_truth(0.8, math.log(0.9), 0.4, "math"),
 
 def test_fit_propose_export_on_a_synthetic_study(tmp_path, capsys):
     f = mixture_study(tmp_path, DESIGN, replicates=2)
-    fill(f, TRUTH, fail=1, running=1, only=len(DESIGN) * 2 - 2, sd_noise=0.02)
+    store = fill(f, TRUTH, fail=1, running=1, only=len(DESIGN) * 2 - 2, sd_noise=0.02)
+    # a run an earlier version of the study file left behind, under a current configuration's label:
+    # it must enter neither the fit nor the report
+    first = store.runs()[0]
+    store.start("stale0000000", first["label"], json.loads(first["point"]), json.loads(first["config"]))
+    store.finish("stale0000000", "ck", "ev", [("loss", "generated_math", 9.0)], 1e4, 1e6,
+                 [("loss", "generated_math", f"generated_math-{i}", 9.0 * 100, 100.0) for i in range(32)], (),
+                 [(1, "stage1_multitask", "generated_code", "code", 0, 5.0, 500.0, 400.0, "generated")])
     assert main(["study", "fit", str(f), "--draws", "40", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "26 of 28 runs done (1 failed, 1 running); fitting on the done ones" in out
     doc = json.loads((tmp_path / "syn" / "fit.json").read_text())
+    assert len(doc["configurations"]) == len(DESIGN) and doc["configurations"][0]["seeds"] == [0, 1]
+    with open(tmp_path / "syn" / "report" / "table.csv") as fh:
+        assert max(float(r["loss/generated_math"]) for r in csv.DictReader(fh)) < 5  # the stale 9.0 stayed out
     sel = {n: r["selected"] for n, r in doc["targets"].items()}
     assert sel == {"loss/generated_code": "amount", "loss/generated_math": "amount", "loss/sharegpt": "joint"}
     for r in doc["targets"].values():
@@ -329,3 +339,21 @@ def test_a_run_restarted_under_a_new_label_takes_it(tmp_path):
     store.start("r1", "seed=1 _mix=6:0:0", {"_mix": "6:0:0", "seed": 1}, {})
     row = store.runs()[0]
     assert row["label"] == "seed=1 _mix=6:0:0" and json.loads(row["point"])["_mix"] == "6:0:0"
+
+
+def test_a_fallback_stands_in_for_missing_data_only(tmp_path):
+    """No data directory and no hub: the fallback, said in the notes. A data file that is there
+    but broken stays an error: a typo must not silently train on toy data."""
+    from sftmix.study.grid import StudyConfig, expand
+
+    study = StudyConfig(name="fb", base={"model": "tiny", "data_dir": str(tmp_path / "data"), "sources": {"gsm8k": {"limit": 50}},
+                                         "strategy": {"name": "individual", "sources": ["gsm8k"]}},
+                        fallbacks={"gsm8k": {"builtin": "generated_math", "size": 50}})
+    notes: list[str] = []
+    (run,) = expand(study, notes=notes)
+    assert run.config.sources["gsm8k"].builtin == "generated_math" and notes[0].startswith("gsm8k: FALLBACK to generated_math")
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    (tmp_path / "data" / "gsm8k" / "train.jsonl").write_text('{"question": "1+1?"}\nnot json\n')
+    with pytest.raises(SftmixError) as e:
+        expand(study, notes=[])
+    assert "FALLBACK" not in str(e.value) and "train.jsonl" in str(e.value)

@@ -54,7 +54,8 @@ def test_fit_propose_run_report_on_the_tiny_model(tmp_path, capsys):
     assert len(preds) == len(prop["proposal"]["predicted"]) + 1
     for p in preds:
         assert p["verdict"] in ("inside the predicted interval", "below the predicted interval", "above the predicted interval")
-        assert p["low"] <= p["predicted"] <= p["high"] and p["observed_low"] <= p["observed"] <= p["observed_high"]
+        assert p["low"] < p["high"] and p["observed_low"] <= p["observed"] <= p["observed_high"]
+        assert (p["low"] <= p["observed"] <= p["high"]) == (p["verdict"] == "inside the predicted interval")
     claims = json.loads((rep / "findings.json").read_text())
     assert claims[0]["metric"] == "weighted held-out loss" and claims[0]["verdict"] != "not tested"
     # the best tried configuration was rerun from scratch in the proposal study: the same config gives the same losses

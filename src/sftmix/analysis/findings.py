@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
-
 from sftmix.analysis import stats
 from sftmix.study.grid import REPLICATE_AXIS, Claim, group_label, short_value
 from sftmix.study.store import Store
@@ -40,12 +38,11 @@ class Group:
         return [json.loads(r["config"]).get("seed", 0) for r in self.runs]
 
 
-def groups(store: Store, only: set[str] | None = None) -> list[Group]:
-    """Done runs grouped by configuration, in the order the runs were first recorded (``only``:
-    these run ids alone, e.g. the runs the study file plans now)."""
+def groups(store: Store) -> list[Group]:
+    """Done runs grouped by configuration, in the order the runs were first recorded."""
     out: dict[str, Group] = {}
     for r in store.runs():
-        if r["status"] != "done" or (only is not None and r["id"] not in only):
+        if r["status"] != "done":
             continue
         point = json.loads(r["point"] or "{}")
         label = group_label(point) if REPLICATE_AXIS in point else r["label"]
@@ -292,12 +289,9 @@ def check_predictions(store: Store, predictions: list) -> list[dict]:
         if any(x is None or not x.items for _, x in parts):
             out.append({**row, "verdict": "not tested", "note": f"{g.label}: no per-item results for {p.metric}"})
             continue
-        total = sum(w for w, _ in parts)
-        draws = sum(w / total * stats.shared_item_draws([x], stats.N_BOOT, 0)[:, 0] for w, x in parts)
-        est = sum(w / total * stats.estimate(x) for w, x in parts)
-        lo, hi = np.quantile(draws, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
+        est, lo, hi = stats.weighted_interval(parts)
         v = INSIDE if p.low <= est <= p.high else OUTSIDE_LOW if est < p.low else OUTSIDE_HIGH
-        out.append({**row, "configuration": g.label, "observed": est, "observed_low": float(lo), "observed_high": float(hi),
+        out.append({**row, "configuration": g.label, "observed": est, "observed_low": lo, "observed_high": hi,
                     "seeds": len(g.runs), "verdict": v})
     return out
 

@@ -76,9 +76,9 @@ def backfill_data(store: Store, out: Path) -> None:
                 store.set_data(r["id"], rows)
 
 
-def design(store: Store, unit: str = "examples", only: set[str] | None = None) -> Design:
-    """The study's done configurations (``only``: of these runs) and what each trained on."""
-    gs = groups(store, only)
+def design(store: Store, unit: str = "examples") -> Design:
+    """The study's done configurations and what each trained on."""
+    gs = groups(store)
     if not gs:
         raise SftmixError("fit: the study has no done runs yet (run `sftmix study run` first)")
     by_run: dict[str, list[dict]] = {}
@@ -111,14 +111,13 @@ def design(store: Store, unit: str = "examples", only: set[str] | None = None) -
     return Design(abilities, gs, ex, tok, unit, sources, pools, stages, origins)
 
 
-def source_ability(store: Store, source: str, config: dict) -> str | None:
-    """The ability of a held-out source: from the data the study trained on, else the run
-    config's source entry, else the built-in source's."""
+def source_ability(trained: dict[str, str], source: str, config: dict) -> str | None:
+    """The ability of a held-out source: from the data the study trained on (``trained``: source
+    -> ability), else the run config's source entry, else the built-in source's."""
     from sftmix.data.sources import BUILTINS
 
-    for d in store.data():
-        if d["source"] == source:
-            return d["ability"]
+    if source in trained:
+        return trained[source]
     cfg = (config.get("sources") or {}).get(source) or {}
     if cfg.get("ability"):
         return cfg["ability"]
@@ -136,6 +135,7 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
                           "sources in eval.loss_sources); laws are fitted to held-out loss")
     out, notes = [], []
     cache: dict = {}
+    trained = {d["source"]: d["ability"] for d in store.data()}
     for k, source in enumerate(names):
         metric = f"loss/{source}"
         items = [group_items(store, g, metric, cache) for g in gs]
@@ -146,7 +146,7 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
         if not items[0].items:
             notes.append(f"{metric}: the configurations share no held-out rows; left out")
             continue
-        ability = source_ability(store, source, gs[0].config)
+        ability = source_ability(trained, source, gs[0].config)
         if ability not in abilities:
             notes.append(f"{metric}: its ability {ability!r} is not trained by any configuration; left out")
             continue
@@ -160,19 +160,19 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
     return out, notes
 
 
-def fit_key(store: Store, unit: str, n_boot: int, seed: int, only: set[str] | None = None) -> str:
-    done = sorted(r["id"] for r in store.runs() if r["status"] == "done" and (only is None or r["id"] in only))
+def fit_key(store: Store, unit: str, n_boot: int, seed: int) -> str:
+    done = sorted(r["id"] for r in store.runs() if r["status"] == "done")
     return stable_hash([FIT_VERSION, done, unit, n_boot, seed])
 
 
 def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS, seed: int = 0,
-            counts: dict | None = None, progress: bool = True, only: set[str] | None = None) -> dict:
+            counts: dict | None = None, progress: bool = True) -> dict:
     """Fit every law to every target, validate, select; write ``out/fit.json`` and return it.
-    ``only``: the runs to use (the study file's planned runs; others in the store are ignored)."""
+    Give a store restricted to the study file's runs (``Store.restricted``)."""
     from sftmix.progress import track
 
     backfill_data(store, out)
-    des = design(store, unit, only)
+    des = design(store, unit)
     X = des.X
     if len({tuple(np.round(x, 6)) for x in X}) < 2:
         raise SftmixError(f"fit: the study's {len(des.groups)} done configuration(s) all trained on the same amounts of every "
@@ -191,7 +191,7 @@ def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS
     for t in track(tgs, "fitting laws", enabled=progress):
         results[t.name] = fit_target(X, des.abilities, t, seed)
         results[t.name].update({"observed": t.y.tolist(), "observed_low": t.low.tolist(), "observed_high": t.high.tolist()})
-    doc = {"version": FIT_VERSION, "key": fit_key(store, unit, n_boot, seed, only), "unit": unit, "only": sorted(only) if only else None, "draws": n_boot, "seed": seed,
+    doc = {"version": FIT_VERSION, "key": fit_key(store, unit, n_boot, seed), "unit": unit, "draws": n_boot, "seed": seed,
            "abilities": des.abilities, "sources": des.sources, "pools": des.pools,
            "origins": {k: sorted(v) for k, v in des.origins.items()},
            "configurations": des.label_rows(), "runs": counts or {}, "notes": notes, "targets": results,
@@ -201,7 +201,7 @@ def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS
 
 
 METHOD = ("Laws are fitted per held-out loss to the configurations' estimates (replicates merged) by bounded least squares "
-          "with a soft-L1 loss scaled to the measurement noise, from several starts. Parameter and prediction intervals are 95% "
+          "with a soft-L1 loss scaled to the measurement noise, from several starts. Parameter intervals and the law's band are 95% "
           "percentile intervals over bootstrap draws of the estimates (items and seeds resampled, one item draw shared by "
           "every configuration), the law refitted per draw. Validation: each configuration left out in turn, the law fitted on "
           "the others predicts it (mean absolute and relative error, Spearman rho, R^2 over configurations). A prediction "
@@ -267,6 +267,10 @@ def export_olmix(store: Store, folder: str | Path) -> tuple[Path, Path]:
     for d in store.data():
         data.setdefault(d["run_id"], {})
         data[d["run_id"]][d["ability"]] = data[d["run_id"]].get(d["ability"], 0.0) + d["examples"]
+    unknown = [r["label"] for r in runs if not data.get(r["id"])]
+    if unknown:  # a row of zeros would be a mixture of nothing
+        raise SftmixError(f"export: the store does not say what {len(unknown)} run(s) trained on (e.g. {unknown[0]!r}) and their "
+                          "run folders are gone; rerun them")
     abilities = sorted({a for v in data.values() for a in v})
     keys = metric_keys(store)
     vals = {(m["run_id"], f"{m['task']}/{m['metric']}"): m["value"] for m in store.metrics()}
@@ -274,8 +278,8 @@ def export_olmix(store: Store, folder: str | Path) -> tuple[Path, Path]:
         w = csv.writer(f)
         w.writerow(["run", *abilities])
         for r in runs:
-            amounts = data.get(r["id"], {})
-            total = sum(amounts.values()) or 1.0
+            amounts = data[r["id"]]
+            total = sum(amounts.values())
             w.writerow([r["id"], *[amounts.get(a, 0.0) / total for a in abilities]])
     with atomic_write(folder / "metrics.csv") as f:
         w = csv.writer(f)

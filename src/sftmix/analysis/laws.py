@@ -21,10 +21,11 @@ bootstrap draws them (items and seeds resampled; one item draw shared by every c
 since they are measured on the same rows), the law refitted on each draw.
 
 Validation: leave one configuration out, fit on the others, predict it. A law *fits* only if its
-leave-one-out error beats the constant's; the best such law is selected. A prediction's interval
-adds to the law's own uncertainty the measurement noise of one configuration (the bootstrap
-deviations of the measured configurations), so it says where an observed estimate should land,
-and its coverage over left-out configurations is reported.
+leave-one-out error beats the constant's; the best such law is selected. A prediction at a new
+configuration has two intervals: the law's band (the bootstrap refits) and a prediction interval
+for the estimate one would observe there (jackknife+ over the leave-one-out fits: the law's
+misfit and a configuration's noise as the study saw them, on the same held-out rows); the
+prediction interval's coverage over left-out configurations is reported.
 """
 
 from __future__ import annotations
@@ -224,13 +225,12 @@ def _fit_many(law: Law, X, y, a, scale, rng) -> np.ndarray:
     return fit(law, X, y, a, scale, law.starts(X, y, a, rng))
 
 
-def bootstrap(law: Law, X: np.ndarray, t: Target, theta: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+def bootstrap(law: Law, X: np.ndarray, t: Target, theta: np.ndarray) -> np.ndarray:
     """Parameters refitted on every bootstrap draw of the estimates (warm-started at ``theta``):
-    (n_boot, params). ``cols`` restricts the fit to some configurations."""
-    cols = np.arange(len(t.y)) if cols is None else cols
+    (n_boot, params)."""
     out = np.empty((len(t.draws), len(theta)))
-    for i, yb in enumerate(t.draws[:, cols]):
-        out[i] = fit(law, X[cols], yb, t.a, t.noise, [theta])
+    for i, yb in enumerate(t.draws):
+        out[i] = fit(law, X, yb, t.a, t.noise, [theta])
     return out
 
 
@@ -284,25 +284,34 @@ def loo(law: Law | None, X: np.ndarray, t: Target, theta: np.ndarray | None, rng
         intervals: bool = True) -> dict:
     """Leave one configuration out: fit on the others, predict it. ``law`` None is the constant
     baseline. The left-out fits and their errors are kept (they give new configurations their
-    prediction intervals, ``jackknife_interval``). With ``intervals``, each left-out configuration
-    also gets the interval the other configurations alone would give it (leaving out two at a
-    time), and the share of configurations inside theirs is the interval's coverage."""
+    prediction intervals, ``jackknife_interval``). With ``intervals``, ``add_coverage``."""
     n = len(t.y)
-    allc = np.arange(n)
-    thetas, pred = _loo_fits(law, X, t.y, t.a, t.noise, theta, rng, allc)
+    thetas, pred = _loo_fits(law, X, t.y, t.a, t.noise, theta, rng, np.arange(n))
     out = _errors(pred, t.y)
-    lo, hi = np.full(n, np.nan), np.full(n, np.nan)
-    if intervals and n >= 3:
-        for g in range(n):
-            keep = allc[allc != g]
-            th2, p2 = _loo_fits(law, X, t.y, t.a, t.noise, thetas[g], rng, keep, extra=0)  # warm: one start
-            at_g = predict_loo(law, th2, X[g][None, :], t.a)[:, 0]
-            lo[g], hi[g] = jackknife_interval(at_g, t.y[keep] - p2)
-        out["coverage"] = float(np.mean((t.y >= lo) & (t.y <= hi)))
-    out["predicted"], out["pred_low"], out["pred_high"] = pred.tolist(), lo.tolist(), hi.tolist()
+    out["predicted"], out["pred_low"], out["pred_high"] = pred.tolist(), [float("nan")] * n, [float("nan")] * n
     out["thetas"] = [np.asarray(th).tolist() for th in thetas]
     out["residuals"] = (t.y - pred).tolist()
+    if intervals:
+        add_coverage(out, law, X, t, rng)
     return out
+
+
+def add_coverage(res: dict, law: Law | None, X: np.ndarray, t: Target, rng: np.random.Generator) -> None:
+    """To a leave-one-out result: each configuration's prediction interval built from the other
+    configurations alone (leaving out two at a time, warm-started at that configuration's
+    leave-one-out fit), and the share of configurations inside theirs."""
+    n = len(t.y)
+    if n < 3:
+        return
+    allc = np.arange(n)
+    lo, hi = np.full(n, np.nan), np.full(n, np.nan)
+    for g in range(n):
+        keep = allc[allc != g]
+        th2, p2 = _loo_fits(law, X, t.y, t.a, t.noise, np.array(res["thetas"][g]), rng, keep, extra=0)
+        at_g = predict_loo(law, th2, X[g][None, :], t.a)[:, 0]
+        lo[g], hi[g] = jackknife_interval(at_g, t.y[keep] - p2)
+    res["pred_low"], res["pred_high"] = lo.tolist(), hi.tolist()
+    res["coverage"] = float(np.mean((t.y >= lo) & (t.y <= hi)))
 
 
 def extrapolation(law: Law | None, X: np.ndarray, t: Target, rng: np.random.Generator, need: int) -> dict | None:
@@ -328,8 +337,9 @@ def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, lo
     """Every candidate law on one held-out loss: parameters with bootstrap intervals, leave-one-out
     and extrapolation validation, and the selection (``selected`` None: no law fits).
 
-    Returns a JSON-ready dict; the selected law's bootstrap parameters are kept under
-    ``draws`` for predictions at new configurations."""
+    Returns a JSON-ready dict; each fitted law keeps its bootstrap parameters (``draws``) and its
+    leave-one-out fits (``loo``) for predictions at new configurations; the selected one (or the
+    constant, when none fits) also gets its prediction intervals' coverage."""
     rng = np.random.default_rng(seed)
     laws = CANDIDATES if laws is None else laws
     m = X.shape[1]
@@ -381,10 +391,10 @@ def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, lo
         fl, fh = np.quantile(np.array([law.predict(th, X, t.a) for th in draws]), [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
         d["fitted_low"], d["fitted_high"] = fl.tolist(), fh.tolist()
         d["draws"] = draws.tolist()
-        if loo_intervals and name == res["selected"]:  # the intervals' coverage: leaving out two at a time
-            d["loo"] = loo(law, X, t, theta, rng, True)
+        if loo_intervals and name == res["selected"]:
+            add_coverage(d["loo"], law, X, t, rng)
     if loo_intervals and res["selected"] is None:
-        res["constant"]["loo"] = loo(None, X, t, None, rng, True)
+        add_coverage(res["constant"]["loo"], None, X, t, rng)
     return res
 
 

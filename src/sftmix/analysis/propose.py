@@ -227,12 +227,12 @@ def _mixture_doc(doc, weights, wt, max_loss, B, budget, D, tried, objective) -> 
 # ---------------------------------------------------------------- DMT's k
 
 
-def dmt_design(store, only: set[str] | None = None) -> dict:
+def dmt_design(store) -> dict:
     """A study over DMT's k: per configuration its k, the replayed and new examples of stage 2,
     stage 1's parts, and each held-out loss at the end of stage 1 (from the forgetting curves)."""
     from sftmix.analysis.findings import groups
 
-    gs = [g for g in groups(store, only) if (g.config.get("strategy") or {}).get("name") in ("dmt", "mixed_sequential")]
+    gs = [g for g in groups(store) if (g.config.get("strategy") or {}).get("name") in ("dmt", "mixed_sequential")]
     if not gs:
         raise SftmixError("--dmt-k: the study has no done DMT runs (strategy dmt over several k, e.g. configs/studies/dmt_k.yaml)")
     by_run: dict[str, list[dict]] = {}
@@ -276,28 +276,28 @@ def replay_counts(k: float, parts: dict) -> float:
     return float(sum(round_half_up(k * n) for n in parts.values()))
 
 
-def critical_k(law_name: str, theta: np.ndarray, a: int, limit: float, parts: dict, new: float, grid: np.ndarray) -> float | None:
-    """The smallest k on ``grid`` whose predicted loss is at most ``limit`` (None: none is)."""
-    law = CANDIDATES[law_name]
-    X = np.array([[replay_counts(k, parts), new] for k in grid])
-    ok = law.predict(theta, X, a) <= limit
+def critical_k(law_name: str, theta: np.ndarray, limit: float, X: np.ndarray, grid: np.ndarray) -> float | None:
+    """The smallest k on ``grid`` whose predicted loss is at most ``limit`` (None: none is);
+    ``X`` holds the (replayed, new) examples at each k of the grid."""
+    ok = CANDIDATES[law_name].predict(theta, X, 0) <= limit
     return float(grid[np.argmax(ok)]) if ok.any() else None
 
 
 K_GRID = np.unique(np.r_[0.0, np.geomspace(1e-4, 1, 400), np.linspace(0, 1, 1001)])
 
 
-def propose_k(store, eps: float, n_boot: int = 200, seed: int = 0, only: set[str] | None = None) -> dict:
+def propose_k(store, eps: float, n_boot: int = 200, seed: int = 0) -> dict:
     """The smallest replay k keeping every specialised ability within ``eps`` of its stage-1 loss."""
     from sftmix.analysis.lawfit import targets
 
     if eps < 0:
         raise SftmixError(f"--dmt-k {eps:g}: EPS is a loss margin, >= 0")
-    des = dmt_design(store, only)
+    des = dmt_design(store)
     abilities = sorted({d["ability"] for d in store.data()})
     doc_targets, _ = targets(store, des["groups"], abilities, None, n_boot, seed)
     specialised = {ability for (_, ability) in des["stage1_parts"]}
     X = des["X"]
+    X_grid = np.array([[replay_counts(k, des["stage1_parts"]), des["new"]] for k in K_GRID])  # once: every draw reuses it
     laws = {n: LAWS[n] for n in ("mixture", "amount")}
     out = {"mode": "dmt_k", "eps": eps, "k_tried": des["k"].tolist(), "targets": {}, "notes": []}
     ks_all = []
@@ -315,14 +315,13 @@ def propose_k(store, eps: float, n_boot: int = 200, seed: int = 0, only: set[str
             raise SftmixError(f"--dmt-k: {t.name}: {fitted['why']}")
         limit = des["stage1_loss"][source] + eps
         d = fitted["laws"][fitted["selected"]]
-        k = critical_k(fitted["selected"], np.array(d["theta"]), 0, limit, des["stage1_parts"], des["new"], K_GRID)
+        k = critical_k(fitted["selected"], np.array(d["theta"]), limit, X_grid, K_GRID)
         if k is None:
-            best = CANDIDATES[fitted["selected"]].predict(np.array(d["theta"]), np.array([[replay_counts(kk, des["stage1_parts"]),
-                                                                                             des["new"]] for kk in K_GRID]), 0)
+            best = CANDIDATES[fitted["selected"]].predict(np.array(d["theta"]), X_grid, 0)
             raise SftmixError(f"--dmt-k {eps:g}: no k in [0, 1] keeps {t.name} within {eps:g} of its stage-1 loss "
                               f"{des['stage1_loss'][source]:.4g}: the lowest predicted is {best.min():.4g} (at k = "
                               f"{K_GRID[int(np.argmin(best))]:.3g}); raise EPS")
-        draws = [critical_k(fitted["selected"], th, 0, limit, des["stage1_parts"], des["new"], K_GRID) for th in np.array(d["draws"])]
+        draws = [critical_k(fitted["selected"], th, limit, X_grid, K_GRID) for th in np.array(d["draws"])]
         finite = np.array([x for x in draws if x is not None])
         entry.update({"stage1_loss": des["stage1_loss"][source], "limit": limit, "k": k,
                       "k_low": float(np.quantile(finite, Q[0])) if len(finite) else None,

@@ -260,7 +260,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     laws = laws if laws is not None else load_fit(store.path.parent)
     law_figs, stale = {}, None
     if laws:
-        if laws.get("key") != fit_key(store, laws["unit"], laws["draws"], laws["seed"], set(laws["only"]) if laws.get("only") else None):
+        if laws.get("key") != fit_key(store, laws["unit"], laws["draws"], laws["seed"]):
             stale = ("These laws were fitted before the latest runs finished (or on other runs): run `sftmix study fit` "
                      "again to refit them on every done run.")
         law_figs = lawreport.figures(laws)

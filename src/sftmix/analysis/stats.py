@@ -101,6 +101,19 @@ def align_items(groups: list[Items]) -> list[Items]:
     return [_subset(x, shared) for x in groups]
 
 
+def weighted_interval(parts: list[tuple[float, Items]], n_boot: int = N_BOOT, seed: int = 0,
+                      level: float = LEVEL) -> tuple[float, float, float]:
+    """(estimate, low, high) of a weighted mean of several metrics of one group: each metric's
+    items drawn on their own, one seed draw shared by all (the same runs measured them)."""
+    rng = np.random.default_rng(seed)
+    total = sum(w for w, _ in parts)
+    n_runs = len(parts[0][1].seeds)
+    runs = _draws(n_runs, n_boot, rng) if n_runs > 1 else np.ones((n_boot, 1))
+    boots = sum(w / total * _boot(x, _draws(len(x.items), n_boot, rng), runs) for w, x in parts)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return sum(w / total * estimate(x) for w, x in parts), float(lo), float(hi)
+
+
 def paired_weighted_difference(pairs: list[tuple[float, Items, Items]], n_boot: int = N_BOOT, seed: int = 0,
                                level: float = LEVEL) -> tuple[float, float, float, float, float]:
     """A weighted mean of several metrics, A against B: ``pairs`` holds (weight, A's items, B's

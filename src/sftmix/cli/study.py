@@ -19,13 +19,14 @@ def cmd_study(args) -> None:
     if args.study_command == "run":
         output_dir(out, "study output_dir")
         store = run_study(study, runs, args.profile, progress=not args.quiet, executor=args.executor, address=args.address)
+        store = store.restricted(r.id for r in runs)
         print(f"report: {write_report(store, out / 'report', study.name, doc, top=notes)}")
         failed = [r for r in store.runs() if r["status"] == "failed"]
         if failed:
             raise SftmixError(f"{len(failed)} of {len(runs)} runs failed (see `sftmix study status {args.file}`): "
                               + "; ".join(f"{r['label']}: {(r['error'] or '').splitlines()[0][:120]}" for r in failed[:5]))
     elif args.study_command == "status":
-        rows = status_rows(Store(db) if db.exists() else None, runs, out)
+        rows = status_rows(Store(db).restricted(r.id for r in runs) if db.exists() else None, runs, out)
         table(f"study {study.name}{' (' + args.profile + ')' if args.profile else ''}: {len(runs)} runs",
               ["id", "run", "status", "detail"], rows)
         counts = {s: sum(r[2] == s for r in rows) for s in ("done", "running", "queued", "interrupted", "failed", "pending")}
@@ -33,7 +34,7 @@ def cmd_study(args) -> None:
     else:
         if not db.exists():
             raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}` first)")
-        print(f"report: {write_report(Store(db), out / 'report', study.name, doc, top=notes)}")
+        print(f"report: {write_report(Store(db).restricted(r.id for r in runs), out / 'report', study.name, doc, top=notes)}")
 
 
 def study_doc(study, profile: str | None) -> dict:
@@ -58,7 +59,7 @@ def _results(args):
     if not db.exists():
         raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}"
                           f"{' --profile ' + args.profile if args.profile else ''}` first)")
-    return study, runs, out, Store(db)
+    return study, runs, out, Store(db).restricted(r.id for r in runs)
 
 
 def _counts(store, runs) -> dict:
@@ -77,13 +78,12 @@ def _fit(args, study, runs, out, store, quiet: bool = False) -> dict:
     others = {k: v for k, v in counts.items() if k in ("failed", "running", "pending") and v}
     print(f"fit: {counts['done']} of {counts['planned']} runs done"
           + (f" ({', '.join(f'{v} {k}' for k, v in others.items())}); fitting on the done ones" if others else ""), flush=True)
-    only = {r.id for r in runs}
     doc = load_fit(out)
-    if doc is not None and doc.get("key") == fit_key(store, args.unit, args.draws, args.seed, only) and not getattr(args, "refit", False):
+    if doc is not None and doc.get("key") == fit_key(store, args.unit, args.draws, args.seed) and not getattr(args, "refit", False):
         if not quiet:
             print(f"fit: {out / 'fit.json'} is up to date with these runs; reused")
         return doc
-    return run_fit(store, out, args.unit, args.draws, args.seed, counts, progress=not args.quiet, only=only)
+    return run_fit(store, out, args.unit, args.draws, args.seed, counts, progress=not args.quiet)
 
 
 def cmd_fit(args) -> None:
@@ -112,7 +112,7 @@ def cmd_propose(args) -> None:
     if args.dmt_k is None and not args.weights:
         raise SftmixError("propose: give --weights ABILITY=W,... (a mixture) or --dmt-k EPS (DMT's replay k)")
     if args.dmt_k is not None:
-        prop = propose_k(store, args.dmt_k, args.draws, args.seed, only={r.id for r in runs})
+        prop = propose_k(store, args.dmt_k, args.draws, args.seed)
     else:
         args.unit = "examples"
         doc = _fit(args, study, runs, out, store, quiet=True)

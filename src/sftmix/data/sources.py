@@ -28,6 +28,12 @@ from sftmix.errors import SftmixError, unknown
 from sftmix.io import sha256_file
 
 
+class SourceNotFound(SftmixError):
+    """No place holds the source (path unset, no data directory file, hub unreachable, no
+    package): the one failure a study's ``fallbacks`` may stand in for. A source that is found
+    but broken stays an error."""
+
+
 @dataclass(frozen=True)
 class Builtin:
     ability: str
@@ -175,7 +181,7 @@ def _raw_rows(name: str, cfg: SourceConfig, spec: Builtin | None, ddir: Path | N
             rows = list(read_rows(p, salvage))  # this package's file is known to be cut short
             return rows, {"kind": "package", "package": spec.package, "path": str(p), "bytes": p.stat().st_size}, salvage
         tried.append(f"pip package {spec.package}: not installed")
-    raise SftmixError(f"source {name!r} ({cfg.split}) could not be resolved; tried:\n  - " + "\n  - ".join(tried))
+    raise SourceNotFound(f"source {name!r} ({cfg.split}) could not be resolved; tried:\n  - " + "\n  - ".join(tried))
 
 
 def resolve_config(name: str, cfg: SourceConfig | None) -> tuple[SourceConfig, Builtin | None]:

@@ -160,14 +160,14 @@ def _label(point: dict) -> str:
 
 def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None) -> dict:
     """Each source named in ``fallbacks`` is loaded as the base config says (path, data
-    directory, hub, package); one that cannot be is replaced by its fallback config, and
-    ``notes`` says which data each used and why."""
+    directory, hub, package); one that none of them holds is replaced by its fallback config,
+    and ``notes`` says which data each used and why."""
     if not fallbacks:
         return base
     import os
 
     from sftmix.config import SourceConfig
-    from sftmix.data.sources import load_pool
+    from sftmix.data.sources import SourceNotFound, load_pool
 
     base = copy.deepcopy(base)
     data_dir = base.get("data_dir") or os.environ.get("SFTMIX_DATA_DIR")
@@ -177,7 +177,7 @@ def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None) -> dic
             pool = load_pool(name, SourceConfig(**cfg), data_dir)
             where = pool.origin.get("path") or pool.origin.get("hub") or pool.origin.get("package") or pool.origin.get("kind")
             line = f"{name}: {pool.ability} data from {where}"
-        except SftmixError as e:
+        except SourceNotFound as e:  # found but broken (a bad file, a typo) stays an error
             base.setdefault("sources", {})[name] = copy.deepcopy(fb)
             reason = " ".join(str(e).split())
             line = (f"{name}: FALLBACK to {fb.get('builtin', fb)} because {reason}. Generated data is a toy: treat its numbers "

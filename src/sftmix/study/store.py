@@ -12,6 +12,7 @@ consistent (SQLite's journal rolls back a half-done write).
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import time
@@ -42,6 +43,8 @@ CREATE TABLE IF NOT EXISTS curves (
 
 
 class Store:
+    only: frozenset | None = None  # a restricted view reads these runs alone (``restricted``)
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,11 +94,23 @@ class Store:
         with self.conn:
             self.conn.execute("UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?", (error, time.time(), run_id))
 
+    def restricted(self, run_ids) -> Store:
+        """The same database read through these runs alone (the runs a study file plans now):
+        runs an earlier version of the study left behind must not enter its report or its laws,
+        where their labels could even merge with a current configuration's. Writes are not
+        restricted."""
+        view = copy.copy(self)
+        view.only = frozenset(run_ids)
+        return view
+
+    def _keep(self, rows, key: str = "run_id") -> list[dict]:
+        return [dict(r) for r in rows if self.only is None or r[key] in self.only]
+
     def runs(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM runs")]
+        return self._keep(self.conn.execute("SELECT * FROM runs"), "id")
 
     def metrics(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM metrics")]
+        return self._keep(self.conn.execute("SELECT * FROM metrics"))
 
     def samples(self, task: str | None = None, metric: str | None = None) -> list[dict]:
         q, args = "SELECT * FROM samples WHERE 1 = 1", []
@@ -103,7 +118,7 @@ class Store:
             q, args = q + " AND task = ?", [*args, task]
         if metric is not None:
             q, args = q + " AND metric = ?", [*args, metric]
-        return [dict(r) for r in self.conn.execute(q + " ORDER BY run_id, item", args)]
+        return self._keep(self.conn.execute(q + " ORDER BY run_id, item", args))
 
     def set_data(self, run_id: str, data: list[tuple]) -> None:
         """Record the data of a run done before the store had a ``data`` table (read back from its
@@ -113,7 +128,7 @@ class Store:
             self.conn.executemany("INSERT INTO data VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *d) for d in data])
 
     def data(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM data ORDER BY run_id, stage_index, replay, source")]
+        return self._keep(self.conn.execute("SELECT * FROM data ORDER BY run_id, stage_index, replay, source"))
 
     def curves(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM curves ORDER BY run_id, run_step, ability")]
+        return self._keep(self.conn.execute("SELECT * FROM curves ORDER BY run_id, run_step, ability"))
