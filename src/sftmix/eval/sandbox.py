@@ -12,9 +12,9 @@ it and ``results.json`` records it):
 - ``unshare`` (fallback where bwrap is missing): the same shape built with util-linux: new
   namespaces, a tmpfs root holding read-only bind mounts of the same folders, ``chroot``, then
   ``nobody``.
-- ``rlimits`` (last resort, with a warning): rlimits, a clean environment and a reaper (a child
-  subreaper that kills everything the sample started when its time is up, sessions left or
-  not). Here a sample can read the file system, and, running as the evaluator's user, could kill
+- ``rlimits`` (last resort, with a warning): rlimits, a clean environment and, on Linux, a reaper
+  (a child subreaper that kills everything the sample started when its time is up, sessions left
+  or not). Here a sample can read the file system, and, running as the evaluator's user, could kill
   the reaper first.
 
 Always: rlimits (CPU, address space, file size, processes, no core files), a clean environment,
@@ -300,7 +300,8 @@ def _unshare_command(python: str, binds: list[str], root_dir: str) -> list[str]:
 # could still kill the reaper first: rlimits is the last resort, and says so.
 REAPER = r'''
 import ctypes, os, signal, sys
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    sys.exit("sandbox reaper: prctl(PR_SET_CHILD_SUBREAPER) failed: %s" % os.strerror(ctypes.get_errno()))
 child = os.fork()
 if child == 0:
     os.execv(sys.argv[1], sys.argv[1:])
@@ -356,7 +357,9 @@ def _command(isolation: str, python: str, binds: list[str], root_dir: str) -> li
         return _bwrap_command(python, binds)
     if isolation == "unshare":
         return _unshare_command(python, binds, root_dir)
-    return [python, "-I", "-S", "-c", REAPER, python, "-I", "-S", "-c", HARNESS]
+    if sys.platform.startswith("linux"):  # the reaper needs prctl and /proc
+        return [python, "-I", "-S", "-c", REAPER, python, "-I", "-S", "-c", HARNESS]
+    return [python, "-I", "-S", "-c", HARNESS]
 
 
 @functools.lru_cache(maxsize=1)
