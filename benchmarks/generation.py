@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from sftmix.eval.generate import HFGenerator
-from sftmix.templates import generation_prompt
-from sftmix.models import resolve_model
 from sftmix.io import read_jsonl
+from sftmix.models import resolve_model
+from sftmix.templates import generation_prompt
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=32)

@@ -42,7 +42,7 @@ def dataset(n: int):
     from sftmix.config import SourceConfig
     from sftmix.data.sources import load_pool
     from sftmix.io import stable_hash
-    from sftmix.models import resolve_model, load_tokenizer
+    from sftmix.models import load_tokenizer, resolve_model
     from sftmix.train.tokenize import tokenize_mixture
 
     path = resolve_model("smollm2")

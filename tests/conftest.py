@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# The suite runs offline unless a test says otherwise: no probe of the Hugging Face hub, and
+# `datasets` reads only its local cache (a test of the hub path sets up local files). Child
+# processes (the CLI, workers, clusters) inherit it.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture
@@ -39,3 +49,72 @@ def toy_dir(tmp_path: Path) -> Path:
         [{"id": str(i), "conversations": [{"from": "human", "value": f"Tell me about topic {i}."},
                                           {"from": "gpt", "value": f"Topic {i} is interesting."}]} for i in range(300)]))
     return tmp_path
+
+
+# ---- HumanEval: the problems, and the canonical and empty solutions scored once per session
+# (test_eval and test_sandbox each assert their own part of the same scoring)
+
+@pytest.fixture(scope="session")
+def problems() -> list[dict]:
+    from sftmix.eval import humaneval
+
+    return humaneval.load_problems()
+
+
+@pytest.fixture(scope="session")
+def canonical_scored(problems) -> tuple[dict, list[dict]]:
+    """The 164 canonical solutions through the default sandbox: (metrics, per-sample rows)."""
+    from sftmix.eval import humaneval
+
+    return humaneval.score(problems, [[p["canonical_solution"]] for p in problems], progress=False)
+
+
+@pytest.fixture(scope="session")
+def empty_scored(problems) -> tuple[dict, list[dict]]:
+    """164 empty completions through the default sandbox: (metrics, per-sample rows)."""
+    from sftmix.eval import humaneval
+
+    return humaneval.score(problems, [[""] for _ in problems], progress=False)
+
+
+# ---- the suite's one tiny study, run locally once per session: killed after its first run was
+# done and restarted (test_study checks that and the report; test_executors compares Ray, submitit
+# and Slurm with its results)
+
+@dataclass
+class MiniStudy:
+    file: Path
+    root: Path
+    killed_with_done: int  # runs done when the driver was killed
+    rerun: subprocess.CompletedProcess
+    metrics: dict
+
+
+@pytest.fixture(scope="session")
+def mini_study(tmp_path_factory) -> MiniStudy:
+    import sqlite3
+    import time
+
+    from helpers import study_file, study_metrics
+
+    tmp = tmp_path_factory.mktemp("mini")
+    f = study_file(tmp, "mini")
+    root = tmp / "mini"
+    db = root / "results.sqlite"
+    cmd = [sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done, deadline = 0, time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                done = sqlite3.connect(db).execute("SELECT count(*) FROM runs WHERE status='done'").fetchone()[0]
+            except sqlite3.OperationalError:  # the table is being created
+                done = 0
+            if done >= 1:
+                break
+        time.sleep(0.1)
+    assert proc.poll() is None, f"the study driver ended on its own (exit {proc.returncode}) before the kill"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    return MiniStudy(f, root, done, rerun, study_metrics(db))

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from helpers import TINY_TRAIN
-from sftmix.study.grid import StudyConfig, expand
+
+from sftmix.config import StudyConfig
+from sftmix.study.grid import expand
 from sftmix.study.store import Store
 
 SOURCES = {"generated_math": "math", "generated_code": "code", "sharegpt": "general"}

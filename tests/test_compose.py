@@ -7,7 +7,14 @@ import sys
 import pytest
 
 from sftmix.config import DataConfig, MixtureConfig, PartConfig, load_config, validate
-from sftmix.data.compose import compose, compose_all, manifest_hash, read_composed, round_half_up, write_composed
+from sftmix.data.compose import (
+    compose,
+    compose_all,
+    manifest_hash,
+    read_composed,
+    round_half_up,
+    write_composed,
+)
 from sftmix.data.records import Conversation
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError
@@ -151,15 +158,40 @@ def test_cli_compose_and_errors(tmp_path, toy_dir):
     assert r.returncode == 2 and "did you mean 'gsm8k'" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_interrupted_compose_leaves_no_manifest(tmp_path):
-    """Kill a compose while it loads a big source: no manifest (finished or half) may exist."""
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("mixtures:\n  - name: m\n    parts:\n      - {source: generated_math, fraction: 1}\n      - {source: sharegpt, fraction: 1}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "sftmix.cli", "data", "compose", str(cfg), "-o", str(tmp_path / "o"), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import time
+# Runs `sftmix data compose` with os.replace turned into a SIGKILL when it would put FILE in
+# place: the compose dies exactly there, with everything before it on disk.
+KILL_AT_REPLACE = """
+import os, signal, sys
+target = os.environ["KILL_AT_REPLACE"]
+original = os.replace
+def replace(src, dst, *a, **kw):
+    if os.path.basename(str(dst)) == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(src, dst, *a, **kw)
+os.replace = replace
+from sftmix.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
-    time.sleep(3.0)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "o" / "m" / "manifest.json").exists()
+
+@pytest.mark.parametrize("target", ["data.jsonl", "manifest.json"])
+def test_interrupted_compose_leaves_no_manifest(tmp_path, target):
+    """A compose killed while it puts its data file or its manifest in place leaves no manifest
+    (finished or half), the folder reads as unfinished, and the rerun completes it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mixtures:\n  - name: m\n    parts:\n      - {source: generated_math, fraction: 1}\n")
+    args = ["data", "compose", str(cfg), "-o", str(tmp_path / "o"), "--quiet"]
+    r = subprocess.run([sys.executable, "-c", KILL_AT_REPLACE, *args], capture_output=True, text=True,
+                       env={**os.environ, "KILL_AT_REPLACE": target})
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])  # the kill landed, at that file
+    out = tmp_path / "o" / "m"
+    temps = list(out.glob(f".{target}.*.tmp"))
+    assert temps and temps[0].stat().st_size > 0, "the kill did not land while the file was being put in place"
+    if target == "manifest.json":
+        assert (out / "data.jsonl").stat().st_size > 0  # killed mid-compose: the data was already written
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(SftmixError, match="no manifest.json"):
+        read_composed(out)
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_composed(out).manifest["total"] == 2000 and not list(out.glob("*.tmp"))

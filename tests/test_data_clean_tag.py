@@ -3,7 +3,12 @@ from sftmix.data.clean import clean
 from sftmix.data.generated import generate_code, generate_math
 from sftmix.data.records import Conversation
 from sftmix.data.sources import load_pool
-from sftmix.data.tag import RuleTagger, abilities_from_open_tags, filter_tags, parse_instag_reply
+from sftmix.data.tag import (
+    RuleTagger,
+    abilities_from_open_tags,
+    filter_tags,
+    parse_instag_reply,
+)
 
 
 def conv(*turns, system=None):

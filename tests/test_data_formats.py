@@ -2,14 +2,13 @@ import gzip
 import json
 
 import pytest
+from conftest import write_jsonl
 
 from sftmix.config import SourceConfig
 from sftmix.data.formats import FORMATS, RowError, iter_json_array_salvage, read_rows
 from sftmix.data.records import Conversation, content_id
 from sftmix.data.sources import load_pool
 from sftmix.errors import SftmixError
-
-from conftest import write_jsonl
 
 
 def test_each_format_reads_its_rows():

@@ -1,12 +1,11 @@
 """Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
 
 import pytest
+from openai_server import OpenAIServer as JudgeServer
 
+from sftmix.errors import SftmixError
 from sftmix.eval import gsm8k, humaneval, mtbench
 from sftmix.eval.sandbox import run_program
-from sftmix.errors import SftmixError
-
-from openai_server import OpenAIServer as JudgeServer
 
 
 @pytest.mark.parametrize("text,rft,flex", [
@@ -51,17 +50,12 @@ def test_stop_strings_cut_output():
 
 # ---------------------------------------------------------------- HumanEval
 
-@pytest.fixture(scope="module")
-def problems():
-    return humaneval.load_problems()
-
-
-def test_canonical_solutions_pass_and_empty_fail(problems):
+def test_canonical_solutions_pass_and_empty_fail(problems, canonical_scored, empty_scored):
     assert len(problems) == 164
-    m, _ = humaneval.score(problems, [[p["canonical_solution"]] for p in problems], progress=False)
-    assert m["pass@1"] == 100.0
-    m, _ = humaneval.score(problems, [[""] for _ in problems], progress=False)
-    assert m["pass@1"] == 0.0
+    m, rows = canonical_scored
+    assert m["pass@1"] == 100.0 and len(rows) == 164 and all(r["passed"] for r in rows)
+    m, rows = empty_scored
+    assert m["pass@1"] == 0.0 and len(rows) == 164 and not any(r["passed"] for r in rows)
 
 
 def test_extraction_fenced_whole_function_and_body(problems):
@@ -161,8 +155,9 @@ def test_eval_cli_unknown_task_and_missing_key(tmp_path, monkeypatch):
 
 def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
     from helpers import tiny_run
-    from sftmix.eval.runner import evaluate
+
     from sftmix.config import EvalConfig
+    from sftmix.eval.runner import evaluate
     from sftmix.models import resolve_model
     from sftmix.train.strategies import run_strategy
 
@@ -182,3 +177,30 @@ def test_salvage_recovers_a_rambling_completion_and_is_reported_separately(probl
     m, rows = humaneval.score([p], [[rambling]], progress=False)
     assert m["pass@1"] == 0.0 and m["pass@1_salvaged"] == 100.0
     assert rows[0]["salvaged_changed"] and not rows[0]["passed"] and rows[0]["passed_salvaged"]
+
+
+def test_eval_flags_come_from_the_config_fields():
+    """`sftmix eval`'s flags are the eval config's fields: unset, they leave its defaults (and say
+    them in the help); set, they land on the field, nested ones included."""
+    import argparse
+
+    from sftmix.cli.common import config_values
+    from sftmix.cli.eval import EVAL_FLAGS, add_commands
+    from sftmix.config import EvalConfig, validate
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["eval", "tiny"])
+    assert config_values(args, EVAL_FLAGS) == {}
+    assert validate(EvalConfig, config_values(args, EVAL_FLAGS), "x") == EvalConfig()
+    args = parser.parse_args(["eval", "tiny", "--tasks", "loss,gsm8k", "--loss-samples", "5", "--judge-model", "j",
+                              "--loss-sources", "a, b", "--dtype", "bfloat16"])
+    cfg = validate(EvalConfig, config_values(args, EVAL_FLAGS), "x")
+    assert (cfg.tasks, cfg.loss_samples, cfg.judge.model, cfg.loss_sources, cfg.dtype) == \
+        (["loss", "gsm8k"], 5, "j", ["a", "b"], "bfloat16")
+    helps = {a.option_strings[0]: a.help or "" for a in parser._subparsers._group_actions[0].choices["eval"]._actions
+             if a.option_strings}
+    assert f"(default: {EvalConfig().judge.model})" in helps["--judge-model"]
+    assert f"(default: {EvalConfig().loss_samples})" in helps["--loss-samples"]
+    assert EvalConfig.model_fields["dtype"].description in helps["--dtype"]
+    assert set(EVAL_FLAGS.values()) <= helps.keys()

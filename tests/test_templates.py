@@ -1,8 +1,14 @@
 import pytest
 
 from sftmix.config import SourceConfig
-from sftmix.templates import IGNORE, MaskError, generation_prompt, render_vicuna, tokenize_with_mask
 from sftmix.models import load_tokenizer, resolve_model
+from sftmix.templates import (
+    IGNORE,
+    MaskError,
+    generation_prompt,
+    render_vicuna,
+    tokenize_with_mask,
+)
 
 
 @pytest.fixture(scope="module")

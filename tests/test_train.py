@@ -1,12 +1,15 @@
 """Training on the tiny model: strategies end to end, invariants, errors."""
 
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+from helpers import TINY_EVAL, losses, max_weight_diff, tiny_run, weights
 
-from helpers import losses, max_weight_diff, tiny_run
 from sftmix.config import RunConfig, validate
 from sftmix.errors import SftmixError
 from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
@@ -28,9 +31,10 @@ def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
     n_stages = len(plan(cfg))
     assert meta["stage"].startswith(f"stage{n_stages}_")
     ls = losses(final)
-    assert ls and all(x == x for x in ls)  # finite, logged every step
+    assert ls and all(math.isfinite(x) for x in ls)  # finite (no nan, no inf), logged every step
     assert meta["manifest"]["total"] > 0 and meta["tokenize"]["rows"] > 0
-    assert meta["git_revision"] is None or len(meta["git_revision"]) >= 40
+    assert meta["trainable_params"] == meta["total_params"] > 0 and meta["gradient_checkpointing"] is False
+    assert meta["git_revision"] == checkout_revision()
     if n_stages > 1:
         assert meta["parent"]["stage"].startswith(f"stage{n_stages - 1}_")
     if name == "dmt":
@@ -65,6 +69,16 @@ def test_batch_8x1_equals_4x2(tmp_path):
     assert max_weight_diff(a, b) < 1e-4
 
 
+def checkout_revision() -> str | None:
+    """What provenance must record: this checkout's git revision (None only outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if rev.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def test_bf16_and_lora_and_packing_options_train(tmp_path):
     st = {"name": "individual", "sources": ["generated_code"]}
     cfg = tiny_run(tmp_path, "opts", strategy=st, train={"precision": "auto", "packing": True, "lora": {"r": 4, "alpha": 8},
@@ -72,7 +86,14 @@ def test_bf16_and_lora_and_packing_options_train(tmp_path):
     final = run_strategy(cfg, progress=False)
     meta = json.loads((final / "meta.json").read_text())
     assert meta["tokenize"]["packed_rows"] < meta["tokenize"]["rows"]
-    assert max_weight_diff(final, cfg_base_model()) > 0  # LoRA was merged into the saved weights
+    assert meta["gradient_checkpointing"] is True  # the trainer had it on, not only the config
+    assert 0 < meta["trainable_params"] < meta["total_params"] / 10  # only the adapters trained
+    # LoRA on all linear layers, merged into the saved weights: the projections moved, nothing else did
+    base, tuned = weights(cfg_base_model()), weights(final)
+    assert base.keys() == tuned.keys()
+    moved = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert moved and all(k.endswith("proj.weight") for k in moved), sorted(moved)
+    assert any("embed" in k for k in base) and any("norm" in k for k in base)
 
 
 def cfg_base_model():
@@ -108,7 +129,7 @@ def test_packing_keeps_samples_apart():
 ])
 def test_bad_configs_are_clear_errors(patch, msg, tmp_path):
     base = {"name": "x", "model": "tiny", "strategy": {"name": "individual", "sources": ["generated_math"]},
-            "output_dir": str(tmp_path / "x"), "train": {"report_to": []}}
+            "output_dir": str(tmp_path / "x"), "train": {"report_to": []}, "eval": TINY_EVAL}
     for k, v in patch.items():
         if v is None:
             base.pop(k)
@@ -121,8 +142,8 @@ def test_bad_configs_are_clear_errors(patch, msg, tmp_path):
 
 
 def test_template_the_tokenizer_cannot_render(tmp_path):
-    from sftmix.templates import render_model
     from sftmix.models import load_tokenizer
+    from sftmix.templates import render_model
 
     tok = load_tokenizer(cfg_base_model())
     tok.chat_template = None

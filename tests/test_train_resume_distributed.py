@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from helpers import TINY_SOURCES, TINY_TRAIN, losses
+from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, losses
 
 
 def write_cfg(tmp: Path, name: str, strategy: dict, **train) -> Path:
     cfg = {"name": name, "model": "tiny", "sources": TINY_SOURCES, "strategy": strategy,
-           "train": {**TINY_TRAIN, **train}, "output_dir": str(tmp / name)}
+           "train": {**TINY_TRAIN, **train}, "eval": TINY_EVAL, "output_dir": str(tmp / name)}
     p = tmp / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sftmix.config import SourceConfig
+from sftmix.config import SourceConfig, StudyConfig
 from sftmix.errors import SftmixError
-from sftmix.study.grid import StudyConfig, expand
+from sftmix.study.grid import expand
 
 CLAIMS = [
     {"a": "dmt", "b": "sequential", "metric": "loss/{code}", "expect": "better",

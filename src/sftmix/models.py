@@ -137,9 +137,8 @@ def load_tokenizer(path: str):
 
 def load_model(path: str, dtype: str = "float32"):
     import torch
-    from transformers import AutoModelForCausalLM
-
     from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -27,6 +27,11 @@ from dataclasses import dataclass
 
 from sftmix.errors import SftmixError
 
+# Bumped whenever the rendering or masking rules change, so that no tokenisation cache or held-out
+# measurement made under the old rules is reused (2: the separator space before a reply is
+# supervised, as FastChat does).
+MASK_VERSION = 2
+
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

@@ -13,11 +13,20 @@ from fractions import Fraction
 from typing import Any
 
 from sftmix.analysis import stats
-from sftmix.study.grid import REPLICATE_AXIS, Claim, group_label, short_value
+from sftmix.config import Claim
+from sftmix.study.grid import REPLICATE_AXIS, group_label, short_value
 from sftmix.study.store import Store
 
 HEADLINE = ("accuracy", "pass@1", "score")
 BINARY_TASKS = ("gsm8k", "humaneval")
+
+
+def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
+    """Training FLOPs 6·N·D over the real tokens trained on (all stages and epochs); evaluation
+    FLOPs 2·N per prompt or generated token of the generation tasks (held-out loss excluded)."""
+    n = run["params"] or 0
+    eval_tokens = sum(v for (r, _t, m), v in vals.items() if r == rid and m == "tokens_processed")
+    return 6 * n * (run["train_tokens"] or 0), 2 * n * eval_tokens
 
 
 def lower_is_better(metric: str) -> bool:
@@ -84,8 +93,6 @@ def group_items(store: Store, g: Group, metric: str, cache: dict | None = None) 
 def summary(store: Store) -> tuple[list[str], list[list]]:
     """Table rows: one per configuration, a cell per metric: (estimate, low, high) or a plain
     value when no per-item results exist; plus the number of seeds and FLOPs."""
-    from sftmix.analysis.report import flops
-
     keys = metric_keys(store)
     vals = {(m["run_id"], f"{m['task']}/{m['metric']}"): m["value"] for m in store.metrics()}
     flat = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}

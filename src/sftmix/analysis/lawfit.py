@@ -9,6 +9,7 @@ validated and compared with the baselines; the selection and its reasons are par
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from sftmix.analysis import stats
-from sftmix.analysis.findings import Group, group_items, groups
+from sftmix.analysis.findings import Group, group_items, groups, metric_keys
 from sftmix.analysis.laws import LAWS, Target, fit_target
+from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
-from sftmix.io import stable_hash, write_json
+from sftmix.io import atomic_write, stable_hash, write_json
+from sftmix.progress import track
+from sftmix.study.runner import data_rows
 from sftmix.study.store import Store
 
 FIT_VERSION = 1
@@ -63,8 +67,6 @@ class Design:
 
 def backfill_data(store: Store, out: Path) -> None:
     """Runs recorded before the store kept their data: read it back from their folders."""
-    from sftmix.study.runner import data_rows
-
     have = {d["run_id"] for d in store.data()}
     for r in store.runs():
         if r["status"] == "done" and r["id"] not in have:
@@ -114,8 +116,6 @@ def design(store: Store, unit: str = "examples") -> Design:
 def source_ability(trained: dict[str, str], source: str, config: dict) -> str | None:
     """The ability of a held-out source: from the data the study trained on (``trained``: source
     -> ability), else the run config's source entry, else the built-in source's."""
-    from sftmix.data.sources import BUILTINS
-
     if source in trained:
         return trained[source]
     cfg = (config.get("sources") or {}).get(source) or {}
@@ -169,8 +169,6 @@ def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS
             counts: dict | None = None, progress: bool = True) -> dict:
     """Fit every law to every target, validate, select; write ``out/fit.json`` and return it.
     Give a store restricted to the study file's runs (``Store.restricted``)."""
-    from sftmix.progress import track
-
     backfill_data(store, out)
     des = design(store, unit)
     X = des.X
@@ -253,13 +251,7 @@ def export_olmix(store: Store, folder: str | Path) -> tuple[Path, Path]:
     """The done runs in olmix's layout: ``ratios.csv`` (a run column, then each ability's
     proportion of the examples trained on) and ``metrics.csv`` (the run column, then every
     metric), joined on the run id."""
-    import csv
-
-    from sftmix.analysis.findings import metric_keys
-    from sftmix.cli.common import output_dir
-    from sftmix.io import atomic_write
-
-    folder = output_dir(folder, "--olmix")
+    folder = Path(folder)
     runs = [r for r in store.runs() if r["status"] == "done"]
     if not runs:
         raise SftmixError("export: the study has no done runs yet")

@@ -12,6 +12,7 @@ import html
 
 import numpy as np
 
+from sftmix.analysis.figure import png
 from sftmix.analysis.laws import CANDIDATES
 from sftmix.io import atomic_write
 
@@ -32,7 +33,6 @@ def figures(doc: dict) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sftmix.analysis.report import _png  # the report's own figure settings
 
     out = {}
     abilities = doc["abilities"]
@@ -86,7 +86,7 @@ def figures(doc: dict) -> dict[str, bytes]:
             bx.grid(alpha=0.3)
         else:
             bx.set_axis_off()
-        out[f"law__{name.replace('/', '_')}.png"] = _png(fig)
+        out[f"law__{name.replace('/', '_')}.png"] = png(fig)
     return out
 
 

@@ -21,7 +21,17 @@ import math
 
 import numpy as np
 
-from sftmix.analysis.laws import CANDIDATES, LAWS, LEVEL, Target, fit_target, predict_with
+from sftmix.analysis.findings import groups
+from sftmix.analysis.lawfit import targets
+from sftmix.analysis.laws import (
+    CANDIDATES,
+    LAWS,
+    LEVEL,
+    Target,
+    fit_target,
+    predict_with,
+)
+from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError
 
 Q = ((1 - LEVEL) / 2, (1 + LEVEL) / 2)
@@ -230,8 +240,6 @@ def _mixture_doc(doc, weights, wt, max_loss, B, budget, D, tried, objective) -> 
 def dmt_design(store) -> dict:
     """A study over DMT's k: per configuration its k, the replayed and new examples of stage 2,
     stage 1's parts, and each held-out loss at the end of stage 1 (from the forgetting curves)."""
-    from sftmix.analysis.findings import groups
-
     gs = [g for g in groups(store) if (g.config.get("strategy") or {}).get("name") in ("dmt", "mixed_sequential")]
     if not gs:
         raise SftmixError("--dmt-k: the study has no done DMT runs (strategy dmt over several k, e.g. configs/studies/dmt_k.yaml)")
@@ -271,8 +279,6 @@ def dmt_design(store) -> dict:
 def replay_counts(k: float, parts: dict) -> float:
     """Examples replayed at ``k``: each stage-1 part contributes round_half_up(k·count) (the
     compose rule: a positive amount gives at least one row)."""
-    from sftmix.data.compose import round_half_up
-
     return float(sum(round_half_up(k * n) for n in parts.values()))
 
 
@@ -288,8 +294,6 @@ K_GRID = np.unique(np.r_[0.0, np.geomspace(1e-4, 1, 400), np.linspace(0, 1, 1001
 
 def propose_k(store, eps: float, n_boot: int = 200, seed: int = 0) -> dict:
     """The smallest replay k keeping every specialised ability within ``eps`` of its stage-1 loss."""
-    from sftmix.analysis.lawfit import targets
-
     if eps < 0:
         raise SftmixError(f"--dmt-k {eps:g}: EPS is a loss margin, >= 0")
     des = dmt_design(store)
@@ -359,8 +363,6 @@ def proposal_study(prop: dict, study_name: str, store, out_dir: str) -> dict:
     """A study file running the proposal beside the best tried configuration (same seeds, so the
     comparison is paired), with the claim that the proposal is better and the predictions the
     report checks against what is observed."""
-    from sftmix.analysis.findings import groups
-
     best = next(g for g in groups(store) if g.label == prop["best_tried"]["label"])
     base = {k: copy.deepcopy(v) for k, v in best.config.items() if k not in ("name", "output_dir", "seed")}
     seeds = sorted(best.seeds)

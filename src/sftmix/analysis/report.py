@@ -10,31 +10,33 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from pathlib import Path
 
+from sftmix.analysis import lawreport
+from sftmix.analysis.figure import png
+from sftmix.analysis.findings import (
+    METHOD,
+    check_claims,
+    check_predictions,
+    finding_sentence,
+    flops,
+    groups,
+    lower_is_better,
+    prediction_sentence,
+    summary,
+)
+from sftmix.analysis.lawfit import fit_key, load_fit
+from sftmix.config import Claim, Prediction
 from sftmix.io import atomic_write
 from sftmix.provenance import provenance
 from sftmix.study.grid import short_value
 from sftmix.study.store import Store
 
-LOWER_IS_BETTER = ("loss",)
-
 
 def table(store: Store) -> tuple[list[str], list[list]]:
     """Rows = configurations (replicates merged), columns = metrics as (estimate, low, high)."""
-    from sftmix.analysis.findings import summary
-
     return summary(store)
-
-
-def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
-    """Training FLOPs 6·N·D over the real tokens trained on (all stages and epochs); evaluation
-    FLOPs 2·N per prompt or generated token of the generation tasks (held-out loss excluded)."""
-    n = run["params"] or 0
-    eval_tokens = sum(v for (r, _t, m), v in vals.items() if r == rid and m == "tokens_processed")
-    return 6 * n * (run["train_tokens"] or 0), 2 * n * eval_tokens
 
 
 def _est(v):
@@ -51,7 +53,7 @@ def _marks(header: list[str], rows: list[list]) -> dict[tuple[int, int], str]:
     column gets none)."""
     marks = {}
     for j in _metric_columns(header):
-        lower = header[j].startswith(LOWER_IS_BETTER)
+        lower = lower_is_better(header[j])
         distinct = sorted({_est(r[j]) for r in rows if _est(r[j]) is not None}, reverse=not lower)
         if len(distinct) < 2:
             continue
@@ -108,26 +110,16 @@ def latex(header, rows) -> str:
     return "\n".join(out) + "\n"
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def figures(store: Store, header: list[str] | None = None, rows: list[list] | None = None) -> dict[str, bytes]:
     """One PNG per (numeric axis, metric): metric against the axis (log2) with 95% error bars,
     a line per setting of the other axes."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from fractions import Fraction
 
-    from sftmix.analysis.findings import groups
+    import matplotlib.pyplot as plt
+
 
     if header is None or rows is None:
         header, rows = table(store)
@@ -171,7 +163,7 @@ def figures(store: Store, header: list[str] | None = None, rows: list[list] | No
             ax.set_ylabel(metric + " (95% CI)")
             ax.legend(fontsize=6)
             ax.grid(alpha=0.3)
-            out[f"{axis.replace('.', '_')}__{metric.replace('/', '_').replace('@', 'at')}.png"] = _png(fig)
+            out[f"{axis.replace('.', '_')}__{metric.replace('/', '_').replace('@', 'at')}.png"] = png(fig)
     return out
 
 
@@ -184,7 +176,6 @@ def curve_figures(store: Store) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sftmix.analysis.findings import groups
 
     pts = store.curves()
     if not pts:
@@ -218,7 +209,7 @@ def curve_figures(store: Store) -> dict[str, bytes]:
         ax.set_title(f"forgetting curve: {ability}")
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
-        out[f"curve__{ability}.png"] = _png(fig)
+        out[f"curve__{ability}.png"] = png(fig)
     return out
 
 
@@ -229,10 +220,6 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     ``top``: lines shown first (e.g. where the data came from); ``notes``: extra remarks;
     ``laws``: a fit (``fit.json``; by default the one beside the store, if any) for the Laws
     section. The study's predictions (a proposal's) are checked against what was observed."""
-    from sftmix.analysis import lawreport
-    from sftmix.analysis.findings import METHOD, check_claims, check_predictions, finding_sentence, prediction_sentence
-    from sftmix.analysis.lawfit import fit_key, load_fit
-    from sftmix.study.grid import Claim, Prediction
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Uncertainty from data: bootstrap intervals, paired differences, exact McNemar, verdicts.
 
 Every metric is a ratio over items: sum(value) / sum(weight). Held-out loss: value = a sample's
-summed token loss, weight = its token count (the token-weighted mean of ``eval/loss.py``);
+summed token loss, weight = its token count (the token-weighted mean of ``sftmix.supervised.mean_loss``);
 accuracy and pass@1: value 0 or 100 per problem, weight 1; MT-Bench: a judgment's score.
 
 A *group* is one configuration: its runs are replicates over seeds, all measured on the same

@@ -21,6 +21,74 @@ def table(title: str, columns: list[str], rows: list[list]) -> None:
     Console().print(t)
 
 
+def comma_list(text: str) -> list[str]:
+    """argparse type: ``a,b,c`` -> ``["a", "b", "c"]`` (blanks dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _field(model, path: str):
+    """The pydantic field at a dotted path (``judge.model``) of ``model``."""
+    *outer, last = path.split(".")
+    for name in outer:
+        model = model.model_fields[name].annotation
+    return model.model_fields[last]
+
+
+def field_choices(field) -> tuple | None:
+    """The allowed values of a ``Literal`` field (or of a list of them), else None."""
+    import typing
+
+    ann = field.annotation
+    if typing.get_origin(ann) is list:
+        (ann,) = typing.get_args(ann)
+    return typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else None
+
+
+def add_config_flags(parser, model, flags: dict[str, str]) -> None:
+    """One flag per config field (``flags``: dotted field path -> flag): its help, default and
+    choices are the field's own, so the command line and the config file cannot drift apart. An
+    unset flag leaves the field to the config's default (argparse's default is None)."""
+    import typing
+
+    from pydantic_core import PydanticUndefined
+
+    for path, flag in flags.items():
+        f = _field(model, path)
+        kw: dict = {"dest": path.replace(".", "__"), "default": None, "metavar": flag.lstrip("-").upper().replace("-", "_")}
+        default = f.get_default(call_default_factory=True) if f.default is not PydanticUndefined or f.default_factory else None
+        choices = field_choices(f)
+        if typing.get_origin(f.annotation) is list:
+            kw["type"] = comma_list
+            shown = ",".join(map(str, default)) if default else None
+        else:
+            shown = default
+            if choices:
+                kw["choices"] = list(choices)
+                kw.pop("metavar")
+            elif f.annotation is int or f.annotation == (int | None):
+                kw["type"] = positive_int if any(getattr(m, "gt", None) == 0 for m in f.metadata) else int
+        words = f.description or ""
+        if typing.get_origin(f.annotation) is list:
+            words = f"comma-separated{' (' + ', '.join(map(str, choices)) + ')' if choices else ''}" + (f"; {words}" if words else "")
+        kw["help"] = (words + (f" (default: {shown})" if shown is not None else "")).strip() or None
+        parser.add_argument(flag, **kw)
+
+
+def config_values(args, flags: dict[str, str]) -> dict:
+    """The fields given on the command line, as a nested mapping for the config model."""
+    out: dict = {}
+    for path in flags:
+        value = getattr(args, path.replace(".", "__"))
+        if value is None:
+            continue
+        *outer, last = path.split(".")
+        d = out
+        for name in outer:
+            d = d.setdefault(name, {})
+        d[last] = value
+    return out
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse turns the ValueError into a usage error, exit 2)."""
     try:

@@ -105,7 +105,7 @@ def cmd_fit(args) -> None:
 def cmd_propose(args) -> None:
     import yaml
 
-    from sftmix.analysis.propose import propose_k, propose_mixture, proposal_study
+    from sftmix.analysis.propose import proposal_study, propose_k, propose_mixture
     from sftmix.io import atomic_write, write_json
 
     study, runs, out, store = _results(args)
@@ -164,7 +164,7 @@ def cmd_export(args) -> None:
 
     study, runs, out, store = _results(args)
     backfill_data(store, out)
-    ratios, metrics = export_olmix(store, args.olmix)
+    ratios, metrics = export_olmix(store, output_dir(args.olmix, "--olmix"))
     print(f"olmix: {ratios} and {metrics}")
 
 

@@ -218,11 +218,10 @@ def score(problems: list[dict], outputs: list[list[str]], ks=(1,), workers: int 
 def run(generator, template: str, problems: list[dict], wrapper: str = "complete", max_new_tokens: int = 512,
         workers: int = 4, progress: bool = True) -> tuple[dict, list[dict]]:
     """Greedy pass@1 with the chat template (n = 1, as the paper)."""
-    from sftmix.templates import generation_prompt
-
     import sys
 
     from sftmix.eval.sandbox import canary
+    from sftmix.templates import generation_prompt
 
     if wrapper not in WRAPPERS:
         raise SftmixError(f"unknown HumanEval wrapper {wrapper!r}; valid: {', '.join(WRAPPERS)}")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from sftmix.config import EvalConfig, SourceConfig
+from sftmix.data.heldout import heldout
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json, write_jsonl
 from sftmix.provenance import provenance
@@ -120,14 +121,14 @@ def _loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, traini
     """Held-out loss per source. A checkpoint whose training already measured exactly these rows
     the same way at its last step (``heldout_loss.json``, written by the forgetting curve) is not
     measured again: the numbers are the same by construction (tested)."""
-    from sftmix.eval.loss import heldout, heldout_key, mean_loss
     from sftmix.models import load_model, load_tokenizer
+    from sftmix.supervised import HELDOUT_FILE, heldout_key, mean_loss
 
     sets, hows = {}, {}
     for name in cfg.loss_sources:
         sets[name], hows[name] = heldout(name, cfg.loss_samples, cfg.heldout_seed, sources.get(name),
                                          str(data_dir) if data_dir else None)
-    saved = Path(model_path) / "heldout_loss.json"
+    saved = Path(model_path) / HELDOUT_FILE
     measured = {}
     if saved.exists():
         doc = read_json(saved)

@@ -13,10 +13,10 @@ import math
 import time
 from pathlib import Path
 
-from sftmix.config import load_config
+from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
-from sftmix.study.grid import PlannedRun, StudyConfig, expand
 from sftmix.study import worker
+from sftmix.study.grid import PlannedRun, expand
 from sftmix.study.store import Store
 
 

@@ -16,22 +16,25 @@ supervised tokens in the whole (accumulated, all-process) batch: FastChat/HF tok
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
-from sftmix.eval.loss import SelectSupervised
 from sftmix.io import read_json, write_json
-from sftmix.provenance import provenance
 from sftmix.models import cache_dir, load_model, load_tokenizer
+from sftmix.provenance import provenance
+from sftmix.supervised import HELDOUT_FILE, SelectSupervised, heldout_key
+from sftmix.train.checkpoints import last_complete_checkpoint
+from sftmix.train.curve import CurveSpec, HeldoutCurve, curve_points
 from sftmix.train.tokenize import Collator, tokenize_mixture
 
 
@@ -98,104 +101,12 @@ class StageTrainer(Trainer):
         super().log(logs, start_time)
 
 
-@dataclass
-class CurveSpec:
-    """What a stage measures for the forgetting curves: held-out rows per ability, how they are
-    rendered (as ``sftmix.eval.loss``), how many points between the stage's start and end, and
-    where the stage starts on the run's cumulative axes (optimizer steps, real tokens)."""
-
-    sets: dict[str, list]
-    template: str
-    max_length: int
-    batch_size: int
-    points: int
-    run_step: int = 0
-    run_tokens: int = 0
-    start: dict | None = None  # the previous stage's last point: the same weights, so not measured again
-    cache_key: str | None = None  # a first stage's start point is the base model's: measured once per key
-
-
-CURVE_KEY = "heldout_loss/"
-HELDOUT_FILE = "heldout_loss.json"
-
-
-class HeldoutCurve(TrainerCallback):
-    """Held-out loss of every ability at the stage's start, at ``points`` evenly spaced optimizer
-    steps, and at its end, logged through ``Trainer.log`` (so the points live in the trainer
-    state's log history, are saved in checkpoints and survive a resume).
-
-    It calls ``sftmix.eval.loss.mean_loss``, the final evaluation's own function, on the same rows:
-    the last point of the last stage is the run's final held-out loss. (``Trainer.evaluate`` with
-    a dict of eval sets would average per-batch means weighted by batch size, not per token, and
-    so would not match that number.)
-    """
-
-    def __init__(self, spec: CurveSpec, trainer: StageTrainer, tokenizer):
-        self.spec, self.trainer, self.tokenizer = spec, trainer, tokenizer
-        self.logged_at: set[int] = set()
-        self.last: dict | None = None  # full results (per sample too) of the latest measurement
-        self.last_step = -1
-
-    def final_results(self, state) -> dict | None:
-        """The measurement at the stage's last step, as ``sftmix.eval.loss`` results: saved with
-        the checkpoint so that its final evaluation need not measure the same rows again."""
-        return self.last if self.last is not None and self.last_step == state.global_step else None
-
-    def measure(self, state, known: dict | None = None) -> None:
-        from sftmix.eval.loss import mean_loss
-
-        if state.global_step in self.logged_at:
-            return
-        self.logged_at.add(state.global_step)
-        if known is None:
-            self.last = {name: mean_loss(self.trainer.model, self.tokenizer, convs, self.spec.template, self.spec.max_length,
-                                         self.spec.batch_size) for name, convs in self.spec.sets.items()}
-            self.last_step = state.global_step
-            known = {name: m["loss"] for name, m in self.last.items()}
-        logs = {CURVE_KEY + name: v for name, v in known.items()}
-        logs["run_step"] = self.spec.run_step + state.global_step
-        logs["run_tokens"] = self.spec.run_tokens + self.trainer._real_tokens
-        self.trainer.log(logs)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.logged_at |= {h["step"] for h in state.log_history if any(k.startswith(CURVE_KEY) for k in h)}
-        if state.global_step:  # resumed: carry the token count on from the last log before the checkpoint
-            self.trainer._real_tokens = max((h.get("real_tokens", 0) for h in state.log_history), default=0)
-            return
-        if self.spec.start is not None and set(self.spec.start) == set(self.spec.sets):
-            return self.measure(state, self.spec.start)
-        cache = cache_dir() / "curves" / f"{self.spec.cache_key}.json" if self.spec.cache_key else None
-        if cache is not None and cache.exists():
-            return self.measure(state, read_json(cache))
-        self.measure(state)
-        if cache is not None and state.is_world_process_zero:
-            point = curve_points(state.log_history, "")[-1]["loss"]
-            write_json(cache, point)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        every = max(1, -(-state.max_steps // (self.spec.points + 1)))
-        if self.spec.points and state.global_step % every == 0 and state.global_step < state.max_steps:
-            self.measure(state)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.measure(state)
-
-
-def curve_points(log_history: list[dict], stage: str) -> list[dict]:
-    """The curve points of a stage's log history: stage, step, run_step, run_tokens, loss per ability."""
-    return [{"stage": stage, "step": h["step"], "run_step": h["run_step"], "run_tokens": h["run_tokens"],
-             "loss": {k[len(CURVE_KEY):]: v for k, v in h.items() if k.startswith(CURVE_KEY)}}
-            for h in log_history if any(k.startswith(CURVE_KEY) for k in h)]
-
-
 def read_meta(final: Path) -> dict:
     """A finished stage's ``meta.json``."""
     return read_json(Path(final) / "meta.json")
 
 
 def _report_to(wanted: list[str]) -> list[str]:
-    import importlib.util
-
     modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
     return [w for w in wanted if importlib.util.find_spec(modules.get(w, w)) is not None]
 
@@ -232,63 +143,6 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
-
-
-def checkpoint_complete(folder: Path) -> bool:
-    """Whether a ``checkpoint-N`` folder was written to the end.
-
-    ``Trainer`` writes a checkpoint in place: weights, then optimizer, scheduler and RNG state,
-    then ``trainer_state.json``, then it deletes older checkpoints. A kill in between leaves a
-    folder that ``get_last_checkpoint`` would still pick (it only looks at the number). Complete
-    means: ``trainer_state.json`` and ``config.json`` parse, the optimizer state exists, and every
-    safetensors file is as long as its header says.
-    """
-    import json
-    import struct
-
-    try:
-        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-        json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        # LoRA checkpoints hold an adapter config instead of config.json
-        if not (folder / "adapter_config.json").exists() or not (folder / "trainer_state.json").exists():
-            return False
-    if not (folder / "optimizer.pt").exists():
-        return False
-    weights = list(folder.glob("*.safetensors"))
-    if not weights:
-        return False
-    for w in weights:
-        try:
-            with open(w, "rb") as f:
-                n = struct.unpack("<Q", f.read(8))[0]
-                header = json.loads(f.read(n))
-        except (OSError, ValueError, struct.error):
-            return False
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if w.stat().st_size < 8 + n + end:
-            return False
-    return True
-
-
-def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest complete checkpoint; incomplete ones (a kill during a save) are removed so that
-    later saves and rotation never meet their leftovers."""
-    import re
-    import shutil
-
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
-                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
-    best = None
-    for _, folder in found:
-        if checkpoint_complete(folder):
-            best = folder
-    for _, folder in found:
-        if folder != best and not checkpoint_complete(folder):
-            shutil.rmtree(folder, ignore_errors=True)
-    return str(best) if best else None
 
 
 def stage_done(out_dir: Path) -> bool:
@@ -355,6 +209,8 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     state.wait_for_everyone()
     if not state.is_main_process:
         resume = last_complete_checkpoint(ckpt_dir)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
@@ -365,8 +221,6 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
         # final evaluation measures the saved weights itself.
         measured = curve_cb.final_results(trainer.state) if curve_cb and settings.lora is None else None
         if measured:
-            from sftmix.eval.loss import heldout_key
-
             write_json(final / HELDOUT_FILE, {"key": heldout_key(curve.sets, template, curve.max_length, curve.batch_size),
                                               "results": measured})
         meta = {
@@ -379,6 +233,11 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "processes": state.num_processes,
             "distributed_type": str(trainer.accelerator.distributed_type.value),
             "bf16": args.bf16,
+            # what the trained model was, observed rather than asked for: with LoRA only the
+            # adapter is trainable; gradient checkpointing as the Trainer turned it on
+            "trainable_params": trainable,
+            "total_params": total,
+            "gradient_checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing", False)),
             "manifest": composed.manifest,
             "tokenize": tok_stats,
             "parent": parent,
@@ -395,8 +254,6 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
         }
         write_json(final / "meta.json", meta)  # written last: its presence marks the stage done
         if not settings.keep_checkpoints:
-            import shutil
-
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # resume state (with optimizer) is no longer needed
     state.wait_for_everyone()
     return final

@@ -6,13 +6,29 @@ stage starts from the previous stage's final checkpoint. DMT with k = 0 is mixed
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from sftmix.config import MixtureConfig, PartConfig, RunConfig, StageConfig, StrategyConfig, TrainSettings
-from sftmix.data.compose import Composed, compose, read_composed, write_composed
+from sftmix.config import (
+    MixtureConfig,
+    PartConfig,
+    RunConfig,
+    StageConfig,
+    StrategyConfig,
+    TrainSettings,
+    validate,
+)
+from sftmix.data.compose import (
+    Composed,
+    check_mixtures,
+    compose,
+    read_composed,
+    write_composed,
+)
+from sftmix.data.heldout import has_test_split, heldout
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError
-from sftmix.io import stable_hash
+from sftmix.io import read_json, stable_hash
 
 
 def _part(source: str, fraction) -> PartConfig:
@@ -78,8 +94,6 @@ def stages_from_strategy(st: StrategyConfig) -> list[StageConfig]:
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
     """The stages of a run, checked as a whole before any work: sources, replays, settings."""
-    from sftmix.data.compose import check_mixtures
-
     stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
     check_mixtures([st.mixture for st in stages], cfg.sources, where="stages")
     for st in stages:
@@ -88,10 +102,12 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
 
 
 def stage_settings(cfg: RunConfig, stage: StageConfig) -> TrainSettings:
-    from sftmix.config import validate
-
     merged = {**cfg.train.model_dump(), **stage.train}
-    return validate(TrainSettings, merged, f"stage {stage.name!r} train")
+    s = validate(TrainSettings, merged, f"stage {stage.name!r} train")
+    if s.batch_size % s.per_device_batch_size:  # the number of processes is checked when training starts
+        raise SftmixError(f"stage {stage.name!r}: train.batch_size = {s.batch_size} is not a multiple of per_device_batch_size "
+                          f"({s.per_device_batch_size})")
+    return s
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -107,15 +123,16 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     skipped and an interrupted stage resumes, so rerunning is always safe.
     """
     from sftmix.models import resolve_model
-    from sftmix.train.stage import CurveSpec, read_meta, train_stage
-    from sftmix.eval.loss import heldout_key
+    from sftmix.supervised import heldout_key
+    from sftmix.train.curve import CurveSpec
+    from sftmix.train.stage import read_meta, train_stage
 
     stages = plan(cfg)
+    checkpoint = resolve_model(cfg.model)  # a model that is not there fails before any data is read
     out = run_dir(cfg)
     pools: dict[str, Pool] = {}
     composed: dict[str, Composed] = {}
     heldout_sets = curve_sets(cfg, pools) if "loss" in cfg.eval.tasks and cfg.eval.curve else {}
-    checkpoint = resolve_model(cfg.model)
     parent, offset, meta = None, {"run_step": 0, "run_tokens": 0}, {}
     for i, stage in enumerate(stages):
         stage_dir = out / f"stage{i + 1}_{stage.name}"
@@ -148,10 +165,6 @@ def curve_sets(cfg: RunConfig, pools: dict[str, Pool]) -> dict[str, list]:
     """The held-out rows of every loss source, as the final evaluation picks them (same seed,
     same rule), so that a curve's last point is the final held-out loss. A source that cannot be
     loaded is left out of the curves with a warning (the final evaluation reports it)."""
-    import sys
-
-    from sftmix.eval.loss import heldout
-
     sets = {}
     for name in cfg.eval.loss_sources:
         try:
@@ -165,8 +178,6 @@ def curve_sets(cfg: RunConfig, pools: dict[str, Pool]) -> dict[str, list]:
 def _pool(cfg: RunConfig, name: str, pools: dict, exclude: bool = True) -> Pool | None:
     """A source's pool, loaded once. For training (``exclude``) the held-out rows of a loss
     source without a test split are removed, so no run trains on the rows it is measured on."""
-    from sftmix.eval.loss import has_test_split, heldout
-
     key = (name, exclude)
     if key not in pools:
         if not exclude:
@@ -206,8 +217,6 @@ def run_id(cfg: RunConfig) -> str:
 
 def training_ids(cfg: RunConfig) -> set[str]:
     """Ids of every row any stage of the run trained on (from the stages' manifests)."""
-    from sftmix.io import read_json
-
     ids: set[str] = set()
     for m in run_dir(cfg).glob("stage*/data/manifest.json"):
         for part in read_json(m)["parts"]:

@@ -18,12 +18,7 @@ import torch
 
 from sftmix.data.records import Conversation
 from sftmix.io import read_json, stable_hash, write_json
-from sftmix.templates import IGNORE, MaskError, tokenize_with_mask
-
-
-# Bumped whenever the rendering or masking rules change, so that no cache built under the old
-# rules is reused (2: the separator space before a reply is supervised, as FastChat does).
-MASK_VERSION = 2
+from sftmix.templates import IGNORE, MASK_VERSION, MaskError, tokenize_with_mask
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -1,8 +1,5 @@
-"""Typed configuration: the single source of truth for YAML keys, defaults and their meaning.
-
-Every config file is YAML mapped onto these pydantic models. A validation error names the file,
-the field path, the value given and what was expected (``load_config``).
-"""
+"""Run configuration: data sources, mixtures, training, evaluation and the run as a whole; the
+data compose file. Defaults and field descriptions here are what the CLI shows."""
 
 from __future__ import annotations
 
@@ -12,7 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from sftmix.errors import SftmixError
 
@@ -200,19 +204,21 @@ class EvalConfig(Strict):
     tasks: list[Literal["gsm8k", "humaneval", "mtbench", "loss"]] = Field(default_factory=lambda: ["loss"], min_length=1)
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
     data_dir: str | None = Field(None, description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
-    backend: Literal["auto", "hf", "vllm"] = "auto"
-    batch_size: int = Field(8, gt=0)
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="generation engine; auto: vLLM on a GPU when installed, else transformers")
+    batch_size: int = Field(8, gt=0, description="prompts generated (or held-out rows scored) per batch")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="generation weights; bfloat16 is about 2x faster on CPUs with AMX "
                                                   "but greedy outputs then depend on the batch composition")
     gsm8k_max_new_tokens: int = Field(512, gt=0)
     humaneval_max_new_tokens: int = Field(512, gt=0)
-    humaneval_wrapper: Literal["complete", "raw"] = "complete"
+    humaneval_wrapper: Literal["complete", "raw"] = Field("complete", description="HumanEval user turn: complete = 'Complete the following "
+                                                          "python code:' + the prompt; raw = the prompt alone")
     humaneval_workers: int = Field(4, gt=0)
     mtbench_max_new_tokens: int = Field(1024, gt=0)
     mtbench_repeats: int = Field(1, gt=0, description="full repeats of generation and judging (the paper: 3)")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"], min_length=1)
-    loss_samples: int = Field(64, gt=0)
+    loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"], min_length=1,
+                                    description="sources whose held-out rows the loss task scores")
+    loss_samples: int = Field(64, gt=0, description="held-out rows per loss source")
     loss_max_length: int = Field(512, gt=8)
     heldout_seed: int = Field(0, description="seed choosing the held-out rows of sources without a test split; fixed across "
                               "runs and replicates so that they are measured on the same rows (paired comparisons)")

@@ -1,12 +1,9 @@
-"""Held-out loss per ability: mean assistant-token loss (the training masks) on held-out rows.
+"""Loss on the supervised (assistant) tokens, shared by training and evaluation from below both.
 
-Cheap and deterministic, so the demo and forgetting curves can use it where generation is slow.
-Held-out rows of a source: its ``test`` split when one exists (GSM8K, generated sources);
-otherwise the *last* ``n`` rows of the pool's sampling order under ``heldout_seed`` (0 by
-default, whatever the run's seed, so that every run and every replicate of a study is measured on
-the same rows and runs can be compared pairwise). Training excludes those rows from its pools
-(``sftmix.train.strategies``), and the overlap with the run's manifests is still reported
-(``overlap_with_training``) rather than assumed.
+Training's loss and the held-out loss evaluation compute logits only at supervised positions
+(``SelectSupervised``); the forgetting curves measured during training and the final evaluation
+call the same ``mean_loss`` on the same rows, and ``heldout_key`` names such a measurement so
+that one can stand for the other.
 
 ``mean_loss`` returns the token-weighted mean and, per sample, the summed token loss and the
 token count, from which intervals and paired differences are computed (``sftmix.analysis.stats``).
@@ -19,30 +16,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sftmix.config import SourceConfig
-from sftmix.data.compose import sampling_order
 from sftmix.data.records import Conversation
-from sftmix.data.sources import BUILTINS, load_pool
-from sftmix.templates import IGNORE, MaskError, tokenize_with_mask
+from sftmix.io import stable_hash
+from sftmix.templates import IGNORE, MASK_VERSION, MaskError, tokenize_with_mask
 
-HAS_TEST_SPLIT = ("gsm8k", "generated_math", "generated_code")
-
-
-def has_test_split(name: str, cfg: SourceConfig | None) -> bool:
-    cfg = cfg or SourceConfig()
-    return (cfg.builtin or (name if name in BUILTINS else None)) in HAS_TEST_SPLIT
-
-
-def heldout(name: str, n: int, seed: int, cfg: SourceConfig | None, data_dir: str | None, pool=None) -> tuple[list[Conversation], str]:
-    """``n`` held-out conversations of a source and how they were chosen (``seed``: the held-out
-    seed, not the run's). ``pool``: the source's already loaded train pool, if any."""
-    cfg = cfg or SourceConfig()
-    if has_test_split(name, cfg):
-        test = load_pool(name, cfg.model_copy(update={"split": "test", "limit": None}), data_dir)
-        return sampling_order(test.conversations, seed)[:n], "test split"
-    pool = pool or load_pool(name, cfg, data_dir)
-    return sampling_order(pool.conversations, seed)[-n:], "tail of the train pool's sampling order"
-
+# A trained checkpoint's held-out loss at its last step, written by the forgetting curve and
+# reused by the final evaluation when its key matches.
+HELDOUT_FILE = "heldout_loss.json"
 
 # Part of every key under which a held-out measurement is reused: 2 = measured through the
 # model's own forward, never through a trainer's mixed-precision autocast (see plain_forward).
@@ -51,9 +31,6 @@ LOSS_VERSION = 2
 
 def heldout_key(sets: dict[str, list[Conversation]], template: str, max_length: int, batch_size: int) -> str:
     """Identity of a held-out measurement: the rows per source and how they were scored."""
-    from sftmix.io import stable_hash
-    from sftmix.train.tokenize import MASK_VERSION
-
     rows = {n: [c.id for c in v] for n, v in sorted(sets.items())}
     return stable_hash([rows, template, max_length, batch_size, MASK_VERSION, LOSS_VERSION], 24)
 

@@ -1,0 +1,34 @@
+"""Typed configuration, all in one place: the single source of truth for YAML keys, defaults and
+their meaning. ``run``: a run (data, strategy, training, evaluation) and the data compose file;
+``study``: study files (grid, claims, predictions); ``executor``: where runs execute and what one
+needs. Every config file is YAML mapped onto these pydantic models; a validation error names the
+file, the field path, the value given and what was expected (``load_config``)."""
+
+from sftmix.config.executor import ExecutorConfig, Resources, minutes
+from sftmix.config.run import (
+                               STRATEGIES,
+                               CleanConfig,
+                               DataConfig,
+                               EvalConfig,
+                               JudgeConfig,
+                               LoraConfig,
+                               MixtureConfig,
+                               PartConfig,
+                               RunConfig,
+                               SourceConfig,
+                               StageConfig,
+                               StrategyConfig,
+                               Strict,
+                               TrainSettings,
+                               apply_overrides,
+                               format_validation_error,
+                               load_config,
+                               read_yaml,
+                               validate,
+)
+from sftmix.config.study import Claim, Prediction, StudyConfig
+
+__all__ = ["STRATEGIES", "Claim", "CleanConfig", "DataConfig", "EvalConfig", "ExecutorConfig", "JudgeConfig", "LoraConfig",
+           "MixtureConfig", "PartConfig", "Prediction", "Resources", "RunConfig", "SourceConfig", "StageConfig", "StrategyConfig",
+           "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "format_validation_error", "load_config", "minutes",
+           "read_yaml", "validate"]

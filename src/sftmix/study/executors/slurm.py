@@ -1,0 +1,211 @@
+"""Runs as Slurm jobs through submitit. Each run is a job with the study's resources; a job that
+is preempted or reaches its time limit is requeued by submitit and resumes from its last
+checkpoint (the stage trainer resumes); a run over several GPUs or nodes trains through
+``accelerate launch`` started once per node. Whether a job is still queued or has ended is asked
+of ``squeue``, not of ``sacct`` as submitit does: ``sacct`` needs an accounting database that many
+clusters lack, and a job that died without a result would be waited for forever."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from sftmix.config import Resources, minutes
+from sftmix.errors import SftmixError
+from sftmix.io import read_json, write_json
+from sftmix.study import worker
+from sftmix.study.executors.local import Executor, Handle
+
+
+class Job:
+    """What a Slurm (or submitit local) job runs: one run; requeued on preemption or timeout."""
+
+    def __init__(self, config: dict, run_out: str, cpus: int, gpus: int, nodes: int):
+        self.config, self.run_out, self.cpus, self.gpus, self.nodes = config, run_out, cpus, gpus, nodes
+        self.cwd = os.getcwd()
+
+    def __call__(self) -> str:
+        launcher = None
+        rank = 0
+        if self.gpus > 1 or self.nodes > 1:
+            import submitit
+
+            env = submitit.JobEnvironment()
+            rank = env.global_rank
+            main = env.hostnames[0] if env.hostnames else "localhost"
+            launcher = worker.launch_command(self.gpus, self.nodes, env.node, main)
+        os.chdir(self.cwd)
+        if rank != 0:  # the other nodes only train: their launcher joins rank 0's
+            from sftmix.config import RunConfig
+
+            cfg = RunConfig.model_validate({**self.config, "output_dir": self.run_out})
+            worker._train(cfg, Path(self.run_out), launcher, False)
+            return "trained"
+        return worker.execute(self.config, self.run_out, self.cpus, False, launcher)
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on preemption or timeout: requeue the same job; it resumes."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+class SubmititExecutor(Executor):
+    name = "slurm"
+    QUEUE_POLL_S = 10.0
+
+    def __init__(self, resources: Resources, progress: bool = True, folder: Path = Path("jobs"), local: bool = False):
+        super().__init__(resources, progress)
+        self.folder = Path(folder)
+        self.local = local
+        if local:
+            self.name = "slurm-local"
+        self._last_poll = float("-inf")
+        self._missing: dict[str, int] = {}
+
+    def check(self) -> None:
+        try:
+            import submitit
+        except ImportError:
+            raise SftmixError("executor slurm needs submitit: pip install 'sftmix[slurm]'") from None
+        if self.local:
+            super().check()
+        else:
+            if shutil.which("sbatch") is None:
+                raise SftmixError("executor slurm: no `sbatch` on this machine (use slurm-local to run the same jobs "
+                                  "as local processes)")
+        self.ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster="local" if self.local else "slurm")
+        params = {"timeout_min": minutes(self.resources.time), "cpus_per_task": self.resources.cpus,
+                  "nodes": self.resources.nodes, "tasks_per_node": 1, "name": "sftmix"}
+        if self.resources.gpus:
+            params["gpus_per_node"] = self.resources.gpus
+        if not self.local:
+            if self.resources.partition:
+                params["slurm_partition"] = self.resources.partition
+            params.update({k if k.startswith("slurm_") else f"slurm_{k}": v for k, v in self.resources.slurm.items()})
+        if self.local:
+            params = {k: v for k, v in params.items() if k in ("timeout_min", "cpus_per_task", "gpus_per_node", "nodes",
+                                                                "tasks_per_node", "name")}
+            params.pop("nodes", None)
+        try:
+            self.ex.update_parameters(**params)
+        except (NameError, ValueError, TypeError) as e:  # submitit names the parameter it does not know
+            raise SftmixError(f"resources.slurm: {str(e)[:600]}") from None
+
+    @property
+    def parallel(self) -> int:
+        if self.resources.parallel:
+            return self.resources.parallel
+        return max(1, (os.cpu_count() or 1) // self.resources.cpus) if self.local else 10_000
+
+    def submit(self, run_id: str, config: dict, run_out: Path) -> Handle:
+        r = self.resources
+        try:
+            job = self.ex.submit(Job(config, str(run_out), r.cpus, r.gpus, r.nodes))
+        except Exception as e:  # noqa: BLE001 - sbatch refused the job (partition, account, time, gres): its words
+            said = str(e).strip().splitlines()
+            raise SftmixError(f"{self.name}: the job for run {run_id} was refused: "
+                              + " | ".join(line.strip() for line in said[-4:] if line.strip())) from None
+        write_json(run_out / worker.JOB, {"executor": self.name, "job_id": str(job.job_id), "folder": str(self.folder),
+                                          "submitted": time.time()})
+        return Handle(run_id, run_out, job)
+
+    def finished(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, str | None]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = []
+            for h in handles:
+                if h.ref.done():
+                    try:
+                        h.ref.result()
+                        out.append((h, None))
+                    except Exception as e:  # noqa: BLE001 - the job failed outside the worker: recorded by the driver
+                        out.append((h, f"{self.name} job {h.ref.job_id} failed: {str(e)[-500:]}"))
+            if not out and not self.local:
+                out = self._left_the_queue(handles)
+            if out or time.monotonic() > deadline:
+                return out
+            time.sleep(0.5)
+
+    def _left_the_queue(self, handles: list[Handle]) -> list[tuple[Handle, str | None]]:
+        """Jobs that are no longer in Slurm's queue but left no result: cancelled, killed by a
+        node failure or the OOM killer before submitit could write one. submitit learns a job's
+        end from ``sacct``, which needs Slurm's accounting database; many clusters have none, and
+        its jobs would then be waited for forever. ``squeue`` is asked instead, every
+        ``QUEUE_POLL_S``, and a job must be missing twice in a row (a result file may still be
+        on its way through a network file system)."""
+        now = time.monotonic()
+        if now - self._last_poll < self.QUEUE_POLL_S:
+            return []
+        self._last_poll = now
+        out = []
+        for h in handles:
+            try:
+                state = slurm_queue_state(str(h.ref.job_id))
+            except SftmixError:
+                continue  # the controller did not answer: ask again later
+            if state in ACTIVE_STATES:
+                self._missing.pop(h.run_id, None)
+                continue
+            self._missing[h.run_id] = self._missing.get(h.run_id, 0) + 1
+            if self._missing[h.run_id] < 2 or h.ref.done():
+                continue
+            if (h.run_out / worker.DONE).exists():
+                out.append((h, None))  # the worker finished; only submitit's own result is missing
+                continue
+            log = h.ref.stderr() or ""
+            tail = "\n".join(log.strip().splitlines()[-5:])
+            out.append((h, f"slurm job {h.ref.job_id} left the queue ({state or 'gone'}) without a result"
+                           + (f"; its stderr ends:\n{tail}" if tail else "")))
+        return out
+
+    def describe(self) -> str:
+        return f"{self.name} (jobs in {self.folder})"
+
+
+# squeue's states of a job that has not ended (a requeued job passes through several of them)
+ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "REQUEUED",
+                           "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT",
+                           "RESV_DEL_HOLD"})
+
+
+def slurm_queue_state(job_id: str) -> str | None:
+    """The job's state in Slurm's queue, from ``squeue`` (which works without an accounting
+    database, unlike ``sacct``); None once the job has left the queue. Raises SftmixError when
+    Slurm cannot be asked."""
+    if shutil.which("squeue") is None:
+        raise SftmixError("no `squeue` on this machine")
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SftmixError(f"squeue failed: {e}") from None
+    if r.returncode != 0:
+        if "invalid job id" in r.stderr.lower():
+            return None  # already purged from the controller's memory
+        raise SftmixError(f"squeue failed: {r.stderr.strip()[-300:]}")
+    states = r.stdout.split()
+    return next((st for st in states if st in ACTIVE_STATES), states[0] if states else None)
+
+
+def queued_job(run_out: Path) -> dict | None:
+    """The Slurm job a run was submitted as (``job.json``), if it is still queued or running.
+
+    When this machine has Slurm but its controller does not answer, the job counts as queued
+    (state ``UNKNOWN``): the driver waits and asks again rather than submit the run a second time.
+    Without Slurm here (a study folder copied elsewhere) it does not."""
+    path = Path(run_out) / worker.JOB
+    if not path.exists():
+        return None
+    info = read_json(path)
+    if info.get("executor") != "slurm":
+        return None
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        state = slurm_queue_state(info["job_id"])
+    except SftmixError as e:
+        return {**info, "state": "UNKNOWN", "why": str(e)}
+    return {**info, "state": state} if state in ACTIVE_STATES else None

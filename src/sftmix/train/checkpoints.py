@@ -1,0 +1,60 @@
+"""Checkpoints of a stage: which are complete, and the newest to resume from."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """Whether a ``checkpoint-N`` folder was written to the end.
+
+    ``Trainer`` writes a checkpoint in place: weights, then optimizer, scheduler and RNG state,
+    then ``trainer_state.json``, then it deletes older checkpoints. A kill in between leaves a
+    folder that ``get_last_checkpoint`` would still pick (it only looks at the number). Complete
+    means: ``trainer_state.json`` and ``config.json`` parse, the optimizer state exists, and every
+    safetensors file is as long as its header says.
+    """
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        # LoRA checkpoints hold an adapter config instead of config.json
+        if not (folder / "adapter_config.json").exists() or not (folder / "trainer_state.json").exists():
+            return False
+    if not (folder / "optimizer.pt").exists():
+        return False
+    weights = list(folder.glob("*.safetensors"))
+    if not weights:
+        return False
+    for w in weights:
+        try:
+            with open(w, "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(n))
+        except (OSError, ValueError, struct.error):
+            return False
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if w.stat().st_size < 8 + n + end:
+            return False
+    return True
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint; incomplete ones (a kill during a save) are removed so that
+    later saves and rotation never meet their leftovers."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    best = None
+    for _, folder in found:
+        if checkpoint_complete(folder):
+            best = folder
+    for _, folder in found:
+        if folder != best and not checkpoint_complete(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+    return str(best) if best else None

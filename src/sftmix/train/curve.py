@@ -1,0 +1,104 @@
+"""Forgetting curves: held-out loss of every ability measured during a stage, through the
+trainer's own log (so the points are saved in checkpoints and survive a resume)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import TrainerCallback
+
+from sftmix.io import read_json, write_json
+from sftmix.models import cache_dir
+from sftmix.supervised import mean_loss
+
+
+@dataclass
+class CurveSpec:
+    """What a stage measures for the forgetting curves: held-out rows per ability, how they are
+    rendered (as the final held-out evaluation renders them), how many points between the stage's start and end, and
+    where the stage starts on the run's cumulative axes (optimizer steps, real tokens)."""
+
+    sets: dict[str, list]
+    template: str
+    max_length: int
+    batch_size: int
+    points: int
+    run_step: int = 0
+    run_tokens: int = 0
+    start: dict | None = None  # the previous stage's last point: the same weights, so not measured again
+    cache_key: str | None = None  # a first stage's start point is the base model's: measured once per key
+
+
+CURVE_KEY = "heldout_loss/"
+
+
+class HeldoutCurve(TrainerCallback):
+    """Held-out loss of every ability at the stage's start, at ``points`` evenly spaced optimizer
+    steps, and at its end, logged through ``Trainer.log`` (so the points live in the trainer
+    state's log history, are saved in checkpoints and survive a resume).
+
+    It calls ``sftmix.supervised.mean_loss``, the final evaluation's own function, on the same rows:
+    the last point of the last stage is the run's final held-out loss. (``Trainer.evaluate`` with
+    a dict of eval sets would average per-batch means weighted by batch size, not per token, and
+    so would not match that number.)
+    """
+
+    def __init__(self, spec: CurveSpec, trainer, tokenizer):
+        self.spec, self.trainer, self.tokenizer = spec, trainer, tokenizer
+        self.logged_at: set[int] = set()
+        self.last: dict | None = None  # full results (per sample too) of the latest measurement
+        self.last_step = -1
+
+    def final_results(self, state) -> dict | None:
+        """The measurement at the stage's last step, as ``mean_loss`` results: saved with
+        the checkpoint so that its final evaluation need not measure the same rows again."""
+        return self.last if self.last is not None and self.last_step == state.global_step else None
+
+    def measure(self, state, known: dict | None = None) -> None:
+        if state.global_step in self.logged_at:
+            return
+        self.logged_at.add(state.global_step)
+        if known is None:
+            self.last = {name: mean_loss(self.trainer.model, self.tokenizer, convs, self.spec.template, self.spec.max_length,
+                                         self.spec.batch_size) for name, convs in self.spec.sets.items()}
+            self.last_step = state.global_step
+            known = {name: m["loss"] for name, m in self.last.items()}
+        logs = {CURVE_KEY + name: v for name, v in known.items()}
+        logs["run_step"] = self.spec.run_step + state.global_step
+        logs["run_tokens"] = self.spec.run_tokens + self.trainer._real_tokens
+        # Trainer.log ends in on_log, which clears control.should_log: measured at the end of a
+        # step, the point would swallow that step's training-loss log (its loss then merged into
+        # the next step's). Keep the flag as it was.
+        should_log = self.trainer.control.should_log
+        self.trainer.log(logs)
+        self.trainer.control.should_log = should_log
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.logged_at |= {h["step"] for h in state.log_history if any(k.startswith(CURVE_KEY) for k in h)}
+        if state.global_step:  # resumed: carry the token count on from the last log before the checkpoint
+            self.trainer._real_tokens = max((h.get("real_tokens", 0) for h in state.log_history), default=0)
+            return
+        if self.spec.start is not None and set(self.spec.start) == set(self.spec.sets):
+            return self.measure(state, self.spec.start)
+        cache = cache_dir() / "curves" / f"{self.spec.cache_key}.json" if self.spec.cache_key else None
+        if cache is not None and cache.exists():
+            return self.measure(state, read_json(cache))
+        self.measure(state)
+        if cache is not None and state.is_world_process_zero:
+            point = curve_points(state.log_history, "")[-1]["loss"]
+            write_json(cache, point)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = max(1, -(-state.max_steps // (self.spec.points + 1)))
+        if self.spec.points and state.global_step % every == 0 and state.global_step < state.max_steps:
+            self.measure(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.measure(state)
+
+
+def curve_points(log_history: list[dict], stage: str) -> list[dict]:
+    """The curve points of a stage's log history: stage, step, run_step, run_tokens, loss per ability."""
+    return [{"stage": stage, "step": h["step"], "run_step": h["run_step"], "run_tokens": h["run_tokens"],
+             "loss": {k[len(CURVE_KEY):]: v for k, v in h.items() if k.startswith(CURVE_KEY)}}
+            for h in log_history if any(k.startswith(CURVE_KEY) for k in h)]
