@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from helpers import TINY_TRAIN
 
+from helpers import TINY_TRAIN
 from sftmix.config import StudyConfig
 from sftmix.study.grid import expand
 from sftmix.study.store import Store

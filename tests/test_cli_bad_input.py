@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN
 
+from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN
 from sftmix.cli import main
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(5)]

@@ -195,3 +195,14 @@ def test_interrupted_compose_leaves_no_manifest(tmp_path, target):
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_composed(out).manifest["total"] == 2000 and not list(out.glob("*.tmp"))
+
+
+def test_manifest_is_the_same_whether_composed_now_or_read_back(tmp_path):
+    from sftmix.config import MixtureConfig, PartConfig
+    from sftmix.data.compose import compose, read_composed, write_composed
+    from sftmix.data.sources import load_pool
+
+    pools = {"generated_math": load_pool("generated_math", None)}
+    c = compose(MixtureConfig(name="m", parts=[PartConfig(source="generated_math", count=10)]), pools, 0)
+    write_composed(c, tmp_path / "m")
+    assert read_composed(tmp_path / "m").manifest == c.manifest

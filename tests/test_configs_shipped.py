@@ -1,6 +1,6 @@
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from sftmix.config import DataConfig, RunConfig, load_config
 
 

@@ -108,7 +108,6 @@ def test_instag_reply_parsing():
 
 def test_llm_tagger_against_loopback_openai_server():
     from openai_server import OpenAIServer
-
     from sftmix.data.tag import LLMTagger, apply_tags
 
     def reply(body):

@@ -2,8 +2,8 @@ import gzip
 import json
 
 import pytest
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from sftmix.config import SourceConfig
 from sftmix.data.formats import FORMATS, RowError, iter_json_array_salvage, read_rows
 from sftmix.data.records import Conversation, content_id

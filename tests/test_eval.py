@@ -1,8 +1,8 @@
 """Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
 
 import pytest
-from openai_server import OpenAIServer as JudgeServer
 
+from openai_server import OpenAIServer as JudgeServer
 from sftmix.errors import SftmixError
 from sftmix.eval import gsm8k, humaneval, mtbench
 from sftmix.eval.sandbox import run_program
@@ -155,7 +155,6 @@ def test_eval_cli_unknown_task_and_missing_key(tmp_path, monkeypatch):
 
 def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
     from helpers import tiny_run
-
     from sftmix.config import EvalConfig
     from sftmix.eval.runner import evaluate
     from sftmix.models import resolve_model

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 
+from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix.analysis import stats
 
 LOSS_EVAL = {"tasks": ["loss"], "loss_sources": ["generated_code", "generated_math", "sharegpt"], "loss_samples": 12,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from lawsynth import (
     ABILITIES,
     DESIGN,
@@ -24,7 +25,6 @@ from lawsynth import (
     joint_truth,
     mixture_study,
 )
-
 from sftmix.analysis import stats
 from sftmix.analysis.laws import LAWS, Target, bootstrap, fit, fit_target
 from sftmix.cli import main

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import yaml
-from helpers import TINY_TRAIN
 
+from helpers import TINY_TRAIN
 from sftmix.cli import main
 
 # training pools: the sizes, less ShareGPT's 8 held-out rows (180 conversations split into 574 rows of <= 200 tokens)

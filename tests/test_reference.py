@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import tiny_run
 
 PINNED = Path(__file__).parent / "reference" / "tiny_run.json"

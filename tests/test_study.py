@@ -1,5 +1,5 @@
 """Studies: the shared 2 x 2 tiny study killed mid-way and restarted, its report from the database;
-the shipped study files; the report's marks; t-SNE."""
+the shipped study files."""
 
 import base64
 import csv
@@ -61,27 +61,3 @@ def test_shipped_studies_expand_without_training():
                 assert all(r.config.model == "smollm2" for r in runs), f
     _, rq4 = load_study("configs/studies/rq4_strategies.yaml", "small")
     assert [r.config.strategy.name for r in rq4] == ["individual"] * 3 + ["multitask", "sequential", "mixed_sequential", "dmt"]
-
-
-def test_report_marks_best_two():
-    from sftmix.analysis.report import markdown
-
-    md = markdown(["run", "gsm8k/accuracy", "loss/x", "train PFLOPs", "eval PFLOPs"],
-                  [["a", 10.0, 1.0, 0, 0], ["b", 30.0, 2.0, 0, 0], ["c", 20.0, 3.0, 0, 0]])
-    assert "**30.0000**" in md and "<u>20.0000</u>" in md and "**1.0000**" in md and "<u>2.0000</u>" in md
-
-
-def test_tsne_same_ids_for_both_models(tmp_path):
-    from helpers import tiny_run
-
-    from sftmix.analysis.tsne import load_points, tsne
-    from sftmix.models import resolve_model
-    from sftmix.train.strategies import run_strategy
-
-    final = run_strategy(tiny_run(tmp_path, "t", strategy={"name": "individual", "sources": ["generated_code"]}), progress=False)
-    png = tsne({"base": resolve_model("tiny"), "tuned": str(final)}, ["generated_math", "generated_code"], tmp_path / "ts",
-               n=12, layer=15)
-    doc = load_points(tmp_path / "ts" / "tsne.json")
-    assert png.exists() and len(doc["ids"]) == 24
-    assert doc["models"]["base"]["layer"] == 1  # 2-layer model: the middle layer instead of 15
-    assert len(doc["models"]["tuned"]["xy"]) == 24 and doc["models"]["base"]["xy"] != doc["models"]["tuned"]["xy"]

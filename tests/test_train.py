@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_EVAL, losses, max_weight_diff, tiny_run, weights
 
+from helpers import TINY_EVAL, losses, max_weight_diff, tiny_run, weights
 from sftmix.config import RunConfig, validate
 from sftmix.errors import SftmixError
 from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
@@ -156,3 +156,12 @@ def test_cli_train_reports_bad_config_without_traceback(tmp_path):
     cfg.write_text("model: tiny\nstrategy: {name: dmtt}\n")
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 2 and "strategy.name" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_strategy_the_config_accepts_has_a_builder():
+    import typing
+
+    from sftmix.config import StrategyConfig
+    from sftmix.train.strategies import STRATEGIES as BUILDERS
+
+    assert set(typing.get_args(StrategyConfig.model_fields["name"].annotation)) == set(BUILDERS) == set(STRATEGIES)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, losses
 
 

@@ -15,9 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sftmix.analysis.report import write_report
 from sftmix.config import SourceConfig, StudyConfig
+from sftmix.data.sources import load_pool
 from sftmix.errors import SftmixError
+from sftmix.models import resolve_model
 from sftmix.study.grid import expand
+from sftmix.study.runner import run_study, study_dir
 
 CLAIMS = [
     {"a": "dmt", "b": "sequential", "metric": "loss/{code}", "expect": "better",
@@ -38,8 +42,6 @@ CLAIMS = [
 def resolve_specialised(data_dir: str | None) -> tuple[str, str, dict, list[str]]:
     """Math and code sources for the demo: GSM8K and Code Alpaca where they resolve, else the
     generated ones. Returns (math, code, their source configs, lines for the top of the report)."""
-    from sftmix.data.sources import load_pool
-
     chosen, sources, lines = [], {}, []
     for real, fake, ability in (("gsm8k", "generated_math", "math"), ("code_alpaca", "generated_code", "code")):
         cfg = SourceConfig(limit=600)
@@ -106,9 +108,6 @@ def run_demo(model: str = "smollm2", data_dir: str | None = None, out: str = "de
              progress: bool = True, benchmarks: int | None = None) -> Path:
     import time
 
-    from sftmix.analysis.report import write_report
-    from sftmix.study.runner import run_study, study_dir
-
     t0 = time.perf_counter()
     study, top = demo_study(model, data_dir, out, quick, benchmarks)
     runs = expand(study, where="demo")
@@ -123,8 +122,7 @@ def run_demo(model: str = "smollm2", data_dir: str | None = None, out: str = "de
 
 def _tsne_figure(study: StudyConfig, store, report_dir: Path, n: int) -> dict[str, bytes]:
     """Paper Fig. 5a/b at demo scale: base vs the DMT model on the same queries."""
-    from sftmix.analysis.tsne import tsne
-    from sftmix.models import resolve_model
+    from sftmix.analysis.tsne import tsne  # torch and the models: loaded only for the figure
 
     dmt = next((r for r in store.runs() if r["status"] == "done" and r["label"].startswith("strategy=dmt")), None)
     if dmt is None:

@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+from sftmix.data.generated import generate_code, generate_math
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash
 
@@ -74,8 +75,6 @@ def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from sftmix.data.generated import generate_code, generate_math
-
     corpus = [r["question"] + "\n" + r["answer"] for r in generate_math(300)]
     corpus += [r["instruction"] + "\n" + r["output"] for r in generate_code(200)]
     corpus += ["A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: ASSISTANT:"] * 20
@@ -101,12 +100,23 @@ def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     return out
 
 
+def _smollm2() -> str:
+    return str(convert_gguf(_smollm2_gguf(), cache_dir() / "models" / "smollm2-135m-instruct"))
+
+
+# model names sftmix builds itself -> the folder they resolve to
+NAMED = {
+    "smollm2": _smollm2,
+    "default": _smollm2,
+    "tiny": lambda: str(build_tiny(cache_dir() / "models" / "tiny-llama-v2")),
+}
+
+
 def resolve_model(name: str) -> str:
-    """Turn a model name from a config into something ``from_pretrained`` loads (a folder or hub id)."""
-    if name in ("smollm2", "default"):
-        return str(convert_gguf(_smollm2_gguf(), cache_dir() / "models" / "smollm2-135m-instruct"))
-    if name == "tiny":
-        return str(build_tiny(cache_dir() / "models" / "tiny-llama-v2"))
+    """Turn a model name from a config into something ``from_pretrained`` loads (a folder or hub
+    id): a name of ``NAMED``, a GGUF file, a local folder, else a hub id."""
+    if name in NAMED:
+        return NAMED[name]()
     p = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not p.exists():

@@ -14,11 +14,9 @@ from typing import Any
 
 from sftmix.analysis import stats
 from sftmix.config import Claim
+from sftmix.eval import tasks
 from sftmix.study.grid import REPLICATE_AXIS, group_label, short_value
 from sftmix.study.store import Store
-
-HEADLINE = ("accuracy", "pass@1", "score")
-BINARY_TASKS = ("gsm8k", "humaneval")
 
 
 def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
@@ -30,7 +28,15 @@ def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.startswith("loss/")
+    """Whether lower is better on a ``task/metric`` column (the task registry says; user tasks
+    are known once ``study_tasks`` has read the study's run configs)."""
+    return tasks.direction(metric) == tasks.LOWER
+
+
+def study_tasks(store: Store) -> dict[str, tasks.Task]:
+    """Every task the study's runs evaluated, by name: the built-ins and the user tasks their
+    configs name (imported here, so a task module that is gone is a clear error)."""
+    return tasks.known([json.loads(r["config"]) for r in store.runs() if r["config"]])
 
 
 @dataclass
@@ -62,10 +68,11 @@ def groups(store: Store) -> list[Group]:
 
 def metric_keys(store: Store) -> list[str]:
     """The headline metrics present: benchmarks first, then held-out loss per source."""
+    known = study_tasks(store)
     keys = {f"{m['task']}/{m['metric']}" for m in store.metrics()
-            if m["task"] == "loss" or m["metric"] in HEADLINE}
-    order = {"gsm8k": 0, "humaneval": 1, "mtbench": 2, "loss": 3}
-    return sorted(keys, key=lambda k: (order.get(k.split("/")[0], 9), k))
+            if m["task"] in known and known[m["task"]].direction(m["metric"]) is not None}
+    order = {"gsm8k": 0, "humaneval": 1, "mtbench": 2, "loss": 4}  # a user's own tasks between the benchmarks and loss
+    return sorted(keys, key=lambda k: (order.get(k.split("/")[0], 3), k))
 
 
 def group_items(store: Store, g: Group, metric: str, cache: dict | None = None) -> stats.Items | None:
@@ -237,7 +244,7 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -
     # a claim that A is better: A - B < 0 for loss, > 0 otherwise; "worse" flips it
     expect_positive = (not lower_is_better(metric)) == (base["expect"] == "better")
     test = None
-    if metric.split("/")[0] in BINARY_TASKS:
+    if tasks.is_binary(metric):
         only_a, only_b, p = stats.mcnemar(ia, ib)
         test = {"a_only": only_a, "b_only": only_b, "p": p}
     v = stats.verdict(lo, hi, expect_positive, test["p"] if test else None, diff)

@@ -20,6 +20,7 @@ import torch
 from sftmix.data.compose import sampling_order
 from sftmix.data.sources import load_pool
 from sftmix.io import atomic_write, write_json
+from sftmix.models import load_model, load_tokenizer
 from sftmix.templates import generation_prompt
 
 
@@ -35,8 +36,6 @@ def sample_queries(sources: list[str], n: int, seed: int, data_dir: str | None, 
 
 @torch.no_grad()
 def mean_hidden(model_path: str, queries: list[dict], layer: int, template: str, max_length: int = 256) -> tuple[np.ndarray, int]:
-    from sftmix.models import load_model, load_tokenizer
-
     tok, model = load_tokenizer(model_path), load_model(model_path)
     model.eval()
     n_layers = model.config.num_hidden_layers

@@ -7,12 +7,12 @@ import json
 from sftmix.cli.common import (
     add_config_flags,
     config_values,
-    field_choices,
     output_dir,
     positive_int,
 )
 from sftmix.config import EvalConfig
-from sftmix.errors import SftmixError, unknown
+from sftmix.errors import SftmixError
+from sftmix.eval import tasks
 
 # The flags of `sftmix eval` that set an eval config field: help, default and choices come from
 # the field (sftmix.config.run.EvalConfig).
@@ -20,7 +20,6 @@ EVAL_FLAGS = {"tasks": "--tasks", "limit": "--limit", "data_dir": "--data-dir", 
               "batch_size": "--batch-size", "dtype": "--dtype", "mtbench_repeats": "--repeats",
               "humaneval_wrapper": "--humaneval-wrapper", "judge.base_url": "--judge-base-url", "judge.model": "--judge-model",
               "loss_sources": "--loss-sources", "loss_samples": "--loss-samples"}
-TASKS = field_choices(EvalConfig.model_fields["tasks"])
 
 
 def cmd_eval(args) -> None:
@@ -31,10 +30,12 @@ def cmd_eval(args) -> None:
     fields = config_values(args, EVAL_FLAGS)
     if "tasks" in fields:
         if not fields["tasks"]:
-            raise SftmixError(f"--tasks: name at least one of {', '.join(TASKS)}")
+            raise SftmixError(f"--tasks: name at least one of {', '.join(tasks.BUILTIN)} (or package.module:attribute)")
         for t in fields["tasks"]:
-            if t not in TASKS:
-                raise unknown("task (--tasks)", t, TASKS)
+            try:
+                tasks.check_name(t)
+            except SftmixError as e:
+                raise SftmixError(f"--tasks: {e}") from None
     if args.max_new_tokens is not None:
         for k in ("gsm8k_max_new_tokens", "humaneval_max_new_tokens", "mtbench_max_new_tokens"):
             fields[k] = args.max_new_tokens
@@ -42,19 +43,14 @@ def cmd_eval(args) -> None:
     out = output_dir(args.out, "--out")
     model = resolve_model(args.model)
     doc = evaluate(model, cfg, out, template=args.template, progress=not args.quiet)
-    print(json.dumps({t: headline(t, m) for t, m in doc["tasks"].items()}, indent=1))
+    print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
     print(f"results: {out}/results.json")
 
 
-def headline(task: str, m: dict):
-    """The few numbers of a task's metrics worth printing."""
-    if task == "gsm8k":
-        return {k: m[k] for k in ("accuracy", "flexible_accuracy", "invalid_rate", "n")}
-    if task == "humaneval":
-        return {k: m[k] for k in m if k.startswith("pass@") or k in ("n_problems", "isolation")}
-    if task == "mtbench":
-        return {k: m[k] for k in ("score", "score_sd", "turn1", "turn2", "failed_judgments", "repeats")}
-    return {src: round(v["loss"], 4) for src, v in m.items() if isinstance(v, dict)}
+def headline(task: str, m: dict, info: dict | None = None):
+    """The few numbers of a task's metrics worth printing (``info``: results.json's task_info)."""
+    spec = (info or {}).get(task, {}).get("spec", task)
+    return tasks.get(spec).headline_of(m)
 
 
 def cmd_tsne(args) -> None:
@@ -69,7 +65,7 @@ def cmd_tsne(args) -> None:
 
 def add_commands(sub) -> None:
     """Register ``sftmix eval`` and ``sftmix tsne``."""
-    ev = sub.add_parser("eval", help="evaluate a model: gsm8k, humaneval, mtbench, loss")
+    ev = sub.add_parser("eval", help="evaluate a model: gsm8k, humaneval, mtbench, loss, or your own task (package.module:attribute)")
     ev.add_argument("model", help="smollm2, tiny, a checkpoint folder, a hub id or a .gguf file")
     add_config_flags(ev, EvalConfig, EVAL_FLAGS)
     ev.add_argument("--out", "-o", default="eval_out")

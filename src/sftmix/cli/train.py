@@ -27,7 +27,7 @@ def cmd_run(args) -> None:
     final = run_strategy(cfg, progress=not args.quiet)
     doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
                    training_ids(cfg), progress=not args.quiet)
-    print(json.dumps({t: headline(t, m) for t, m in doc["tasks"].items()}, indent=1))
+    print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
 
 
 def add_commands(sub) -> None:

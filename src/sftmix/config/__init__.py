@@ -6,7 +6,6 @@ file, the field path, the value given and what was expected (``load_config``).""
 
 from sftmix.config.executor import ExecutorConfig, Resources, minutes
 from sftmix.config.run import (
-                               STRATEGIES,
                                CleanConfig,
                                DataConfig,
                                EvalConfig,
@@ -28,7 +27,7 @@ from sftmix.config.run import (
 )
 from sftmix.config.study import Claim, Prediction, StudyConfig
 
-__all__ = ["STRATEGIES", "Claim", "CleanConfig", "DataConfig", "EvalConfig", "ExecutorConfig", "JudgeConfig", "LoraConfig",
+__all__ = ["Claim", "CleanConfig", "DataConfig", "EvalConfig", "ExecutorConfig", "JudgeConfig", "LoraConfig",
            "MixtureConfig", "PartConfig", "Prediction", "Resources", "RunConfig", "SourceConfig", "StageConfig", "StrategyConfig",
            "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "format_validation_error", "load_config", "minutes",
            "read_yaml", "validate"]

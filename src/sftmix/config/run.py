@@ -15,10 +15,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from sftmix.errors import SftmixError
+from sftmix.eval.tasks import check_name
 
 
 def _to_fraction(v: Any) -> float:
@@ -174,9 +176,6 @@ class StageConfig(Strict):
     train: dict[str, Any] = Field(default_factory=dict, description="overrides of the run's `train` settings")
 
 
-STRATEGIES = ("individual", "multitask", "sequential", "mixed_sequential", "dmt")
-
-
 class StrategyConfig(Strict):
     """One of the paper's strategies (Figure 1); expanded into stages by ``sftmix.train.strategies``."""
 
@@ -201,7 +200,18 @@ class JudgeConfig(Strict):
 class EvalConfig(Strict):
     """Which abilities to measure and how (see evaluation-protocol.md for each benchmark)."""
 
-    tasks: list[Literal["gsm8k", "humaneval", "mtbench", "loss"]] = Field(default_factory=lambda: ["loss"], min_length=1)
+    tasks: list[str] = Field(default_factory=lambda: ["loss"], min_length=1, description=(
+        "gsm8k, humaneval, mtbench, loss, or a task of your own as package.module:attribute (a sftmix.eval.tasks.Task)"))
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        for name in v:
+            try:
+                check_name(name)
+            except SftmixError as e:
+                raise ValueError(str(e)) from None
+        return v
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
     data_dir: str | None = Field(None, description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description="generation engine; auto: vLLM on a GPU when installed, else transformers")

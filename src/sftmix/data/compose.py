@@ -33,9 +33,10 @@ from sftmix import __version__
 from sftmix.config import MixtureConfig, PartConfig
 from sftmix.data.clean import approx_tokens
 from sftmix.data.records import Conversation
-from sftmix.data.sources import Pool
-from sftmix.errors import SftmixError
+from sftmix.data.sources import BUILTINS, Pool, load_pool, resolve_config
+from sftmix.errors import SftmixError, unknown
 from sftmix.io import atomic_write, read_json, read_jsonl, write_json
+from sftmix.progress import track
 
 
 def round_half_up(x: float) -> int:
@@ -233,9 +234,6 @@ def needed_sources(mixtures: list[MixtureConfig]) -> list[str]:
 def check_mixtures(mixtures: list[MixtureConfig], sources: dict, where: str = "mixtures") -> None:
     """Check a sequence of mixtures before any work: known sources, unique names, and replay
     parts that name an earlier mixture with an amount it can supply."""
-    from sftmix.data.sources import BUILTINS, resolve_config
-    from sftmix.errors import unknown
-
     valid = set(sources) | set(BUILTINS)
     for n in needed_sources(mixtures):
         if n not in valid:
@@ -260,13 +258,9 @@ def check_mixtures(mixtures: list[MixtureConfig], sources: dict, where: str = "m
 
 def compose_all(cfg, out_dir: str | Path | None = None, progress: bool = True) -> list[Composed]:
     """Load every needed pool once, compose the mixtures in order, write each to ``out_dir/NAME``."""
-    from sftmix.data.sources import load_pool
-
     check_mixtures(cfg.mixtures, cfg.sources)
     names = needed_sources(cfg.mixtures)
     pools = {}
-    from sftmix.progress import track
-
     for n in track(names, "loading sources", enabled=progress):
         pools[n] = load_pool(n, cfg.sources.get(n), cfg.data_dir)
     done: dict[str, Composed] = {}

@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
+from sftmix.models import load_model, load_tokenizer
+from sftmix.progress import track
+
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """Truncate ``text`` at the earliest stop string."""
@@ -30,8 +33,6 @@ class HFGenerator:
     def __init__(self, model_path: str, batch_size: int = 8, dtype: str = "float32", progress: bool = True):
         import torch
 
-        from sftmix.models import load_model, load_tokenizer
-
         self.tokenizer = load_tokenizer(model_path)
         self.tokenizer.padding_side = "left"
         self.model = load_model(model_path, dtype)
@@ -42,8 +43,6 @@ class HFGenerator:
 
     def generate(self, prompts: list[str], max_new_tokens: int = 512, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, desc: str = "generating") -> list[str]:
-        from sftmix.progress import track
-
         torch = self.torch
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[str | None] = [None] * len(prompts)

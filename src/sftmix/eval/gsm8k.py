@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from sftmix.templates import generation_prompt
+
 RFT_PATTERN = re.compile(r"#### (\-?[0-9\.\,]+)")
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -69,8 +71,6 @@ def score(outputs: list[str], golds: list[str]) -> tuple[dict, list[dict]]:
 
 def run(generator, template: str, problems: list[dict], max_new_tokens: int = 512) -> tuple[dict, list[dict]]:
     """Generate answers for ``problems`` (dicts with question/answer) and score them."""
-    from sftmix.templates import generation_prompt
-
     prompts = [generation_prompt([{"role": "user", "content": p["question"]}], template, generator.tokenizer) for p in problems]
     outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, desc="gsm8k")
     metrics, rows = score(outputs, [p["answer"] for p in problems])

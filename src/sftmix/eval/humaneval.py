@@ -39,6 +39,9 @@ from math import comb
 from pathlib import Path
 
 from sftmix.errors import SftmixError
+from sftmix.eval.sandbox import Job, Limits, canary, run_many
+from sftmix.io import stable_hash
+from sftmix.templates import generation_prompt
 
 WRAPPERS = {
     "complete": "Complete the following python code:\n{prompt}",
@@ -140,8 +143,6 @@ def check_source(problem: dict) -> str:
 
 
 def job(problem: dict, candidate: str, in_process: bool, limits):
-    from sftmix.eval.sandbox import Job
-
     if in_process:
         return Job(candidate + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n", limits=limits)
     return Job(candidate, problem["entry_point"], check_source(problem), limits)
@@ -153,9 +154,6 @@ _PROXY_OK: dict[str, bool] = {}
 def proxy_fallbacks(problems: list[dict], limits, workers: int, kind: str) -> set[str]:
     """Task ids whose canonical solution fails through the proxy (its test needs the candidate in
     the same process); these are scored with the in-process harness. Cached per problem text."""
-    from sftmix.eval.sandbox import run_many
-    from sftmix.io import stable_hash
-
     keys = [stable_hash([p["prompt"], p["test"], p["canonical_solution"], kind]) for p in problems]
     todo = [(k, p) for k, p in zip(keys, problems) if k not in _PROXY_OK]
     if todo:
@@ -183,8 +181,6 @@ def score(problems: list[dict], outputs: list[list[str]], ks=(1,), workers: int 
     then each distinct candidate runs once, through the proxy unless its problem needs the
     in-process harness (``proxy_fallbacks``).
     """
-    from sftmix.eval.sandbox import Limits, canary, run_many
-
     if len(outputs) != len(problems):
         raise ValueError(f"{len(outputs)} output lists for {len(problems)} problems")
     kind = canary(kind)
@@ -219,9 +215,6 @@ def run(generator, template: str, problems: list[dict], wrapper: str = "complete
         workers: int = 4, progress: bool = True) -> tuple[dict, list[dict]]:
     """Greedy pass@1 with the chat template (n = 1, as the paper)."""
     import sys
-
-    from sftmix.eval.sandbox import canary
-    from sftmix.templates import generation_prompt
 
     if wrapper not in WRAPPERS:
         raise SftmixError(f"unknown HumanEval wrapper {wrapper!r}; valid: {', '.join(WRAPPERS)}")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from sftmix.errors import SftmixError
 from sftmix.io import read_jsonl, stable_hash
+from sftmix.progress import track
+from sftmix.templates import generation_prompt
 
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
@@ -61,8 +63,6 @@ def parse_rating(text: str) -> float:
 
 def generate_answers(generator, template: str, questions: list[dict], max_new_tokens: int = 1024, seed: int = 0) -> dict:
     """Two-turn answers: {question_id: [answer1, answer2]}."""
-    from sftmix.templates import generation_prompt
-
     answers: dict[int, list[str]] = {q["question_id"]: [] for q in questions}
     for turn in range(2):
         by_temp: dict[float, list[dict]] = {}
@@ -168,8 +168,6 @@ class Judge:
         return row
 
     def judge_all(self, jobs: list[tuple[str, list[dict]]], progress: bool = True) -> list[dict]:
-        from sftmix.progress import track
-
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(self.parallel) as pool:
             futs = [pool.submit(self.judge, k, m) for k, m in jobs]

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from sftmix.config import RunConfig, StudyConfig, validate
+from sftmix.config import RunConfig, SourceConfig, StudyConfig, validate
+from sftmix.data.sources import SourceNotFound, load_pool
 from sftmix.errors import SftmixError
 from sftmix.train.strategies import run_id
 
@@ -98,11 +100,6 @@ def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None) -> dic
     and ``notes`` says which data each used and why."""
     if not fallbacks:
         return base
-    import os
-
-    from sftmix.config import SourceConfig
-    from sftmix.data.sources import SourceNotFound, load_pool
-
     base = copy.deepcopy(base)
     data_dir = base.get("data_dir") or os.environ.get("SFTMIX_DATA_DIR")
     for name, fb in fallbacks.items():

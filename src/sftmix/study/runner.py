@@ -15,7 +15,10 @@ from pathlib import Path
 
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
+from sftmix.eval.tasks import BUILTIN, stored_values
+from sftmix.io import read_jsonl
 from sftmix.study import worker
+from sftmix.study.executors import make_executor, queued_job
 from sftmix.study.grid import PlannedRun, expand
 from sftmix.study.store import Store
 
@@ -31,43 +34,25 @@ def load_study(path: str, profile: str | None = None, notes: list[str] | None = 
     return study, expand(study, profile, where=str(path), notes=notes)
 
 
-def flatten_metrics(tasks: dict) -> list[tuple[str, str, float]]:
-    out = []
-    for task, m in tasks.items():
-        if task == "loss":
-            out += [("loss", src, float(v["loss"])) for src, v in m.items() if isinstance(v, dict)]
-            continue
-        for k, v in m.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out.append((task, k, float(v)))
-    return out
+def flatten_metrics(results: dict) -> list[tuple[str, str, float]]:
+    """(task, metric, value) for the store, as each task's registry entry gives them (a user
+    task's: every number of its metrics)."""
+    return [(task, k, v) for task, m in results.items() for k, v in stored_values(task, m)]
 
 
 def per_item_samples(eval_dir: Path, tasks: dict) -> list[tuple]:
-    """(task, metric, item, value, weight) for every item behind a headline metric, read from the
-    evaluation's ``samples_<task>.jsonl``: held-out loss as (summed token loss, tokens), GSM8K
-    accuracy and HumanEval pass@1 as 0/100 per problem (mean over samples), MT-Bench as the score
-    of each valid judgment."""
-    from sftmix.io import read_jsonl
-
+    """(task, metric, item, value, weight) for every item behind a headline metric: the
+    evaluation's ``items_<task>.jsonl`` (written by the task registry's ``item_rows``: held-out
+    loss as (summed token loss, tokens), GSM8K accuracy and HumanEval pass@1 as 0/100 per problem,
+    MT-Bench as the score of each valid judgment, a user task as its rows say). Evaluations made
+    before those files existed are read from ``samples_<task>.jsonl`` by the built-in tasks."""
     out: list[tuple] = []
     for task in tasks:
-        path = eval_dir / f"samples_{task}.jsonl"
-        if not path.exists():
-            continue
-        rows = read_jsonl(path)
-        if task == "loss":
-            out += [("loss", r["source"], r["id"], r["loss_sum"], r["tokens"]) for r in rows if "loss_sum" in r]
-        elif task == "gsm8k":
-            out += [("gsm8k", "accuracy", str(r.get("item", i)), 100.0 * bool(r["correct"]), 1.0) for i, r in enumerate(rows)]
-        elif task == "humaneval":
-            per: dict[str, list] = {}
-            for r in rows:
-                per.setdefault(r["task_id"], []).append(bool(r["passed"]))
-            out += [("humaneval", "pass@1", t, 100.0 * sum(v) / len(v), 1.0) for t, v in per.items()]
-        elif task == "mtbench":
-            out += [("mtbench", "score", f"{r['question_id']}:{r['turn']}:{r.get('repeat', 0)}", float(r["score"]), 1.0)
-                    for r in rows if r.get("score", -1) != -1]
+        items, samples = eval_dir / f"items_{task}.jsonl", eval_dir / f"samples_{task}.jsonl"
+        if items.exists():
+            out += [(task, r["metric"], r["item"], r["value"], r["weight"]) for r in read_jsonl(items)]
+        elif samples.exists() and task in BUILTIN:
+            out += [(task, *row) for row in BUILTIN[task].item_rows(read_jsonl(samples))]
     return out
 
 
@@ -116,8 +101,6 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
               executor: str | None = None, address: str | None = None) -> Store:
     """Run every run not yet done with the study's executor (or ``executor``), ingesting each
     run's results into ``results.sqlite`` as it ends."""
-    from sftmix.study.executors import make_executor, queued_job
-
     out = study_dir(study, profile).resolve()  # workers may run in another folder or on another machine
     store = Store(out / "results.sqlite")
     ecfg = study.executor.model_copy(update={k: v for k, v in {"name": executor, "address": address}.items() if v})
@@ -214,8 +197,6 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
 def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = None) -> list[list[str]]:
     """[id, label, state, detail] per run: done / running (on which executor) / queued / failed /
     pending, from the store and, where given, the run folders."""
-    from sftmix.study.executors import queued_job
-
     by_id = {r["id"]: r for r in store.runs()} if store else {}
     rows = []
     for r in runs:

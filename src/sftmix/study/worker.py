@@ -13,11 +13,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import time
 import traceback
 from pathlib import Path
 
+import yaml
+
+from sftmix.config import RunConfig
+from sftmix.eval.runner import evaluate
 from sftmix.io import write_json
+from sftmix.train.strategies import plan, run_dir, run_strategy, training_ids
 
 LOCK, DONE, ERROR, JOB = ".lock", "done.json", "error.json", "job.json"
 
@@ -101,8 +107,6 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
     for runs over several GPUs or nodes; evaluation then runs here on the final checkpoint.
     ``cwd``: the driver's working folder (a Ray or Slurm worker may start elsewhere).
     """
-    from sftmix.config import RunConfig
-
     if cwd:  # relative paths in the config (data_dir, sources) mean what they meant to the driver
         os.chdir(cwd)
     run_out_p = Path(run_out)
@@ -116,9 +120,6 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
                 cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
                 final = _train(cfg, run_out_p, launcher, progress)
                 eval_dir = run_out_p / "eval"
-                from sftmix.eval.runner import evaluate
-                from sftmix.train.strategies import training_ids
-
                 evaluate(str(final), cfg.eval, eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
                          progress=progress)
                 write_json(run_out_p / DONE, {"checkpoint": str(final), "eval_dir": str(eval_dir), "finished": time.time()})
@@ -131,13 +132,8 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
 
 
 def _train(cfg, run_out: Path, launcher: list[str] | None, progress: bool) -> Path:
-    from sftmix.train.strategies import plan, run_dir, run_strategy
-
     if not launcher:
         return run_strategy(cfg, progress=progress)
-    import subprocess
-
-    import yaml
 
     path = run_out / "run.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))

@@ -27,8 +27,9 @@ from sftmix.data.compose import (
 )
 from sftmix.data.heldout import has_test_split, heldout
 from sftmix.data.sources import Pool, load_pool
-from sftmix.errors import SftmixError
+from sftmix.errors import SftmixError, unknown
 from sftmix.io import read_json, stable_hash
+from sftmix.models import resolve_model
 
 
 def _part(source: str, fraction) -> PartConfig:
@@ -71,25 +72,38 @@ def dmt(specialised: list[str], general: str, k: float, fraction=1.0) -> list[St
     return [StageConfig(name="1_specialised", mixture=s1), StageConfig(name="2_general", mixture=s2)]
 
 
-def stages_from_strategy(st: StrategyConfig) -> list[StageConfig]:
-    def need(cond: bool, what: str) -> None:
-        if not cond:
-            raise SftmixError(f"strategy {st.name}: {what}")
+def _one_source(st: StrategyConfig) -> str | None:
+    return None if len(st.sources) == 1 else "needs exactly one source in `sources`"
 
-    if st.name == "individual":
-        need(len(st.sources) == 1, "needs exactly one source in `sources`")
-        return individual(st.sources[0], st.fraction)
-    if st.name == "multitask":
-        need(len(st.sources) >= 1, "needs `sources`")
-        return multitask(st.sources, st.fraction)
-    if st.name == "sequential":
-        need(len(st.sources) >= 1, "needs `sources` (the order)")
-        return sequential(st.sources, st.fraction)
-    need(bool(st.specialised) and st.general is not None, "needs `specialised` and `general`")
-    if st.name == "mixed_sequential":
-        need(st.k == 0, "takes no k (use dmt)")
-        return mixed_sequential(st.specialised, st.general, st.fraction)
-    return dmt(st.specialised, st.general, st.k, st.fraction)
+
+def _sources(st: StrategyConfig) -> str | None:
+    return None if st.sources else "needs `sources`" + (" (the order)" if st.name == "sequential" else "")
+
+
+def _two_stage(st: StrategyConfig) -> str | None:
+    if not (st.specialised and st.general is not None):
+        return "needs `specialised` and `general`"
+    return "takes no k (use dmt)" if st.name == "mixed_sequential" and st.k != 0 else None
+
+
+# strategy name -> (what its config must hold, or why not; its stages)
+STRATEGIES = {
+    "individual": (_one_source, lambda st: individual(st.sources[0], st.fraction)),
+    "multitask": (_sources, lambda st: multitask(st.sources, st.fraction)),
+    "sequential": (_sources, lambda st: sequential(st.sources, st.fraction)),
+    "mixed_sequential": (_two_stage, lambda st: mixed_sequential(st.specialised, st.general, st.fraction)),
+    "dmt": (_two_stage, lambda st: dmt(st.specialised, st.general, st.k, st.fraction)),
+}
+
+
+def stages_from_strategy(st: StrategyConfig) -> list[StageConfig]:
+    if st.name not in STRATEGIES:
+        raise unknown("strategy", st.name, STRATEGIES)
+    check, build = STRATEGIES[st.name]
+    why = check(st)
+    if why:
+        raise SftmixError(f"strategy {st.name}: {why}")
+    return build(st)
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
@@ -122,8 +136,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     it from the previous checkpoint while measuring the curves, record it. Finished stages are
     skipped and an interrupted stage resumes, so rerunning is always safe.
     """
-    from sftmix.models import resolve_model
-    from sftmix.supervised import heldout_key
+    from sftmix.supervised import heldout_key  # torch and transformers: loaded when training starts
     from sftmix.train.curve import CurveSpec
     from sftmix.train.stage import read_meta, train_stage
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from sftmix.data.records import Conversation
+from sftmix.errors import SftmixError
 from sftmix.io import read_json, stable_hash, write_json
+from sftmix.progress import track
 from sftmix.templates import IGNORE, MASK_VERSION, MaskError, tokenize_with_mask
 
 
@@ -57,8 +59,6 @@ def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, tem
     cache = (cache_root / key) if cache_root else None
     if cache is not None and (cache / "stats.json").exists():
         return datasets.load_from_disk(str(cache / "data")), {**read_json(cache / "stats.json"), "cache": "hit", "key": key}
-    from sftmix.progress import track
-
     rows, stats = [], {"conversations": len(convs), "truncated": 0, "dropped_no_labels": 0, "mask_failed": 0}
     for c in track(convs, "tokenising", enabled=progress):
         try:
@@ -77,8 +77,6 @@ def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, tem
     for r in rows:
         r["length"] = len(r["input_ids"])  # read by the length-grouped sampler
     if not rows:
-        from sftmix.errors import SftmixError
-
         raise SftmixError(f"no trainable rows after tokenising {len(convs)} conversations "
                           f"(max_length {max_length}; {stats})")
     ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]})

@@ -55,6 +55,7 @@ from sftmix.eval.sandbox import commands
 from sftmix.eval.sandbox.commands import ISOLATIONS, interpreter, isolation
 from sftmix.eval.sandbox.harness import decode, encode
 from sftmix.eval.sandbox.session import Limits, Result, SandboxError, Session
+from sftmix.progress import track
 
 __all__ = ["ISOLATIONS", "CandidateError", "Job", "Limits", "Result", "SandboxError", "canary", "decode", "encode",
            "interpreter", "isolation", "run_candidate", "run_job", "run_many", "run_program"]
@@ -202,8 +203,6 @@ def run_job(job: Job, kind: str | None = None) -> Result:
 
 def run_many(jobs: list[Job], workers: int = 4, progress: bool = True, kind: str | None = None) -> list[Result]:
     """Run jobs in parallel (after the canary); results in input order."""
-    from sftmix.progress import track
-
     kind = canary(kind)
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(run_job, j, kind) for j in jobs]

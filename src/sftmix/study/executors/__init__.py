@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sftmix.config import ExecutorConfig, Resources
 from sftmix.study.executors.local import Executor, Handle
-from sftmix.study.executors.slurm import queued_job
+from sftmix.study.executors.slurm import SubmititExecutor, queued_job
 
 
 def _ray(cfg: ExecutorConfig, resources: Resources, out: Path, progress: bool) -> Executor:
@@ -18,8 +18,6 @@ def _ray(cfg: ExecutorConfig, resources: Resources, out: Path, progress: bool) -
 
 
 def _submitit(cfg: ExecutorConfig, resources: Resources, out: Path, progress: bool) -> Executor:
-    from sftmix.study.executors.slurm import SubmititExecutor
-
     return SubmititExecutor(resources, progress, out / "jobs", local=cfg.name == "slurm-local")
 
 

@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from sftmix.config import Resources, minutes
+from sftmix.config import Resources, RunConfig, minutes
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
 from sftmix.study import worker
@@ -39,8 +39,6 @@ class Job:
             launcher = worker.launch_command(self.gpus, self.nodes, env.node, main)
         os.chdir(self.cwd)
         if rank != 0:  # the other nodes only train: their launcher joins rank 0's
-            from sftmix.config import RunConfig
-
             cfg = RunConfig.model_validate({**self.config, "output_dir": self.run_out})
             worker._train(cfg, Path(self.run_out), launcher, False)
             return "trained"

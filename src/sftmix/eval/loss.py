@@ -1,0 +1,46 @@
+"""The held-out loss task: mean assistant-token loss per source on its held-out rows
+(``sftmix.data.heldout``), measured with training's own loss (``sftmix.supervised``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftmix.config import EvalConfig
+from sftmix.data.heldout import heldout
+from sftmix.io import read_json
+from sftmix.models import load_model, load_tokenizer
+
+
+def heldout_loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids, loaded=None):
+    """Held-out loss per source. A checkpoint whose training already measured exactly these rows
+    the same way at its last step (``heldout_loss.json``, written by the forgetting curve) is not
+    measured again: the numbers are the same by construction (tested)."""
+    from sftmix.supervised import HELDOUT_FILE, heldout_key, mean_loss  # torch: loaded when a loss is measured
+
+    sets, hows = {}, {}
+    for name in cfg.loss_sources:
+        sets[name], hows[name] = heldout(name, cfg.loss_samples, cfg.heldout_seed, sources.get(name),
+                                         str(data_dir) if data_dir else None)
+    saved = Path(model_path) / HELDOUT_FILE
+    measured = {}
+    if saved.exists():
+        doc = read_json(saved)
+        if doc.get("key") == heldout_key(sets, template, cfg.loss_max_length, cfg.batch_size):
+            measured = doc["results"]
+    model = tok = None
+    metrics, rows = {}, []
+    for name, convs in sets.items():
+        how = hows[name]
+        if name in measured:
+            m = dict(measured[name])
+        else:
+            if model is None:
+                tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
+            m = mean_loss(model, tok, convs, template, cfg.loss_max_length, cfg.batch_size)
+        per_sample = m.pop("per_sample")
+        m["heldout"] = how
+        if training_ids is not None:
+            m["overlap_with_training"] = sum(c.id in training_ids for c in convs)
+        metrics[name] = m
+        rows += [{"source": name, "id": i, "loss_sum": s, "tokens": k} for i, s, k in per_sample]
+    return metrics, rows

@@ -1,0 +1,276 @@
+"""Evaluation tasks as data: one registry that the eval runner, ``sftmix eval --tasks``, study
+ingest, Findings and the report all read.
+
+A task is a ``Task`` value: its name, the ability it measures, its version, a ``run`` function
+(``Context`` -> metrics and per-item rows), its headline metrics each with a direction, whether
+its items are pass/fail (then paired comparisons use McNemar's test), and how its per-item rows
+become the (metric, item, value, weight) rows behind intervals and paired tests.
+
+Built in: ``gsm8k``, ``humaneval``, ``mtbench`` and ``loss``. A user's own benchmark is named in
+a run config or on the command line by its Python path, ``package.module:attribute`` (the
+attribute is a ``Task``), e.g. ``eval: {tasks: [loss, my_pkg.tasks:sql_exact]}``; nothing in
+sftmix is edited. Its rows must carry an ``item`` id and a value for each headline metric (0 or
+100 for pass/fail tasks), unless it gives its own ``items`` function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftmix.errors import SftmixError, unknown
+
+HIGHER, LOWER = "higher", "lower"
+
+
+@dataclass
+class Context:
+    """What a task's ``run`` gets: the model (a generator, loaded on first use and shared by the
+    tasks), the eval config, the chat template, the data folder, the output folder and, for the
+    held-out loss, the run's sources, seed and training row ids."""
+
+    model_path: str
+    cfg: Any  # EvalConfig
+    template: str
+    data_dir: Path | None
+    out: Path
+    progress: bool
+    get_generator: Callable[[], Any]
+    sources: dict = field(default_factory=dict)
+    seed: int = 0
+    training_ids: set[str] | None = None
+    tasks: list[str] = field(default_factory=list)  # every task of this evaluation (by name)
+
+    @property
+    def generator(self):
+        return self.get_generator()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation task. ``metrics``: headline metric -> ``"higher"`` or ``"lower"`` (is
+    better); ``"*"`` stands for every metric of the task (held-out loss: one per source)."""
+
+    name: str
+    run: Callable[[Context], tuple[dict, list[dict]]]
+    metrics: dict[str, str]
+    ability: str | None = None
+    binary: bool = False
+    version: int = 1
+    generates: bool = True  # needs the generator (token counts for evaluation FLOPs)
+    items: Callable[[list[dict]], list[tuple[str, str, float, float]]] | None = None
+    headline: Callable[[dict], dict] | None = None
+    values: Callable[[dict], list[tuple[str, float]]] | None = None  # metrics -> (metric, value) for the store
+    description: str = ""
+
+    def __post_init__(self):
+        bad = {m: d for m, d in self.metrics.items() if d not in (HIGHER, LOWER)}
+        if not self.name or "/" in self.name or ":" in self.name:
+            raise SftmixError(f"task {self.name!r}: a name without '/' or ':' is needed")
+        if not self.metrics or bad:
+            raise SftmixError(f"task {self.name!r}: metrics must map each headline metric to 'higher' or 'lower' "
+                              f"(got {self.metrics!r})")
+
+    def direction(self, metric: str) -> str | None:
+        return self.metrics.get(metric, self.metrics.get("*"))
+
+    def item_rows(self, rows: list[dict]) -> list[tuple[str, str, float, float]]:
+        """(metric, item, value, weight) per item behind each headline metric."""
+        if self.items is not None:
+            return self.items(rows)
+        out = []
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict):
+                raise SftmixError(f"task {self.name!r}: row {i} is {type(r).__name__}, not a mapping")
+            for metric in self.metrics:
+                if metric not in r:
+                    raise SftmixError(f"task {self.name!r}: row {i} has no value for its metric {metric!r} "
+                                      f"(keys: {', '.join(map(str, r)) or 'none'})")
+                value = r[metric]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise SftmixError(f"task {self.name!r}: row {i}: {metric} = {value!r}, expected a number")
+                if self.binary and value not in (0, 100):
+                    raise SftmixError(f"task {self.name!r}: row {i}: {metric} = {value!r}; a pass/fail task scores 0 or 100")
+                out.append((metric, str(r.get("item", i)), float(value), 1.0))
+        return out
+
+    def stored_values(self, metrics: dict) -> list[tuple[str, float]]:
+        """The (metric, value) pairs the study store keeps: every number of the task's metrics."""
+        return self.values(metrics) if self.values is not None else numbers(metrics)
+
+    def headline_of(self, metrics: dict) -> dict:
+        if self.headline is not None:
+            return self.headline(metrics)
+        return {k: v for k, v in metrics.items() if k in self.metrics or k in ("n", "n_items")}
+
+
+# ---------------------------------------------------------------- the built-in tasks
+# Each run function imports what runs its task when it runs: the config (which names tasks) reads
+# this module, and must not load the sandbox, the judge client or torch to do so.
+
+
+def _run_gsm8k(ctx: Context) -> tuple[dict, list[dict]]:
+    from sftmix.config import SourceConfig
+    from sftmix.data.sources import load_raw
+    from sftmix.eval import gsm8k
+
+    problems = load_raw("gsm8k", SourceConfig(split="test"), str(ctx.data_dir) if ctx.data_dir else None)
+    problems = problems[: ctx.cfg.limit] if ctx.cfg.limit else problems
+    return gsm8k.run(ctx.generator, ctx.template, problems, ctx.cfg.gsm8k_max_new_tokens)
+
+
+def _run_humaneval(ctx: Context) -> tuple[dict, list[dict]]:
+    from sftmix.eval import humaneval
+
+    problems = humaneval.load_problems()
+    problems = problems[: ctx.cfg.limit] if ctx.cfg.limit else problems
+    return humaneval.run(ctx.generator, ctx.template, problems, ctx.cfg.humaneval_wrapper, ctx.cfg.humaneval_max_new_tokens,
+                         ctx.cfg.humaneval_workers, ctx.progress)
+
+
+def check_judge(cfg) -> None:
+    """MT-Bench needs its judge's key before any generation starts."""
+    if not os.environ.get(cfg.judge.api_key_env):
+        raise SftmixError(f"MT-Bench needs a judge API key in ${cfg.judge.api_key_env} "
+                          f"(judge base_url: {cfg.judge.base_url or os.environ.get('OPENAI_BASE_URL') or 'OpenAI'})")
+
+
+def _run_mtbench(ctx: Context) -> tuple[dict, list[dict]]:
+    from sftmix.eval import mtbench
+
+    d = ctx.data_dir
+    if d is None or not (d / "mt_bench").exists():
+        raise SftmixError(f"MT-Bench data not found: expected {d or '<data_dir>'}/mt_bench/question.jsonl "
+                          "(set eval.data_dir or $SFTMIX_DATA_DIR)")
+    cfg = ctx.cfg
+    judge = mtbench.Judge(cfg.judge.base_url or os.environ.get("OPENAI_BASE_URL"), cfg.judge.model,
+                          os.environ.get(cfg.judge.api_key_env), ctx.out / "judgments_cache.jsonl",
+                          parallel=cfg.judge.parallel, max_retries=cfg.judge.max_retries)
+    return mtbench.run(ctx.generator, ctx.template, d / "mt_bench", judge, ctx.model_path, cfg.mtbench_repeats, cfg.limit,
+                       cfg.mtbench_max_new_tokens, ctx.progress)
+
+
+def _run_loss(ctx: Context) -> tuple[dict, list[dict]]:
+    from sftmix.eval.loss import heldout_loss
+
+    cfg = ctx.cfg
+    shared = cfg.backend != "vllm" and cfg.dtype == "float32" and any(t != "loss" for t in ctx.tasks)
+    g = ctx.get_generator() if shared else None  # otherwise loaded only if a source is not already measured
+    loaded = (g.tokenizer, g.model) if getattr(g, "model", None) is not None else None
+    return heldout_loss(ctx.model_path, cfg, ctx.template, ctx.data_dir, ctx.sources, ctx.seed, ctx.training_ids, loaded)
+
+
+def _gsm8k_items(rows):
+    return [("accuracy", str(r.get("item", i)), 100.0 * bool(r["correct"]), 1.0) for i, r in enumerate(rows)]
+
+
+def _humaneval_items(rows):
+    per: dict[str, list] = {}
+    for r in rows:
+        per.setdefault(r["task_id"], []).append(bool(r["passed"]))
+    return [("pass@1", t, 100.0 * sum(v) / len(v), 1.0) for t, v in per.items()]
+
+
+def _mtbench_items(rows):
+    return [("score", f"{r['question_id']}:{r['turn']}:{r.get('repeat', 0)}", float(r["score"]), 1.0)
+            for r in rows if r.get("score", -1) != -1]
+
+
+def _loss_items(rows):
+    return [(r["source"], r["id"], r["loss_sum"], r["tokens"]) for r in rows if "loss_sum" in r]
+
+
+BUILTIN: dict[str, Task] = {t.name: t for t in (
+    Task("gsm8k", _run_gsm8k, {"accuracy": HIGHER}, ability="math", binary=True, items=_gsm8k_items,
+         headline=lambda m: {k: m[k] for k in ("accuracy", "flexible_accuracy", "invalid_rate", "n")},
+         description="GSM8K test: exact match of the final number (evaluation-protocol.md)"),
+    Task("humaneval", _run_humaneval, {"pass@1": HIGHER}, ability="code", binary=True, items=_humaneval_items,
+         headline=lambda m: {k: m[k] for k in m if k.startswith("pass@") or k in ("n_problems", "isolation")},
+         description="HumanEval: pass@1 of sandboxed completions"),
+    Task("mtbench", _run_mtbench, {"score": HIGHER}, ability="general", items=_mtbench_items,
+         headline=lambda m: {k: m[k] for k in ("score", "score_sd", "turn1", "turn2", "failed_judgments", "repeats")},
+         description="MT-Bench: LLM-judge score 1-10"),
+    Task("loss", _run_loss, {"*": LOWER}, generates=False, items=_loss_items,
+         values=lambda m: [(src, float(v["loss"])) for src, v in m.items() if isinstance(v, dict)],
+         headline=lambda m: {src: round(v["loss"], 4) for src, v in m.items() if isinstance(v, dict)},
+         description="held-out loss per source (the source's ability)"),
+)}
+
+_LOADED: dict[str, Task] = {}  # user tasks by their spec and by their name, once imported
+
+
+def is_spec(name: str) -> bool:
+    """A user task's Python path, ``package.module:attribute``."""
+    module, sep, attr = name.partition(":")
+    return bool(sep) and bool(module) and attr.isidentifier() and all(p.isidentifier() for p in module.split("."))
+
+
+def check_name(name: str) -> str:
+    """A task entry of a config: a built-in name or a Python path (not imported here)."""
+    if name in BUILTIN or is_spec(name):
+        return name
+    if ":" in name or "." in name:
+        raise SftmixError(f"task {name!r}: a user task is named as package.module:attribute (e.g. my_pkg.tasks:sql_exact)")
+    raise unknown("task", name, [*BUILTIN, "<package.module:attribute>"])
+
+
+def get(name: str) -> Task:
+    """The task a config entry names: a built-in, or a user task imported from its Python path."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name in _LOADED:
+        return _LOADED[name]
+    check_name(name)
+    module, _, attr = name.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise SftmixError(f"task {name!r}: cannot import {module}: {e}") from None
+    except AttributeError:
+        raise SftmixError(f"task {name!r}: module {module} has no attribute {attr!r}") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        raise SftmixError(f"task {name!r}: importing {module} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, Task):
+        raise SftmixError(f"task {name!r}: {module}.{attr} is a {type(obj).__name__}, not a sftmix.eval.tasks.Task")
+    if obj.name in BUILTIN:
+        raise SftmixError(f"task {name!r}: its name {obj.name!r} is a built-in task's")
+    _LOADED[name] = _LOADED[obj.name] = obj
+    return obj
+
+
+def known(configs: list[dict]) -> dict[str, Task]:
+    """Every task the given run configs evaluate, by name (the built-ins always)."""
+    out = dict(BUILTIN)
+    for c in configs:
+        for spec in (c.get("eval") or {}).get("tasks", []):
+            if spec not in BUILTIN:
+                t = get(spec)
+                out[t.name] = t
+    return out
+
+
+def direction(metric_key: str, tasks: dict[str, Task] | None = None) -> str | None:
+    """``"higher"`` / ``"lower"`` for a ``task/metric`` key, None when not a headline metric."""
+    task, _, metric = metric_key.partition("/")
+    t = (tasks or {}).get(task) or BUILTIN.get(task) or _LOADED.get(task)
+    return t.direction(metric) if t else None
+
+
+def is_binary(metric_key: str) -> bool:
+    """Whether a ``task/metric`` key is a pass/fail metric (per item 0 or 100)."""
+    t = BUILTIN.get(metric_key.partition("/")[0]) or _LOADED.get(metric_key.partition("/")[0])
+    return bool(t and t.binary)
+
+
+def numbers(metrics: dict) -> list[tuple[str, float]]:
+    """Every number of a metrics mapping, as (metric, value)."""
+    return [(k, float(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def stored_values(task: str, metrics: dict) -> list[tuple[str, float]]:
+    """What the study store keeps of a task's metrics (a user task needs no import for this)."""
+    return BUILTIN[task].stored_values(metrics) if task in BUILTIN else numbers(metrics)

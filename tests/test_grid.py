@@ -1,0 +1,63 @@
+"""study/grid.py: a study file expanded into runs: product and zipped axes, replicates, profiles,
+labels, ids that follow the resolved config, and the errors a user meets."""
+
+import pytest
+
+from helpers import TINY_SOURCES
+from sftmix.config import StudyConfig
+from sftmix.errors import SftmixError
+from sftmix.study.grid import expand, group_label, set_path
+
+BASE = {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]}}
+
+
+def study(**kw) -> StudyConfig:
+    return StudyConfig(name="g", base=BASE, **kw)
+
+
+def test_product_axes_times_replicates_in_grid_order():
+    runs = expand(study(grid={"strategy.sources": [["generated_math"], ["generated_code"]], "strategy.fraction": ["1/2", 1]},
+                        replicates=3))
+    assert len(runs) == 2 * 2 * 3
+    assert [r.point["seed"] for r in runs[:3]] == [0, 1, 2] and all(r.config.seed == r.point["seed"] for r in runs)
+    assert runs[0].config.strategy.sources == ["generated_math"] and runs[0].config.strategy.fraction == 0.5
+    # replicates are one configuration: the group label drops the seed, the run label keeps it
+    assert len({r.group for r in runs}) == 4 and len({r.label for r in runs}) == 12
+    assert group_label(runs[0].point) == runs[0].group and "seed" not in runs[0].group
+
+
+def test_zipped_axes_move_together_and_underscore_axes_only_label():
+    runs = expand(study(zip={"_mix": ["a", "b"], "strategy.fraction": [0.25, 0.5]}))
+    assert [(r.point["_mix"], r.config.strategy.fraction) for r in runs] == [("a", 0.25), ("b", 0.5)]
+    assert "_mix" not in runs[0].config.model_dump()
+    with pytest.raises(SftmixError, match="zip axes must have equal lengths"):
+        expand(study(zip={"strategy.fraction": [0.25, 0.5], "seed": [0]}))
+
+
+def test_ids_follow_the_resolved_config_and_duplicates_run_once():
+    a = expand(study(grid={"strategy.fraction": [1, 1.0, "1/1"]}))
+    assert len(a) == 1  # three spellings of one config: one run
+    b = expand(study(grid={"strategy.fraction": [1, 0.5]}))
+    assert a[0].id == b[0].id != b[1].id
+    relabelled = expand(StudyConfig(name="other-name", base=BASE, grid={"strategy.fraction": [1]}))
+    assert relabelled[0].id == a[0].id  # the study's name is not part of the run
+
+
+def test_profiles_merge_over_the_base_and_replace_axes():
+    s = study(grid={"strategy.fraction": [1, 0.5]},
+              profiles={"small": {"train": {"epochs": 2}, "grid": {"strategy.fraction": [0.25]}}})
+    (run,) = expand(s, "small")
+    assert run.config.train.epochs == 2 and run.config.strategy.fraction == 0.25
+    assert len(expand(s)) == 2
+    with pytest.raises(SftmixError, match="unknown profile 'big'; valid: small"):
+        expand(s, "big")
+
+
+def test_bad_axes_name_the_axis_and_the_value():
+    with pytest.raises(SftmixError, match="axis 'model.size': model is str 'tiny', not a mapping"):
+        expand(study(grid={"model.size": [1]}))
+    with pytest.raises(SftmixError, match=r"run 'name=dmtt': invalid config\n  strategy.name: .*got 'dmtt'"):
+        expand(study(grid={"strategy.name": ["dmtt"]}))  # each run validated like any run config, named
+    d = {"a": 1}
+    with pytest.raises(SftmixError, match="not a mapping"):
+        set_path(d, "a.b", 2)

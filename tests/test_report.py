@@ -1,0 +1,36 @@
+"""analysis/: the report's table marks and directions (from the task registry), and the t-SNE figure."""
+
+from sftmix.eval import tasks
+
+
+def test_report_marks_best_two():
+    from sftmix.analysis.report import markdown
+
+    md = markdown(["run", "gsm8k/accuracy", "loss/x", "train PFLOPs", "eval PFLOPs"],
+                  [["a", 10.0, 1.0, 0, 0], ["b", 30.0, 2.0, 0, 0], ["c", 20.0, 3.0, 0, 0]])
+    assert "**30.0000**" in md and "<u>20.0000</u>" in md and "**1.0000**" in md and "<u>2.0000</u>" in md
+
+
+def test_directions_and_pass_fail_come_from_the_task_registry():
+    from sftmix.analysis.findings import lower_is_better
+
+    assert lower_is_better("loss/anything") and not lower_is_better("gsm8k/accuracy")
+    assert tasks.direction("humaneval/pass@1") == tasks.HIGHER and tasks.direction("humaneval/pass@1_verbatim") is None
+    assert tasks.is_binary("gsm8k/accuracy") and tasks.is_binary("humaneval/pass@1")
+    assert not tasks.is_binary("mtbench/score") and not tasks.is_binary("loss/gsm8k")
+    assert tasks.direction("nosuchtask/x") is None
+
+
+def test_tsne_same_ids_for_both_models(tmp_path):
+    from helpers import tiny_run
+    from sftmix.analysis.tsne import load_points, tsne
+    from sftmix.models import resolve_model
+    from sftmix.train.strategies import run_strategy
+
+    final = run_strategy(tiny_run(tmp_path, "t", strategy={"name": "individual", "sources": ["generated_code"]}), progress=False)
+    png = tsne({"base": resolve_model("tiny"), "tuned": str(final)}, ["generated_math", "generated_code"], tmp_path / "ts",
+               n=12, layer=15)
+    doc = load_points(tmp_path / "ts" / "tsne.json")
+    assert png.exists() and len(doc["ids"]) == 24
+    assert doc["models"]["base"]["layer"] == 1  # 2-layer model: the middle layer instead of 15
+    assert len(doc["models"]["tuned"]["xy"]) == 24 and doc["models"]["base"]["xy"] != doc["models"]["tuned"]["xy"]

@@ -1,0 +1,56 @@
+"""study/store.py: the study's results database: runs, metrics and per-item rows written together,
+restarts, relabelling, restricted views, and a file that is not a database."""
+
+import sqlite3
+
+import pytest
+
+from sftmix.errors import SftmixError
+from sftmix.study.store import Store
+
+
+def test_a_run_is_started_finished_and_read_back(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    assert s.status("a") is None
+    s.start("a", "x=1", {"x": 1}, {"seed": 0})
+    assert s.status("a") == "running"
+    s.finish("a", "/ckpt", "/eval", [("loss", "math", 1.5)], 1000.0, 10.0, samples=[("loss", "math", "r1", 3.0, 2.0)],
+             curves=[("stage1_x", 1, 0, 0, 0, "math", 2.0)], data=[(1, "stage1_x", "gsm8k", "math", 0, 8.0, 80.0, 100.0, "file")])
+    assert s.status("a") == "done"
+    assert s.metrics() == [{"run_id": "a", "task": "loss", "metric": "math", "value": 1.5}]
+    assert [(r["item"], r["value"], r["weight"]) for r in s.samples("loss", "math")] == [("r1", 3.0, 2.0)]
+    assert s.data()[0]["examples"] == 8.0 and s.curves()[0]["loss"] == 2.0
+    # finishing again replaces, never duplicates
+    s.finish("a", "/ckpt", "/eval", [("loss", "math", 1.25)], 1000.0, 10.0)
+    assert [m["value"] for m in s.metrics()] == [1.25] and s.samples() == []
+
+
+def test_a_failed_run_restarts_and_takes_its_current_label(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    s.start("a", "old", {"x": 1}, {})
+    s.fail("a", "boom")
+    assert s.status("a") == "failed" and s.runs()[0]["error"] == "boom"
+    s.start("a", "new", {"x": 2}, {})
+    row = s.runs()[0]
+    assert (row["status"], row["error"], row["label"]) == ("running", None, "new")
+    s.relabel("a", "newer", {"x": 3})
+    assert s.runs()[0]["label"] == "newer"
+
+
+def test_a_restricted_view_reads_its_runs_alone(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    for rid in ("a", "b"):
+        s.start(rid, rid, {}, {})
+        s.finish(rid, "", "", [("loss", "m", 1.0)], 0.0, 0.0, samples=[("loss", "m", "i", 1.0, 1.0)])
+    view = s.restricted(["b"])
+    assert [r["id"] for r in view.runs()] == ["b"] and [m["run_id"] for m in view.metrics()] == ["b"]
+    assert [r["run_id"] for r in view.samples()] == ["b"]
+    assert len(s.runs()) == 2  # the store itself is unchanged
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    bad = tmp_path / "r.sqlite"
+    bad.write_text("not sqlite at all, " * 100)
+    with pytest.raises(SftmixError, match="not a readable sftmix results database"):
+        Store(bad)
+    assert isinstance(sqlite3.connect(tmp_path / "fresh.sqlite"), sqlite3.Connection)
