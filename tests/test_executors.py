@@ -56,6 +56,11 @@ def ray_token(tmp_path_factory):
         yield token
 
 
+# Ray's command line beside this interpreter (a virtual environment that is not activated has it
+# there, not on PATH)
+RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else "ray"
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -70,12 +75,12 @@ def ray_cluster(tmp_path_factory):
     port = free_port()
     tmp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run(["ray", "start", "--head", "--num-cpus=2", "--num-gpus=0", f"--port={port}", "--include-dashboard=false",
+    start = subprocess.run([RAY, "start", "--head", "--num-cpus=2", "--num-gpus=0", f"--port={port}", "--include-dashboard=false",
                             "--disable-usage-stats", "--object-store-memory=200000000"],
                            capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     yield f"127.0.0.1:{port}"
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
 def kill_after_first_done(cmd: list[str], db: Path, root: Path) -> None:
