@@ -61,12 +61,19 @@ def ray_token(tmp_path_factory):
 RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else "ray"
 
 
+# Ports `ray start` gives its own components by default: a GCS port drawn from the system's free
+# ports must not be one of them (52365 was drawn once, and the cluster refused to start)
+RAY_DEFAULT_PORTS = {6379, 8076, 8265, 10001, 52365, 62365} | set(range(10002, 20000))
+
+
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 @pytest.fixture(scope="module")
