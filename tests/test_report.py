@@ -1,5 +1,8 @@
 """analysis/: the report's table marks and directions (from the task registry), and the t-SNE figure."""
 
+import pytest
+
+from sftmix.errors import SftmixError
 from sftmix.eval import tasks
 
 
@@ -18,7 +21,8 @@ def test_directions_and_pass_fail_come_from_the_task_registry():
     assert tasks.direction("humaneval/pass@1") == tasks.HIGHER and tasks.direction("humaneval/pass@1_verbatim") is None
     assert tasks.is_binary("gsm8k/accuracy") and tasks.is_binary("humaneval/pass@1")
     assert not tasks.is_binary("mtbench/score") and not tasks.is_binary("loss/gsm8k")
-    assert tasks.direction("nosuchtask/x") is None
+    with pytest.raises(SftmixError, match="task 'nosuchtask' is not known here"):
+        tasks.direction("nosuchtask/x")
 
 
 def test_tsne_same_ids_for_both_models(tmp_path):

@@ -257,7 +257,10 @@ def direction(metric_key: str, tasks: dict[str, Task] | None = None) -> str | No
     """``"higher"`` / ``"lower"`` for a ``task/metric`` key, None when not a headline metric."""
     task, _, metric = metric_key.partition("/")
     t = (tasks or {}).get(task) or BUILTIN.get(task) or _LOADED.get(task)
-    return t.direction(metric) if t else None
+    if t is None:  # never guess a direction: a claim or a mark would silently flip
+        raise SftmixError(f"metric {metric_key!r}: task {task!r} is not known here (a user task is known once the study's "
+                          "run configs that name it have been read)")
+    return t.direction(metric)
 
 
 def is_binary(metric_key: str) -> bool:
