@@ -92,7 +92,7 @@ def run_one(kind: str, n: int, steps: int | None) -> dict:
     total_steps = -(-len(ds) // 8)
     real_tokens = real_tokens_per_epoch * done_steps / total_steps  # approx. when stopped early
     if kind == "sftmix":
-        real_tokens = trainer._real_tokens
+        real_tokens = trainer.real_tokens()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"kind": kind, "steps": done_steps, "wall_s": wall, "real_tokens": real_tokens, "tokens_per_s": real_tokens / wall,
             "loss_fixed_batch": first_loss, "losses": losses[:5], "bf16": bool(getattr(trainer.args, "bf16", False)),

@@ -9,14 +9,21 @@ import struct
 from pathlib import Path
 
 
+# Where Trainer puts the optimizer state: one process or DDP; FSDP with a full state dict; FSDP
+# with a sharded state dict (a torch.distributed.checkpoint folder, whose .metadata is written last).
+OPTIMIZER_STATES = ("optimizer.pt", "optimizer.bin", "optimizer_0/.metadata")
+SHARDED_MODEL = "pytorch_model_fsdp_0/.metadata"  # FSDP's sharded weights, in place of safetensors
+
+
 def checkpoint_complete(folder: Path) -> bool:
     """Whether a ``checkpoint-N`` folder was written to the end.
 
     ``Trainer`` writes a checkpoint in place: weights, then optimizer, scheduler and RNG state,
     then ``trainer_state.json``, then it deletes older checkpoints. A kill in between leaves a
     folder that ``get_last_checkpoint`` would still pick (it only looks at the number). Complete
-    means: ``trainer_state.json`` and ``config.json`` parse, the optimizer state exists, and every
-    safetensors file is as long as its header says.
+    means: ``trainer_state.json`` and ``config.json`` parse, the optimizer state exists (as one
+    process, DDP or FSDP write it), and every safetensors file is as long as its header says (or,
+    FSDP with a sharded state dict, the sharded weights were finished).
     """
     try:
         json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
@@ -25,10 +32,10 @@ def checkpoint_complete(folder: Path) -> bool:
         # LoRA checkpoints hold an adapter config instead of config.json
         if not (folder / "adapter_config.json").exists() or not (folder / "trainer_state.json").exists():
             return False
-    if not (folder / "optimizer.pt").exists():
+    if not any((folder / name).exists() for name in OPTIMIZER_STATES):
         return False
     weights = list(folder.glob("*.safetensors"))
-    if not weights:
+    if not weights and not (folder / SHARDED_MODEL).exists():
         return False
     for w in weights:
         try:

@@ -65,7 +65,7 @@ class HeldoutCurve(TrainerCallback):
             known = {name: m["loss"] for name, m in self.last.items()}
         logs = {CURVE_KEY + name: v for name, v in known.items()}
         logs["run_step"] = self.spec.run_step + state.global_step
-        logs["run_tokens"] = self.spec.run_tokens + self.trainer._real_tokens
+        logs["run_tokens"] = self.spec.run_tokens + self.trainer.real_tokens()
         # Trainer.log ends in on_log, which clears control.should_log: measured at the end of a
         # step, the point would swallow that step's training-loss log (its loss then merged into
         # the next step's). Keep the flag as it was.
@@ -75,8 +75,7 @@ class HeldoutCurve(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.logged_at |= {h["step"] for h in state.log_history if any(k.startswith(CURVE_KEY) for k in h)}
-        if state.global_step:  # resumed: carry the token count on from the last log before the checkpoint
-            self.trainer._real_tokens = max((h.get("real_tokens", 0) for h in state.log_history), default=0)
+        if state.global_step:  # resumed: the points before the checkpoint are in its log history
             return
         if self.spec.start is not None and set(self.spec.start) == set(self.spec.sets):
             return self.measure(state, self.spec.start)

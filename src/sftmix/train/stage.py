@@ -58,6 +58,32 @@ def use_bf16(precision: str) -> bool:
     return ok
 
 
+def enable_fsdp_on_cpu(trainer) -> None:
+    """Train FSDP on CPU processes when ``accelerate launch`` was given an FSDP config.
+
+    accelerate 1.15 turns FSDP on only for accelerator devices: on CPU processes (gloo) it builds
+    plain DDP and drops the FSDP plugin without a word. PyTorch's FSDP2 (``fully_shard``) runs on
+    CPU with gloo, so sftmix does what accelerate does on a GPU: it marks the shared state FSDP and
+    hands it the plugin read from the launcher's FSDP_* variables (the shipped
+    ``configs/accelerate/fsdp.yaml``), with the launch's mixed precision. accelerate's own FSDP2
+    code then shards the model, gathers the full state dict and saves and loads checkpoints. This
+    is what lets the FSDP path be tested on a machine without GPUs."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    # AcceleratorState re-reads distributed_type from PartialState whenever it is built again
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    trainer.is_fsdp_enabled = True
+
+
 class StageTrainer(Trainer):
     """``Trainer`` with the supervised-positions-only loss and real-token throughput logging."""
 
@@ -66,13 +92,26 @@ class StageTrainer(Trainer):
         self._select = SelectSupervised()
         self.model.get_output_embeddings().register_forward_pre_hook(self._select)
         self.loss_is_scaled_for_ga = True  # our loss is already divided by the accumulated token count
-        self._real_tokens = 0
+        self.tokens_before = 0  # all processes' real tokens before this run of the stage (a resume)
+        self._local_tokens = 0  # this process's real tokens since
         self._tokens_at_log = 0
         self._time_at_log = time.perf_counter()
 
+    def real_tokens(self) -> int:
+        """Real (non-padding) tokens trained on so far, over all processes. A collective with more
+        than one process: every process calls it at the same point (a log, a curve point, the end)."""
+        local = self._local_tokens
+        if self.accelerator.num_processes > 1:
+            local = int(self.accelerator.reduce(torch.tensor(local, device=self.accelerator.device), "sum").item())
+        return self.tokens_before + local
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        enable_fsdp_on_cpu(self)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        self._real_tokens += int(inputs.pop("num_real_tokens", 0))
+        self._local_tokens += int(inputs.pop("num_real_tokens", torch.zeros(1)).sum())
         inputs.pop("length", None)
         targets_all = labels[:, 1:]
         select = torch.zeros_like(labels, dtype=torch.bool)
@@ -94,10 +133,10 @@ class StageTrainer(Trainer):
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
-            now = time.perf_counter()
-            logs["real_tokens_per_s"] = round((self._real_tokens - self._tokens_at_log) / max(1e-9, now - self._time_at_log), 2)
-            logs["real_tokens"] = self._real_tokens
-            self._tokens_at_log, self._time_at_log = self._real_tokens, now
+            now, tokens = time.perf_counter(), self.real_tokens()
+            logs["real_tokens_per_s"] = round((tokens - self._tokens_at_log) / max(1e-9, now - self._time_at_log), 2)
+            logs["real_tokens"] = tokens
+            self._tokens_at_log, self._time_at_log = tokens, now
         super().log(logs, start_time)
 
 
@@ -151,16 +190,16 @@ def stage_done(out_dir: Path) -> bool:
 
 def check_launch(distributed_type) -> None:
     """``accelerate launch`` with an FSDP or DeepSpeed config must train that way. accelerate
-    enables FSDP only on accelerators: on CPU processes it builds plain DDP without a word, so a
-    config that was never exercised would look tested. Refuse instead."""
+    enables DeepSpeed only where it can (``enable_fsdp_on_cpu`` covers FSDP): otherwise it builds
+    plain DDP without a word, and a config that was never exercised would look tested. Refuse."""
     from accelerate.utils import DistributedType
 
     for env, want, name in (("ACCELERATE_USE_FSDP", DistributedType.FSDP, "an FSDP"),
                             ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "a DeepSpeed")):
         if os.environ.get(env, "false").lower() == "true" and distributed_type != want:
-            raise SftmixError(f"accelerate was launched with {name} config, but the trainer runs {distributed_type.value} "
-                              f"({name.split()[1]} needs accelerator devices in accelerate; on CPU processes it falls back to "
-                              "DDP): launch with configs/accelerate/ddp.yaml here, or on GPUs")
+            raise SftmixError(f"accelerate was launched with {name} config, but the trainer runs {distributed_type.value}: "
+                              f"accelerate did not enable {name.split()[1]} here (DeepSpeed needs accelerator devices; on CPU "
+                              "processes it falls back to DDP); launch with configs/accelerate/ddp.yaml or fsdp.yaml here, or on GPUs")
 
 
 def train_stage(model_path: str, composed: Composed, settings: TrainSettings, template: str, out_dir: Path,
@@ -209,13 +248,18 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     state.wait_for_everyone()
     if not state.is_main_process:
         resume = last_complete_checkpoint(ckpt_dir)
+    if resume:  # carry the token count on from the last log before the checkpoint
+        history = read_json(Path(resume) / "trainer_state.json").get("log_history", [])
+        trainer.tokens_before = trainer._tokens_at_log = max((h.get("real_tokens", 0) for h in history), default=0)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
+    real_tokens = trainer.real_tokens()
+    full_state = gather_full_state(trainer) if trainer.is_fsdp_enabled else None
     if state.is_main_process:
-        _save_final(trainer, tokenizer, final, settings)
+        _save_final(trainer, tokenizer, final, settings, full_state)
         curve_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldoutCurve)), None)
         # With LoRA the measurement was of the unmerged adapter model, the saved one is merged: the
         # final evaluation measures the saved weights itself.
@@ -245,9 +289,9 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "resumed_from": resume,
             "metrics": result.metrics,
             "wall_s": round(wall, 2),
-            "real_tokens": trainer._real_tokens,
+            "real_tokens": real_tokens,
             "run_step_end": (curve.run_step if curve else 0) + trainer.state.global_step,
-            "run_tokens_end": (curve.run_tokens if curve else 0) + trainer._real_tokens,
+            "run_tokens_end": (curve.run_tokens if curve else 0) + real_tokens,
             "curve": curve_points(trainer.state.log_history, out_dir.name),
             "log_history": trainer.state.log_history,
             **provenance(),
@@ -259,10 +303,23 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     return final
 
 
-def _save_final(trainer: StageTrainer, tokenizer, final: Path, settings: TrainSettings) -> None:
+def gather_full_state(trainer: StageTrainer) -> dict:
+    """Sharded (FSDP) weights gathered into one full state dict: a collective, every process calls
+    it, the main one gets the tensors. Gathered tensors no longer share storage, so a tied weight
+    (the output layer tied to the embeddings) would be saved twice: it is kept once, under the name
+    ``save_pretrained`` keeps for an unsharded model."""
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    first: dict[int, str] = {}
+    for name, param in trainer.model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(param), name) != name:
+            state.pop(name, None)
+    return state
+
+
+def _save_final(trainer: StageTrainer, tokenizer, final: Path, settings: TrainSettings, full_state: dict | None) -> None:
     model = trainer.model
     if settings.lora is not None:
         model = model.merge_and_unload()  # the next stage and the evaluators start from full weights
     final.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(final)
+    model.save_pretrained(final, state_dict=full_state)
     tokenizer.save_pretrained(final)

@@ -119,7 +119,8 @@ class Collator:
             if packed:
                 pos[i, :k] = torch.tensor(b["position_ids"])
                 pos[i, k:] = torch.arange(n - k)  # padding forms its own (ignored) segment
-        out = {"input_ids": ids, "labels": labels, "num_real_tokens": mask.sum()}
+        # per row, so that a batch split across processes (accelerate's dispatch) splits the count too
+        out = {"input_ids": ids, "labels": labels, "num_real_tokens": mask.sum(1)}
         if packed:
             out["position_ids"] = pos
         else:
