@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, losses, weights
-
 from sftmix.train.checkpoints import checkpoint_complete
 
 

@@ -8,7 +8,6 @@ import shutil
 import struct
 from pathlib import Path
 
-
 # Where Trainer puts the optimizer state: one process or DDP; FSDP with a full state dict; FSDP
 # with a sharded state dict (a torch.distributed.checkpoint folder, whose .metadata is written last).
 OPTIMIZER_STATES = ("optimizer.pt", "optimizer.bin", "optimizer_0/.metadata")
