@@ -1,5 +1,6 @@
 """Resume after a real SIGKILL, and 2 processes (gloo) against 1 at the same global batch."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -89,57 +90,59 @@ def launcher(name: str) -> str:
     return shutil.which(name) or str(Path(sys.executable).with_name(name))
 
 
-def accelerate_train(config: str, cfg: Path, port: int, *overrides: str, background: bool = False):
-    """``sftmix train`` under ``accelerate launch`` with a shipped config on 2 CPU processes. The
-    CPU override: ``--mixed_precision no`` (the shipped bf16 is for GPUs; the run is fp32)."""
-    cmd = [launcher("accelerate"), "launch", "--config_file", f"configs/accelerate/{config}", "--num_processes", "2",
-           "--mixed_precision", "no", "--main_process_port", str(port), "-m", "sftmix.cli", "train", str(cfg), *overrides, "--quiet"]
+def accelerate_train(config: str | Path, cfg: Path, port: int, background: bool = False):
+    """``sftmix train`` under ``accelerate launch`` with an accelerate config (a shipped one by name)
+    on 2 CPU processes. The CPU override: ``--mixed_precision no`` (the shipped bf16 is for GPUs;
+    the runs are fp32)."""
+    config = config if isinstance(config, Path) else Path("configs/accelerate") / config
+    cmd = [launcher("accelerate"), "launch", "--config_file", str(config), "--num_processes", "2",
+           "--mixed_precision", "no", "--main_process_port", str(port), "-m", "sftmix.cli", "train", str(cfg), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-FSDP_TOLERANCE = 1e-5  # relative, per-step loss and final weights; measured 7e-8 (gloo's float reductions)
+SHARDED_TOLERANCE = 1e-5  # relative, per-step losses and final weights; measured below 2e-7 (gloo's float reductions)
+STRATEGY = {"name": "individual", "sources": ["generated_math"]}
+SHARDED_TRAIN = {"per_device_batch_size": 4, "batch_size": 8, "epochs": 4, "save_steps": 4}  # 24 steps
 
 
-@pytest.mark.skipif(not Path(launcher("accelerate")).exists(), reason="accelerate's launcher not installed")
-def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_resumes(tmp_path):
-    """The shipped FSDP config (FSDP2, full state dict, Llama decoder layers wrapped) on 2 CPU
-    processes with gloo: the same per-step losses as one process at the same global batch, a final
-    folder that is an ordinary model, and a run killed mid-stage that resumes from its newest
-    complete checkpoint and ends where the uninterrupted FSDP run ends."""
-    strategy = {"name": "individual", "sources": ["generated_math"]}
-    train = {"per_device_batch_size": 4, "batch_size": 8, "epochs": 4, "save_steps": 4}
-    one = write_cfg(tmp_path, "one", strategy, **train)
-    assert sftmix("train", str(one), "--quiet").returncode == 0
-    r = accelerate_train("fsdp.yaml", write_cfg(tmp_path, "fsdp", strategy, **train), 29531)
+def final_of(tmp: Path, name: str) -> Path:
+    return tmp / name / "stage1_generated_math" / "final"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The single-process run the multi-process ones must equal: same data, same global batch."""
+    tmp = tmp_path_factory.mktemp("one")
+    r = sftmix("train", str(write_cfg(tmp, "one", STRATEGY, **SHARDED_TRAIN)), "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
-    final1, final2 = (tmp_path / n / "stage1_generated_math" / "final" for n in ("one", "fsdp"))
-    meta1, meta2 = (json.loads((f / "meta.json").read_text()) for f in (final1, final2))
-    assert (meta2["distributed_type"], meta2["processes"]) == ("FSDP", 2)  # sharded, not DDP under another name
-    l1, l2 = losses(final1), losses(final2)
-    assert len(l1) == len(l2) == 24
-    assert max(abs(a - b) / abs(a) for a, b in zip(l1, l2)) < FSDP_TOLERANCE
-    assert meta2["real_tokens"] == meta1["real_tokens"]
-    # An ordinary model folder: the same tensors as one process's (the tied output layer once),
-    # the plain architecture, loaded and measured by sftmix eval.
-    w1, w2 = weights(final1), weights(final2)
-    assert w1.keys() == w2.keys()
-    assert max(((w1[k] - w2[k]).abs().max() / w1[k].abs().max()).item() for k in w1) < FSDP_TOLERANCE
-    assert json.loads((final2 / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    measured = []
-    for final in (final1, final2):
-        r = sftmix("eval", str(final), "--tasks", "loss", "--loss-sources", "generated_math", "--loss-samples", "8",
-                   "--out", str(final.parent / "eval"), "--quiet")
-        assert r.returncode == 0, r.stderr[-3000:]
-        measured.append(json.loads((final.parent / "eval" / "results.json").read_text())["tasks"]["loss"]["generated_math"]["loss"])
-    assert abs(measured[0] - measured[1]) / measured[0] < FSDP_TOLERANCE
+    return final_of(tmp, "one")
 
-    # Killed after its first checkpoint, rerun: resumes there and ends where the uninterrupted run ends.
-    killed = write_cfg(tmp_path, "killed", strategy, **train)
-    proc = accelerate_train("fsdp.yaml", killed, 29533, background=True)
-    stage = tmp_path / "killed" / "stage1_generated_math"
+
+def assert_trains_as_one_process(final: Path, one: Path, distributed_type: str) -> dict:
+    """Per-step losses, real tokens and the saved tensors equal the single-process run's; the final
+    folder is an ordinary model (plain architecture, the tied output layer stored once)."""
+    meta, meta1 = (json.loads((f / "meta.json").read_text()) for f in (final, one))
+    assert (meta["distributed_type"], meta["processes"]) == (distributed_type, 2)  # not DDP under another name
+    l1, l2 = losses(one), losses(final)
+    assert len(l1) == len(l2) == 24
+    assert max(abs(a - b) / abs(a) for a, b in zip(l1, l2)) < SHARDED_TOLERANCE
+    assert meta["real_tokens"] == meta1["real_tokens"] > 0
+    w1, w2 = weights(one), weights(final)
+    assert w1.keys() == w2.keys()
+    assert max(((w1[k] - w2[k]).abs().max() / w1[k].abs().max()).item() for k in w1) < SHARDED_TOLERANCE
+    assert json.loads((final / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    return meta
+
+
+def assert_resumes_to_the_same_end(tmp: Path, config: str | Path, reference: Path, port: int) -> dict:
+    """Killed after its first complete checkpoint, rerun: resumes from it and ends where the
+    uninterrupted run (``reference``) ended."""
+    killed = write_cfg(tmp, "killed", STRATEGY, **SHARDED_TRAIN)
+    proc = accelerate_train(config, killed, port, background=True)
+    stage = tmp / "killed" / "stage1_generated_math"
     deadline = time.time() + 300
     while time.time() < deadline and not any(checkpoint_complete(c) for c in (stage / "checkpoints").glob("checkpoint-*")):
         time.sleep(0.02)
@@ -149,13 +152,84 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_re
         p.kill()
     proc.wait()
     assert not (stage / "final" / "meta.json").exists(), "the kill came too late to test resume"
-    r = accelerate_train("fsdp.yaml", killed, 29535)
+    r = accelerate_train(config, killed, port + 1)
     assert r.returncode == 0, r.stderr[-3000:]
-    meta3 = json.loads((stage / "final" / "meta.json").read_text())
-    assert meta3["resumed_from"] and Path(meta3["resumed_from"]).name.startswith("checkpoint-"), meta3["resumed_from"]
-    assert meta3["distributed_type"] == "FSDP" and meta3["real_tokens"] == meta2["real_tokens"]
-    l3 = losses(stage / "final")
+    meta = json.loads((stage / "final" / "meta.json").read_text())
+    assert meta["resumed_from"] and Path(meta["resumed_from"]).name.startswith("checkpoint-"), meta["resumed_from"]
+    ref_meta = json.loads((reference / "meta.json").read_text())
+    assert meta["distributed_type"] == ref_meta["distributed_type"] and meta["real_tokens"] == ref_meta["real_tokens"]
     # the steps up to the checkpoint come from its log history, the rest were trained again
-    assert len(l3) == 24 and max(abs(a - b) / abs(a) for a, b in zip(l2, l3)) < FSDP_TOLERANCE
-    w3 = weights(stage / "final")
-    assert max(((w2[k] - w3[k]).abs().max() / w2[k].abs().max()).item() for k in w2) < FSDP_TOLERANCE
+    l_ref, l_got = losses(reference), losses(stage / "final")
+    assert len(l_got) == 24 and max(abs(a - b) / abs(a) for a, b in zip(l_ref, l_got)) < SHARDED_TOLERANCE
+    w_ref, w_got = weights(reference), weights(stage / "final")
+    assert max(((w_ref[k] - w_got[k]).abs().max() / w_ref[k].abs().max()).item() for k in w_ref) < SHARDED_TOLERANCE
+    return meta
+
+
+needs_launcher = pytest.mark.skipif(not Path(launcher("accelerate")).exists(), reason="accelerate's launcher not installed")
+
+
+@needs_launcher
+def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_resumes(tmp_path, one_process):
+    """The shipped FSDP config (FSDP2, full state dict, Llama decoder layers wrapped) on 2 CPU
+    processes with gloo; its model folder measured by sftmix eval like the single-process one."""
+    r = accelerate_train("fsdp.yaml", write_cfg(tmp_path, "fsdp", STRATEGY, **SHARDED_TRAIN), 29531)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = assert_trains_as_one_process(final_of(tmp_path, "fsdp"), one_process, "FSDP")
+    assert 0.5 <= meta["weights_held"] < 0.51  # each process held half (the odd vocabulary row on rank 0)
+    measured = []
+    for final in (one_process, final_of(tmp_path, "fsdp")):
+        out = tmp_path / f"eval_{final.parent.parent.name}"
+        r = sftmix("eval", str(final), "--tasks", "loss", "--loss-sources", "generated_math", "--loss-samples", "8",
+                   "--out", str(out), "--quiet")
+        assert r.returncode == 0, r.stderr[-3000:]
+        measured.append(json.loads((out / "results.json").read_text())["tasks"]["loss"]["generated_math"]["loss"])
+    assert abs(measured[0] - measured[1]) / measured[0] < SHARDED_TOLERANCE
+    assert_resumes_to_the_same_end(tmp_path, "fsdp.yaml", final_of(tmp_path, "fsdp"), 29533)
+
+
+@needs_launcher
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (the deepspeed extra)")
+def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_zero3_resumes(tmp_path, one_process):
+    """DeepSpeed runs on CPU processes (its CPU accelerator, gloo). ZeRO-2 with the shipped config.
+    ZeRO-3 with the shipped config's settings but every parameter partitioned: DeepSpeed keeps a
+    parameter whole below stage3_param_persistence_threshold (1e5 elements by default), which is
+    every parameter of the tiny model, so the shipped config alone would not shard it at all."""
+    r = accelerate_train("deepspeed_zero2.yaml", write_cfg(tmp_path, "zero2", STRATEGY, **SHARDED_TRAIN), 29541)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = assert_trains_as_one_process(final_of(tmp_path, "zero2"), one_process, "DEEPSPEED")
+    assert meta["weights_held"] == 1.0  # ZeRO-2 shards optimizer state and gradients, not weights
+
+    shipped = yaml.safe_load(Path("configs/accelerate/deepspeed_zero3.yaml").read_text())
+    ds = shipped.pop("deepspeed_config")
+    (tmp_path / "ds_zero3.json").write_text(json.dumps({
+        "zero_optimization": {"stage": ds["zero_stage"], "stage3_param_persistence_threshold": 0,
+                              "stage3_gather_16bit_weights_on_model_save": ds["zero3_save_16bit_model"],
+                              "offload_optimizer": {"device": ds["offload_optimizer_device"]},
+                              "offload_param": {"device": ds["offload_param_device"]}},
+        "gradient_accumulation_steps": ds["gradient_accumulation_steps"], "gradient_clipping": ds["gradient_clipping"],
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}))
+    zero3 = tmp_path / "accelerate_zero3.yaml"  # not zero3.yaml: the run config takes that name
+    zero3.write_text(yaml.safe_dump({**shipped, "deepspeed_config": {"deepspeed_config_file": str(tmp_path / "ds_zero3.json"),
+                                                                     "zero3_init_flag": ds["zero3_init_flag"]}}))
+    r = accelerate_train(zero3, write_cfg(tmp_path, "zero3", STRATEGY, **SHARDED_TRAIN), 29543)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = assert_trains_as_one_process(final_of(tmp_path, "zero3"), one_process, "DEEPSPEED")
+    assert meta["weights_held"] < 0.51  # partitioned: each process held about half
+    assert_resumes_to_the_same_end(tmp_path, zero3, final_of(tmp_path, "zero3"), 29545)
+
+
+@pytest.mark.parametrize("env, runs", [("ACCELERATE_USE_DEEPSPEED", "MULTI_CPU"), ("ACCELERATE_USE_FSDP", "MULTI_CPU"),
+                                       ("ACCELERATE_USE_FSDP", "DEEPSPEED")])
+def test_a_launch_whose_sharding_accelerate_did_not_enable_is_refused(monkeypatch, env, runs):
+    """Where accelerate falls back to DDP without a word (DeepSpeed it cannot start, FSDP sftmix did
+    not turn on), the untested path must not pass for a tested one."""
+    from accelerate.utils import DistributedType
+
+    from sftmix.errors import SftmixError
+    from sftmix.train.stage import check_launch
+
+    monkeypatch.setenv(env, "true")
+    with pytest.raises(SftmixError, match="accelerate was launched with .* config, but the trainer runs"):
+        check_launch(DistributedType[runs])
+    check_launch(DistributedType.DEEPSPEED if env == "ACCELERATE_USE_DEEPSPEED" else DistributedType.FSDP)

@@ -14,6 +14,16 @@ OPTIMIZER_STATES = ("optimizer.pt", "optimizer.bin", "optimizer_0/.metadata")
 SHARDED_MODEL = "pytorch_model_fsdp_0/.metadata"  # FSDP's sharded weights, in place of safetensors
 
 
+def deepspeed_state_complete(folder: Path) -> bool:
+    """DeepSpeed keeps model and optimizer state in a ``global_stepN`` folder and writes the
+    ``latest`` file naming it once that folder is finished."""
+    try:
+        tag = (folder / "latest").read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return bool(tag) and any((folder / tag).glob("*optim_states.pt"))
+
+
 def checkpoint_complete(folder: Path) -> bool:
     """Whether a ``checkpoint-N`` folder was written to the end.
 
@@ -21,7 +31,7 @@ def checkpoint_complete(folder: Path) -> bool:
     then ``trainer_state.json``, then it deletes older checkpoints. A kill in between leaves a
     folder that ``get_last_checkpoint`` would still pick (it only looks at the number). Complete
     means: ``trainer_state.json`` and ``config.json`` parse, the optimizer state exists (as one
-    process, DDP or FSDP write it), and every safetensors file is as long as its header says (or,
+    process, DDP, FSDP or DeepSpeed write it), and every safetensors file is as long as its header says (or,
     FSDP with a sharded state dict, the sharded weights were finished).
     """
     try:
@@ -31,7 +41,7 @@ def checkpoint_complete(folder: Path) -> bool:
         # LoRA checkpoints hold an adapter config instead of config.json
         if not (folder / "adapter_config.json").exists() or not (folder / "trainer_state.json").exists():
             return False
-    if not any((folder / name).exists() for name in OPTIMIZER_STATES):
+    if not any((folder / name).exists() for name in OPTIMIZER_STATES) and not deepspeed_state_complete(folder):
         return False
     weights = list(folder.glob("*.safetensors"))
     if not weights and not (folder / SHARDED_MODEL).exists():

@@ -94,8 +94,15 @@ class StageTrainer(Trainer):
         self.loss_is_scaled_for_ga = True  # our loss is already divided by the accumulated token count
         self.tokens_before = 0  # all processes' real tokens before this run of the stage (a resume)
         self._local_tokens = 0  # this process's real tokens since
+        self.weights_held: float | None = None
         self._tokens_at_log = 0
         self._time_at_log = time.perf_counter()
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        if self.weights_held is None:
+            self.weights_held = weights_held(self.model)
+        return loss
 
     def real_tokens(self) -> int:
         """Real (non-padding) tokens trained on so far, over all processes. A collective with more
@@ -241,6 +248,9 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
                            processing_class=tokenizer)
     check_launch(trainer.accelerator.distributed_type)
+    if settings.lora is not None and sharded_parameters(trainer):
+        raise SftmixError("train.lora under FSDP or DeepSpeed ZeRO-3 is not supported: the merged model is saved from "
+                          "unsharded weights; train LoRA with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
     if curve is not None and curve.sets:
         trainer.add_callback(HeldoutCurve(curve, trainer, tokenizer))
     ckpt_dir = Path(args.output_dir)
@@ -257,7 +267,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
     real_tokens = trainer.real_tokens()
-    full_state = gather_full_state(trainer) if trainer.is_fsdp_enabled else None
+    full_state = gather_full_state(trainer) if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled else None
     if state.is_main_process:
         _save_final(trainer, tokenizer, final, settings, full_state)
         curve_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldoutCurve)), None)
@@ -276,6 +286,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "effective_batch": settings.batch_size,
             "processes": state.num_processes,
             "distributed_type": str(trainer.accelerator.distributed_type.value),
+            "weights_held": trainer.weights_held,  # by the main process, as a fraction of the model: sharding observed
             "bf16": args.bf16,
             # what the trained model was, observed rather than asked for: with LoRA only the
             # adapter is trainable; gradient checkpointing as the Trainer turned it on
@@ -303,12 +314,36 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     return final
 
 
+def sharded_parameters(trainer: StageTrainer) -> bool:
+    """Whether each process holds only a shard of the weights: FSDP, or DeepSpeed ZeRO-3."""
+    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return trainer.is_fsdp_enabled or (ds is not None and ds.zero_stage == 3)
+
+
+def weights_held(model) -> float:
+    """The fraction of the model's weights this process holds: about 1/processes where they are
+    sharded (FSDP's DTensors; ZeRO-3's partitions, apart from the small parameters it keeps whole),
+    1 where each process has them all. Read after a backward pass: FSDP2 keeps the root module's
+    weights gathered between a forward and its backward (and after a forward without one)."""
+    held = full = 0
+    for p in model.parameters():
+        if hasattr(p, "ds_numel"):  # ZeRO-3
+            full += p.ds_numel
+            held += p.ds_numel if getattr(p, "ds_persist", False) else p.ds_tensor.numel()
+        else:
+            full += p.numel()
+            held += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    return round(held / max(1, full), 4)
+
+
 def gather_full_state(trainer: StageTrainer) -> dict:
-    """Sharded (FSDP) weights gathered into one full state dict: a collective, every process calls
-    it, the main one gets the tensors. Gathered tensors no longer share storage, so a tied weight
+    """Sharded weights (FSDP, DeepSpeed ZeRO-3) gathered into one full state dict: a collective,
+    every process calls it, the main one gets the tensors. Gathered tensors no longer share
+    storage, so a tied weight
     (the output layer tied to the embeddings) would be saved twice: it is kept once, under the name
     ``save_pretrained`` keeps for an unsharded model."""
-    state = trainer.accelerator.get_state_dict(trainer.model)
+    # the DeepSpeed engine knows its ZeRO stage; ZeRO-3 gives the other processes None
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped) or {}
     first: dict[int, str] = {}
     for name, param in trainer.model.named_parameters(remove_duplicate=False):
         if first.setdefault(id(param), name) != name:
