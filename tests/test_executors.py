@@ -2,6 +2,7 @@
 trained twice after the driver is killed, and clear errors before any run starts."""
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
-from helpers import TINY_TRAIN, study_file, study_metrics
+from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, study_file, study_metrics
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'sftmix[ray]'); CI installs it")
 submitit = pytest.importorskip("submitit", reason="submitit is an optional extra (pip install 'sftmix[slurm]'); CI installs it")
@@ -186,10 +188,80 @@ def test_bad_executor_input_fails_before_any_run_starts(tmp_path, extra, args, e
 def test_launch_command_for_several_gpus_and_nodes():
     from sftmix.study.worker import launch_command
 
-    assert launch_command(8, 1) == ["accelerate", "launch", "--multi_gpu", "--num_processes=8", "--num_machines=1", "--machine_rank=0"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    assert launch_command(8, 1) == [*launch, "--multi_gpu", "--num_processes=8", "--num_machines=1", "--machine_rank=0"]
     assert launch_command(4, 2, rank=1, main_host="node01") == [
-        "accelerate", "launch", "--multi_gpu", "--num_processes=8", "--num_machines=2", "--machine_rank=1",
+        *launch, "--multi_gpu", "--num_processes=8", "--num_machines=2", "--machine_rank=1",
         "--main_process_ip=node01", "--main_process_port=29500"]
+    # CPU nodes: one process each, still through the multi-process launcher
+    assert launch_command(0, 2, rank=0, main_host="node01") == [
+        *launch, "--multi_gpu", "--num_processes=2", "--num_machines=2", "--machine_rank=0",
+        "--main_process_ip=node01", "--main_process_port=29500"]
+    assert launch_command(0, 1) == [*launch, "--num_processes=1", "--num_machines=1", "--machine_rank=0"]
+
+
+def test_the_nodes_of_a_job_meet_on_a_port_of_their_own(monkeypatch):
+    from sftmix.study.executors.slurm import rendezvous_port
+
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    assert rendezvous_port("4242") == rendezvous_port("4242") == 24242
+    assert rendezvous_port("4243") != rendezvous_port("4242") and 20000 <= rendezvous_port("987654_3") < 40000
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    assert rendezvous_port("4242") == 29999
+
+
+NODE_RUNNER = """
+import json, sys
+from sftmix.study.executors.slurm import Job
+config, run_out = json.loads(sys.argv[1]), sys.argv[2]
+print("node result:", Job(config, run_out, 1, 0, 2)())
+"""
+
+
+def test_two_slurm_nodes_train_as_one_run(tmp_path):
+    """Two "nodes" of one Slurm job as two local processes, each with the environment Slurm gives
+    a node's task (SLURM_NODEID, SLURM_PROCID, SLURM_JOB_NODELIST, ...), run the job the Slurm
+    executor submits. Its launcher code builds each node's accelerate launch from
+    submitit.JobEnvironment; the nodes meet at the first host and train as one 2-process run: the
+    same losses as one process at the same global batch, and node 0 alone evaluates and finishes."""
+    from helpers import losses
+
+    cfg = {"name": "nodes", "model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]},
+           "train": {**TINY_TRAIN, "per_device_batch_size": 4, "batch_size": 8}, "eval": TINY_EVAL}
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump({**cfg, "output_dir": str(tmp_path / "one")}))
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(one), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_out = tmp_path / "runs" / "nodes"
+    port = free_port()
+    nodes = []
+    for node in (0, 1):
+        env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2",
+               "SLURM_NODEID": str(node), "SLURM_PROCID": str(node), "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "localhost",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        log = open(tmp_path / f"node{node}.log", "w")  # noqa: SIM115 - closed with the process below
+        nodes.append((subprocess.Popen([sys.executable, "-c", NODE_RUNNER, json.dumps({**cfg, "output_dir": str(run_out)}), str(run_out)],
+                                       stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, ), log))
+    # A node that fails leaves the other waiting at the rendezvous: stop both and show why.
+    deadline = time.time() + 600
+    while any(p.poll() is None for p, _ in nodes) and not any(p.poll() for p, _ in nodes) and time.time() < deadline:
+        time.sleep(0.5)
+    for p, log in nodes:
+        if p.poll() is None:  # with its launcher's ranks, which torch starts in sessions of their own
+            for q in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]:
+                q.kill()
+        p.wait()
+        log.close()
+    outs = [(tmp_path / f"node{node}.log").read_text() for node in (0, 1)]
+    for (p, _), out in zip(nodes, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert "node result: done" in outs[0] and "node result: trained" in outs[1]
+    final = run_out / "stage1_generated_math" / "final"
+    meta = json.loads((final / "meta.json").read_text())
+    assert (meta["distributed_type"], meta["processes"]) == ("MULTI_CPU", 2)  # one run over both nodes, not two runs
+    l1, l2 = losses(tmp_path / "one" / "stage1_generated_math" / "final"), losses(final)
+    assert len(l1) == len(l2) > 3 and max(abs(a - b) / abs(a) for a, b in zip(l1, l2)) < 1e-5
+    assert (run_out / "done.json").exists() and (run_out / "eval" / "results.json").exists()
 
 
 @pytest.mark.parametrize("auth_env,expected", [

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -136,6 +137,7 @@ def _train(cfg, run_out: Path, launcher: list[str] | None, progress: bool) -> Pa
         return run_strategy(cfg, progress=progress)
 
     path = run_out / "run.yaml"
+    run_out.mkdir(parents=True, exist_ok=True)  # a node other than the first may get here before it
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     subprocess.run([*launcher, "-m", "sftmix.cli", "train", str(path), "--quiet"], check=True)
     stages = plan(cfg)
@@ -144,10 +146,16 @@ def _train(cfg, run_out: Path, launcher: list[str] | None, progress: bool) -> Pa
 
 def launch_command(gpus: int, nodes: int = 1, rank: int = 0, main_host: str = "localhost", port: int = 29500) -> list[str]:
     """``accelerate launch`` for one node of a run over ``gpus`` GPUs per node on ``nodes`` nodes
-    (one launcher per node, as accelerate expects; it starts one process per GPU)."""
-    cmd = ["accelerate", "launch", f"--num_processes={max(1, gpus) * nodes}", f"--num_machines={nodes}", f"--machine_rank={rank}"]
-    if gpus * nodes > 1:
-        cmd.insert(2, "--multi_gpu")
+    (one launcher per node, as accelerate expects; it starts one process per GPU, or one on a CPU
+    node). ``--multi_gpu`` names accelerate's torchrun launcher, which on CPU processes trains with
+    gloo: without it accelerate starts a lone process per node whatever ``--num_machines`` says, and
+    each node would train the whole run by itself. The launcher is run by this interpreter, so a
+    node needs no activated environment."""
+    per_node = max(1, gpus)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", f"--num_processes={per_node * nodes}", f"--num_machines={nodes}",
+           f"--machine_rank={rank}"]
+    if per_node * nodes > 1:
+        cmd.insert(3, "--multi_gpu")
     if nodes > 1:
         cmd += [f"--main_process_ip={main_host}", f"--main_process_port={port}"]
     return cmd

@@ -20,6 +20,16 @@ from sftmix.study import worker
 from sftmix.study.executors.local import Executor, Handle
 
 
+def rendezvous_port(job_id: str) -> int:
+    """The port the nodes of a job meet on at its first host: ``MASTER_PORT`` where set, else one
+    drawn from the job id, the same on every node of the job and different for two jobs that share a
+    first host (a fixed 29500 would make the second one fail)."""
+    if os.environ.get("MASTER_PORT"):
+        return int(os.environ["MASTER_PORT"])
+    digits = "".join(c for c in str(job_id) if c.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
+
+
 class Job:
     """What a Slurm (or submitit local) job runs: one run; requeued on preemption or timeout."""
 
@@ -36,7 +46,7 @@ class Job:
             env = submitit.JobEnvironment()
             rank = env.global_rank
             main = env.hostnames[0] if env.hostnames else "localhost"
-            launcher = worker.launch_command(self.gpus, self.nodes, env.node, main)
+            launcher = worker.launch_command(self.gpus, self.nodes, env.node, main, rendezvous_port(env.job_id))
         os.chdir(self.cwd)
         if rank != 0:  # the other nodes only train: their launcher joins rank 0's
             cfg = RunConfig.model_validate({**self.config, "output_dir": self.run_out})
