@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -64,20 +65,55 @@ def test_every_key_of_the_shipped_multi_process_configs_is_one_accelerate_knows(
     assert "fsdp_config.fsdp_state_dict_typ" in said and any(s.startswith("fsdp_config.fsdp_version=3") for s in said), said
 
 
-def test_the_shipped_fsdp_config_builds_accelerates_fsdp2_plugin_for_the_llama_layers(monkeypatch):
+def shipped_fsdp_plugin(monkeypatch, path=REPO / "configs/accelerate/fsdp.yaml"):
+    """The FSDP plugin each process builds from the environment the launcher gives it."""
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
-    from transformers import LlamaForCausalLM
 
-    args = launch_args(REPO / "configs/accelerate/fsdp.yaml")
-    assert args.use_fsdp and args.num_processes == 8
-    for key, value in prepare_multi_gpu_env(args).items():  # the environment the launcher gives each process
+    args = launch_args(path)
+    assert args.use_fsdp
+    for key, value in prepare_multi_gpu_env(args).items():
         monkeypatch.setenv(key, value)
-    plugin = FullyShardedDataParallelPlugin()
+    return FullyShardedDataParallelPlugin()
+
+
+def tiny_decoder(kind: str):
+    """A 2-layer random model of an architecture, built from its config alone (no download)."""
+    import transformers
+
+    config = getattr(transformers, f"{kind}Config")(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                    num_attention_heads=4, num_key_value_heads=2)
+    return getattr(transformers, f"{kind}ForCausalLM")(config)
+
+
+def wrapped_layers(plugin, model) -> list[str]:
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    return [type(m).__name__ for m in model.modules() if policy(m)]
+
+
+@pytest.mark.parametrize("kind", ["Llama", "Qwen2", "Mistral"])
+def test_the_shipped_fsdp_config_wraps_each_decoder_layer_of_any_architecture(monkeypatch, kind):
+    plugin = shipped_fsdp_plugin(monkeypatch)
     assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
     assert plugin.cpu_ram_efficient_loading and plugin.reshard_after_forward
-    # the wrapped layer is the decoder layer of the models sftmix trains here (SmolLM2 and tiny are Llamas)
-    assert plugin.transformer_cls_names_to_wrap == LlamaForCausalLM._no_split_modules == ["LlamaDecoderLayer"]
+    model = tiny_decoder(kind)
+    # the model's own decoder layer, once per layer (SmolLM2 and the tiny model are Llamas)
+    assert wrapped_layers(plugin, model) == [f"{kind}DecoderLayer"] * 2
+    assert set(model._no_split_modules) == {f"{kind}DecoderLayer"}
+
+
+def test_a_layer_class_named_in_the_config_fits_one_architecture_only(monkeypatch, tmp_path):
+    """Why the shipped config names no class: LlamaDecoderLayer (as it used to) stops a Qwen2 run."""
+    doc = yaml.safe_load((REPO / "configs/accelerate/fsdp.yaml").read_text())
+    doc["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] = "LlamaDecoderLayer"
+    named = tmp_path / "named.yaml"
+    named.write_text(yaml.safe_dump(doc))
+    plugin = shipped_fsdp_plugin(monkeypatch, named)
+    assert wrapped_layers(plugin, tiny_decoder("Llama")) == ["LlamaDecoderLayer"] * 2
+    with pytest.raises(ValueError, match="Could not find the transformer layer class LlamaDecoderLayer"):
+        wrapped_layers(plugin, tiny_decoder("Qwen2"))
 
 
 def test_the_shipped_deepspeed_configs_build_accelerates_deepspeed_plugin():
