@@ -196,17 +196,18 @@ def stage_done(out_dir: Path) -> bool:
 
 
 def check_launch(distributed_type) -> None:
-    """``accelerate launch`` with an FSDP or DeepSpeed config must train that way. accelerate
-    enables DeepSpeed only where it can (``enable_fsdp_on_cpu`` covers FSDP): otherwise it builds
-    plain DDP without a word, and a config that was never exercised would look tested. Refuse."""
+    """``accelerate launch`` with an FSDP or DeepSpeed config must train that way. Where accelerate
+    does not enable it (as FSDP on CPU processes before ``enable_fsdp_on_cpu``), it trains plain
+    DDP without a word, and a config that was never exercised would look tested. Refuse."""
     from accelerate.utils import DistributedType
 
     for env, want, name in (("ACCELERATE_USE_FSDP", DistributedType.FSDP, "an FSDP"),
                             ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "a DeepSpeed")):
         if os.environ.get(env, "false").lower() == "true" and distributed_type != want:
             raise SftmixError(f"accelerate was launched with {name} config, but the trainer runs {distributed_type.value}: "
-                              f"accelerate did not enable {name.split()[1]} here (DeepSpeed needs accelerator devices; on CPU "
-                              "processes it falls back to DDP); launch with configs/accelerate/ddp.yaml or fsdp.yaml here, or on GPUs")
+                              f"accelerate did not enable {name.split()[1]} for these processes, and training as "
+                              f"{distributed_type.value} instead would pass for a {name.split()[1]} run; launch with a config "
+                              "of what runs here (configs/accelerate/ddp.yaml, fsdp.yaml; DeepSpeed needs the deepspeed extra)")
 
 
 def train_stage(model_path: str, composed: Composed, settings: TrainSettings, template: str, out_dir: Path,
