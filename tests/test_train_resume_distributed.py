@@ -137,9 +137,9 @@ def assert_trains_as_one_process(final: Path, one: Path, distributed_type: str) 
     return meta
 
 
-def assert_resumes_to_the_same_end(tmp: Path, config: str | Path, reference: Path, port: int) -> dict:
-    """Killed after its first complete checkpoint, rerun: resumes from it and ends where the
-    uninterrupted run (``reference``) ended."""
+def killed_and_resumed(tmp: Path, config: str | Path, port: int) -> Path:
+    """A run killed after its first complete checkpoint, then rerun; its final folder. The rerun
+    must resume from that checkpoint (a run that restarted from scratch would end the same)."""
     killed = write_cfg(tmp, "killed", STRATEGY, **SHARDED_TRAIN)
     proc = accelerate_train(config, killed, port, background=True)
     stage = tmp / "killed" / "stage1_generated_math"
@@ -156,14 +156,7 @@ def assert_resumes_to_the_same_end(tmp: Path, config: str | Path, reference: Pat
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((stage / "final" / "meta.json").read_text())
     assert meta["resumed_from"] and Path(meta["resumed_from"]).name.startswith("checkpoint-"), meta["resumed_from"]
-    ref_meta = json.loads((reference / "meta.json").read_text())
-    assert meta["distributed_type"] == ref_meta["distributed_type"] and meta["real_tokens"] == ref_meta["real_tokens"]
-    # the steps up to the checkpoint come from its log history, the rest were trained again
-    l_ref, l_got = losses(reference), losses(stage / "final")
-    assert len(l_got) == 24 and max(abs(a - b) / abs(a) for a, b in zip(l_ref, l_got)) < SHARDED_TOLERANCE
-    w_ref, w_got = weights(reference), weights(stage / "final")
-    assert max(((w_ref[k] - w_got[k]).abs().max() / w_ref[k].abs().max()).item() for k in w_ref) < SHARDED_TOLERANCE
-    return meta
+    return stage / "final"
 
 
 needs_launcher = pytest.mark.skipif(not Path(launcher("accelerate")).exists(), reason="accelerate's launcher not installed")
@@ -171,21 +164,22 @@ needs_launcher = pytest.mark.skipif(not Path(launcher("accelerate")).exists(), r
 
 @needs_launcher
 def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_resumes(tmp_path, one_process):
-    """The shipped FSDP config (FSDP2, full state dict, Llama decoder layers wrapped) on 2 CPU
-    processes with gloo; its model folder measured by sftmix eval like the single-process one."""
-    r = accelerate_train("fsdp.yaml", write_cfg(tmp_path, "fsdp", STRATEGY, **SHARDED_TRAIN), 29531)
-    assert r.returncode == 0, r.stderr[-3000:]
-    meta = assert_trains_as_one_process(final_of(tmp_path, "fsdp"), one_process, "FSDP")
+    """The shipped FSDP config (FSDP2, full state dict, each decoder layer its own unit) on 2 CPU
+    processes with gloo, killed after its first checkpoint and resumed: every step's loss (those
+    before the kill from the checkpoint's history, the rest trained again) and the final weights
+    equal one process's; the final folder is measured by sftmix eval like the one-process model.
+    (Optimizer or scheduler state lost in the resume would change the losses after it.)"""
+    final = killed_and_resumed(tmp_path, "fsdp.yaml", 29531)
+    meta = assert_trains_as_one_process(final, one_process, "FSDP")
     assert 0.5 <= meta["weights_held"] < 0.51  # each process held half (the odd vocabulary row on rank 0)
     measured = []
-    for final in (one_process, final_of(tmp_path, "fsdp")):
-        out = tmp_path / f"eval_{final.parent.parent.name}"
-        r = sftmix("eval", str(final), "--tasks", "loss", "--loss-sources", "generated_math", "--loss-samples", "8",
+    for model in (one_process, final):
+        out = tmp_path / f"eval_{model.parent.parent.name}"
+        r = sftmix("eval", str(model), "--tasks", "loss", "--loss-sources", "generated_math", "--loss-samples", "8",
                    "--out", str(out), "--quiet")
         assert r.returncode == 0, r.stderr[-3000:]
         measured.append(json.loads((out / "results.json").read_text())["tasks"]["loss"]["generated_math"]["loss"])
     assert abs(measured[0] - measured[1]) / measured[0] < SHARDED_TOLERANCE
-    assert_resumes_to_the_same_end(tmp_path, "fsdp.yaml", final_of(tmp_path, "fsdp"), 29533)
 
 
 @needs_launcher
@@ -194,7 +188,8 @@ def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_ze
     """DeepSpeed runs on CPU processes (its CPU accelerator, gloo). ZeRO-2 with the shipped config.
     ZeRO-3 with the shipped config's settings but every parameter partitioned: DeepSpeed keeps a
     parameter whole below stage3_param_persistence_threshold (1e5 elements by default), which is
-    every parameter of the tiny model, so the shipped config alone would not shard it at all."""
+    every parameter of the tiny model, so the shipped config alone would not shard it at all.
+    ZeRO-3 is killed after its first checkpoint and resumed, as FSDP is."""
     r = accelerate_train("deepspeed_zero2.yaml", write_cfg(tmp_path, "zero2", STRATEGY, **SHARDED_TRAIN), 29541)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = assert_trains_as_one_process(final_of(tmp_path, "zero2"), one_process, "DEEPSPEED")
@@ -209,27 +204,8 @@ def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_ze
                               "offload_param": {"device": ds["offload_param_device"]}},
         "gradient_accumulation_steps": ds["gradient_accumulation_steps"], "gradient_clipping": ds["gradient_clipping"],
         "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}))
-    zero3 = tmp_path / "accelerate_zero3.yaml"  # not zero3.yaml: the run config takes that name
+    zero3 = tmp_path / "accelerate_zero3.yaml"
     zero3.write_text(yaml.safe_dump({**shipped, "deepspeed_config": {"deepspeed_config_file": str(tmp_path / "ds_zero3.json"),
                                                                      "zero3_init_flag": ds["zero3_init_flag"]}}))
-    r = accelerate_train(zero3, write_cfg(tmp_path, "zero3", STRATEGY, **SHARDED_TRAIN), 29543)
-    assert r.returncode == 0, r.stderr[-3000:]
-    meta = assert_trains_as_one_process(final_of(tmp_path, "zero3"), one_process, "DEEPSPEED")
+    meta = assert_trains_as_one_process(killed_and_resumed(tmp_path, zero3, 29543), one_process, "DEEPSPEED")
     assert meta["weights_held"] < 0.51  # partitioned: each process held about half
-    assert_resumes_to_the_same_end(tmp_path, zero3, final_of(tmp_path, "zero3"), 29545)
-
-
-@pytest.mark.parametrize("env, runs", [("ACCELERATE_USE_DEEPSPEED", "MULTI_CPU"), ("ACCELERATE_USE_FSDP", "MULTI_CPU"),
-                                       ("ACCELERATE_USE_FSDP", "DEEPSPEED")])
-def test_a_launch_whose_sharding_accelerate_did_not_enable_is_refused(monkeypatch, env, runs):
-    """Where accelerate falls back to DDP without a word (DeepSpeed it cannot start, FSDP sftmix did
-    not turn on), the untested path must not pass for a tested one."""
-    from accelerate.utils import DistributedType
-
-    from sftmix.errors import SftmixError
-    from sftmix.train.stage import check_launch
-
-    monkeypatch.setenv(env, "true")
-    with pytest.raises(SftmixError, match="accelerate was launched with .* config, but the trainer runs"):
-        check_launch(DistributedType[runs])
-    check_launch(DistributedType.DEEPSPEED if env == "ACCELERATE_USE_DEEPSPEED" else DistributedType.FSDP)
