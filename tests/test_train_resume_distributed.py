@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, losses, weights
+from sftmix.supervised import HELDOUT_FILE
 from sftmix.train.checkpoints import checkpoint_complete
 
 
@@ -209,3 +210,30 @@ def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_ze
                                                                      "zero3_init_flag": ds["zero3_init_flag"]}}))
     meta = assert_trains_as_one_process(killed_and_resumed(tmp_path, zero3, 29543), one_process, "DEEPSPEED")
     assert meta["weights_held"] < 0.51  # partitioned: each process held about half
+
+
+BF16_TRAIN = """
+import sys
+import sftmix.train.stage as stage
+stage.cpu_has_bf16 = lambda: True  # this CPU emulates bf16; FSDP's mixed-precision policy is the same
+from sftmix.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_launcher
+def test_fsdp_in_bf16_leaves_the_final_heldout_loss_to_the_evaluation(tmp_path):
+    """Under FSDP with bf16 the curve runs the forward on bf16 copies of the weights: its last point
+    is 1e-4 away from the fp32 evaluation of the saved weights (measured), so it must not be saved
+    as the final held-out result that the evaluation reuses."""
+    script = tmp_path / "bf16_train.py"
+    script.write_text(BF16_TRAIN)
+    cfg = write_cfg(tmp_path, "bf16", STRATEGY, per_device_batch_size=4, batch_size=8, precision="bf16")
+    cmd = [launcher("accelerate"), "launch", "--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "2",
+           "--mixed_precision", "bf16", "--main_process_port", "29561", str(script), "train", str(cfg), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = final_of(tmp_path, "bf16")
+    meta = json.loads((final / "meta.json").read_text())
+    assert (meta["distributed_type"], meta["bf16"]) == ("FSDP", True) and len(meta["curve"]) >= 2
+    assert not (final / HELDOUT_FILE).exists()

@@ -272,9 +272,13 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     if state.is_main_process:
         _save_final(trainer, tokenizer, final, settings, full_state)
         curve_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldoutCurve)), None)
-        # With LoRA the measurement was of the unmerged adapter model, the saved one is merged: the
-        # final evaluation measures the saved weights itself.
-        measured = curve_cb.final_results(trainer.state) if curve_cb and settings.lora is None else None
+        # The last curve point stands in for the final evaluation only where it measured the saved
+        # weights as the evaluation would. Not with LoRA (it measured the unmerged adapter model;
+        # the saved one is merged), nor with mixed precision under FSDP or DeepSpeed: they run the
+        # forward on bf16 copies of the weights (FSDP2's mixed-precision policy, DeepSpeed's bf16
+        # module), 1e-4 away from the fp32 evaluation of the saved weights.
+        stands_in = settings.lora is None and not (args.bf16 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled))
+        measured = curve_cb.final_results(trainer.state) if curve_cb and stands_in else None
         if measured:
             write_json(final / HELDOUT_FILE, {"key": heldout_key(curve.sets, template, curve.max_length, curve.batch_size),
                                               "results": measured})
