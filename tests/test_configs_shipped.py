@@ -118,11 +118,18 @@ def test_a_layer_class_named_in_the_config_fits_one_architecture_only(monkeypatc
 
 def test_the_shipped_deepspeed_configs_build_accelerates_deepspeed_plugin():
     from accelerate.utils import DeepSpeedPlugin
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
     for name, stage in (("deepspeed_zero2", 2), ("deepspeed_zero3", 3)):
         path = REPO / "configs/accelerate" / f"{name}.yaml"
         assert launch_args(path).use_deepspeed
         ds = DeepSpeedPlugin(**yaml.safe_load(path.read_text())["deepspeed_config"]).deepspeed_config
         assert ds["zero_optimization"]["stage"] == stage
-        assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none" and ds["gradient_clipping"] == 1.0
+        assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
+        # clipping and accumulation are the run's: the trainer fills them from train.max_grad_norm and
+        # the batch (a number in the config would contradict a run that sets another and stop it)
+        filled = HfTrainerDeepSpeedConfig(ds)
+        filled.trainer_config_process(TrainingArguments("out", max_grad_norm=0.3, gradient_accumulation_steps=4, use_cpu=True))
+        assert (filled.config["gradient_clipping"], filled.config["gradient_accumulation_steps"]) == (0.3, 4)
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] == (stage == 3)
