@@ -261,6 +261,9 @@ def test_two_slurm_nodes_train_as_one_run(tmp_path):
     assert (meta["distributed_type"], meta["processes"]) == ("MULTI_CPU", 2)  # one run over both nodes, not two runs
     l1, l2 = losses(tmp_path / "one" / "stage1_generated_math" / "final"), losses(final)
     assert len(l1) == len(l2) > 3 and max(abs(a - b) / abs(a) for a, b in zip(l1, l2)) < 1e-5
+    # the tokens of both nodes are counted (the forgetting curves' token axis)
+    meta1 = json.loads((tmp_path / "one" / "stage1_generated_math" / "final" / "meta.json").read_text())
+    assert meta["real_tokens"] == meta1["real_tokens"] > 0
     assert (run_out / "done.json").exists() and (run_out / "eval" / "results.json").exists()
 
 

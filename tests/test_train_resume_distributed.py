@@ -63,6 +63,7 @@ def test_sigkill_then_restart_resumes_stage_and_skips_finished_ones(tmp_path):
     assert not (stage2 / "checkpoints").exists()  # resume state removed once the stage is done
 
 
+@pytest.mark.slow  # CI runs the same DDP path through accelerate's launcher in test_executors' two Slurm nodes
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun not installed")
 def test_two_processes_gloo_match_one_process(tmp_path):
