@@ -4,12 +4,13 @@ trainer's own log (so the points are saved in checkpoints and survive a resume).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import TrainerCallback
 
 from sftmix.io import read_json, write_json
 from sftmix.models import cache_dir
-from sftmix.supervised import mean_loss
+from sftmix.supervised import HELDOUT_FILE, heldout_key, mean_loss
 
 
 @dataclass
@@ -43,16 +44,34 @@ class HeldoutCurve(TrainerCallback):
     so would not match that number.)
     """
 
-    def __init__(self, spec: CurveSpec, trainer, tokenizer):
-        self.spec, self.trainer, self.tokenizer = spec, trainer, tokenizer
+    def __init__(self, spec: CurveSpec):
+        self.spec = spec
+        self.trainer = self.tokenizer = None  # the stage's, given by bind()
         self.logged_at: set[int] = set()
         self.last: dict | None = None  # full results (per sample too) of the latest measurement
         self.last_step = -1
+
+    def bind(self, trainer, tokenizer) -> None:
+        """Called by the stage with its trainer (whose model it measures and whose log it writes)."""
+        self.trainer, self.tokenizer = trainer, tokenizer
 
     def final_results(self, state) -> dict | None:
         """The measurement at the stage's last step, as ``mean_loss`` results: saved with
         the checkpoint so that its final evaluation need not measure the same rows again."""
         return self.last if self.last is not None and self.last_step == state.global_step else None
+
+    def record(self, final: Path, stands_in: bool, tokens: int) -> dict:
+        """At the end of the stage, on the main process: what the stage's ``meta.json`` takes from
+        the curve (where the stage ends on the run's axes, after ``tokens`` real tokens of training),
+        and, where ``stands_in`` (the measurement
+        was of the saved weights as the evaluation measures them), the last point saved in ``final``
+        as the result the final held-out evaluation reuses."""
+        measured = self.final_results(self.trainer.state) if stands_in else None
+        if measured:
+            key = heldout_key(self.spec.sets, self.spec.template, self.spec.max_length, self.spec.batch_size)
+            write_json(Path(final) / HELDOUT_FILE, {"key": key, "results": measured})
+        return {"run_step_end": self.spec.run_step + self.trainer.state.global_step,
+                "run_tokens_end": self.spec.run_tokens + tokens}
 
     def measure(self, state, known: dict | None = None) -> None:
         if state.global_step in self.logged_at:

@@ -20,11 +20,12 @@ import importlib.util
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Composed
@@ -32,9 +33,9 @@ from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
 from sftmix.models import cache_dir, load_model, load_tokenizer
 from sftmix.provenance import provenance
-from sftmix.supervised import HELDOUT_FILE, SelectSupervised, heldout_key
+from sftmix.supervised import SelectSupervised
 from sftmix.train.checkpoints import last_complete_checkpoint
-from sftmix.train.curve import CurveSpec, HeldoutCurve, curve_points
+from sftmix.train.curve import curve_points
 from sftmix.train.tokenize import Collator, tokenize_mixture
 
 
@@ -212,12 +213,13 @@ def check_launch(distributed_type) -> None:
 
 def train_stage(model_path: str, composed: Composed, settings: TrainSettings, template: str, out_dir: Path,
                 seed: int, parent: dict | None = None, run_config: dict | None = None, progress: bool = True,
-                curve: CurveSpec | None = None) -> Path:
+                callbacks: Sequence[TrainerCallback] = ()) -> Path:
     """Train one stage from ``model_path`` on ``composed``; return the final checkpoint folder.
 
     A finished stage (``final/meta.json`` exists) is skipped; an interrupted one resumes from its
-    last complete checkpoint in ``checkpoints/``. With ``curve``, held-out losses are measured
-    during training (``HeldoutCurve``) and kept in ``meta.json`` under ``curve``.
+    last complete checkpoint in ``checkpoints/``. ``callbacks`` are handed to the trainer (the
+    forgetting curve, ``HeldoutCurve``, is one); one with ``bind(trainer, tokenizer)`` is given the
+    stage's trainer, and one with ``record(final, stands_in, tokens)`` adds to the stage's ``meta.json``.
     """
     out_dir = Path(out_dir)
     final = out_dir / "final"
@@ -252,8 +254,10 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     if settings.lora is not None and sharded_parameters(trainer):
         raise SftmixError("train.lora under FSDP or DeepSpeed ZeRO-3 is not supported: the merged model is saved from "
                           "unsharded weights; train LoRA with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
-    if curve is not None and curve.sets:
-        trainer.add_callback(HeldoutCurve(curve, trainer, tokenizer))
+    for callback in callbacks:
+        if hasattr(callback, "bind"):
+            callback.bind(trainer, tokenizer)
+        trainer.add_callback(callback)
     ckpt_dir = Path(args.output_dir)
     resume = last_complete_checkpoint(ckpt_dir) if state.is_main_process else None
     state.wait_for_everyone()
@@ -271,17 +275,16 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     full_state = gather_full_state(trainer) if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled else None
     if state.is_main_process:
         _save_final(trainer, tokenizer, final, settings, full_state)
-        curve_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldoutCurve)), None)
-        # The last curve point stands in for the final evaluation only where it measured the saved
-        # weights as the evaluation would. Not with LoRA (it measured the unmerged adapter model;
-        # the saved one is merged), nor with mixed precision under FSDP or DeepSpeed: they run the
-        # forward on bf16 copies of the weights (FSDP2's mixed-precision policy, DeepSpeed's bf16
-        # module), 1e-4 away from the fp32 evaluation of the saved weights.
+        # A curve's last point stands in for the final held-out evaluation only where it measured
+        # the saved weights as the evaluation would. Not with LoRA (it measured the unmerged adapter
+        # model; the saved one is merged), nor with mixed precision under FSDP or DeepSpeed: they
+        # run the forward on bf16 copies of the weights (FSDP2's mixed-precision policy, DeepSpeed's
+        # bf16 module), 1e-4 away from the fp32 evaluation of the saved weights.
         stands_in = settings.lora is None and not (args.bf16 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled))
-        measured = curve_cb.final_results(trainer.state) if curve_cb and stands_in else None
-        if measured:
-            write_json(final / HELDOUT_FILE, {"key": heldout_key(curve.sets, template, curve.max_length, curve.batch_size),
-                                              "results": measured})
+        recorded = {"run_step_end": trainer.state.global_step, "run_tokens_end": real_tokens}
+        for callback in callbacks:
+            if hasattr(callback, "record"):
+                recorded.update(callback.record(final, stands_in, real_tokens))
         meta = {
             "stage": out_dir.name,
             "base_model": model_path,
@@ -306,8 +309,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "metrics": result.metrics,
             "wall_s": round(wall, 2),
             "real_tokens": real_tokens,
-            "run_step_end": (curve.run_step if curve else 0) + trainer.state.global_step,
-            "run_tokens_end": (curve.run_tokens if curve else 0) + real_tokens,
+            **recorded,
             "curve": curve_points(trainer.state.log_history, out_dir.name),
             "log_history": trainer.state.log_history,
             **provenance(),

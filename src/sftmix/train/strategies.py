@@ -137,7 +137,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     skipped and an interrupted stage resumes, so rerunning is always safe.
     """
     from sftmix.supervised import heldout_key  # torch and transformers: loaded when training starts
-    from sftmix.train.curve import CurveSpec
+    from sftmix.train.curve import CurveSpec, HeldoutCurve
     from sftmix.train.stage import read_meta, train_stage
 
     stages = plan(cfg)
@@ -151,16 +151,16 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         stage_dir = out / f"stage{i + 1}_{stage.name}"
         mixture = _compose_stage(cfg, stage, pools, composed, stage_dir)
         settings = stage_settings(cfg, stage)
-        curve = None
+        callbacks = []
         if heldout_sets:
             start = meta["curve"][-1]["loss"] if i and meta.get("curve") else None
             how = heldout_key(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size)
             key = stable_hash([checkpoint, weights_fingerprint(checkpoint), how]) if not i else None
-            curve = CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size, cfg.eval.curve_points,
-                              start=start, cache_key=key, **offset)
+            callbacks.append(HeldoutCurve(CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size,
+                                                    cfg.eval.curve_points, start=start, cache_key=key, **offset)))
         checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
                                      seed=settings.seed if settings.seed is not None else cfg.seed,
-                                     parent=parent, run_config=cfg.model_dump(), progress=progress, curve=curve))
+                                     parent=parent, run_config=cfg.model_dump(), progress=progress, callbacks=callbacks))
         meta = read_meta(Path(checkpoint))
         offset = {"run_step": meta.get("run_step_end", 0), "run_tokens": meta.get("run_tokens_end", 0)}
         parent = {"stage": stage_dir.name, "checkpoint": checkpoint, "content_sha256": mixture.manifest["content_sha256"], **offset}
