@@ -92,12 +92,12 @@ def launcher(name: str) -> str:
     return shutil.which(name) or str(Path(sys.executable).with_name(name))
 
 
-def accelerate_train(config: str | Path, cfg: Path, port: int, background: bool = False):
+def accelerate_train(config: str | Path, cfg: Path, port: int, background: bool = False, launch: tuple[str, ...] = ()):
     """``sftmix train`` under ``accelerate launch`` with an accelerate config (a shipped one by name)
     on 2 CPU processes. The CPU override: ``--mixed_precision no`` (the shipped bf16 is for GPUs;
     the runs are fp32)."""
     config = config if isinstance(config, Path) else Path("configs/accelerate") / config
-    cmd = [launcher("accelerate"), "launch", "--config_file", str(config), "--num_processes", "2",
+    cmd = [launcher("accelerate"), "launch", "--config_file", str(config), *launch, "--num_processes", "2",
            "--mixed_precision", "no", "--main_process_port", str(port), "-m", "sftmix.cli", "train", str(cfg), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if background:
@@ -139,11 +139,11 @@ def assert_trains_as_one_process(final: Path, one: Path, distributed_type: str) 
     return meta
 
 
-def killed_and_resumed(tmp: Path, config: str | Path, port: int) -> Path:
+def killed_and_resumed(tmp: Path, config: str | Path, port: int, launch: tuple[str, ...] = ()) -> Path:
     """A run killed after its first complete checkpoint, then rerun; its final folder. The rerun
     must resume from that checkpoint (a run that restarted from scratch would end the same)."""
     killed = write_cfg(tmp, "killed", STRATEGY, **SHARDED_TRAIN)
-    proc = accelerate_train(config, killed, port, background=True)
+    proc = accelerate_train(config, killed, port, background=True, launch=launch)
     stage = tmp / "killed" / "stage1_generated_math"
     deadline = time.time() + 300
     while time.time() < deadline and not any(checkpoint_complete(c) for c in (stage / "checkpoints").glob("checkpoint-*")):
@@ -154,7 +154,7 @@ def killed_and_resumed(tmp: Path, config: str | Path, port: int) -> Path:
         p.kill()
     proc.wait()
     assert not (stage / "final" / "meta.json").exists(), "the kill came too late to test resume"
-    r = accelerate_train(config, killed, port + 1)
+    r = accelerate_train(config, killed, port + 1, launch=launch)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((stage / "final" / "meta.json").read_text())
     assert meta["resumed_from"] and Path(meta["resumed_from"]).name.startswith("checkpoint-"), meta["resumed_from"]
@@ -165,15 +165,21 @@ needs_launcher = pytest.mark.skipif(not Path(launcher("accelerate")).exists(), r
 
 
 @needs_launcher
-def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_resumes(tmp_path, one_process):
+@pytest.mark.parametrize("state_dict", ["FULL_STATE_DICT", "SHARDED_STATE_DICT"])
+def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_resumes(tmp_path, one_process, state_dict):
     """The shipped FSDP config (FSDP2, full state dict, each decoder layer its own unit) on 2 CPU
     processes with gloo, killed after its first checkpoint and resumed: every step's loss (those
     before the kill from the checkpoint's history, the rest trained again) and the final weights
     equal one process's; the final folder is measured by sftmix eval like the one-process model.
-    (Optimizer or scheduler state lost in the resume would change the losses after it.)"""
-    final = killed_and_resumed(tmp_path, "fsdp.yaml", 29531)
+    (Optimizer or scheduler state lost in the resume would change the losses after it.) With a
+    sharded state dict too: its checkpoints hold sharded weights and no config.json, and were
+    taken for incomplete, deleted, and the stage restarted."""
+    port = 29531 if state_dict == "FULL_STATE_DICT" else 29535
+    final = killed_and_resumed(tmp_path, "fsdp.yaml", port, launch=("--fsdp_state_dict_type", state_dict))
     meta = assert_trains_as_one_process(final, one_process, "FSDP")
     assert 0.5 <= meta["weights_held"] < 0.51  # each process held half (the odd vocabulary row on rank 0)
+    if state_dict != "FULL_STATE_DICT":
+        return
     measured = []
     for model in (one_process, final):
         out = tmp_path / f"eval_{model.parent.parent.name}"

@@ -30,21 +30,26 @@ def checkpoint_complete(folder: Path) -> bool:
     ``Trainer`` writes a checkpoint in place: weights, then optimizer, scheduler and RNG state,
     then ``trainer_state.json``, then it deletes older checkpoints. A kill in between leaves a
     folder that ``get_last_checkpoint`` would still pick (it only looks at the number). Complete
-    means: ``trainer_state.json`` and ``config.json`` parse, the optimizer state exists (as one
-    process, DDP, FSDP or DeepSpeed write it), and every safetensors file is as long as its header says (or,
-    FSDP with a sharded state dict, the sharded weights were finished).
+    means: ``trainer_state.json`` parses, the optimizer state exists (as one process, DDP, FSDP or
+    DeepSpeed write it), and the weights were finished: FSDP's sharded weights (a sharded state
+    dict; such a checkpoint holds no config.json), or a model folder whose ``config.json`` parses
+    (an adapter config with LoRA) and whose every safetensors file is as long as its header says.
     """
     try:
         json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-        json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        # LoRA checkpoints hold an adapter config instead of config.json
-        if not (folder / "adapter_config.json").exists() or not (folder / "trainer_state.json").exists():
-            return False
+        return False
     if not any((folder / name).exists() for name in OPTIMIZER_STATES) and not deepspeed_state_complete(folder):
         return False
+    if (folder / SHARDED_MODEL).exists():
+        return True
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        if not (folder / "adapter_config.json").exists():  # LoRA checkpoints hold an adapter config instead
+            return False
     weights = list(folder.glob("*.safetensors"))
-    if not weights and not (folder / SHARDED_MODEL).exists():
+    if not weights:
         return False
     for w in weights:
         try:
