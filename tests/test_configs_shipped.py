@@ -23,9 +23,9 @@ def test_example_configs_validate():
         load_config(f, RunConfig)
 
 
-# ---- the multi-process configs that cannot run here (FSDP needs accelerator devices in
-# accelerate; DeepSpeed is not installed) are read by accelerate's own launcher and built into
-# accelerate's plugins, so that a typo cannot first show on a GPU cluster
+# ---- the multi-process configs are read by accelerate's own launcher and built into its plugins,
+# so that a typo cannot first show on a GPU cluster (test_train_resume_distributed runs them on CPU
+# processes; what only GPUs exercise, bf16 and offload at scale, rests on these checks)
 
 def launch_args(path):
     """What `accelerate launch --config_file PATH` makes of a config (its own parser and checks)."""

@@ -190,8 +190,42 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_re
     assert abs(measured[0] - measured[1]) / measured[0] < SHARDED_TOLERANCE
 
 
+def partitioned_zero3(tmp: Path, **zero_optimization) -> Path:
+    """An accelerate config with the shipped ZeRO-3 settings but every parameter partitioned (the
+    tiny model's are all below DeepSpeed's default persistence threshold of 1e5 elements)."""
+    shipped = yaml.safe_load(Path("configs/accelerate/deepspeed_zero3.yaml").read_text())
+    ds = shipped.pop("deepspeed_config")
+    (tmp / "ds_zero3.json").write_text(json.dumps({
+        "zero_optimization": {"stage": ds["zero_stage"], "stage3_param_persistence_threshold": 0,
+                              "stage3_gather_16bit_weights_on_model_save": ds["zero3_save_16bit_model"],
+                              "offload_optimizer": {"device": ds["offload_optimizer_device"]},
+                              "offload_param": {"device": ds["offload_param_device"]}, **zero_optimization},
+        "gradient_accumulation_steps": ds["gradient_accumulation_steps"], "gradient_clipping": "auto",
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}))
+    zero3 = tmp / "accelerate_zero3.yaml"  # not zero3.yaml: a run config may take that name
+    zero3.write_text(yaml.safe_dump({**shipped, "deepspeed_config": {"deepspeed_config_file": str(tmp / "ds_zero3.json"),
+                                                                     "zero3_init_flag": ds["zero3_init_flag"]}}))
+    return zero3
+
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (the deepspeed extra)")
+
+
 @needs_launcher
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (the deepspeed extra)")
+@needs_deepspeed
+def test_zero3_that_cannot_save_the_model_stops_before_training(tmp_path):
+    """Without stage3_gather_16bit_weights_on_model_save, ZeRO-3 trained to the end and then failed
+    to save the model (accelerate's get_state_dict refuses): the whole stage's work lost."""
+    zero3 = partitioned_zero3(tmp_path, stage3_gather_16bit_weights_on_model_save=False)
+    r = accelerate_train(zero3, write_cfg(tmp_path, "nosave", STRATEGY, **SHARDED_TRAIN), 29551)
+    assert r.returncode != 0
+    assert "cannot save the trained model as a model folder" in r.stderr, r.stderr[-3000:]
+    stage = tmp_path / "nosave" / "stage1_generated_math"
+    assert not list(stage.glob("checkpoints/checkpoint-*")) and not (stage / "final").exists()
+
+
+@needs_launcher
+@needs_deepspeed
 def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_zero3_resumes(tmp_path, one_process):
     """DeepSpeed runs on CPU processes (its CPU accelerator, gloo). ZeRO-2 with the shipped config.
     ZeRO-3 with the shipped config's settings but every parameter partitioned: DeepSpeed keeps a
@@ -203,18 +237,7 @@ def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_ze
     meta = assert_trains_as_one_process(final_of(tmp_path, "zero2"), one_process, "DEEPSPEED")
     assert meta["weights_held"] == 1.0  # ZeRO-2 shards optimizer state and gradients, not weights
 
-    shipped = yaml.safe_load(Path("configs/accelerate/deepspeed_zero3.yaml").read_text())
-    ds = shipped.pop("deepspeed_config")
-    (tmp_path / "ds_zero3.json").write_text(json.dumps({
-        "zero_optimization": {"stage": ds["zero_stage"], "stage3_param_persistence_threshold": 0,
-                              "stage3_gather_16bit_weights_on_model_save": ds["zero3_save_16bit_model"],
-                              "offload_optimizer": {"device": ds["offload_optimizer_device"]},
-                              "offload_param": {"device": ds["offload_param_device"]}},
-        "gradient_accumulation_steps": ds["gradient_accumulation_steps"], "gradient_clipping": "auto",
-        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}))
-    zero3 = tmp_path / "accelerate_zero3.yaml"
-    zero3.write_text(yaml.safe_dump({**shipped, "deepspeed_config": {"deepspeed_config_file": str(tmp_path / "ds_zero3.json"),
-                                                                     "zero3_init_flag": ds["zero3_init_flag"]}}))
+    zero3 = partitioned_zero3(tmp_path)
     meta = assert_trains_as_one_process(killed_and_resumed(tmp_path, zero3, 29543), one_process, "DEEPSPEED")
     assert meta["weights_held"] < 0.51  # partitioned: each process held about half
 

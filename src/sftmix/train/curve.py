@@ -62,10 +62,10 @@ class HeldoutCurve(TrainerCallback):
 
     def record(self, final: Path, stands_in: bool, tokens: int) -> dict:
         """At the end of the stage, on the main process: what the stage's ``meta.json`` takes from
-        the curve (where the stage ends on the run's axes, after ``tokens`` real tokens of training),
-        and, where ``stands_in`` (the measurement
-        was of the saved weights as the evaluation measures them), the last point saved in ``final``
-        as the result the final held-out evaluation reuses."""
+        the curve (where the stage ends on the run's axes, after ``tokens`` real tokens of
+        training), and, where ``stands_in`` (the measurement was of the saved weights as the
+        evaluation measures them), the last point saved in ``final`` as the result the final
+        held-out evaluation reuses."""
         measured = self.final_results(self.trainer.state) if stands_in else None
         if measured:
             key = heldout_key(self.spec.sets, self.spec.template, self.spec.max_length, self.spec.batch_size)

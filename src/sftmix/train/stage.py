@@ -254,6 +254,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     if settings.lora is not None and sharded_parameters(trainer):
         raise SftmixError("train.lora under FSDP or DeepSpeed ZeRO-3 is not supported: the merged model is saved from "
                           "unsharded weights; train LoRA with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
+    check_zero3_can_save(trainer)
     for callback in callbacks:
         if hasattr(callback, "bind"):
             callback.bind(trainer, tokenizer)
@@ -327,6 +328,19 @@ def sharded_parameters(trainer: StageTrainer) -> bool:
     return trainer.is_fsdp_enabled or (ds is not None and ds.zero_stage == 3)
 
 
+def check_zero3_can_save(trainer: StageTrainer) -> None:
+    """ZeRO-3 can hand over the whole model (for the checkpoints' and the final folder's weights)
+    only with stage3_gather_16bit_weights_on_model_save; without it the stage would train to the
+    end and then fail to save. Refuse before training."""
+    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if ds is None or ds.zero_stage != 3:
+        return
+    if not ds.deepspeed_config.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save", False):
+        raise SftmixError("DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save (zero3_save_16bit_model in an "
+                          "accelerate config) cannot save the trained model as a model folder: set it to true, as "
+                          "configs/accelerate/deepspeed_zero3.yaml does")
+
+
 def weights_held(model) -> float:
     """The fraction of the model's weights this process holds: about 1/processes where they are
     sharded (FSDP's DTensors; ZeRO-3's partitions, apart from the small parameters it keeps whole),
@@ -346,9 +360,8 @@ def weights_held(model) -> float:
 def gather_full_state(trainer: StageTrainer) -> dict:
     """Sharded weights (FSDP, DeepSpeed ZeRO-3) gathered into one full state dict: a collective,
     every process calls it, the main one gets the tensors. Gathered tensors no longer share
-    storage, so a tied weight
-    (the output layer tied to the embeddings) would be saved twice: it is kept once, under the name
-    ``save_pretrained`` keeps for an unsharded model."""
+    storage, so a tied weight (the output layer tied to the embeddings) would be saved twice: it
+    is kept once, under the name ``save_pretrained`` keeps for an unsharded model."""
     # the DeepSpeed engine knows its ZeRO stage; ZeRO-3 gives the other processes None
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped) or {}
     first: dict[int, str] = {}
