@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from sftmix.errors import SftmixError
+from sftmix.errors import SftmixError, closest
 from sftmix.eval.tasks import check_name
 
 
@@ -44,6 +44,19 @@ class Strict(BaseModel):
     """Base: unknown keys are errors (a typo must not be silently ignored)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        """An unknown key names itself, the closest valid field and every valid one."""
+        if isinstance(data, dict):
+            valid = list(cls.model_fields)
+            bad = [k for k in data if k not in cls.model_fields]
+            if bad:
+                k = str(bad[0])
+                what = f" of the {data.get('name')} strategy" if issubclass(cls, _Strategy) and isinstance(data.get("name"), str) else ""
+                raise ValueError(f"unknown field {k!r}{what}{closest(k, valid)}; valid fields: {', '.join(valid)}")
+        return data
 
 
 # ---------------------------------------------------------------- data
@@ -176,15 +189,100 @@ class StageConfig(Strict):
     train: dict[str, Any] = Field(default_factory=dict, description="overrides of the run's `train` settings")
 
 
-class StrategyConfig(Strict):
-    """One of the paper's strategies (Figure 1); expanded into stages by ``sftmix.train.strategies``."""
+def _fraction_value(v: float, where: str) -> float:
+    if not 0 < v <= 1:
+        raise ValueError(f"{where} must be in (0, 1], got {v:g}")
+    return v
 
-    name: Literal["individual", "multitask", "sequential", "mixed_sequential", "dmt"]
-    sources: list[str] = Field(default_factory=list, description="individual: [one]; multitask: the union; sequential: the order")
-    specialised: list[str] = Field(default_factory=list, description="mixed_sequential / dmt stage 1 sources")
-    general: str | None = Field(None, description="mixed_sequential / dmt stage 2 source")
-    k: Frac = Field(0.0, ge=0, le=1, description="dmt: fraction of each stage-1 part replayed in stage 2 (0 <= k <= 1)")
-    fraction: Frac | dict[str, Frac] = Field(1.0, description="data amount: fraction of every source pool, or per source")
+
+class _Strategy(Strict):
+    """Fields every strategy has: the data amount (``fraction``) of its sources."""
+
+    fraction: Frac | dict[str, Frac] = Field(1.0, description="data amount: fraction of every source pool, or per source "
+                                             "(a source the mapping leaves out trains on its whole pool)")
+
+    def used_sources(self) -> list[str]:
+        """The sources this strategy trains on, in order."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _fraction_keys(self):
+        used = self.used_sources()
+        if len(set(used)) != len(used):
+            twice = sorted({s for s in used if used.count(s) > 1})
+            raise ValueError(f"source {twice[0]!r} is named twice; name each source once")
+        if isinstance(self.fraction, dict):
+            for key, v in self.fraction.items():
+                if key not in used:
+                    raise ValueError(f"fraction: {key!r} is not a source of this {self.name} strategy{closest(key, used)}; "
+                                     f"its sources: {', '.join(used)}")
+                _fraction_value(v, f"fraction.{key}")
+        else:
+            _fraction_value(self.fraction, "fraction")
+        return self
+
+    def legacy_dump(self) -> dict:
+        """The strategy as run ids hash it: every field any strategy has, unused ones at their old
+        defaults, so that a run's id is the one it had before strategies had a model each (a
+        study's stored results keep matching its runs)."""
+        return {"sources": [], "specialised": [], "general": None, "k": 0.0, **self.model_dump()}
+
+
+class IndividualStrategy(_Strategy):
+    """One stage on one source (paper: the individual-ability baselines)."""
+
+    name: Literal["individual"]
+    sources: list[str] = Field(..., min_length=1, max_length=1, description="the one source, e.g. [gsm8k]")
+
+    def used_sources(self) -> list[str]:
+        return list(self.sources)
+
+
+class MultitaskStrategy(_Strategy):
+    """One stage on the union of the sources (paper: multi-task learning)."""
+
+    name: Literal["multitask"]
+    sources: list[str] = Field(..., min_length=1, description="the sources mixed in one stage")
+
+    def used_sources(self) -> list[str]:
+        return list(self.sources)
+
+
+class SequentialStrategy(_Strategy):
+    """One stage per source, in order (paper: code -> math -> general)."""
+
+    name: Literal["sequential"]
+    sources: list[str] = Field(..., min_length=1, description="the sources in training order")
+
+    def used_sources(self) -> list[str]:
+        return list(self.sources)
+
+
+class MixedSequentialStrategy(_Strategy):
+    """Stage 1 on the specialised sources together, stage 2 on the general one (DMT with k = 0)."""
+
+    name: Literal["mixed_sequential"]
+    specialised: list[str] = Field(..., min_length=1, description="stage 1 sources (e.g. [gsm8k, code_alpaca])")
+    general: str = Field(..., description="stage 2 source (e.g. sharegpt)")
+
+    def used_sources(self) -> list[str]:
+        return [*self.specialised, self.general]
+
+
+class DmtStrategy(MixedSequentialStrategy):
+    """Dual-stage Mixed Fine-tuning: stage 2 adds a replayed fraction ``k`` of each stage-1 part."""
+
+    name: Literal["dmt"]
+    k: Frac = Field(..., ge=0, le=1, description="fraction of each stage-1 part replayed in stage 2 (0 <= k <= 1; the paper: 1/256)")
+
+
+STRATEGY_MODELS: dict[str, type[_Strategy]] = {m.model_fields["name"].annotation.__args__[0]: m for m in (
+    IndividualStrategy, MultitaskStrategy, SequentialStrategy, MixedSequentialStrategy, DmtStrategy)}
+
+# One of the paper's strategies (Figure 1), chosen by ``name``; each has only its own fields.
+# Expanded into stages by ``sftmix.train.strategies``.
+StrategyConfig = Annotated[IndividualStrategy | MultitaskStrategy | SequentialStrategy | MixedSequentialStrategy | DmtStrategy,
+                           Field(discriminator="name")]
 
 
 class JudgeConfig(Strict):
@@ -269,12 +367,20 @@ M = TypeVar("M", bound=BaseModel)
 def format_validation_error(err: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid config"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        steps = [p for i, p in enumerate(e["loc"]) if not (i and e["loc"][i - 1] == "strategy" and p in STRATEGY_MODELS)]
+        msg = e["msg"]
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found") and e.get("ctx", {}).get("discriminator") == "'name'":
+            steps.append("name")
+            tag = e["ctx"].get("tag")
+            msg = (f"unknown strategy {tag!r}{closest(str(tag), STRATEGY_MODELS)}" if tag is not None else "missing") + \
+                f"; valid: {', '.join(STRATEGY_MODELS)}"
+            e = {**e, "input": tag}
+        loc = ".".join(str(p) for p in steps) or "(top level)"
         value = e.get("input")
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"  {loc}: {e['msg']} (got {shown})")
+        lines.append(f"  {loc}: {msg} (got {shown})")
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
     and ``items_<name>.jsonl`` (the per-item values behind its headline metrics)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [tasks.get(spec) for spec in cfg.tasks]  # a user task that cannot be imported fails before any work
+    todo = tasks.resolve(cfg.tasks)  # a user task that cannot be imported, or two of one name, fail before any work
     if any(t.name == "mtbench" for t in todo):  # fail before any generation when the judge cannot be reached
         tasks.check_judge(cfg)
     generator = None
@@ -66,6 +66,8 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
             raise SftmixError(f"task {spec!r}: run must return (metrics dict, list of row dicts), got "
                               f"({type(metrics).__name__}, {type(rows).__name__})")
         items = task.item_rows(rows)
+        if task.name not in tasks.BUILTIN:
+            tasks.check_rows(task, metrics, items)
         if task.generates and generator is not None:
             metrics["tokens_processed"] = _count_tokens(rows, generator.tokenizer)
         metrics["wall_s"] = round(time.perf_counter() - t0, 2)

@@ -92,7 +92,7 @@ class Task:
                                       f"(keys: {', '.join(map(str, r)) or 'none'})")
                 value = r[metric]
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise SftmixError(f"task {self.name!r}: row {i}: {metric} = {value!r}, expected a number")
+                    raise SftmixError(f"task {self.name!r}: row {i} (item {r.get('item', i)!r}): {metric} = {value!r}, expected a number")
                 if self.binary and value not in (0, 100):
                     raise SftmixError(f"task {self.name!r}: row {i}: {metric} = {value!r}; a pass/fail task scores 0 or 100")
                 out.append((metric, str(r.get("item", i)), float(value), 1.0))
@@ -238,8 +238,50 @@ def get(name: str) -> Task:
         raise SftmixError(f"task {name!r}: {module}.{attr} is a {type(obj).__name__}, not a sftmix.eval.tasks.Task")
     if obj.name in BUILTIN:
         raise SftmixError(f"task {name!r}: its name {obj.name!r} is a built-in task's")
+    taken = _LOADED.get(obj.name)
+    if taken is not None and taken is not obj:
+        other = next((k for k, v in _LOADED.items() if v is taken and ":" in k), obj.name)
+        raise SftmixError(f"task {name!r}: its name {obj.name!r} is already the name of task {other!r}; two tasks cannot share a "
+                          "name (the second would be given the first one's results)")
     _LOADED[name] = _LOADED[obj.name] = obj
     return obj
+
+
+def resolve(specs: list[str], where: str = "eval.tasks") -> list[Task]:
+    """The tasks a config names, imported and type-checked, each name once: what a run checks
+    before any training, so that a user task that cannot run is found before hours are spent."""
+    out: list[Task] = []
+    by_name: dict[str, str] = {}
+    for spec in specs:
+        try:
+            t = get(spec)
+        except SftmixError as e:
+            raise SftmixError(f"{where}: {e}") from None
+        if t.name in by_name:
+            same = by_name[t.name] == spec
+            raise SftmixError(f"{where}: {spec!r} is named twice" if same else
+                              f"{where}: {by_name[t.name]!r} and {spec!r} are both named {t.name!r}; two tasks cannot share a "
+                              "name (the second would be given the first one's results)")
+        by_name[t.name] = spec
+        out.append(t)
+    return out
+
+
+def check_rows(task: Task, metrics: dict, items: list[tuple]) -> None:
+    """A user task's results are evidence: every headline metric it returns, and every item
+    value behind one, must be a finite number; the error names the task, the item and the metric."""
+    import math
+
+    for metric in task.metrics:
+        if metric == "*":
+            continue
+        v = metrics.get(metric)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SftmixError(f"task {task.name!r}: its headline metric {metric!r} is {v!r}; expected a finite number "
+                              f"(metrics returned: {', '.join(map(str, metrics)) or 'none'})")
+    for metric, item, value, weight in items:
+        if not (math.isfinite(value) and math.isfinite(weight)):
+            raise SftmixError(f"task {task.name!r}: item {item!r}: {metric} = {value!r} (weight {weight!r}); expected a finite number")
 
 
 def known(configs: list[dict]) -> dict[str, Task]:

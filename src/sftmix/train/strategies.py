@@ -14,7 +14,6 @@ from sftmix.config import (
     PartConfig,
     RunConfig,
     StageConfig,
-    StrategyConfig,
     TrainSettings,
     validate,
 )
@@ -72,42 +71,29 @@ def dmt(specialised: list[str], general: str, k: float, fraction=1.0) -> list[St
     return [StageConfig(name="1_specialised", mixture=s1), StageConfig(name="2_general", mixture=s2)]
 
 
-def _one_source(st: StrategyConfig) -> str | None:
-    return None if len(st.sources) == 1 else "needs exactly one source in `sources`"
-
-
-def _sources(st: StrategyConfig) -> str | None:
-    return None if st.sources else "needs `sources`" + (" (the order)" if st.name == "sequential" else "")
-
-
-def _two_stage(st: StrategyConfig) -> str | None:
-    if not (st.specialised and st.general is not None):
-        return "needs `specialised` and `general`"
-    return "takes no k (use dmt)" if st.name == "mixed_sequential" and st.k != 0 else None
-
-
-# strategy name -> (what its config must hold, or why not; its stages)
+# strategy name -> its stages; what each strategy's config may and must hold is its model's
+# (``sftmix.config.run.STRATEGY_MODELS``), checked when the config is read
 STRATEGIES = {
-    "individual": (_one_source, lambda st: individual(st.sources[0], st.fraction)),
-    "multitask": (_sources, lambda st: multitask(st.sources, st.fraction)),
-    "sequential": (_sources, lambda st: sequential(st.sources, st.fraction)),
-    "mixed_sequential": (_two_stage, lambda st: mixed_sequential(st.specialised, st.general, st.fraction)),
-    "dmt": (_two_stage, lambda st: dmt(st.specialised, st.general, st.k, st.fraction)),
+    "individual": lambda st: individual(st.sources[0], st.fraction),
+    "multitask": lambda st: multitask(st.sources, st.fraction),
+    "sequential": lambda st: sequential(st.sources, st.fraction),
+    "mixed_sequential": lambda st: mixed_sequential(st.specialised, st.general, st.fraction),
+    "dmt": lambda st: dmt(st.specialised, st.general, st.k, st.fraction),
 }
 
 
-def stages_from_strategy(st: StrategyConfig) -> list[StageConfig]:
+def stages_from_strategy(st) -> list[StageConfig]:
+    """The stages of a validated strategy config."""
     if st.name not in STRATEGIES:
         raise unknown("strategy", st.name, STRATEGIES)
-    check, build = STRATEGIES[st.name]
-    why = check(st)
-    if why:
-        raise SftmixError(f"strategy {st.name}: {why}")
-    return build(st)
+    return STRATEGIES[st.name](st)
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
     """The stages of a run, checked as a whole before any work: sources, replays, settings."""
+    from sftmix.eval.tasks import resolve
+
+    resolve(cfg.eval.tasks)  # a user task that cannot be imported fails now, not after training
     stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
     check_mixtures([st.mixture for st in stages], cfg.sources, where="stages")
     for st in stages:
@@ -223,6 +209,8 @@ def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, composed: di
 def run_id(cfg: RunConfig) -> str:
     """Stable id of a run's resolved config (the name and output folder excluded)."""
     d = cfg.model_dump()
+    if cfg.strategy is not None:
+        d["strategy"] = cfg.strategy.legacy_dump()
     d.pop("name", None)
     d.pop("output_dir", None)
     return stable_hash(d, 12)
