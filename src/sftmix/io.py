@@ -58,6 +58,50 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def write_all(files: dict[Path, str | bytes]) -> None:
+    """Write several files all or none: every target is checked and staged beside itself first
+    (a folder in the way, an unwritable place or a full disk fails before any target changes),
+    then each staged file is renamed over its target. A command whose outputs belong together
+    (a proposal's JSON and its study file, an export's two tables) never leaves one of them new
+    and the other old or missing."""
+    from sftmix.errors import SftmixError
+
+    staged: list[tuple[str, Path]] = []
+
+    def drop_staged() -> None:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    for path, content in files.items():
+        path = Path(path)
+        try:
+            if path.is_dir():
+                raise IsADirectoryError(21, "is a folder", str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            drop_staged()
+            raise SftmixError(f"{path}: cannot write it ({e.strerror or e}); none of "
+                              f"{', '.join(str(p) for p in files)} was written") from None
+        except BaseException:
+            drop_staged()
+            raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as ``write_json`` writes it."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     with atomic_write(path) as f:

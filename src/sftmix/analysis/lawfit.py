@@ -10,18 +10,21 @@ validated and compared with the baselines; the selection and its reasons are par
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftmix.analysis import stats
 from sftmix.analysis.findings import Group, group_items, groups, metric_keys
 from sftmix.analysis.laws import LAWS, Target, fit_target
 from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
-from sftmix.io import atomic_write, stable_hash, write_json
+from sftmix.io import stable_hash, write_all, write_json
 from sftmix.progress import track
 from sftmix.study.runner import data_rows
 from sftmix.study.store import Store
@@ -161,7 +164,9 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
 
 
 def fit_key(store: Store, unit: str, n_boot: int, seed: int) -> str:
-    done = sorted(r["id"] for r in store.runs() if r["status"] == "done")
+    """What a fit depends on: the done runs with their labels and grid points (a relabelled or
+    regrouped study is another fit), the unit, the draws and the seed."""
+    done = sorted((r["id"], r["label"], r["point"]) for r in store.runs() if r["status"] == "done")
     return stable_hash([FIT_VERSION, done, unit, n_boot, seed])
 
 
@@ -211,14 +216,54 @@ METHOD = ("Laws are fitted per held-out loss to the configurations' estimates (r
           "the other configurations).")
 
 
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FitTargetDoc(_Loose):
+    """One target of ``fit.json``: the held-out loss a law is fitted to, and the selected law."""
+
+    ability: str
+    selected: str | None
+    why: str
+    laws: dict[str, dict]
+
+
+class FitDoc(_Loose):
+    """``fit.json`` as ``run_fit`` writes it (the fields readers rely on; others are kept)."""
+
+    version: int
+    key: str
+    unit: Literal["examples", "tokens"]
+    draws: int
+    seed: int
+    abilities: list[str]
+    sources: dict[str, list[str]]
+    pools: dict[str, float]
+    configurations: list[dict]
+    notes: list[str]
+    targets: dict[str, FitTargetDoc]
+
+
 def load_fit(out: Path) -> dict | None:
+    """``out/fit.json``, checked: None when there is none or it was made by another version of
+    the fitting (it is then refitted); a damaged or foreign file is an error naming it."""
     path = out / "fit.json"
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise SftmixError(f"{path}: not a readable fit ({e}); run `sftmix study fit` again") from None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SftmixError(f"{path}: not a readable fit ({e}); move it aside or run `sftmix study fit` to refit") from None
+    if isinstance(doc, dict) and isinstance(doc.get("version"), int) and doc["version"] != FIT_VERSION:
+        return None
+    try:
+        FitDoc.model_validate(doc)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise SftmixError(f"{path}: not a fit made by `sftmix study fit` ({'.'.join(map(str, first['loc'])) or 'top level'}: "
+                          f"{first['msg']}); move it aside or run `sftmix study fit` to refit") from None
+    return doc
 
 
 def summary_rows(doc: dict) -> list[list]:
@@ -266,16 +311,16 @@ def export_olmix(store: Store, folder: str | Path) -> tuple[Path, Path]:
     abilities = sorted({a for v in data.values() for a in v})
     keys = metric_keys(store)
     vals = {(m["run_id"], f"{m['task']}/{m['metric']}"): m["value"] for m in store.metrics()}
-    with atomic_write(folder / "ratios.csv") as f:
-        w = csv.writer(f)
-        w.writerow(["run", *abilities])
-        for r in runs:
-            amounts = data[r["id"]]
-            total = sum(amounts.values())
-            w.writerow([r["id"], *[amounts.get(a, 0.0) / total for a in abilities]])
-    with atomic_write(folder / "metrics.csv") as f:
-        w = csv.writer(f)
-        w.writerow(["run", *keys])
-        for r in runs:
-            w.writerow([r["id"], *[vals.get((r["id"], k), "") for k in keys]])
+    ratios, metrics = io.StringIO(), io.StringIO()
+    w = csv.writer(ratios)
+    w.writerow(["run", *abilities])
+    for r in runs:
+        amounts = data[r["id"]]
+        total = sum(amounts.values())
+        w.writerow([r["id"], *[amounts.get(a, 0.0) / total for a in abilities]])
+    w = csv.writer(metrics)
+    w.writerow(["run", *keys])
+    for r in runs:
+        w.writerow([r["id"], *[vals.get((r["id"], k), "") for k in keys]])
+    write_all({folder / "ratios.csv": ratios.getvalue(), folder / "metrics.csv": metrics.getvalue()})  # both or neither
     return folder / "ratios.csv", folder / "metrics.csv"

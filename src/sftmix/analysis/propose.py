@@ -363,7 +363,10 @@ def proposal_study(prop: dict, study_name: str, store, out_dir: str) -> dict:
     """A study file running the proposal beside the best tried configuration (same seeds, so the
     comparison is paired), with the claim that the proposal is better and the predictions the
     report checks against what is observed."""
-    best = next(g for g in groups(store) if g.label == prop["best_tried"]["label"])
+    best = next((g for g in groups(store) if g.label == prop["best_tried"]["label"]), None)
+    if best is None:  # the fit's configurations are not the store's: never guess which one was meant
+        raise SftmixError(f"propose: the best tried configuration {prop['best_tried']['label']!r} is not among the study's done "
+                          "configurations now (the study was relabelled or changed); refit with `sftmix study fit`")
     base = {k: copy.deepcopy(v) for k, v in best.config.items() if k not in ("name", "output_dir", "seed")}
     seeds = sorted(best.seeds)
     doc: dict = {"name": f"{study_name}_proposal", "base": base, "output_dir": out_dir,

@@ -11,6 +11,9 @@ import base64
 import csv
 import html
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from sftmix.analysis import lawreport
@@ -28,6 +31,7 @@ from sftmix.analysis.findings import (
 )
 from sftmix.analysis.lawfit import fit_key, load_fit
 from sftmix.config import Claim, Prediction
+from sftmix.errors import SftmixError
 from sftmix.io import atomic_write
 from sftmix.provenance import provenance
 from sftmix.study.grid import short_value
@@ -219,10 +223,46 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
 
     ``top``: lines shown first (e.g. where the data came from); ``notes``: extra remarks;
     ``laws``: a fit (``fit.json``; by default the one beside the store, if any) for the Laws
-    section. The study's predictions (a proposal's) are checked against what was observed."""
+    section. The study's predictions (a proposal's) are checked against what was observed.
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    All or nothing: the report is built in a fresh folder beside ``out_dir`` and put in its place
+    only when every file is written, so a failure leaves the previous report whole (and a new
+    report never keeps a stale file of an older one)."""
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for old in final.parent.glob(f".{final.name}.*.tmp"):
+        pid = old.name[len(final.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    if final.exists() and not final.is_dir():
+        raise SftmixError(f"{final}: is a file; the report is a folder")
+    work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp"))
+    try:
+        _write_report(store, work, title, study_doc, notes, extra_figures, top, laws)
+        if final.exists():
+            old = final.with_name(f".{final.name}.{os.getpid()}.old.tmp")
+            os.rename(final, old)
+            os.rename(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final / "report.html"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, notes: list[str] | None,
+                  extra_figures: dict[str, bytes] | None, top: list[str] | None, laws: dict | None) -> None:
     header, rows = table(store)
     md = markdown(header, rows)
     with atomic_write(out / "table.md") as f:
@@ -308,7 +348,6 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
                 + (lawreport.section_md(laws, law_figs, stale) if laws else "")
                 + "".join(f"> {n}\n\n" for n in notes or []) + "## Results\n\n" + md + f"\n**Method.** {METHOD}\n\n"
                 + "".join(f"![{n}]({n})\n" for n in figs if n not in law_figs))
-    return out / "report.html"
 
 
 def _html_table(header, rows) -> str:

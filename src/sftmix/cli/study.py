@@ -79,10 +79,13 @@ def _fit(args, study, runs, out, store, quiet: bool = False) -> dict:
     print(f"fit: {counts['done']} of {counts['planned']} runs done"
           + (f" ({', '.join(f'{v} {k}' for k, v in others.items())}); fitting on the done ones" if others else ""), flush=True)
     doc = load_fit(out)
-    if doc is not None and doc.get("key") == fit_key(store, args.unit, args.draws, args.seed) and not getattr(args, "refit", False):
-        if not quiet:
-            print(f"fit: {out / 'fit.json'} is up to date with these runs; reused")
-        return doc
+    if doc is not None and not getattr(args, "refit", False):
+        if doc["key"] == fit_key(store, args.unit, args.draws, args.seed):
+            if not quiet:
+                print(f"fit: {out / 'fit.json'} is up to date with these runs; reused")
+            return doc
+        print(f"fit: {out / 'fit.json'} was fitted on other runs, configurations (labels, grid points) or settings; refitting",
+              flush=True)
     return run_fit(store, out, args.unit, args.draws, args.seed, counts, progress=not args.quiet)
 
 
@@ -106,24 +109,28 @@ def cmd_propose(args) -> None:
     import yaml
 
     from sftmix.analysis.propose import proposal_study, propose_k, propose_mixture
-    from sftmix.io import atomic_write, write_json
+    from sftmix.io import json_text, write_all
 
-    study, runs, out, store = _results(args)
     if args.dmt_k is None and not args.weights:
         raise SftmixError("propose: give --weights ABILITY=W,... (a mixture) or --dmt-k EPS (DMT's replay k)")
+    if args.dmt_k is not None:
+        given = [f for f, v in (("--weights", args.weights), ("--budget", args.budget), ("--max-loss", args.max_loss)) if v]
+        if given:
+            raise SftmixError(f"propose: --dmt-k proposes DMT's replay k and takes no {', '.join(given)} (those are for a mixture)")
+    max_loss = _max_losses(args.max_loss)
+    study, runs, out, store = _results(args)
     if args.dmt_k is not None:
         prop = propose_k(store, args.dmt_k, args.draws, args.seed)
     else:
         args.unit = "examples"
         doc = _fit(args, study, runs, out, store, quiet=True)
-        prop = propose_mixture(doc, args.weights, args.budget, dict(args.max_loss))
+        prop = propose_mixture(doc, args.weights, args.budget, max_loss)
     proposal_out = (out / "proposal").resolve()
     doc_yaml = proposal_study(prop, study.name, store, str(proposal_out))
     prop["study_file"] = str(out / "proposal.yaml")
-    write_json(out / "proposal.json", prop)
-    with atomic_write(out / "proposal.yaml") as f:
-        f.write("# Written by `sftmix study propose`: run it with `sftmix study run` and read its report's Predictions.\n")
-        yaml.safe_dump(doc_yaml, f, sort_keys=False, width=120)
+    text = ("# Written by `sftmix study propose`: run it with `sftmix study run` and read its report's Predictions.\n"
+            + yaml.safe_dump(doc_yaml, sort_keys=False, width=120))
+    write_all({out / "proposal.json": json_text(prop), out / "proposal.yaml": text})  # both or neither
     _print_proposal(prop)
     print(f"proposal: {out / 'proposal.json'}")
     print(f"study file: {out / 'proposal.yaml'} (run: sftmix study run {out / 'proposal.yaml'})")
@@ -168,44 +175,74 @@ def cmd_export(args) -> None:
     print(f"olmix: {ratios} and {metrics}")
 
 
-def _weights(text: str) -> dict[str, float]:
-    """--weights math=1,code=1,general=0.5"""
+def _finite(text: str, what: str) -> float:
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{what}: expected a finite number, got {text!r}")
+    return v
+
+
+def _pair(part: str, text: str, form: str) -> tuple[str, float]:
     import argparse
 
-    out = {}
+    name, eq, value = part.partition("=")
+    if not eq or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}")
+    return name.strip(), _finite(value.strip(), f"{name.strip()} in {text!r}")
+
+
+def _weights(text: str) -> dict[str, float]:
+    """--weights math=1,code=1,general=0.5: each ability once, each weight a finite number >= 0."""
+    import argparse
+
+    out: dict[str, float] = {}
     for part in text.split(","):
-        name, eq, value = part.partition("=")
-        try:
-            if not eq or not name.strip():
-                raise ValueError
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected ABILITY=WEIGHT[,ABILITY=WEIGHT...], got {text!r}") from None
+        name, w = _pair(part, text, "ABILITY=WEIGHT[,ABILITY=WEIGHT...]")
+        if name in out:
+            raise argparse.ArgumentTypeError(f"ability {name!r} is given twice in {text!r}; give each ability once")
+        if w < 0:
+            raise argparse.ArgumentTypeError(f"{name} in {text!r}: a weight must be >= 0, got {w:g}")
+        out[name] = w
+    if sum(out.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"the weights in {text!r} sum to 0; give at least one positive weight")
     return out
 
 
 def _max_loss(text: str) -> tuple[str, float]:
-    import argparse
-
-    name, eq, value = text.partition("=")
-    try:
-        if not eq or not name.strip():
-            raise ValueError
-        return name.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ABILITY=LOSS, got {text!r}") from None
+    return _pair(text, text, "ABILITY=LOSS")
 
 
 def _nonneg(text: str) -> float:
     import argparse
 
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
+    v = _finite(text, "EPS")
+    if v < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
     return v
+
+
+def _budget(text: str) -> float:
+    import argparse
+
+    v = _finite(text, "budget")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"a mixture needs at least 1 example, got {text}")
+    return v
+
+
+def _max_losses(pairs: list[tuple[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, v in pairs:
+        if name in out:
+            raise SftmixError(f"--max-loss: ability {name!r} is given twice ({out[name]:g} and {v:g}); give each ability once")
+        out[name] = v
+    return out
 
 
 def cmd_demo(args) -> None:
@@ -249,7 +286,7 @@ def add_commands(sub) -> None:
                                       "that runs it beside the best tried configuration")
     common(p)
     p.add_argument("--weights", type=_weights, help="ability weights, e.g. math=1,code=1,general=1")
-    p.add_argument("--budget", type=float, help="at most this many training examples in all (default: the largest total tried)")
+    p.add_argument("--budget", type=_budget, help="at most this many training examples in all (default: the largest total tried)")
     p.add_argument("--max-loss", type=_max_loss, action="append", default=[], metavar="ABILITY=VALUE",
                    help="keep this ability's predicted held-out loss at or below VALUE (repeatable)")
     p.add_argument("--dmt-k", type=_nonneg, metavar="EPS",

@@ -3,12 +3,56 @@ and where the runs execute. Expanded into runs by ``sftmix.study.grid``."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from sftmix.config.executor import ExecutorConfig, Resources
-from sftmix.config.run import Strict
+from sftmix.config.run import RunConfig, SourceConfig, Strict
+
+# a grid or zip axis: a dotted run-config path (or a "_name" label axis) -> its values, at least one
+Axes = dict[str, Annotated[list[Any], Field(min_length=1)]]
+
+
+def _finite(v: float, what: str) -> float:
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {v}")
+    return v
+
+
+def _check_weights(weights: dict[str, float]) -> dict[str, float]:
+    for k, w in weights.items():
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"weights.{k} must be a finite number >= 0, got {w}")
+    if weights and sum(weights.values()) <= 0:
+        raise ValueError("weights must have a positive sum")
+    return weights
+
+
+def _check_fallbacks(fallbacks: dict[str, dict[str, Any]], where: str) -> None:
+    """Each fallback is a source config: checked on every machine, not only where it is used."""
+    for name, fb in fallbacks.items():
+        try:
+            SourceConfig.model_validate(fb)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}.{name}{'.' + loc if loc else ''}: {first['msg']}") from None
+
+
+def _check_zip(zips: dict[str, list], where: str) -> None:
+    lengths = {k: len(v) for k, v in zips.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{where}: zipped axes must have equal lengths, got " + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+
+
+def _check_axes(axes: Any, where: str) -> None:
+    if not isinstance(axes, dict):
+        raise ValueError(f"{where}: expected a mapping of axis -> list of values, got {type(axes).__name__}")
+    for k, v in axes.items():
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{where}.{k}: expected a non-empty list of values, got {v!r}")
 
 
 class Claim(Strict):
@@ -36,6 +80,11 @@ class Claim(Strict):
                                             "'the opposite of the paper') or the study's own, e.g. a proposal's "
                                             "('holds' / 'the opposite holds')")
 
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        return _check_weights(v)
+
 
 class Prediction(Strict):
     """What a fitted law predicted for a configuration of this study (``sftmix study propose``
@@ -53,14 +102,33 @@ class Prediction(Strict):
     law_high: float | None = None
     law: str = ""
 
+    @model_validator(mode="after")
+    def _interval(self) -> Prediction:
+        for name in ("estimate", "low", "high", "law_low", "law_high"):
+            if getattr(self, name) is not None:
+                _finite(getattr(self, name), name)
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is above high ({self.high:g})")
+        if self.law_low is not None and self.law_high is not None and self.law_low > self.law_high:
+            raise ValueError(f"law_low ({self.law_low:g}) is above law_high ({self.law_high:g})")
+        _check_weights(self.weights)
+        return self
+
+
+PROFILE_AXES = ("grid", "zip", "fallbacks")
+
 
 class StudyConfig(Strict):
-    name: str
-    description: str = ""
-    base: dict[str, Any]
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    zip: dict[str, list[Any]] = Field(default_factory=dict)
-    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """A study file: a base run config, the axes its runs vary, profiles, claims and predictions."""
+
+    name: str = Field(..., description="the study's name (its folder under studies/ by default)")
+    description: str = Field("", description="what the study asks, in words (the report's first line)")
+    base: dict[str, Any] = Field(..., description="the run config every run starts from")
+    grid: Axes = Field(default_factory=dict, description="product axes: dotted run-config path -> values")
+    zip: Axes = Field(default_factory=dict, description="zipped axes (equal lengths), combined with the product")
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "name -> run-config fields deep-merged over base, and its own grid (replacing axes of the same name), zip "
+        "(replacing the zipped axes) and fallbacks"))
     replicates: int = Field(1, ge=1, description="seeds 0..n-1 for every configuration (adds a `seed` grid axis)")
     compare: list[Claim] = Field(default_factory=list)
     predictions: list[Prediction] = Field(default_factory=list, description="laws' predictions the report checks")
@@ -70,4 +138,30 @@ class StudyConfig(Strict):
     fallbacks: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
         "source name -> the source config used instead when that source cannot be loaded (no data directory, no hub); "
         "the report says so at the top. A profile may carry its own."))
-    output_dir: str | None = None
+    output_dir: str | None = Field(None, description="defaults to studies/<name>")
+
+    @model_validator(mode="after")
+    def _check_parts(self) -> StudyConfig:
+        _check_zip(self.zip, "zip")
+        _check_fallbacks(self.fallbacks, "fallbacks")
+        run_fields = set(RunConfig.model_fields)
+        for pname, prof in self.profiles.items():
+            where = f"profiles.{pname}"
+            if not isinstance(prof, dict):
+                raise ValueError(f"{where}: expected a mapping of run-config fields, grid, zip and fallbacks, got {type(prof).__name__}")
+            for key, value in prof.items():
+                if key in ("grid", "zip"):
+                    _check_axes(value, f"{where}.{key}")
+                elif key == "fallbacks":
+                    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                        raise ValueError(f"{where}.fallbacks: expected a mapping of source name -> source config, got {value!r}")
+                    _check_fallbacks(value, f"{where}.fallbacks")
+                elif key not in run_fields:
+                    from sftmix.errors import closest
+
+                    valid = [*PROFILE_AXES, *run_fields]
+                    raise ValueError(f"{where}.{key}: unknown field{closest(str(key), valid)}; a profile holds run-config fields "
+                                     f"({', '.join(sorted(run_fields))}) and grid, zip, fallbacks")
+            if "zip" in prof:
+                _check_zip(prof["zip"], f"{where}.zip")
+        return self

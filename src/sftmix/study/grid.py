@@ -134,7 +134,7 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
     if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in zips:
         grid[REPLICATE_AXIS] = list(range(study.replicates))
     zlens = {len(v) for v in zips.values()}
-    if len(zlens) > 1:
+    if len(zlens) > 1:  # the study model checks each zip; a profile's grid may still meet the study's zip
         raise SftmixError(f"{where}: zip axes must have equal lengths, got {sorted(zlens)}")
     zipped = [dict(zip(zips, vals)) for vals in zip(*zips.values())] if zips else [{}]
     product = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
@@ -154,3 +154,65 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
             seen.add(rid)
             runs.append(PlannedRun(rid, _label(point), point, cfg))
     return runs
+
+
+def measured_metrics(runs: list[PlannedRun]) -> tuple[set[str], dict]:
+    """Every ``task/metric`` key the runs measure, and their tasks by name (user tasks imported
+    and checked here, before any run starts)."""
+    from sftmix.eval.tasks import BUILTIN, resolve
+
+    keys: set[str] = set()
+    found = dict(BUILTIN)
+    seen: dict[tuple, list] = {}
+    for r in runs:
+        ev = r.config.eval
+        specs = tuple(ev.tasks)
+        if specs not in seen:
+            seen[specs] = resolve(list(specs), f"run {r.label!r}: eval.tasks")
+        for t in seen[specs]:
+            found[t.name] = t
+            keys |= {f"{t.name}/{s}" for s in ev.loss_sources} if "*" in t.metrics else {f"{t.name}/{m}" for m in t.metrics}
+    return keys, found
+
+
+def check_metrics(study: StudyConfig, runs: list[PlannedRun], where: str = "study") -> None:
+    """Claims name metrics of known tasks (``task/metric``, a headline metric; for held-out loss
+    a source); predictions name metrics these runs measure. Checked when the study is read, so a
+    typo never reaches a half-written report."""
+    from sftmix.data.sources import BUILTINS
+
+    measured, found = measured_metrics(runs)
+    sources = set(BUILTINS) | {s for r in runs for s in (*r.config.sources, *r.config.eval.loss_sources)}
+
+    def known(metric: str, at: str) -> None:
+        task, slash, name = str(metric).partition("/")
+        if not slash or not task or not name:
+            raise SftmixError(f"{where}: {at}: metric {metric!r} is not task/metric (e.g. loss/gsm8k, gsm8k/accuracy)")
+        if task not in found:
+            raise unknown_in(where, at, "task", task, found)
+        t = found[task]
+        if "*" in t.metrics:
+            if name not in sources:
+                raise unknown_in(where, at, f"{task} source", name, sources)
+        elif name not in t.metrics:
+            raise unknown_in(where, at, f"headline metric of {task}", name, t.metrics)
+
+    for i, c in enumerate(study.compare):
+        names = list(c.weights) if c.weights else ([c.metric] if isinstance(c.metric, str) else list(c.metric))
+        if not names:
+            raise SftmixError(f"{where}: compare.{i}.metric: name at least one metric")
+        for m in names:
+            known(m, f"compare.{i}.{'weights' if c.weights else 'metric'}")
+    for i, p in enumerate(study.predictions):
+        for m in (list(p.weights) if p.weights else [p.metric]):
+            at = f"predictions.{i}.{'weights' if p.weights else 'metric'}"
+            known(m, at)
+            if m not in measured:
+                raise SftmixError(f"{where}: {at}: {m!r} is not measured by this study's runs; they measure "
+                                  f"{', '.join(sorted(measured)) or 'nothing'}")
+
+
+def unknown_in(where: str, at: str, kind: str, name: str, valid) -> SftmixError:
+    from sftmix.errors import unknown
+
+    return SftmixError(f"{where}: {at}: {unknown(kind, name, valid)}")

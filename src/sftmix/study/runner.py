@@ -19,7 +19,7 @@ from sftmix.eval.tasks import BUILTIN, stored_values
 from sftmix.io import read_jsonl
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job
-from sftmix.study.grid import PlannedRun, expand
+from sftmix.study.grid import PlannedRun, check_metrics, expand
 from sftmix.study.store import Store
 
 
@@ -31,7 +31,9 @@ def study_dir(study: StudyConfig, profile: str | None) -> Path:
 def load_study(path: str, profile: str | None = None, notes: list[str] | None = None) -> tuple[StudyConfig, list[PlannedRun]]:
     """The study file and its runs; ``notes`` receives where fallback sources took their data."""
     study = load_config(path, StudyConfig)
-    return study, expand(study, profile, where=str(path), notes=notes)
+    runs = expand(study, profile, where=str(path), notes=notes)
+    check_metrics(study, runs, str(path))
+    return study, runs
 
 
 def flatten_metrics(results: dict) -> list[tuple[str, str, float]]:
@@ -141,7 +143,8 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
             for h, engine_error in ex.finished(handles, timeout=5.0) if handles else []:
                 handles.remove(h)
                 run = next(r for r in todo if r.id == h.run_id)
-                if not ingest(store, run, out, engine_error):
+                if not ingest(store, run, out, engine_error) and store.status(run.id) != "failed":
+                    # neither done.json nor error.json: only then is the cause unknown here
                     store.fail(run.id, engine_error or "the run ended without a result (see its folder)")
             # runs held elsewhere are looked at every WAIT_POLL_S: a queued Slurm job costs a squeue call
             if waiting and time.monotonic() - last_look >= WAIT_POLL_S:
@@ -190,6 +193,9 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
         store.fail(run.id, f"{err['error']}\n{err.get('traceback', '')[-2000:]}")
         print(f"  failed: {err['error'][:300]}", flush=True)
     elif engine_error:
+        if store.status(run.id) is None:
+            store.start(run.id, run.label, run.point, run.config.model_dump())
+        store.fail(run.id, engine_error)
         print(f"  failed: {engine_error[:300]}", flush=True)
     return False
 

@@ -42,20 +42,59 @@ CREATE TABLE IF NOT EXISTS curves (
 """
 
 
+APPLICATION_ID = 0x7366746D  # "sftm": SQLite's application_id of an sftmix store
+SCHEMA_VERSION = 1  # SQLite's user_version: the layout of SCHEMA
+# the columns an sftmix store's tables hold (a store made before the stamp is recognised by them)
+COLUMNS = {"runs": {"id", "label", "point", "config", "status", "error", "checkpoint", "eval_dir", "started", "finished",
+                    "train_tokens", "params"},
+           "metrics": {"run_id", "task", "metric", "value"}}
+
+
+def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {n: {c[1] for c in conn.execute(f"PRAGMA table_info('{n}')")} for n in names}
+
+
 class Store:
     only: frozenset | None = None  # a restricted view reads these runs alone (``restricted``)
 
     def __init__(self, path: str | Path):
+        """Open (or create) the study's store. An existing file must be an sftmix store, readable
+        through: another program's SQLite file, a damaged or a cut-short one is an error naming
+        it, and nothing is created inside it."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        bad = f"{self.path}: not a readable sftmix results database"
         try:
             self.conn = sqlite3.connect(self.path, timeout=30)
             self.conn.row_factory = sqlite3.Row
+            if not new:
+                check = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
+                if check != ["ok"]:
+                    raise SftmixError(f"{bad}: it is damaged ({'; '.join(check[:3])}); move it aside to start afresh "
+                                      "(the runs' folders keep their results: `study run` ingests them again)")
+                app = self.conn.execute("PRAGMA application_id").fetchone()[0]
+                version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = _tables(self.conn)
+                if app == APPLICATION_ID:
+                    if version > SCHEMA_VERSION:
+                        raise SftmixError(f"{self.path}: an sftmix store of a newer layout (version {version}; this sftmix "
+                                          f"reads up to {SCHEMA_VERSION}); use a newer sftmix")
+                elif app != 0 or any(not cols <= tables.get(t, set()) for t, cols in COLUMNS.items()):
+                    what = f"application id {app:#x}" if app else "tables " + (", ".join(sorted(tables)) or "none")
+                    raise SftmixError(f"{bad}: it is another program's SQLite file ({what}); sftmix left it as it was. "
+                                      "Give the study another output_dir or move the file aside")
             with self.conn:
                 self.conn.executescript(SCHEMA)
+                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.conn.execute("SELECT id, status FROM runs LIMIT 1").fetchall()
+        except SftmixError:
+            self.conn.close()
+            raise
         except sqlite3.DatabaseError as e:
-            raise SftmixError(f"{self.path}: not a readable sftmix results database ({e}); move it aside to start afresh") from None
+            raise SftmixError(f"{bad} ({e}); move it aside to start afresh") from None
 
     def status(self, run_id: str) -> str | None:
         row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
