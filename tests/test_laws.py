@@ -332,7 +332,7 @@ def fitted_without_general(tmp_path_factory):
     (["--weights", "math=1", "--max-loss", "code=0.1"], "no mixture of at most 96 examples meets every --max-loss: the lowest "
                                                          "predicted code loss within the budget is"),
     (["--weights", "math=1", "--budget", "0.5"], "a mixture needs at least 1 example"),
-    (["--weights", "math=-1"], "weights must be >= 0"),
+    (["--weights", "math=-1"], "--weights: math in .math=-1.: a weight must be >= 0"),
     ([], "give --weights"),
 ])
 def test_propose_bad_input_is_a_clear_exit_2_with_nothing_written(fitted_without_general, capsys, args, expect):

@@ -19,6 +19,7 @@ from sftmix.eval import tasks
 EVAL_FLAGS = {"tasks": "--tasks", "limit": "--limit", "data_dir": "--data-dir", "backend": "--backend",
               "batch_size": "--batch-size", "dtype": "--dtype", "mtbench_repeats": "--repeats",
               "humaneval_wrapper": "--humaneval-wrapper", "judge.base_url": "--judge-base-url", "judge.model": "--judge-model",
+              "openai.base_url": "--base-url", "openai.served_model": "--served-model", "openai.concurrency": "--concurrency",
               "loss_sources": "--loss-sources", "loss_samples": "--loss-samples"}
 
 

@@ -111,6 +111,10 @@ def cmd_propose(args) -> None:
     from sftmix.analysis.propose import proposal_study, propose_k, propose_mixture
     from sftmix.io import json_text, write_all
 
+    args.weights = _arg("--weights", _weights, args.weights)
+    args.budget = _arg("--budget", _budget, args.budget)
+    args.dmt_k = _arg("--dmt-k", _nonneg, args.dmt_k)
+    args.max_loss = [_arg("--max-loss", _max_loss, v) for v in args.max_loss]
     if args.dmt_k is None and not args.weights:
         raise SftmixError("propose: give --weights ABILITY=W,... (a mixture) or --dmt-k EPS (DMT's replay k)")
     if args.dmt_k is not None:
@@ -175,6 +179,18 @@ def cmd_export(args) -> None:
     print(f"olmix: {ratios} and {metrics}")
 
 
+def _arg(flag: str, parse, text: str | None):
+    """A propose argument parsed before any work: a bad one is an error naming the flag."""
+    import argparse
+
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as e:
+        raise SftmixError(f"{flag}: {e}") from None
+
+
 def _finite(text: str, what: str) -> float:
     import argparse
     import math
@@ -228,12 +244,7 @@ def _nonneg(text: str) -> float:
 
 
 def _budget(text: str) -> float:
-    import argparse
-
-    v = _finite(text, "budget")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"a mixture needs at least 1 example, got {text}")
-    return v
+    return _finite(text, "budget")  # at least 1 example: checked by the proposal, which says so
 
 
 def _max_losses(pairs: list[tuple[str, float]]) -> dict[str, float]:
@@ -285,11 +296,11 @@ def add_commands(sub) -> None:
     p = st.add_parser("propose", help="the mixture (or DMT's k) the fitted laws recommend, with intervals, and a study file "
                                       "that runs it beside the best tried configuration")
     common(p)
-    p.add_argument("--weights", type=_weights, help="ability weights, e.g. math=1,code=1,general=1")
-    p.add_argument("--budget", type=_budget, help="at most this many training examples in all (default: the largest total tried)")
-    p.add_argument("--max-loss", type=_max_loss, action="append", default=[], metavar="ABILITY=VALUE",
+    p.add_argument("--weights", help="ability weights, e.g. math=1,code=1,general=1")
+    p.add_argument("--budget", help="at most this many training examples in all (default: the largest total tried)")
+    p.add_argument("--max-loss", action="append", default=[], metavar="ABILITY=VALUE",
                    help="keep this ability's predicted held-out loss at or below VALUE (repeatable)")
-    p.add_argument("--dmt-k", type=_nonneg, metavar="EPS",
+    p.add_argument("--dmt-k", metavar="EPS",
                    help="from a study over DMT's k: the smallest k keeping each specialised ability within EPS of its "
                         "stage-1 held-out loss")
     p.set_defaults(func=cmd_propose, unit="examples")

@@ -295,6 +295,29 @@ class JudgeConfig(Strict):
     max_retries: int = Field(6, ge=0)
 
 
+class OpenAIBackendConfig(Strict):
+    """Generation through an OpenAI-compatible server (``vllm serve``, SGLang, llama.cpp's server,
+    ...): sftmix applies the run's chat template and sends each prompt as a completion, so the
+    server sees the text HF generate would see."""
+
+    base_url: str | None = Field(None, description="the server, e.g. http://localhost:8000/v1 (else $SFTMIX_GENERATION_BASE_URL)")
+    served_model: str | None = Field(None, description="the model name the server serves (default: the only one it lists)")
+    api_key_env: str = Field("SFTMIX_GENERATION_API_KEY", description="environment variable holding the server's API key, if any")
+    concurrency: int = Field(8, gt=0, description="requests in flight at once")
+    max_retries: int = Field(3, ge=0, description="retries of a failed request (connection errors, 408/429/5xx), with backoff")
+    timeout_s: float = Field(600.0, gt=0, description="seconds one request may take")
+
+
+class VLLMBackendConfig(Strict):
+    """vLLM in this process (``pip install 'sftmix[vllm]'`` on a GPU machine)."""
+
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs the model is split over")
+    max_model_len: int | None = Field(None, gt=0, description="longest prompt + answer in tokens (default: the model's)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of each GPU's memory vLLM may take")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("bfloat16", description="vLLM's weights dtype")
+    enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower generation)")
+
+
 class EvalConfig(Strict):
     """Which abilities to measure and how (see evaluation-protocol.md for each benchmark)."""
 
@@ -312,7 +335,10 @@ class EvalConfig(Strict):
         return v
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
     data_dir: str | None = Field(None, description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
-    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="generation engine; auto: vLLM on a GPU when installed, else transformers")
+    backend: Literal["auto", "hf", "vllm", "openai"] = Field("auto", description="generation engine; auto: vLLM on a GPU when installed, "
+                                                             "else transformers; openai: an OpenAI-compatible server (eval.openai)")
+    openai: OpenAIBackendConfig = Field(default_factory=OpenAIBackendConfig, description="the server of backend openai")
+    vllm: VLLMBackendConfig = Field(default_factory=VLLMBackendConfig, description="settings of backend vllm")
     batch_size: int = Field(8, gt=0, description="prompts generated (or held-out rows scored) per batch")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="generation weights; bfloat16 is about 2x faster on CPUs with AMX "
                                                   "but greedy outputs then depend on the batch composition")

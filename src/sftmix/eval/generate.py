@@ -3,14 +3,28 @@
 - ``HFGenerator``: batched ``model.generate`` with left padding. Prompts are sorted by length so
   that each batch pads little, then answers are returned in the input order. Greedy batched output
   equals batch-1 output (a test checks this on the tiny model in fp32).
-- ``VLLMGenerator``: used when vLLM is installed (GPU machines); same interface.
+- ``VLLMGenerator``: vLLM in this process (GPU machines; the ``vllm`` extra), with tensor
+  parallelism, dtype, maximum length and memory fraction from ``eval.vllm``.
+- ``OpenAIGenerator``: any OpenAI-compatible server (``vllm serve``, SGLang, llama.cpp's server):
+  sftmix applies the chat template itself and sends each prompt as a completion, so the server
+  sees the text HF generate sees; requests run concurrently (bounded), failed ones are retried,
+  and a server that is down or answers with errors is an error, never an empty answer.
+
+Every backend answers through ``Generator.generate``: with a cache (``use_cache``) each answer is
+appended to a JSONL file as it arrives, so a killed evaluation resumes without regenerating what
+was answered.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
+from sftmix.errors import SftmixError
+from sftmix.io import stable_hash
 from sftmix.models import load_model, load_tokenizer
 from sftmix.progress import track
 
@@ -25,7 +39,64 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-class HFGenerator:
+class AnswerCache:
+    """Answers already generated, one JSON line each (key, text), appended as they arrive. A line
+    torn by a kill is skipped when read."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.answers: dict[str, str] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.answers[row["key"]] = row["text"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed with the generator
+
+    def add(self, key: str, text: str) -> None:
+        self.answers[key] = text
+        self._f.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Generator:
+    """What every backend shares: the cache and the order of answers. A backend implements
+    ``_answers(prompts, ...)``, yielding (index, text) as each answer is ready."""
+
+    name = "base"
+    identity: tuple = ()  # what, besides the prompt and settings, decides an answer (backend, dtype)
+    cache: AnswerCache | None = None
+    progress = True
+
+    def use_cache(self, path: str | Path) -> None:
+        self.cache = AnswerCache(path)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 512, temperature: float = 0.0,
+                 stop: Sequence[str] = (), seed: int = 0, desc: str = "generating") -> list[str]:
+        settings = [max_new_tokens, round(float(temperature), 6), list(stop), seed if temperature > 1e-4 else None]
+        keys = [stable_hash([*self.identity, p, *settings], 24) for p in prompts]
+        known = self.cache.answers if self.cache else {}
+        out: list[str | None] = [known.get(k) for k in keys]
+        todo = [i for i, t in enumerate(out) if t is None]
+        if todo:
+            for j, text in self._answers([prompts[i] for i in todo], max_new_tokens, temperature, list(stop), seed, desc):
+                i = todo[j]
+                out[i] = cut_at_stop(text, stop)
+                if self.cache:
+                    self.cache.add(keys[i], out[i])
+        return out  # type: ignore[return-value]
+
+    def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc) -> Iterator[tuple[int, str]]:
+        raise NotImplementedError
+
+
+class HFGenerator(Generator):
     """Batched Hugging Face generation."""
 
     name = "hf"
@@ -40,12 +111,11 @@ class HFGenerator:
         self.batch_size = batch_size
         self.progress = progress
         self.torch = torch
+        self.identity = ("hf", dtype)
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 512, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0, desc: str = "generating") -> list[str]:
+    def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc):
         torch = self.torch
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        out: list[str | None] = [None] * len(prompts)
         batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for batch in track(batches, desc, enabled=self.progress):
             enc = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=True)
@@ -62,36 +132,142 @@ class HFGenerator:
                 gen = self.model.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1]:]
             for j, i in enumerate(batch):
-                text = self.tokenizer.decode(new[j], skip_special_tokens=True)
-                out[i] = cut_at_stop(text, stop)
-        return out  # type: ignore[return-value]
+                yield i, self.tokenizer.decode(new[j], skip_special_tokens=True)
 
 
-class VLLMGenerator:
-    """vLLM generation (GPU). Same interface as ``HFGenerator``."""
+class VLLMGenerator(Generator):
+    """vLLM in this process. Same interface as ``HFGenerator``; prompts go in chunks so that a
+    killed evaluation keeps what was answered."""
 
     name = "vllm"
+    chunk = 256
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16", **_):
-        from vllm import LLM
+    def __init__(self, model_path: str, cfg=None, progress: bool = True):
+        from sftmix.config.run import VLLMBackendConfig
 
-        self.llm = LLM(model=model_path, dtype=dtype)
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise SftmixError(f"eval.backend vllm: vLLM cannot be imported here ({e}); install the vllm extra on a GPU machine, "
+                              "or serve the model with `vllm serve` in its own environment and use backend openai") from None
+        cfg = cfg or VLLMBackendConfig()
+        kwargs = dict(model=model_path, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
+        if cfg.max_model_len:
+            kwargs["max_model_len"] = cfg.max_model_len
+        self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.progress = progress
+        self.identity = ("vllm", cfg.dtype)
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 512, temperature: float = 0.0,
-                 stop: Sequence[str] = (), seed: int = 0, desc: str = "generating") -> list[str]:
+    def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc):
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if temperature > 1e-4 else 0.0,
                                 stop=list(stop) or None, seed=seed)
-        outs = self.llm.generate(prompts, params)
-        return [o.outputs[0].text for o in outs]
+        for start in track(range(0, len(prompts), self.chunk), desc, enabled=self.progress):
+            outs = self.llm.generate(prompts[start: start + self.chunk], params, use_tqdm=False)
+            for j, o in enumerate(outs):
+                yield start + j, o.outputs[0].text
 
 
-def make_generator(model_path: str, backend: str = "auto", batch_size: int = 8, progress: bool = True, dtype: str = "float32"):
-    """``auto`` picks vLLM when it is installed and a GPU is present, else Hugging Face."""
+class OpenAIGenerator(Generator):
+    """Completions from an OpenAI-compatible server (see the module docstring)."""
+
+    name = "openai"
+
+    def __init__(self, model_path: str, cfg=None, progress: bool = True):
+        import openai
+
+        from sftmix.config.run import OpenAIBackendConfig
+
+        cfg = cfg or OpenAIBackendConfig()
+        self.base_url = cfg.base_url or os.environ.get("SFTMIX_GENERATION_BASE_URL")
+        if not self.base_url:
+            raise SftmixError("eval.openai.base_url: backend openai needs the server's address, e.g. http://localhost:8000/v1 "
+                              "(--base-url, or $SFTMIX_GENERATION_BASE_URL)")
+        self.tokenizer = load_tokenizer(model_path)  # the run's tokenizer renders the chat template
+        self.cfg = cfg
+        self.progress = progress
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY",
+                                    max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+        self.served = self._served_model(cfg.served_model)
+        self.identity = ("openai", self.served)
+
+    def _fail(self, e: Exception) -> SftmixError:
+        import openai
+
+        if isinstance(e, openai.APIStatusError):
+            body = getattr(e, "body", None)
+            msg = body.get("message") if isinstance(body, dict) else None
+            return SftmixError(f"generation server {self.base_url} answered HTTP {e.status_code}: {msg or e.message}")
+        if isinstance(e, (openai.APIConnectionError, openai.APITimeoutError)):
+            return SftmixError(f"generation server {self.base_url} is not reachable ({type(e).__name__}: {e}) after "
+                               f"{self.cfg.max_retries} retries; is it running?")
+        return SftmixError(f"generation server {self.base_url}: {type(e).__name__}: {e}")
+
+    def _served_model(self, wanted: str | None) -> str:
+        try:
+            served = [m.id for m in self.client.models.list()]
+        except Exception as e:  # noqa: BLE001 - every way a server can fail is said the same way
+            raise self._fail(e) from None
+        if wanted is None:
+            if len(served) != 1:
+                raise SftmixError(f"eval.openai.served_model: the server at {self.base_url} serves {', '.join(served) or 'no model'}; "
+                                  "name the one to use (--served-model)")
+            return served[0]
+        if wanted not in served:
+            raise SftmixError(f"eval.openai.served_model: the server at {self.base_url} does not serve {wanted!r}; it serves "
+                              f"{', '.join(served) or 'no model'}")
+        return wanted
+
+    def _one(self, prompt: str, max_new_tokens: int, temperature: float, stop: list[str], seed: int) -> str:
+        sampled = temperature > 1e-4
+        r = self.client.completions.create(model=self.served, prompt=prompt, max_tokens=max_new_tokens,
+                                           temperature=temperature if sampled else 0.0, top_p=1.0, stop=stop or None,
+                                           seed=seed if sampled else None)
+        if not r.choices or r.choices[0].text is None:
+            raise SftmixError(f"generation server {self.base_url} returned no completion (response {r.id!r})")
+        return r.choices[0].text
+
+    def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc):
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        from tqdm.auto import tqdm
+
+        pool = ThreadPoolExecutor(self.cfg.concurrency)
+        bar = tqdm(total=len(prompts), desc=desc, disable=not self.progress)
+        pending = {}
+        nxt = 0
+        try:
+            while nxt < len(prompts) or pending:
+                while nxt < len(prompts) and len(pending) < 2 * self.cfg.concurrency:  # bounded: no million futures at once
+                    pending[pool.submit(self._one, prompts[nxt], max_new_tokens, temperature, stop, seed)] = nxt
+                    nxt += 1
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = pending.pop(fut)
+                    try:
+                        text = fut.result()
+                    except SftmixError:
+                        raise
+                    except Exception as e:  # noqa: BLE001
+                        raise self._fail(e) from None
+                    bar.update(1)
+                    yield i, text
+        finally:
+            bar.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_generator(model_path: str, backend: str = "auto", batch_size: int = 8, progress: bool = True, dtype: str = "float32",
+                   cfg=None) -> Generator:
+    """The generator of ``backend`` (``cfg``: the eval config, for the vllm and openai settings).
+    ``auto`` picks vLLM when it is installed and a GPU is present, else Hugging Face."""
+    if backend == "openai":
+        return OpenAIGenerator(model_path, cfg.openai if cfg is not None else None, progress)
     if backend == "vllm" or (backend == "auto" and importlib.util.find_spec("vllm") is not None and _cuda()):
-        return VLLMGenerator(model_path)
+        return VLLMGenerator(model_path, cfg.vllm if cfg is not None else None, progress)
     return HFGenerator(model_path, batch_size=batch_size, dtype=dtype, progress=progress)
 
 

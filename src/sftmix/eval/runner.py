@@ -40,7 +40,8 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
         if generator is None:
             from sftmix.eval.generate import make_generator  # torch: only when a task generates
 
-            generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype)
+            generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype, cfg)
+            generator.use_cache(out / "generations.jsonl")  # a killed evaluation keeps what was answered
         return generator
 
     ctx = tasks.Context(model_path, cfg, template, _data_dir(cfg, run_data_dir), out, progress, get_generator,

@@ -158,7 +158,7 @@ def _run_loss(ctx: Context) -> tuple[dict, list[dict]]:
     from sftmix.eval.loss import heldout_loss
 
     cfg = ctx.cfg
-    shared = cfg.backend != "vllm" and cfg.dtype == "float32" and any(t != "loss" for t in ctx.tasks)
+    shared = cfg.backend in ("auto", "hf") and cfg.dtype == "float32" and any(t != "loss" for t in ctx.tasks)
     g = ctx.get_generator() if shared else None  # otherwise loaded only if a source is not already measured
     loaded = (g.tokenizer, g.model) if getattr(g, "model", None) is not None else None
     return heldout_loss(ctx.model_path, cfg, ctx.template, ctx.data_dir, ctx.sources, ctx.seed, ctx.training_ids, loaded)
@@ -241,7 +241,7 @@ def get(name: str) -> Task:
     taken = _LOADED.get(obj.name)
     if taken is not None and taken is not obj:
         other = next((k for k, v in _LOADED.items() if v is taken and ":" in k), obj.name)
-        raise SftmixError(f"task {name!r}: its name {obj.name!r} is already the name of task {other!r}; two tasks cannot share a "
+        raise SftmixError(f"task {name!r}: {other!r} and {name!r} are both named {obj.name!r}; two tasks cannot share a "
                           "name (the second would be given the first one's results)")
     _LOADED[name] = _LOADED[obj.name] = obj
     return obj

@@ -207,7 +207,7 @@ def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = 
     rows = []
     for r in runs:
         row = by_id.get(r.id) or {}
-        state, detail = row.get("status") or "pending", (row.get("error") or "").splitlines()[0][:80] if row.get("error") else ""
+        state, detail = row.get("status") or "pending", (row.get("error") or "").splitlines()[0][:300] if row.get("error") else ""
         if out is not None and state != "done":
             run_out = run_path(out, r)
             job = json.loads((run_out / worker.JOB).read_text()) if (run_out / worker.JOB).exists() else None
@@ -222,7 +222,7 @@ def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = 
                 state, detail = "queued", f"{where} ({q['state']})"
             elif (run_out / worker.ERROR).exists():
                 state = "failed"
-                detail = json.loads((run_out / worker.ERROR).read_text())["error"].splitlines()[0][:80]
+                detail = json.loads((run_out / worker.ERROR).read_text())["error"].splitlines()[0][:300]
             elif state == "running":
                 state, detail = "interrupted", "its worker is gone; `study run` resumes it"
         rows.append([r.id, r.label, state, detail])

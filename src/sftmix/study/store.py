@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS curves (
 """
 
 
+SCHEMA_TABLES = ("runs", "metrics", "samples", "data", "curves")
 APPLICATION_ID = 0x7366746D  # "sftm": SQLite's application_id of an sftmix store
 SCHEMA_VERSION = 1  # SQLite's user_version: the layout of SCHEMA
 # the columns an sftmix store's tables hold (a store made before the stamp is recognised by them)
@@ -85,10 +86,13 @@ class Store:
                     what = f"application id {app:#x}" if app else "tables " + (", ".join(sorted(tables)) or "none")
                     raise SftmixError(f"{bad}: it is another program's SQLite file ({what}); sftmix left it as it was. "
                                       "Give the study another output_dir or move the file aside")
-            with self.conn:
-                self.conn.executescript(SCHEMA)
-                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            stamped = (self.conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+                       and self.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION)
+            if not stamped or set(SCHEMA_TABLES) - set(_tables(self.conn)):  # a store that is whole is only read
+                with self.conn:
+                    self.conn.executescript(SCHEMA)
+                    self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.conn.execute("SELECT id, status FROM runs LIMIT 1").fetchall()
         except SftmixError:
             self.conn.close()

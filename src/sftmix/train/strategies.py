@@ -211,6 +211,10 @@ def run_id(cfg: RunConfig) -> str:
     d = cfg.model_dump()
     if cfg.strategy is not None:
         d["strategy"] = cfg.strategy.legacy_dump()
+    # where an OpenAI-compatible server runs is not what the run is; vLLM's settings are, once set
+    d["eval"].pop("openai", None)
+    if cfg.eval.vllm == type(cfg.eval.vllm)():
+        d["eval"].pop("vllm", None)
     d.pop("name", None)
     d.pop("output_dir", None)
     return stable_hash(d, 12)

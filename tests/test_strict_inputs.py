@@ -1,0 +1,458 @@
+"""Nothing silent: every input of the newer surfaces (strategies, user tasks, study files with
+their profiles, claims and predictions, the arguments of fit / propose / export, the store and
+fit.json) is checked before work starts. Each case exits 2 with one message naming the field,
+argument or file and what was expected, prints no traceback, starts no training and leaves
+nothing half-written; a store or fit file it refuses is left byte for byte as it was.
+
+The last tests show what each silent case did before (the misspelt fraction key trained on the
+whole pool, a repeated weight kept the last, ...), so the checks cannot pass vacuously."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lawsynth import DESIGN, amount_truth, fill, mixture_study
+from sftmix.cli import main
+from sftmix.errors import SftmixError
+from test_cli_bad_input import run_cfg, study_cfg
+
+HERE = Path(__file__).parent
+TRUTH = {"generated_math": amount_truth(0.5, np.log(0.8), 0.4, "math"),
+         "generated_code": amount_truth(0.6, np.log(0.7), 0.5, "code"),
+         "sharegpt": amount_truth(1.0, np.log(0.9), 0.3, "general")}
+
+
+@pytest.fixture(autouse=True)
+def user_tasks_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- strategies and user tasks in a run config
+
+def strategy(**st) -> callable:
+    return lambda t: ["train", str(run_cfg(t, strategy=st))]
+
+
+def tasks(*specs: str) -> callable:
+    return lambda t: ["train", str(run_cfg(t, eval={"tasks": list(specs), "loss_sources": ["generated_math"], "loss_samples": 4}))]
+
+
+MATH, CODE = "generated_math", "generated_code"
+RUN_CASES = [
+    ("misspelt fraction key", strategy(name="multitask", sources=[MATH, CODE], fraction={"generated_mth": 0.5}),
+     "strategy: Value error, fraction: 'generated_mth' is not a source of this multitask strategy (did you mean 'generated_math'?)"),
+    ("fraction key of an unused source", strategy(name="individual", sources=[MATH], fraction={CODE: 0.5}),
+     "'generated_code' is not a source of this individual strategy"),
+    ("fraction value 0", strategy(name="multitask", sources=[MATH, CODE], fraction={MATH: 0}), "fraction.generated_math must be in (0, 1]"),
+    ("fraction 1.5", strategy(name="sequential", sources=[MATH, CODE], fraction=1.5), "fraction must be in (0, 1], got 1.5"),
+    ("specialised under multitask", strategy(name="multitask", sources=[MATH], specialised=[CODE]),
+     "unknown field 'specialised' of the multitask strategy; valid fields: fraction, name, sources"),
+    ("k under multitask", strategy(name="multitask", sources=[MATH, CODE], k=0.5), "unknown field 'k' of the multitask strategy"),
+    ("k under individual", strategy(name="individual", sources=[MATH], k="1/16"), "unknown field 'k' of the individual strategy"),
+    ("general under sequential", strategy(name="sequential", sources=[MATH], general=CODE), "unknown field 'general' of the sequential"),
+    ("sources under dmt", strategy(name="dmt", specialised=[MATH], general=CODE, k=0.5, sources=[MATH]),
+     "unknown field 'sources' of the dmt strategy; valid fields: fraction, name, specialised, general, k"),
+    ("k under mixed_sequential", strategy(name="mixed_sequential", specialised=[MATH], general=CODE, k=0.25),
+     "unknown field 'k' of the mixed_sequential strategy"),
+    ("misspelt fraction field", strategy(name="multitask", sources=[MATH], fractoin=0.5), "unknown field 'fractoin' of the multitask "
+                                                                                           "strategy (did you mean 'fraction'?)"),
+    ("individual with two sources", strategy(name="individual", sources=[MATH, CODE]), "strategy.sources: List should have at most 1 item"),
+    ("dmt without k", strategy(name="dmt", specialised=[MATH], general=CODE), "strategy.k: Field required"),
+    ("dmt without general", strategy(name="dmt", specialised=[MATH], k=0.5), "strategy.general: Field required"),
+    ("source named twice", strategy(name="multitask", sources=[MATH, MATH]), "source 'generated_math' is named twice"),
+    ("general also specialised", strategy(name="dmt", specialised=[MATH, CODE], general=MATH, k=0.5), "'generated_math' is named twice"),
+    ("strategy without a name", strategy(sources=[MATH]), "strategy.name: missing; valid: individual, multitask"),
+    ("misspelt strategy name", strategy(name="multi_task", sources=[MATH]), "strategy.name: unknown strategy 'multi_task' (did you mean "
+                                                                             "'multitask'?)"),
+    ("user task not importable", tasks("loss", "usertasks.nosuch:task"), "eval.tasks: task 'usertasks.nosuch:task': cannot import"),
+    ("user task not a Task", tasks("loss", "usertasks.exact:not_a_task"), "usertasks.exact.not_a_task is a str, not a"),
+    ("two user tasks of one name", tasks("usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"),
+     "are both named 'arithmetic'"),
+    ("a task named twice", tasks("loss", "usertasks.bad:fine", "usertasks.bad:fine"), "'usertasks.bad:fine' is named twice"),
+]
+
+
+@pytest.mark.parametrize("case,build,expected", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_bad_run_configs_stop_before_any_training(case, build, expected, tmp_path, capsys):
+    code, _, err = run(build(tmp_path), capsys)
+    assert code == 2, err
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("stage*")), "work started before the input was checked"
+
+
+# ---------------------------------------------------------------- user tasks' results
+
+EVAL_CASES = [
+    ("NaN headline metric", "usertasks.bad:nan_headline", "task 'nan_headline': its headline metric 'accuracy' is nan; expected a finite"),
+    ("NaN row value", "usertasks.bad:nan_row", "task 'nan_row': item 'q2': score = nan"),
+    ("infinite row value", "usertasks.bad:inf_row", "task 'inf_row': item 'only': score = inf"),
+]
+
+
+@pytest.mark.parametrize("case,spec,expected", EVAL_CASES, ids=[c[0] for c in EVAL_CASES])
+def test_a_user_task_result_that_is_not_a_finite_number_is_refused(case, spec, expected, tmp_path, capsys):
+    code, _, err = run(["eval", "tiny", "--tasks", spec, "--out", str(tmp_path / "ev"), "--quiet"], capsys)
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert not list((tmp_path / "ev").glob("task_*.json")) and not (tmp_path / "ev" / "results.json").exists()
+
+
+# ---------------------------------------------------------------- study files
+
+def study(**fields) -> callable:
+    return lambda t: ["study", "status", str(study_cfg(t, **fields))]
+
+
+def profile(**prof) -> callable:
+    return study(profiles={"small": prof})
+
+
+LOSS_MATH = "loss/generated_math"
+PRED = {"a": {"seed": 0}, "metric": LOSS_MATH, "estimate": 1.0, "low": 0.5, "high": 1.5}
+STUDY_CASES = [
+    ("profile zip as a list", profile(zip=[1, 2]), "profiles.small.zip: expected a mapping of axis -> list of values, got list"),
+    ("profile axis as a number", profile(grid={"seed": 3}), "profiles.small.grid.seed: expected a non-empty list of values, got 3"),
+    ("profile fallbacks as a list", profile(fallbacks=["generated_math"]), "profiles.small.fallbacks: expected a mapping of source name"),
+    ("typo in a profile's fallback", profile(fallbacks={"gsm8k": {"bultin": "generated_math"}}),
+     "profiles.small.fallbacks.gsm8k: Value error, unknown field 'bultin' (did you mean 'builtin'?)"),
+    ("typo in a fallback", study(fallbacks={"gsm8k": {"builtin": "generated_math", "sise": 50}}), "fallbacks.gsm8k: Value error, "
+                                                                                                  "unknown field 'sise'"),
+    ("unknown profile key", profile(modle="tiny"), "profiles.small.modle: unknown field (did you mean 'model'?)"),
+    ("profile zip of unequal lengths", profile(zip={"seed": [0, 1], "_x": ["a"]}), "profiles.small.zip: zipped axes must have equal "
+                                                                                    "lengths, got _x: 1, seed: 2"),
+    ("empty grid axis", study(grid={"seed": []}), "grid.seed: List should have at least 1 item"),
+    ("zip of unequal lengths", study(zip={"seed": [0, 1], "_x": ["a"]}), "zip: zipped axes must have equal lengths"),
+    ("prediction low above high", study(predictions=[{**PRED, "low": 2.0, "high": 1.0}]), "predictions.0: Value error, low (2) is above "
+                                                                                          "high (1)"),
+    ("prediction NaN estimate", study(predictions=[{**PRED, "estimate": float("nan")}]), "estimate must be a finite number, got nan"),
+    ("prediction metric without its task", study(predictions=[{**PRED, "metric": "generated_math"}]),
+     "predictions.0.metric: metric 'generated_math' is not task/metric"),
+    ("prediction metric not measured", study(predictions=[{**PRED, "metric": "loss/sharegpt"}]),
+     "predictions.0.metric: 'loss/sharegpt' is not measured by this study's runs; they measure loss/generated_code, loss/generated_math"),
+    ("prediction weights NaN", study(predictions=[{**PRED, "metric": "w", "weights": {LOSS_MATH: float("nan")}}]),
+     "weights.loss/generated_math must be a finite number >= 0"),
+    ("claim metric of an unknown task", study(compare=[{"a": "x", "b": "y", "metric": "gsm8kk/accuracy"}]),
+     "compare.0.metric: unknown task 'gsm8kk' (did you mean 'gsm8k'?)"),
+    ("claim metric not a headline", study(compare=[{"a": "x", "b": "y", "metric": ["gsm8k/acc"]}]),
+     "compare.0.metric: unknown headline metric of gsm8k 'acc' (did you mean 'accuracy'?)"),
+    ("claim metric without its task", study(compare=[{"a": "x", "b": "y", "metric": "accuracy"}]), "compare.0.metric: metric 'accuracy' "
+                                                                                                     "is not task/metric"),
+    ("claim loss of an unknown source", study(compare=[{"a": "x", "b": "y", "metric": "loss/gsm8kk"}]),
+     "unknown loss source 'gsm8kk' (did you mean 'gsm8k'?)"),
+    ("claim weights negative", study(compare=[{"a": "x", "b": "y", "metric": "w", "weights": {LOSS_MATH: -1}}]),
+     "weights.loss/generated_math must be a finite number >= 0, got -1"),
+    ("claim weighted metric unknown", study(compare=[{"a": "x", "b": "y", "metric": "w", "weights": {"loss/sharegp": 1}}]),
+     "compare.0.weights: unknown loss source 'sharegp' (did you mean 'sharegpt'?)"),
+    ("study user task not importable", lambda t: ["study", "status", str(study_cfg(t, grid={"eval.tasks": [["loss"], ["usertasks.x:t"]]}))],
+     "run 'tasks=usertasks.x:t': eval.tasks: task 'usertasks.x:t': cannot import usertasks.x"),
+    ("study with two tasks of one name", lambda t: ["study", "status", str(study_cfg(
+        t, grid={"eval.tasks": [["usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"]]}))], "are both named 'arithmetic'"),
+]
+
+
+@pytest.mark.parametrize("case,build,expected", STUDY_CASES, ids=[c[0] for c in STUDY_CASES])
+def test_bad_study_files_are_refused_when_read(case, build, expected, tmp_path, capsys):
+    code, _, err = run(build(tmp_path), capsys)
+    assert code == 2, err
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "study").exists(), "the study wrote something before its file was checked"
+
+
+# ---------------------------------------------------------------- fit, propose, export, the store and fit.json
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> Path:
+    """A synthetic mixture study, its store filled from known laws and fitted once."""
+    tmp = tmp_path_factory.mktemp("fitted")
+    f = mixture_study(tmp, DESIGN, replicates=1)
+    fill(f, TRUTH)
+    assert main(["study", "fit", str(f), "--draws", "20", "--quiet"]) == 0
+    return f
+
+
+def clone(study_file: Path, tmp: Path) -> Path:
+    """A copy of the fitted study (file and folder) under ``tmp``."""
+    doc = yaml.safe_load(study_file.read_text())
+    shutil.copytree(doc["output_dir"], tmp / "syn")
+    doc["output_dir"] = str(tmp / "syn")
+    f = tmp / "syn.yaml"
+    f.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return f
+
+
+def propose(*args: str) -> callable:
+    return lambda f, t: ["study", "propose", str(f), *args, "--draws", "20", "--quiet"]
+
+
+def damage(name: str, data: bytes | None = None, cut: int | None = None, folder: bool = False) -> callable:
+    """Replace (or cut short) a file of the study folder, then propose."""
+    def build(f, t):
+        p = t / "syn" / name
+        if folder:
+            p.mkdir()
+        elif cut is not None:
+            p.write_bytes(p.read_bytes()[:cut])
+        else:
+            p.write_bytes(data)
+        return propose("--weights", "math=1,code=1")(f, t)
+    return build
+
+
+def foreign_store(f, t):
+    db = t / "syn" / "results.sqlite"
+    db.unlink()
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    con.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    con.commit()
+    con.close()
+    return ["study", "fit", str(f), "--quiet"]
+
+
+def export_blocked(f, t):
+    (t / "olmix" / "metrics.csv").mkdir(parents=True)
+    return ["study", "export", str(f), "--olmix", str(t / "olmix")]
+
+
+ARG_CASES = [
+    ("weight given twice", propose("--weights", "math=1,math=2"), "--weights: ability 'math' is given twice in 'math=1,math=2'"),
+    ("weight NaN", propose("--weights", "math=nan,code=1"), "--weights: math in 'math=nan,code=1': expected a finite number"),
+    ("weight infinite", propose("--weights", "math=inf"), "--weights: math in 'math=inf': expected a finite number"),
+    ("weights all zero", propose("--weights", "math=0,code=0"), "the weights in 'math=0,code=0' sum to 0"),
+    ("weight not a number", propose("--weights", "math=lots"), "--weights: math in 'math=lots': expected a number, got 'lots'"),
+    ("budget NaN", propose("--weights", "math=1", "--budget", "nan"), "--budget: budget: expected a finite number, got 'nan'"),
+    ("budget infinite", propose("--weights", "math=1", "--budget", "inf"), "--budget: budget: expected a finite number"),
+    ("max-loss NaN", propose("--weights", "math=1", "--max-loss", "code=nan"), "--max-loss: code in 'code=nan': expected a "
+                                                                               "finite number"),
+    ("max-loss given twice", propose("--weights", "math=1", "--max-loss", "code=2", "--max-loss", "code=3"),
+     "--max-loss: ability 'code' is given twice (2 and 3)"),
+    ("dmt-k NaN", propose("--dmt-k", "nan"), "--dmt-k: EPS: expected a finite number"),
+    ("dmt-k with weights", propose("--dmt-k", "0.1", "--weights", "math=1"), "--dmt-k proposes DMT's replay k and takes no --weights"),
+    ("dmt-k with a budget", propose("--dmt-k", "0.1", "--budget", "50"), "takes no --budget"),
+    ("fit.json not JSON", damage("fit.json", b'{"version": 1, "key": '), "fit.json: not a readable fit"),
+    ("fit.json of another shape", damage("fit.json", b'{"version": 1, "key": "k", "unit": "examples"}'),
+     "fit.json: not a fit made by `sftmix study fit` (draws: Field required)"),
+    ("fit.json a list", damage("fit.json", b"[1, 2]"), "fit.json: not a fit made by `sftmix study fit`"),
+    ("fit.json target without a law", lambda f, t: _rewrite_fit(f, t, lambda d: d["targets"]["loss/generated_math"].pop("selected")),
+     "targets.loss/generated_math.selected: Field required"),
+    ("store cut short", damage("results.sqlite", cut=6000), "results.sqlite: not a readable sftmix results database"),
+    ("store overwritten with text", damage("results.sqlite", b"SQLite format 3\x00" + b"\x00" * 100), "not a readable sftmix results"),
+    ("store of another program", foreign_store, "results.sqlite: not a readable sftmix results database: it is another program's SQLite "
+                                                "file (tables invoices)"),
+    ("proposal.yaml is a folder", damage("proposal.yaml", folder=True), "proposal.yaml: cannot write it (is a folder); none of"),
+    ("export target is a folder", export_blocked, "metrics.csv: cannot write it (is a folder); none of"),
+]
+
+
+def _rewrite_fit(f, t, change) -> list[str]:
+    p = t / "syn" / "fit.json"
+    doc = json.loads(p.read_text())
+    change(doc)
+    p.write_text(json.dumps(doc))
+    return propose("--weights", "math=1,code=1")(f, t)
+
+
+@pytest.mark.parametrize("case,build,expected", ARG_CASES, ids=[c[0] for c in ARG_CASES])
+def test_bad_fit_propose_export_input_changes_nothing(case, build, expected, fitted, tmp_path, capsys):
+    f = clone(fitted, tmp_path)
+    argv = build(f, tmp_path)
+    before = snapshot(tmp_path / "syn")
+    code, _, err = run(argv, capsys)
+    assert code == 2, err
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert snapshot(tmp_path / "syn") == before, "a refused command changed the study folder"
+    assert not (tmp_path / "syn" / "proposal.json").exists()
+    assert not (tmp_path / "olmix" / "ratios.csv").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_relabelled_study_is_refitted_not_crashed(fitted, tmp_path, capsys):
+    """The study file renames its configurations; `study run` relabels the stored runs. fit.json
+    was fitted under the old labels: propose says so and refits, where it raised StopIteration."""
+    from sftmix.study.runner import ingest, load_study, study_dir
+    from sftmix.study.store import Store
+
+    f = clone(fitted, tmp_path)
+    doc = yaml.safe_load(f.read_text())
+    doc["zip"]["_mix"] = [f"mix{i}" for i in range(len(doc["zip"]["_mix"]))]
+    f.write_text(yaml.safe_dump(doc, sort_keys=False))
+    st, runs = load_study(str(f))
+    store = Store(study_dir(st, None) / "results.sqlite")
+    assert all(ingest(store, r, study_dir(st, None)) for r in runs)  # what `study run` does first: labels follow the file
+    code, out, err = run(["study", "propose", str(f), "--weights", "math=1,code=1", "--draws", "20", "--quiet"], capsys)
+    assert code == 0, err
+    assert "was fitted on other runs, configurations (labels, grid points) or settings; refitting" in out
+    assert json.loads((tmp_path / "syn" / "proposal.json").read_text())["best_tried"]["label"].startswith("_mix=mix")
+
+
+def test_a_refused_store_is_left_untouched_and_nothing_is_created_in_it(tmp_path):
+    from sftmix.study.store import Store
+
+    db = tmp_path / "other.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE runs (name TEXT)")  # a table of the same name, another program's
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    with pytest.raises(SftmixError, match="another program's SQLite file"):
+        Store(db)
+    assert db.read_bytes() == before
+    assert [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")] == ["runs"]
+
+
+def test_a_store_made_before_the_stamp_is_still_read_and_then_stamped(tmp_path):
+    """A store made by an earlier sftmix (its tables, no application id) is recognised by its
+    tables, not refused."""
+    from sftmix.study.store import APPLICATION_ID, SCHEMA, Store
+
+    db = tmp_path / "results.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA)
+    con.execute("INSERT INTO runs (id, label, status) VALUES ('r1', 'x', 'done')")
+    con.commit()
+    con.close()
+    assert Store(db).status("r1") == "done"
+    assert sqlite3.connect(db).execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+# ---------------------------------------------------------------- a failed run keeps its cause
+
+def test_a_failed_study_run_keeps_its_real_error(tmp_path, capsys):
+    base = yaml.safe_load(run_cfg(tmp_path).read_text())
+    base.pop("output_dir")
+    base["sources"] = {"mine": {"path": str(tmp_path / "gone.jsonl"), "format": "alpaca", "ability": "code"}}
+    base["strategy"] = {"name": "individual", "sources": ["mine"]}
+    f = study_cfg(tmp_path, base=base)
+    code, _, err = run(["study", "run", str(f), "--quiet"], capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert "1 of 1 runs failed" in last and "gone.jsonl" in last and "without a result" not in last, err
+    from sftmix.study.store import Store
+
+    (row,) = Store(tmp_path / "study" / "results.sqlite").runs()
+    assert row["status"] == "failed" and "gone.jsonl" in row["error"].splitlines()[0]
+    from sftmix.study.runner import load_study, status_rows
+
+    _, runs = load_study(str(f))
+    (shown,) = status_rows(Store(tmp_path / "study" / "results.sqlite"), runs, tmp_path / "study")  # what `study status` tabulates
+    assert shown[2] == "failed" and "gone.jsonl" in shown[3]
+    assert "gone.jsonl" in (tmp_path / "study" / "report" / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- all or nothing
+
+def test_a_report_that_fails_midway_leaves_the_previous_one_whole(fitted, tmp_path, monkeypatch, capsys):
+    import sftmix.analysis.report as report
+
+    f = clone(fitted, tmp_path)
+    assert run(["study", "report", str(f)], capsys)[0] == 0
+    rep = tmp_path / "syn" / "report"
+    before = snapshot(rep)
+    assert "table.csv" in before and "report.html" in before
+
+    def broken(store):  # fails after the tables and findings are written
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(report, "curve_figures", broken)
+    with pytest.raises(RuntimeError):
+        report.write_report(report.Store(tmp_path / "syn" / "results.sqlite"), rep, "t")
+    assert snapshot(rep) == before
+    assert not [p for p in rep.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_all_writes_every_file_or_none(tmp_path):
+    from sftmix.io import write_all
+
+    (tmp_path / "b.txt").mkdir()
+    with pytest.raises(SftmixError, match="b.txt: cannot write it"):
+        write_all({tmp_path / "a.txt": "new", tmp_path / "b.txt": "new"})
+    assert not (tmp_path / "a.txt").exists() and not list(tmp_path.glob(".*.tmp"))
+    write_all({tmp_path / "a.txt": "one", tmp_path / "c.txt": b"two"})
+    assert (tmp_path / "a.txt").read_text() == "one" and (tmp_path / "c.txt").read_bytes() == b"two"
+
+
+# ---------------------------------------------------------------- what the silent cases did before
+
+def test_a_misspelt_fraction_key_trained_on_the_whole_pool():
+    """The stage builder reads fraction.get(source, 1): with a misspelt key every source trains
+    on its whole pool. The strategy model now refuses the key before stages are built."""
+    from sftmix.config import RunConfig, validate
+    from sftmix.train.strategies import multitask
+
+    stages = multitask([MATH, CODE], {"generated_mth": 0.5})
+    assert [p.fraction for p in stages[0].mixture.parts] == [1.0, 1.0]  # what would have been trained
+    with pytest.raises(SftmixError, match="'generated_mth' is not a source of this multitask strategy"):
+        validate(RunConfig, {"model": "tiny", "strategy": {"name": "multitask", "sources": [MATH, CODE],
+                                                           "fraction": {"generated_mth": 0.5}}}, "run")
+
+
+def test_fields_of_another_strategy_were_dropped():
+    """`k` under multitask used to be kept on a shared model and ignored by the builder: the run
+    trained without replay while its config said k = 1/16."""
+    from sftmix.config import RunConfig, validate
+
+    with pytest.raises(SftmixError, match="unknown field 'k' of the multitask strategy"):
+        validate(RunConfig, {"model": "tiny", "strategy": {"name": "multitask", "sources": [MATH], "k": "1/16"}}, "run")
+
+
+def test_run_ids_are_those_of_the_shared_strategy_model():
+    """A run's id hashes its config: the per-strategy models must not change it, or every stored
+    result of a study would stop matching its runs (ids computed by the previous model)."""
+    from sftmix.config import RunConfig, load_config
+    from sftmix.train.strategies import run_id
+
+    repo = HERE.parent
+    assert run_id(load_config(repo / "configs" / "train" / "tiny_dmt.yaml", RunConfig)) == "a4a9b2117361"
+    assert run_id(load_config(repo / "configs" / "train" / "smollm2_dmt.yaml", RunConfig)) == "7707d57afcf9"
+    for st, rid in [({"name": "individual", "sources": [MATH]}, "67a885aea2e9"),
+                    ({"name": "multitask", "sources": [MATH, CODE], "fraction": {CODE: "1/4"}}, "2e54c0ea6808"),
+                    ({"name": "sequential", "sources": [CODE, MATH], "fraction": 0.5}, "434f9708d901"),
+                    ({"name": "mixed_sequential", "specialised": [MATH], "general": CODE}, "38e0d6c7fa41")]:
+        assert run_id(RunConfig(model="tiny", strategy=st)) == rid, st
+
+
+def test_a_repeated_weight_kept_the_last_and_nan_passed():
+    import argparse
+
+    from sftmix.cli.study import _budget, _weights
+
+    with pytest.raises(argparse.ArgumentTypeError, match="given twice"):
+        _weights("math=1,math=5")  # was {'math': 5.0}: the first weight silently gone
+    with pytest.raises(argparse.ArgumentTypeError, match="finite"):
+        _weights("math=nan")  # was {'math': nan}: a proposal with NaN losses
+    with pytest.raises(argparse.ArgumentTypeError, match="finite"):
+        _budget("nan")  # was reported as an infeasible --max-loss
+
+
+def test_a_second_task_of_the_same_name_got_the_first_ones_result():
+    """The runner keyed results by task name: the second task's `task_<name>.json` was the first's,
+    found done, and never run. Two tasks of one name are now refused."""
+    from sftmix.eval.tasks import resolve
+
+    with pytest.raises(SftmixError, match="both named 'arithmetic'"):
+        resolve(["usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"])
+    assert [t.name for t in resolve(["loss", "usertasks.bad:fine"])] == ["loss", "fine"]

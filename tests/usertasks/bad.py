@@ -1,0 +1,27 @@
+"""User tasks that break the rules a task's results must keep (tests only)."""
+
+from sftmix.eval.tasks import HIGHER, LOWER, Context, Task
+
+
+def _nan_headline(ctx: Context):
+    return {"accuracy": float("nan"), "n": 2}, [{"item": "q1", "accuracy": 100.0}, {"item": "q2", "accuracy": 0.0}]
+
+
+def _nan_row(ctx: Context):
+    return {"score": 0.5, "n": 2}, [{"item": "q1", "score": 1.0}, {"item": "q2", "score": float("nan")}]
+
+
+def _inf_row(ctx: Context):
+    return {"score": 0.5, "n": 1}, [{"item": "only", "score": float("inf")}]
+
+
+def _fine(ctx: Context):
+    return {"score": 0.5, "n": 2}, [{"item": "q1", "score": 1.0}, {"item": "q2", "score": 0.0}]
+
+
+nan_headline = Task("nan_headline", _nan_headline, {"accuracy": HIGHER}, generates=False)
+nan_row = Task("nan_row", _nan_row, {"score": LOWER}, generates=False)
+inf_row = Task("inf_row", _inf_row, {"score": LOWER}, generates=False)
+fine = Task("fine", _fine, {"score": HIGHER}, generates=False)
+# a second task under the name of usertasks.exact:arithmetic
+arithmetic_again = Task("arithmetic", _fine, {"score": HIGHER}, generates=False)
