@@ -30,8 +30,8 @@ def test_zipped_axes_move_together_and_underscore_axes_only_label():
     runs = expand(study(zip={"_mix": ["a", "b"], "strategy.fraction": [0.25, 0.5]}))
     assert [(r.point["_mix"], r.config.strategy.fraction) for r in runs] == [("a", 0.25), ("b", 0.5)]
     assert "_mix" not in runs[0].config.model_dump()
-    with pytest.raises(SftmixError, match="zip axes must have equal lengths"):
-        expand(study(zip={"strategy.fraction": [0.25, 0.5], "seed": [0]}))
+    with pytest.raises(ValueError, match="zipped axes must have equal lengths"):  # the study model refuses it when read
+        study(zip={"strategy.fraction": [0.25, 0.5], "seed": [0]})
 
 
 def test_ids_follow_the_resolved_config_and_duplicates_run_once():
