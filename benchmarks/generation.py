@@ -26,6 +26,7 @@ from sftmix.templates import generation_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 ap = argparse.ArgumentParser()
+ap.add_argument("--model", default="smollm2", help="smollm2 (the embedded default), a checkpoint folder, ...")
 ap.add_argument("--backends", default="hf,openai", help="comma-separated: hf, openai, vllm")
 ap.add_argument("--n", type=int, default=16)
 ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -38,7 +39,7 @@ ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsm8k" 
 args = ap.parse_args()
 
 questions = [r["question"] for r in read_jsonl(args.data)[: args.n]]
-path = resolve_model("smollm2")
+path = resolve_model(args.model)
 results: dict[str, tuple[float, list[str]]] = {}
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists (a temp file's writer, say)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -30,7 +31,7 @@ def remove_stale_temps(path: Path) -> None:
     """Delete temporary files of ``path`` left by writers that were killed (their pid is gone)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         parts = tmp.name[len(path.name) + 2:].split(".")
-        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+        if parts and parts[0].isdigit() and not pid_alive(int(parts[0])):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 

@@ -32,7 +32,7 @@ from sftmix.analysis.findings import (
 from sftmix.analysis.lawfit import fit_key, load_fit
 from sftmix.config import Claim, Prediction
 from sftmix.errors import SftmixError
-from sftmix.io import atomic_write
+from sftmix.io import atomic_write, pid_alive
 from sftmix.provenance import provenance
 from sftmix.study.grid import short_value
 from sftmix.study.store import Store
@@ -232,7 +232,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     final.parent.mkdir(parents=True, exist_ok=True)
     for old in final.parent.glob(f".{final.name}.*.tmp"):
         pid = old.name[len(final.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     if final.exists() and not final.is_dir():
         raise SftmixError(f"{final}: is a file; the report is a folder")
@@ -249,16 +249,6 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final / "report.html"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, notes: list[str] | None,

@@ -106,7 +106,8 @@ class HFGenerator(Generator):
 
         self.tokenizer = load_tokenizer(model_path)
         self.tokenizer.padding_side = "left"
-        self.model = load_model(model_path, dtype)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU machine generates on its GPU
+        self.model = load_model(model_path, dtype).to(self.device)
         self.model.eval()
         self.batch_size = batch_size
         self.progress = progress
@@ -118,7 +119,7 @@ class HFGenerator(Generator):
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for batch in track(batches, desc, enabled=self.progress):
-            enc = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=True)
+            enc = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
             kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                           eos_token_id=self.tokenizer.eos_token_id)
             if temperature and temperature > 1e-4:
