@@ -154,8 +154,12 @@ def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
     page = write_report(store, tmp_path / "report", "evidence", cfg.model_dump())
     found = json.loads((tmp_path / "report" / "findings.json").read_text())
     assert [x["verdict"] != "not tested" for x in found] == [True, True, False]
-    for x in found[:2]:
-        assert x["verdict"] in (stats.AS_PAPER, stats.OPPOSITE, stats.UNCLEAR)
+    for x, expect in zip(found[:2], ["better", "worse"]):
+        # held-out loss: lower is better, so "A is better" claims A - B < 0. The verdict must follow
+        # from the interval and that direction: any other verdict (a flipped direction) fails here
+        a_lower, a_higher = x["high"] < 0, x["low"] > 0
+        holds, opposite = (a_lower, a_higher) if expect == "better" else (a_higher, a_lower)
+        assert x["verdict"] == (stats.AS_PAPER if holds else stats.OPPOSITE if opposite else stats.UNCLEAR), x
         assert x["seeds_a"] == x["seeds_b"] == 2 and x["low"] <= x["diff"] <= x["high"]
     assert "no configuration matches 'multitask'" in found[2]["note"]
     html = page.read_text()
