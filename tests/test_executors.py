@@ -18,6 +18,8 @@ import yaml
 
 from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, study_file, study_metrics
 
+pytestmark = pytest.mark.cluster
+
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'sftmix[ray]'); CI installs it")
 submitit = pytest.importorskip("submitit", reason="submitit is an optional extra (pip install 'sftmix[slurm]'); CI installs it")
 

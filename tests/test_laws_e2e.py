@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from helpers import TINY_TRAIN
 from sftmix.cli import main
+
+pytestmark = pytest.mark.e2e
 
 # training pools: the sizes, less ShareGPT's 8 held-out rows (180 conversations split into 574 rows of <= 200 tokens)
 POOL = {"generated_math": 200, "generated_code": 200, "sharegpt": 566}

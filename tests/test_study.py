@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e
 
 def test_study_kill_restart_and_report(mini_study):
     """The shared tiny study (``conftest.mini_study``): killed once a run was done, restarted."""

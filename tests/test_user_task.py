@@ -88,3 +88,25 @@ def test_a_user_task_that_cannot_load_or_returns_bad_rows_is_a_clear_error(tmp_p
     assert expected in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "ev" / "results.json").exists()
+
+
+def test_the_user_scorer_gives_credit_for_a_right_answer(tmp_path):
+    """The study test above runs the tiny model, which never answers right: a scorer that always
+    gave 0 would pass it. Here the model's answers are the right ones for half the questions, and
+    the scores must say exactly which (the tokenizer is the tiny model's own)."""
+    from usertasks import exact
+
+    from sftmix.eval.tasks import Context
+    from sftmix.models import load_tokenizer, resolve_model
+
+    rows = [json.loads(x) for x in exact.DATA.read_text().splitlines() if x.strip()]
+
+    class Answers:  # stands in for a model that answers the even questions right
+        tokenizer = load_tokenizer(resolve_model("tiny"))
+
+        def generate(self, prompts, **kw):
+            return [f" {r['answer']}" if i % 2 == 0 else " 999" for i, r in enumerate(rows)]
+
+    metrics, scored = exact._run(Context("m", None, "vicuna", None, tmp_path, False, lambda: Answers()))
+    assert [s["accuracy"] for s in scored] == [100.0 if i % 2 == 0 else 0.0 for i in range(len(rows))]
+    assert metrics["accuracy"] == 50.0 and metrics["n"] == len(rows)
