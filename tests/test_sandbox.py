@@ -440,3 +440,27 @@ def test_rlimits_fallback_warns_and_still_scores(problems):
     assert not run_program("import sys\nsys.exit(0)", kind="rlimits").passed
     p = problems[2]
     assert run_candidate(p["prompt"] + p["canonical_solution"], p["entry_point"], humaneval.check_source(p), kind="rlimits").passed
+
+
+@pytest.mark.parametrize("kind", ["bwrap", "unshare"])
+def test_a_sample_cannot_reach_a_server_listening_on_the_host(kind):
+    """Network isolation, tested against something that answers: a server on the host's loopback
+    that the same program reaches outside the sandbox (a connection to a closed port fails with no
+    isolation at all, so it proves nothing). Under the rlimits fallback, which has no network
+    namespace, the program does reach it: the check can tell the two apart."""
+    import socket
+
+    if kind not in kinds():
+        pytest.skip(f"{kind} does not work on this machine")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).close()\n"
+    try:
+        assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0  # reachable from the host
+        assert run_program(code, Limits(timeout_s=10), "rlimits").passed  # no network namespace: reached
+        r = run_program(code, Limits(timeout_s=10), kind)
+        assert not r.passed and r.status == "failed", r
+    finally:
+        srv.close()

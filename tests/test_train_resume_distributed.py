@@ -14,7 +14,7 @@ import psutil
 import pytest
 import yaml
 
-from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, losses, weights
+from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, losses, max_weight_diff, weights
 from sftmix.supervised import HELDOUT_FILE
 from sftmix.train.checkpoints import checkpoint_complete
 
@@ -56,7 +56,10 @@ def test_sigkill_then_restart_resumes_stage_and_skips_finished_ones(tmp_path):
     # The resumed run continues the same trajectory as the uninterrupted one.
     ref_losses = losses(tmp_path / "ref" / "stage2_2_generated_math" / "final")
     got = losses(stage2 / "final")
-    assert abs(got[-1] - ref_losses[-1]) < 1e-3
+    # every logged step, not the last alone (a resume that replayed or skipped batches can end near
+    # the same loss), and at float32's precision, not 1e-3
+    assert len(got) == len(ref_losses) and max(abs(a - b) for a, b in zip(got, ref_losses)) < 1e-5, (got, ref_losses)
+    assert max_weight_diff(stage2 / "final", tmp_path / "ref" / "stage2_2_generated_math" / "final") < 1e-5
     # the tokens trained on before the kill are counted on, not lost
     ref_meta = json.loads((tmp_path / "ref" / "stage2_2_generated_math" / "final" / "meta.json").read_text())
     assert meta["real_tokens"] == ref_meta["real_tokens"] > 0 and meta["run_tokens_end"] == ref_meta["run_tokens_end"]
