@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sftmix import layout
 from sftmix.analysis.report import write_report
 from sftmix.config import SourceConfig, StudyConfig
 from sftmix.data.sources import load_pool
@@ -112,7 +113,7 @@ def run_demo(model: str = "smollm2", data_dir: str | None = None, out: str = "de
     study, top = demo_study(model, data_dir, out, quick, benchmarks)
     runs = expand(study, where="demo")
     store = run_study(study, runs, progress=progress)
-    report_dir = study_dir(study, None) / "report"
+    report_dir = layout.report_dir(study_dir(study, None))
     extra = _tsne_figure(study, store, report_dir, n=10 if quick else 20)
     done = [r for r in store.runs() if r["status"] == "done"]
     top.append(f"{len(done)} runs; this invocation took {(time.perf_counter() - t0) / 60:.1f} minutes (runs already done "

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from sftmix import layout
 from sftmix.analysis import stats
 from sftmix.analysis.findings import Group, group_items, groups, metric_keys
 from sftmix.analysis.laws import LAWS, Target, fit_target
@@ -73,7 +74,7 @@ def backfill_data(store: Store, out: Path) -> None:
     have = {d["run_id"] for d in store.data()}
     for r in store.runs():
         if r["status"] == "done" and r["id"] not in have:
-            rows = data_rows(out / "runs" / r["id"])
+            rows = data_rows(layout.study_run(out, r["id"]))
             if not rows and r["checkpoint"]:  # a run folder elsewhere: the checkpoint lies in it
                 ck = Path(r["checkpoint"])
                 rows = data_rows(ck.parent.parent) if ck.parent.name.startswith("stage") else []
@@ -199,7 +200,7 @@ def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS
            "origins": {k: sorted(v) for k, v in des.origins.items()},
            "configurations": des.label_rows(), "runs": counts or {}, "notes": notes, "targets": results,
            "method": METHOD}
-    write_json(out / "fit.json", doc)
+    write_json(layout.fit_file(out), doc)
     return doc
 
 
@@ -248,7 +249,7 @@ class FitDoc(_Loose):
 def load_fit(out: Path) -> dict | None:
     """``out/fit.json``, checked: None when there is none or it was made by another version of
     the fitting (it is then refitted); a damaged or foreign file is an error naming it."""
-    path = out / "fit.json"
+    path = layout.fit_file(out)
     if not path.exists():
         return None
     try:

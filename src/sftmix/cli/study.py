@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sftmix import layout
 from sftmix.cli.common import output_dir, positive_int, table
 from sftmix.errors import SftmixError
 
@@ -14,13 +15,13 @@ def cmd_study(args) -> None:
     notes: list[str] = []
     study, runs = load_study(args.file, args.profile, notes)
     out = study_dir(study, args.profile)
-    db = out / "results.sqlite"
+    db = layout.store(out)
     doc = study_doc(study, args.profile)
     if args.study_command == "run":
         output_dir(out, "study output_dir")
         store = run_study(study, runs, args.profile, progress=not args.quiet, executor=args.executor, address=args.address)
         store = store.restricted(r.id for r in runs)
-        print(f"report: {write_report(store, out / 'report', study.name, doc, top=notes)}")
+        print(f"report: {write_report(store, layout.report_dir(out), study.name, doc, top=notes)}")
         failed = [r for r in store.runs() if r["status"] == "failed"]
         if failed:
             raise SftmixError(f"{len(failed)} of {len(runs)} runs failed (see `sftmix study status {args.file}`): "
@@ -34,7 +35,7 @@ def cmd_study(args) -> None:
     else:
         if not db.exists():
             raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}` first)")
-        print(f"report: {write_report(Store(db).restricted(r.id for r in runs), out / 'report', study.name, doc, top=notes)}")
+        print(f"report: {write_report(Store(db).restricted(r.id for r in runs), layout.report_dir(out), study.name, doc, top=notes)}")
 
 
 def study_doc(study, profile: str | None) -> dict:
@@ -55,7 +56,7 @@ def _results(args):
     args.notes = []
     study, runs = load_study(args.file, args.profile, args.notes)
     out = study_dir(study, args.profile)
-    db = out / "results.sqlite"
+    db = layout.store(out)
     if not db.exists():
         raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}"
                           f"{' --profile ' + args.profile if args.profile else ''}` first)")
@@ -129,15 +130,16 @@ def cmd_propose(args) -> None:
         args.unit = "examples"
         doc = _fit(args, study, runs, out, store, quiet=True)
         prop = propose_mixture(doc, args.weights, args.budget, max_loss)
-    proposal_out = (out / "proposal").resolve()
+    proposal_out = (out / layout.PROPOSAL_DIR).resolve()
     doc_yaml = proposal_study(prop, study.name, store, str(proposal_out))
-    prop["study_file"] = str(out / "proposal.yaml")
+    pj, py = out / layout.PROPOSAL_JSON, out / layout.PROPOSAL_YAML
+    prop["study_file"] = str(py)
     text = ("# Written by `sftmix study propose`: run it with `sftmix study run` and read its report's Predictions.\n"
             + yaml.safe_dump(doc_yaml, sort_keys=False, width=120))
-    write_all({out / "proposal.json": json_text(prop), out / "proposal.yaml": text})  # both or neither
+    write_all({pj: json_text(prop), py: text})  # both or neither
     _print_proposal(prop)
-    print(f"proposal: {out / 'proposal.json'}")
-    print(f"study file: {out / 'proposal.yaml'} (run: sftmix study run {out / 'proposal.yaml'})")
+    print(f"proposal: {pj}")
+    print(f"study file: {py} (run: sftmix study run {py})")
 
 
 def _print_proposal(prop: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from sftmix import layout
 from sftmix.cli.common import load_run
 
 
@@ -25,7 +26,7 @@ def cmd_run(args) -> None:
     cfg = load_run(args)
     plan(cfg)
     final = run_strategy(cfg, progress=not args.quiet)
-    doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
+    doc = evaluate(str(final), cfg.eval, layout.eval_dir(run_dir(cfg)), cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
                    training_ids(cfg), progress=not args.quiet)
     print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
 

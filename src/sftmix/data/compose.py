@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftmix import __version__
+from sftmix import __version__, layout
 from sftmix.config import MixtureConfig, PartConfig
 from sftmix.data.clean import approx_tokens
 from sftmix.data.records import Conversation
@@ -203,14 +203,14 @@ def write_composed(composed: Composed, out_dir: str | Path, fmt: str = "jsonl") 
     # Recorded in the in-memory manifest too, so that a stage composed now and one read back
     # from disk after a restart carry the same manifest.
     composed.manifest["data_file"] = f"data.{fmt}"
-    write_json(out / "manifest.json", composed.manifest)
+    write_json(layout.manifest(out), composed.manifest)
     return out
 
 
 def read_composed(out_dir: str | Path) -> Composed:
     """Read a composed mixture written by ``write_composed``."""
     out = Path(out_dir)
-    mpath = out / "manifest.json"
+    mpath = layout.manifest(out)
     if not mpath.exists():
         raise SftmixError(f"{out}: no manifest.json (not a composed mixture, or its compose was interrupted)")
     manifest = read_json(mpath)

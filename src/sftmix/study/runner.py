@@ -9,10 +9,10 @@ started twice; a failed one is recorded with its error, the study goes on, and t
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
+from sftmix import layout
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
 from sftmix.eval.tasks import BUILTIN, stored_values
@@ -24,8 +24,7 @@ from sftmix.study.store import Store
 
 
 def study_dir(study: StudyConfig, profile: str | None) -> Path:
-    base = Path(study.output_dir or Path("studies") / study.name)
-    return base / profile if profile else base
+    return layout.study_dir(study.name, study.output_dir, profile)
 
 
 def load_study(path: str, profile: str | None = None, notes: list[str] | None = None) -> tuple[StudyConfig, list[PlannedRun]]:
@@ -61,9 +60,9 @@ def per_item_samples(eval_dir: Path, tasks: dict) -> list[tuple]:
 def curve_rows(run_out: Path) -> list[tuple]:
     """(stage, stage_index, step, run_step, run_tokens, ability, loss) from the stages' meta.json."""
     out = []
-    for meta_path in sorted(run_out.glob("stage*/final/meta.json")):
+    for meta_path in layout.stage_metas(run_out):
         meta = json.loads(meta_path.read_text())
-        index = int(meta_path.parent.parent.name[len("stage"):].split("_")[0])
+        index = layout.stage_index(meta_path.parent.parent)
         for pt in meta.get("curve", []):
             out += [(pt["stage"], index, pt["step"], pt["run_step"], pt["run_tokens"], ability, loss)
                     for ability, loss in pt["loss"].items()]
@@ -75,9 +74,9 @@ def data_rows(run_out: Path) -> list[tuple]:
     of every stage's mixture, from the stages' manifests (replayed parts have replay = 1; tokens
     are the manifest's approximate count, characters / 4)."""
     out = []
-    for mpath in sorted(run_out.glob("stage*/data/manifest.json")):
+    for mpath in layout.stage_manifests(run_out):
         stage = mpath.parent.parent.name
-        index = int(stage[len("stage"):].split("_")[0])
+        index = layout.stage_index(mpath.parent.parent)
         for part in json.loads(mpath.read_text())["parts"]:
             origin = part.get("origin") or {}
             out.append((index, stage, part["source"], part["ability"], int(bool(part.get("replay_of"))), float(part["count"]),
@@ -87,15 +86,13 @@ def data_rows(run_out: Path) -> list[tuple]:
 
 
 def _train_tokens_and_params(run_out: Path) -> tuple[float, float]:
-    """Real tokens trained over all stages (from their meta.json) and the model's parameter count."""
-    from safetensors import safe_open
-
+    """Real tokens trained over all stages (from their meta.json) and the model's parameter count
+    (from its weight files' headers: one file or several shards)."""
     tokens, params = 0.0, 0.0
-    for meta in sorted(run_out.glob("stage*/final/meta.json")):
+    for meta in layout.stage_metas(run_out):
         tokens += float(json.loads(meta.read_text()).get("real_tokens", 0))
         if not params:
-            with safe_open(str(meta.parent / "model.safetensors"), "pt") as f:
-                params = float(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+            params = layout.param_count(meta.parent)
     return tokens, params
 
 
@@ -104,7 +101,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     """Run every run not yet done with the study's executor (or ``executor``), ingesting each
     run's results into ``results.sqlite`` as it ends."""
     out = study_dir(study, profile).resolve()  # workers may run in another folder or on another machine
-    store = Store(out / "results.sqlite")
+    store = Store(layout.store(out))
     ecfg = study.executor.model_copy(update={k: v for k, v in {"name": executor, "address": address}.items() if v})
     ex = make_executor(ecfg, study.resources, out, progress)
     todo = []
@@ -166,7 +163,7 @@ WAIT_POLL_S = 10.0
 
 
 def run_path(out: Path, run: PlannedRun) -> Path:
-    return out / "runs" / run.id
+    return layout.study_run(out, run.id)
 
 
 def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = None) -> bool:

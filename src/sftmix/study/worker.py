@@ -21,12 +21,13 @@ from pathlib import Path
 
 import yaml
 
+from sftmix import layout
 from sftmix.config import RunConfig
 from sftmix.eval.runner import evaluate
 from sftmix.io import write_json
 from sftmix.train.strategies import plan, run_dir, run_strategy, training_ids
 
-LOCK, DONE, ERROR, JOB = ".lock", "done.json", "error.json", "job.json"
+LOCK, DONE, ERROR, JOB = layout.LOCK, layout.DONE, layout.ERROR, layout.JOB
 
 
 class AlreadyRunning(Exception):
@@ -120,7 +121,7 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
             try:
                 cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
                 final = _train(cfg, run_out_p, launcher, progress)
-                eval_dir = run_out_p / "eval"
+                eval_dir = layout.eval_dir(run_out_p)
                 evaluate(str(final), cfg.eval, eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
                          progress=progress)
                 write_json(run_out_p / DONE, {"checkpoint": str(final), "eval_dir": str(eval_dir), "finished": time.time()})
@@ -141,7 +142,7 @@ def _train(cfg, run_out: Path, launcher: list[str] | None, progress: bool) -> Pa
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     subprocess.run([*launcher, "-m", "sftmix.cli", "train", str(path), "--quiet"], check=True)
     stages = plan(cfg)
-    return run_dir(cfg) / f"stage{len(stages)}_{stages[-1].name}" / "final"
+    return layout.final_dir(layout.stage_dir(run_dir(cfg), len(stages), stages[-1].name))
 
 
 def launch_command(gpus: int, nodes: int = 1, rank: int = 0, main_host: str = "localhost", port: int = 29500) -> list[str]:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from sftmix import layout
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
@@ -150,7 +151,7 @@ class StageTrainer(Trainer):
 
 def read_meta(final: Path) -> dict:
     """A finished stage's ``meta.json``."""
-    return read_json(Path(final) / "meta.json")
+    return read_json(layout.meta(final))
 
 
 def _report_to(wanted: list[str]) -> list[str]:
@@ -164,7 +165,7 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
                           f"({s.per_device_batch_size}) x processes ({world})")
     accumulation = s.batch_size // (s.per_device_batch_size * world)
     return TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(layout.checkpoints_dir(out_dir)),
         per_device_train_batch_size=s.per_device_batch_size,
         gradient_accumulation_steps=accumulation,
         num_train_epochs=s.epochs,
@@ -193,7 +194,7 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
 
 
 def stage_done(out_dir: Path) -> bool:
-    return (out_dir / "final" / "meta.json").exists()
+    return layout.meta(layout.final_dir(out_dir)).exists()
 
 
 def check_launch(distributed_type) -> None:
@@ -222,7 +223,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     stage's trainer, and one with ``record(final, stands_in, tokens)`` adds to the stage's ``meta.json``.
     """
     out_dir = Path(out_dir)
-    final = out_dir / "final"
+    final = layout.final_dir(out_dir)
     if stage_done(out_dir):
         return final
     from accelerate import PartialState
@@ -315,7 +316,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "log_history": trainer.state.log_history,
             **provenance(),
         }
-        write_json(final / "meta.json", meta)  # written last: its presence marks the stage done
+        write_json(layout.meta(final), meta)  # written last: its presence marks the stage done
         if not settings.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # resume state (with optimizer) is no longer needed
     state.wait_for_everyone()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sftmix import layout
 from sftmix.config import (
     MixtureConfig,
     PartConfig,
@@ -111,7 +112,7 @@ def stage_settings(cfg: RunConfig, stage: StageConfig) -> TrainSettings:
 
 
 def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.output_dir or Path("runs") / cfg.name)
+    return layout.run_dir(cfg.name, cfg.output_dir)
 
 
 def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
@@ -134,7 +135,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     heldout_sets = curve_sets(cfg, pools) if "loss" in cfg.eval.tasks and cfg.eval.curve else {}
     parent, offset, meta = None, {"run_step": 0, "run_tokens": 0}, {}
     for i, stage in enumerate(stages):
-        stage_dir = out / f"stage{i + 1}_{stage.name}"
+        stage_dir = layout.stage_dir(out, i + 1, stage.name)
         mixture = _compose_stage(cfg, stage, pools, composed, stage_dir)
         settings = stage_settings(cfg, stage)
         callbacks = []
@@ -156,8 +157,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
 def weights_fingerprint(model_path: str) -> list:
     """Size and modification time of a local model's weight files: the base-model curve point is
     cached per model, and a folder whose weights were replaced must not reuse the old point."""
-    folder = Path(model_path)
-    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in layout.weight_files(Path(model_path)))
 
 
 def curve_sets(cfg: RunConfig, pools: dict[str, Pool]) -> dict[str, list]:
@@ -195,8 +195,8 @@ def _pool(cfg: RunConfig, name: str, pools: dict, exclude: bool = True) -> Pool 
 
 
 def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, composed: dict, stage_dir: Path) -> Composed:
-    data_dir = stage_dir / "data"
-    if (data_dir / "manifest.json").exists():
+    data_dir = layout.data_dir(stage_dir)
+    if layout.manifest(data_dir).exists():
         mixture = read_composed(data_dir)
     else:
         names = list(dict.fromkeys(p.source for p in stage.mixture.parts if p.source is not None))
@@ -223,7 +223,7 @@ def run_id(cfg: RunConfig) -> str:
 def training_ids(cfg: RunConfig) -> set[str]:
     """Ids of every row any stage of the run trained on (from the stages' manifests)."""
     ids: set[str] = set()
-    for m in run_dir(cfg).glob("stage*/data/manifest.json"):
+    for m in layout.stage_manifests(run_dir(cfg)):
         for part in read_json(m)["parts"]:
             ids.update(part["ids"])
     return ids

@@ -1,0 +1,131 @@
+"""Where everything lives: the one place that names run, stage and study folders and files.
+
+A run (``runs/<name>/`` or its ``output_dir``)::
+
+    stage<i>_<stage>/data/manifest.json     the composed mixture (``sftmix.data.compose``)
+    stage<i>_<stage>/checkpoints/           resume checkpoints, removed when the stage is done
+    stage<i>_<stage>/final/                 the stage's model; final/meta.json marks it done
+    eval/                                   the final evaluation (results.json, task_*.json, ...)
+
+A study (``studies/<name>[/<profile>]/`` or its ``output_dir``)::
+
+    results.sqlite                          the store (``sftmix.study.store``)
+    runs/<run id>/                          each run's folder (as above), with .lock, done.json,
+                                            error.json and, under Slurm, job.json
+    fit.json, proposal.json, proposal.yaml  ``study fit`` / ``study propose``
+    report/                                 ``study report``
+
+Everything else asks this module; nothing spells these names itself.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+RUNS, STUDIES = "runs", "studies"
+DATA, CHECKPOINTS, FINAL, EVAL = "data", "checkpoints", "final", "eval"
+MANIFEST, META = "manifest.json", "meta.json"
+STORE, FIT, REPORT = "results.sqlite", "fit.json", "report"
+PROPOSAL_JSON, PROPOSAL_YAML, PROPOSAL_DIR = "proposal.json", "proposal.yaml", "proposal"
+LOCK, DONE, ERROR, JOB = ".lock", "done.json", "error.json", "job.json"
+
+
+# ---------------------------------------------------------------- runs and stages
+
+def run_dir(name: str, output_dir: str | None = None) -> Path:
+    """A run's folder: its ``output_dir``, else ``runs/<name>``."""
+    return Path(output_dir or Path(RUNS) / name)
+
+
+def stage_dir(run_out: Path, index: int, name: str) -> Path:
+    """The folder of stage ``index`` (1-based) named ``name``."""
+    return Path(run_out) / f"stage{index}_{name}"
+
+
+def stage_index(stage: Path) -> int:
+    """The 1-based index of a stage folder (``stage2_general`` -> 2)."""
+    return int(Path(stage).name[len("stage"):].split("_")[0])
+
+
+def stages(run_out: Path) -> list[Path]:
+    """A run's stage folders in training order (by index: stage10 comes after stage9)."""
+    found = [p for p in Path(run_out).glob("stage*_*") if p.is_dir() and p.name[len("stage"):].split("_")[0].isdigit()]
+    return sorted(found, key=stage_index)
+
+
+def data_dir(stage: Path) -> Path:
+    return Path(stage) / DATA
+
+
+def manifest(folder: Path) -> Path:
+    """The manifest of composed data in ``folder`` (a stage's ``data/`` or ``compose -o``'s)."""
+    return Path(folder) / MANIFEST
+
+
+def checkpoints_dir(stage: Path) -> Path:
+    return Path(stage) / CHECKPOINTS
+
+
+def final_dir(stage: Path) -> Path:
+    return Path(stage) / FINAL
+
+
+def meta(final: Path) -> Path:
+    """A final checkpoint's ``meta.json`` (written last: its presence marks the stage done)."""
+    return Path(final) / META
+
+
+def stage_manifests(run_out: Path) -> list[Path]:
+    """The data manifests of a run's stages, in training order, where they exist."""
+    return [manifest(data_dir(s)) for s in stages(run_out) if manifest(data_dir(s)).exists()]
+
+
+def stage_metas(run_out: Path) -> list[Path]:
+    """The ``meta.json`` of a run's finished stages, in training order."""
+    return [meta(final_dir(s)) for s in stages(run_out) if meta(final_dir(s)).exists()]
+
+
+def eval_dir(run_out: Path) -> Path:
+    return Path(run_out) / EVAL
+
+
+def param_count(model_dir: Path) -> float:
+    """Parameters of a saved model, from its safetensors headers: one file or several shards."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            total += sum(math.prod(h.get_slice(k).get_shape()) for k in h.keys())
+    return float(total)
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """A local model's weight files (one or several shards)."""
+    return sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
+
+
+# ---------------------------------------------------------------- studies
+
+def study_dir(name: str, output_dir: str | None = None, profile: str | None = None) -> Path:
+    """A study's folder: its ``output_dir`` (else ``studies/<name>``), and a profile's below it."""
+    base = Path(output_dir or Path(STUDIES) / name)
+    return base / profile if profile else base
+
+
+def store(study_out: Path) -> Path:
+    return Path(study_out) / STORE
+
+
+def fit_file(study_out: Path) -> Path:
+    return Path(study_out) / FIT
+
+
+def report_dir(study_out: Path) -> Path:
+    return Path(study_out) / REPORT
+
+
+def study_run(study_out: Path, run_id: str) -> Path:
+    """The folder of one run of a study."""
+    return Path(study_out) / RUNS / run_id
