@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import json
 
-from sftmix import layout
 from sftmix.cli.common import load_run
 
 
 def cmd_train(args) -> None:
-    from sftmix.train.strategies import plan, run_dir, run_strategy
+    from sftmix import pipeline
 
-    cfg = load_run(args)
-    stages = plan(cfg)
-    print(f"run {cfg.name}: {len(stages)} stage(s): {' -> '.join(s.name for s in stages)}; output {run_dir(cfg)}")
-    final = run_strategy(cfg, progress=not args.quiet)
+    p = pipeline.plan(load_run(args))
+    print(f"run {p.cfg.name}: {len(p.stages)} stage(s): {' -> '.join(s.name for s in p.stages)}; output {p.out}")
+    final = pipeline.train(p, progress=not args.quiet)
     print(f"final checkpoint: {final}")
 
 
 def cmd_run(args) -> None:
+    from sftmix import pipeline
     from sftmix.cli.eval import headline
-    from sftmix.eval.runner import evaluate
-    from sftmix.train.strategies import plan, run_dir, run_strategy, training_ids
 
-    cfg = load_run(args)
-    plan(cfg)
-    final = run_strategy(cfg, progress=not args.quiet)
-    doc = evaluate(str(final), cfg.eval, layout.eval_dir(run_dir(cfg)), cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
-                   training_ids(cfg), progress=not args.quiet)
+    _, doc = pipeline.run(load_run(args), progress=not args.quiet)
     print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
 
 

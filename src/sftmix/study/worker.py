@@ -13,19 +13,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import yaml
-
-from sftmix import layout
+from sftmix import layout, pipeline
 from sftmix.config import RunConfig
-from sftmix.eval.runner import evaluate
 from sftmix.io import write_json
-from sftmix.train.strategies import plan, run_dir, run_strategy, training_ids
 
 LOCK, DONE, ERROR, JOB = layout.LOCK, layout.DONE, layout.ERROR, layout.JOB
 
@@ -120,29 +115,14 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
             limit_threads(cpus)
             try:
                 cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
-                final = _train(cfg, run_out_p, launcher, progress)
-                eval_dir = layout.eval_dir(run_out_p)
-                evaluate(str(final), cfg.eval, eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
-                         progress=progress)
-                write_json(run_out_p / DONE, {"checkpoint": str(final), "eval_dir": str(eval_dir), "finished": time.time()})
+                p, _ = pipeline.run(cfg, progress, launcher)
+                write_json(run_out_p / DONE, {"checkpoint": str(p.final), "eval_dir": str(p.eval_dir), "finished": time.time()})
                 return "done"
             except Exception as e:  # noqa: BLE001 - recorded for the driver, which reports it
                 write_json(run_out_p / ERROR, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]})
                 return "failed"
     except AlreadyRunning:
         return "running elsewhere"
-
-
-def _train(cfg, run_out: Path, launcher: list[str] | None, progress: bool) -> Path:
-    if not launcher:
-        return run_strategy(cfg, progress=progress)
-
-    path = run_out / "run.yaml"
-    run_out.mkdir(parents=True, exist_ok=True)  # a node other than the first may get here before it
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    subprocess.run([*launcher, "-m", "sftmix.cli", "train", str(path), "--quiet"], check=True)
-    stages = plan(cfg)
-    return layout.final_dir(layout.stage_dir(run_dir(cfg), len(stages), stages[-1].name))
 
 
 def launch_command(gpus: int, nodes: int = 1, rank: int = 0, main_host: str = "localhost", port: int = 29500) -> list[str]:

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from sftmix import pipeline
 from sftmix.config import Resources, RunConfig, minutes
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
@@ -50,7 +51,7 @@ class Job:
         os.chdir(self.cwd)
         if rank != 0:  # the other nodes only train: their launcher joins rank 0's
             cfg = RunConfig.model_validate({**self.config, "output_dir": self.run_out})
-            worker._train(cfg, Path(self.run_out), launcher, False)
+            pipeline.train(pipeline.plan(cfg), False, launcher)
             return "trained"
         return worker.execute(self.config, self.run_out, self.cpus, False, launcher)
 

@@ -1,0 +1,82 @@
+"""One run, top to bottom: plan it, train it, evaluate it. ``sftmix run``, a study's worker and
+``sftmix train`` all go through here, so what a run does is written once::
+
+    p = plan(cfg)          # stages, sources, settings and tasks checked; nothing trained yet
+    final = train(p)       # every stage in order (finished ones skipped, an interrupted one resumed)
+    doc = evaluate(p)      # the final checkpoint on the run's eval tasks, into the run's eval folder
+
+``launcher`` (a command prefix such as ``accelerate launch ...``) trains in separate processes,
+for runs over several GPUs or nodes; evaluation then runs in this process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sftmix import layout
+from sftmix.config import RunConfig, StageConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked run: its config, its stages and where everything goes."""
+
+    cfg: RunConfig
+    stages: list[StageConfig]
+
+    @property
+    def out(self) -> Path:
+        """The run's folder."""
+        return layout.run_dir(self.cfg.name, self.cfg.output_dir)
+
+    @property
+    def final(self) -> Path:
+        """The last stage's final checkpoint (there once training is done)."""
+        return layout.final_dir(layout.stage_dir(self.out, len(self.stages), self.stages[-1].name))
+
+    @property
+    def eval_dir(self) -> Path:
+        """Where the final evaluation writes."""
+        return layout.eval_dir(self.out)
+
+
+def plan(cfg: RunConfig) -> Plan:
+    """The run's stages, checked as a whole before any work (``sftmix.train.strategies.plan``)."""
+    from sftmix.train.strategies import plan as stages_of
+
+    return Plan(cfg, stages_of(cfg))
+
+
+def train(p: Plan, progress: bool = True, launcher: list[str] | None = None) -> Path:
+    """Train every stage; return the final checkpoint."""
+    if not launcher:
+        from sftmix.train.strategies import run_strategy
+
+        return run_strategy(p.cfg, progress=progress)
+    p.out.mkdir(parents=True, exist_ok=True)  # a node other than the first may get here before it
+    path = p.out / "run.yaml"
+    path.write_text(yaml.safe_dump(p.cfg.model_dump(mode="json")))
+    subprocess.run([*launcher, "-m", "sftmix.cli", "train", str(path), "--quiet"], check=True)
+    return p.final
+
+
+def evaluate(p: Plan, progress: bool = True) -> dict:
+    """Evaluate the final checkpoint with the run's ``eval`` section; the held-out loss leaves out
+    every row any stage trained on."""
+    from sftmix.eval.runner import evaluate as run_tasks
+    from sftmix.train.strategies import training_ids
+
+    cfg = p.cfg
+    return run_tasks(str(p.final), cfg.eval, p.eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
+                     progress=progress)
+
+
+def run(cfg: RunConfig, progress: bool = True, launcher: list[str] | None = None) -> tuple[Plan, dict]:
+    """Plan, train and evaluate one run; return the plan and the evaluation."""
+    p = plan(cfg)
+    train(p, progress, launcher)
+    return p, evaluate(p, progress)
