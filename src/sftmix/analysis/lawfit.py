@@ -27,7 +27,7 @@ from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash, write_all, write_json
 from sftmix.progress import track
-from sftmix.study.runner import data_rows
+from sftmix.study.ingest import data_rows
 from sftmix.study.store import Store
 
 FIT_VERSION = 1

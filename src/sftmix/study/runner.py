@@ -15,11 +15,10 @@ from pathlib import Path
 from sftmix import layout
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
-from sftmix.eval.tasks import BUILTIN, stored_values
-from sftmix.io import read_jsonl
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job
 from sftmix.study.grid import PlannedRun, check_metrics, expand
+from sftmix.study.ingest import read_error, read_run
 from sftmix.study.store import Store
 
 
@@ -33,67 +32,6 @@ def load_study(path: str, profile: str | None = None, notes: list[str] | None = 
     runs = expand(study, profile, where=str(path), notes=notes)
     check_metrics(study, runs, str(path))
     return study, runs
-
-
-def flatten_metrics(results: dict) -> list[tuple[str, str, float]]:
-    """(task, metric, value) for the store, as each task's registry entry gives them (a user
-    task's: every number of its metrics)."""
-    return [(task, k, v) for task, m in results.items() for k, v in stored_values(task, m)]
-
-
-def per_item_samples(eval_dir: Path, tasks: dict) -> list[tuple]:
-    """(task, metric, item, value, weight) for every item behind a headline metric: the
-    evaluation's ``items_<task>.jsonl`` (written by the task registry's ``item_rows``: held-out
-    loss as (summed token loss, tokens), GSM8K accuracy and HumanEval pass@1 as 0/100 per problem,
-    MT-Bench as the score of each valid judgment, a user task as its rows say). Evaluations made
-    before those files existed are read from ``samples_<task>.jsonl`` by the built-in tasks."""
-    out: list[tuple] = []
-    for task in tasks:
-        items, samples = eval_dir / f"items_{task}.jsonl", eval_dir / f"samples_{task}.jsonl"
-        if items.exists():
-            out += [(task, r["metric"], r["item"], r["value"], r["weight"]) for r in read_jsonl(items)]
-        elif samples.exists() and task in BUILTIN:
-            out += [(task, *row) for row in BUILTIN[task].item_rows(read_jsonl(samples))]
-    return out
-
-
-def curve_rows(run_out: Path) -> list[tuple]:
-    """(stage, stage_index, step, run_step, run_tokens, ability, loss) from the stages' meta.json."""
-    out = []
-    for meta_path in layout.stage_metas(run_out):
-        meta = json.loads(meta_path.read_text())
-        index = layout.stage_index(meta_path.parent.parent)
-        for pt in meta.get("curve", []):
-            out += [(pt["stage"], index, pt["step"], pt["run_step"], pt["run_tokens"], ability, loss)
-                    for ability, loss in pt["loss"].items()]
-    return out
-
-
-def data_rows(run_out: Path) -> list[tuple]:
-    """(stage_index, stage, source, ability, replay, examples, tokens, pool_size, origin) per part
-    of every stage's mixture, from the stages' manifests (replayed parts have replay = 1; tokens
-    are the manifest's approximate count, characters / 4)."""
-    out = []
-    for mpath in layout.stage_manifests(run_out):
-        stage = mpath.parent.parent.name
-        index = layout.stage_index(mpath.parent.parent)
-        for part in json.loads(mpath.read_text())["parts"]:
-            origin = part.get("origin") or {}
-            out.append((index, stage, part["source"], part["ability"], int(bool(part.get("replay_of"))), float(part["count"]),
-                        float(part.get("approx_tokens", 0)), float(part.get("pool_size", 0)),
-                        origin.get("kind", "") if isinstance(origin, dict) else str(origin)))
-    return out
-
-
-def _train_tokens_and_params(run_out: Path) -> tuple[float, float]:
-    """Real tokens trained over all stages (from their meta.json) and the model's parameter count
-    (from its weight files' headers: one file or several shards)."""
-    tokens, params = 0.0, 0.0
-    for meta in layout.stage_metas(run_out):
-        tokens += float(json.loads(meta.read_text()).get("real_tokens", 0))
-        if not params:
-            params = layout.param_count(meta.parent)
-    return tokens, params
 
 
 def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = None, progress: bool = True,
@@ -172,23 +110,19 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
         store.relabel(run.id, run.label, run.point)  # labels follow the study file
         return True
     run_out = run_path(out, run)
-    done, error = run_out / worker.DONE, run_out / worker.ERROR
-    if done.exists():
-        info = json.loads(done.read_text())
-        eval_dir = Path(info["eval_dir"])
-        doc = json.loads((eval_dir / "results.json").read_text())
-        tokens, params = _train_tokens_and_params(run_out)
+    if (run_out / layout.DONE).exists():
+        record = read_run(run_out)  # a malformed file in the folder is an error naming it
         if store.status(run.id) is None:
             store.start(run.id, run.label, run.point, run.config.model_dump())
-        store.finish(run.id, info["checkpoint"], str(eval_dir), flatten_metrics(doc["tasks"]), tokens, params,
-                     per_item_samples(eval_dir, doc["tasks"]), curve_rows(run_out), data_rows(run_out))
+        store.finish(run.id, record.checkpoint, record.eval_dir, record.metrics, record.train_tokens, record.params,
+                     record.samples, record.curves, record.data)
         return True
-    if error.exists():
-        err = json.loads(error.read_text())
+    err = read_error(run_out)
+    if err is not None:
         if store.status(run.id) is None:
             store.start(run.id, run.label, run.point, run.config.model_dump())
-        store.fail(run.id, f"{err['error']}\n{err.get('traceback', '')[-2000:]}")
-        print(f"  failed: {err['error'][:300]}", flush=True)
+        store.fail(run.id, f"{err.error}\n{err.traceback[-2000:]}")
+        print(f"  failed: {err.error[:300]}", flush=True)
     elif engine_error:
         if store.status(run.id) is None:
             store.start(run.id, run.label, run.point, run.config.model_dump())

@@ -1,0 +1,65 @@
+"""Contracts of the typed records a run folder is read through (``sftmix.study.ingest``): each is
+written, read back, and a malformed one is refused with its file and field named."""
+
+import json
+
+import pytest
+
+from sftmix import layout
+from sftmix.errors import SftmixError
+from sftmix.study.ingest import (
+    CurveRow,
+    DataRow,
+    DoneRecord,
+    ErrorRecord,
+    EvalResults,
+    Manifest,
+    StageMeta,
+    curve_rows,
+    data_rows,
+    read_record,
+)
+
+GOOD = {
+    DoneRecord: ({"checkpoint": "/r/stage1_x/final", "eval_dir": "/r/eval", "finished": 1.5}, {"checkpoint": "/r"}, "eval_dir"),
+    ErrorRecord: ({"error": "ValueError: no", "traceback": "Traceback ..."}, {"traceback": "x"}, "error"),
+    StageMeta: ({"real_tokens": 120, "curve": [{"stage": "1_x", "step": 0, "run_step": 0, "run_tokens": 0, "loss": {"math": 2.5}}]},
+                {"curve": [{"stage": "1_x", "step": "first", "run_step": 0, "run_tokens": 0, "loss": {}}]}, "curve.0.step"),
+    Manifest: ({"parts": [{"source": "gsm8k", "ability": "math", "count": 2, "ids": ["a", "b"], "pool_size": 10}]},
+               {"parts": [{"source": "gsm8k", "count": 2, "ids": []}]}, "parts.0.ability"),
+    EvalResults: ({"tasks": {"loss": {"gsm8k": {"loss": 1.0}}}}, {"task": {}}, "tasks"),
+}
+
+
+@pytest.mark.parametrize("model", list(GOOD), ids=[m.__name__ for m in GOOD])
+def test_a_record_reads_back_and_a_malformed_one_is_named(model, tmp_path):
+    good, bad, field = GOOD[model]
+    p = tmp_path / "good.json"
+    p.write_text(json.dumps(good))
+    rec = read_record(p, model)
+    assert json.loads(rec.model_dump_json(exclude_unset=True)) == json.loads(json.dumps(good))
+    q = tmp_path / "bad.json"
+    q.write_text(json.dumps(bad))
+    with pytest.raises(SftmixError, match=f"bad.json: not a {model.__name__} \\({field}"):
+        read_record(q, model)
+    q.write_text("{cut")
+    with pytest.raises(SftmixError, match="bad.json: not readable JSON"):
+        read_record(q, model)
+    with pytest.raises(SftmixError, match="gone.json: missing"):
+        read_record(tmp_path / "gone.json", model)
+
+
+def test_rows_come_from_the_stages_in_training_order(tmp_path):
+    for i, name in ((2, "general"), (10, "late"), (1, "specialised")):
+        stage = layout.stage_dir(tmp_path, i, name)
+        layout.final_dir(stage).mkdir(parents=True)
+        layout.data_dir(stage).mkdir()
+        layout.meta(layout.final_dir(stage)).write_text(json.dumps(
+            {"curve": [{"stage": name, "step": 4, "run_step": 4 * i, "run_tokens": 10.0 * i, "loss": {"math": 1.0 / i}}]}))
+        layout.manifest(layout.data_dir(stage)).write_text(json.dumps(
+            {"parts": [{"source": "gsm8k", "ability": "math", "count": i, "ids": [], "approx_tokens": 7, "pool_size": 9,
+                        "origin": {"kind": "generated"}, **({"replay_of": "specialised"} if i == 2 else {})}]}))
+    assert curve_rows(tmp_path) == [CurveRow("specialised", 1, 4, 4, 10.0, "math", 1.0), CurveRow("general", 2, 4, 8, 20.0, "math", 0.5),
+                                    CurveRow("late", 10, 4, 40, 100.0, "math", 0.1)]
+    assert data_rows(tmp_path)[1] == DataRow(2, "stage2_general", "gsm8k", "math", 1, 2.0, 7.0, 9.0, "generated")
+    assert [d.stage_index for d in data_rows(tmp_path)] == [1, 2, 10]
