@@ -61,3 +61,41 @@ def test_bad_axes_name_the_axis_and_the_value():
     d = {"a": 1}
     with pytest.raises(SftmixError, match="not a mapping"):
         set_path(d, "a.b", 2)
+
+
+def test_read_only_commands_take_the_recorded_fallbacks_and_load_no_pool(tmp_path, monkeypatch):
+    """`study run` decides which sources fall back by loading them and records it; status,
+    report, fit, propose and export take the record and load no data pool (the same runs, ids
+    and notes). A changed source or fallback config is decided again."""
+    import json
+
+    import yaml
+
+    import sftmix.study.grid as grid
+    from sftmix import layout
+    from sftmix.io import write_json
+    from sftmix.study.runner import load_study, study_dir
+
+    doc = {"name": "fb", "output_dir": str(tmp_path / "fb"),
+           "base": {"model": "tiny", "data_dir": str(tmp_path / "nodata"), "sources": {"gsm8k": {"limit": 50}},
+                    "strategy": {"name": "individual", "sources": ["gsm8k"]}},
+           "fallbacks": {"gsm8k": {"builtin": "generated_math", "size": 50}}}
+    f = tmp_path / "fb.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    notes: list[str] = []
+    study, runs = load_study(str(f), notes=notes)  # as `study run` does
+    assert notes[0].startswith("gsm8k: FALLBACK") and study._fallback_decisions["gsm8k"]["fallback"] is True
+    write_json(layout.fallbacks_file(study_dir(study, None)), study._fallback_decisions)  # what run_study records
+
+    def no_pools(*a, **k):
+        raise AssertionError("a read-only command loaded a data pool")
+
+    monkeypatch.setattr(grid, "load_pool", no_pools)
+    again: list[str] = []
+    _, read = load_study(str(f), notes=again, read_only=True)
+    assert [r.id for r in read] == [r.id for r in runs] and again == notes
+    doc["fallbacks"]["gsm8k"]["size"] = 60  # the study changed: decided again, by loading
+    f.write_text(yaml.safe_dump(doc))
+    with pytest.raises(AssertionError, match="loaded a data pool"):
+        load_study(str(f), read_only=True)
+    assert json.loads(layout.fallbacks_file(tmp_path / "fb").read_text())["gsm8k"]["fallback"] is True

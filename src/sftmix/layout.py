@@ -12,6 +12,7 @@ A study (``studies/<name>[/<profile>]/`` or its ``output_dir``)::
     results.sqlite                          the store (``sftmix.study.store``)
     runs/<run id>/                          each run's folder (as above), with .lock, done.json,
                                             error.json and, under Slurm, job.json
+    fallbacks.json                          which sources fell back (``study run`` decides)
     fit.json, proposal.json, proposal.yaml  ``study fit`` / ``study propose``
     report/                                 ``study report``
 
@@ -26,7 +27,7 @@ from pathlib import Path
 RUNS, STUDIES = "runs", "studies"
 DATA, CHECKPOINTS, FINAL, EVAL = "data", "checkpoints", "final", "eval"
 MANIFEST, META = "manifest.json", "meta.json"
-STORE, FIT, REPORT = "results.sqlite", "fit.json", "report"
+STORE, FIT, REPORT, FALLBACKS = "results.sqlite", "fit.json", "report", "fallbacks.json"
 PROPOSAL_JSON, PROPOSAL_YAML, PROPOSAL_DIR = "proposal.json", "proposal.yaml", "proposal"
 LOCK, DONE, ERROR, JOB = ".lock", "done.json", "error.json", "job.json"
 
@@ -120,6 +121,11 @@ def store(study_out: Path) -> Path:
 
 def fit_file(study_out: Path) -> Path:
     return Path(study_out) / FIT
+
+
+def fallbacks_file(study_out: Path) -> Path:
+    """Which sources ``study run`` found and which fell back (read-only commands reuse it)."""
+    return Path(study_out) / FALLBACKS
 
 
 def report_dir(study_out: Path) -> Path:

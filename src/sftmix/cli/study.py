@@ -13,7 +13,7 @@ def cmd_study(args) -> None:
     from sftmix.study.store import Store
 
     notes: list[str] = []
-    study, runs = load_study(args.file, args.profile, notes)
+    study, runs = load_study(args.file, args.profile, notes, read_only=args.study_command != "run")
     out = study_dir(study, args.profile)
     db = layout.store(out)
     doc = study_doc(study, args.profile)
@@ -54,7 +54,7 @@ def _results(args):
     from sftmix.study.store import Store
 
     args.notes = []
-    study, runs = load_study(args.file, args.profile, args.notes)
+    study, runs = load_study(args.file, args.profile, args.notes, read_only=True)
     out = study_dir(study, args.profile)
     db = layout.store(out)
     if not db.exists():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from sftmix.config.executor import ExecutorConfig, Resources
 from sftmix.config.run import RunConfig, SourceConfig, Strict
@@ -139,6 +139,8 @@ class StudyConfig(Strict):
         "source name -> the source config used instead when that source cannot be loaded (no data directory, no hub); "
         "the report says so at the top. A profile may carry its own."))
     output_dir: str | None = Field(None, description="defaults to studies/<name>")
+    # which fallback sources were used, as loading them decided (``sftmix.study.runner.load_study``)
+    _fallback_decisions: dict = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_parts(self) -> StudyConfig:

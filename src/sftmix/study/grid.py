@@ -34,6 +34,7 @@ from typing import Any
 from sftmix.config import RunConfig, SourceConfig, StudyConfig, validate
 from sftmix.data.sources import SourceNotFound, load_pool
 from sftmix.errors import SftmixError
+from sftmix.io import stable_hash
 from sftmix.train.strategies import run_id
 
 REPLICATE_AXIS = "seed"
@@ -94,33 +95,47 @@ def _label(point: dict) -> str:
     return " ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in point.items()) or "base"
 
 
-def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None) -> dict:
+def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None, decided: dict | None = None) -> dict:
     """Each source named in ``fallbacks`` is loaded as the base config says (path, data
     directory, hub, package); one that none of them holds is replaced by its fallback config,
-    and ``notes`` says which data each used and why."""
+    and ``notes`` says which data each used and why.
+
+    ``decided`` (source -> {"fallback": bool, "note": str}): decisions made before (by ``study
+    run``, recorded in the study folder); a source decided there is not loaded again, so that
+    commands that only read the study need no data. Decisions made here are added to it."""
     if not fallbacks:
         return base
     base = copy.deepcopy(base)
     data_dir = base.get("data_dir") or os.environ.get("SFTMIX_DATA_DIR")
     for name, fb in fallbacks.items():
         cfg = (base.get("sources") or {}).get(name) or {}
-        try:
-            pool = load_pool(name, SourceConfig(**cfg), data_dir)
-            where = pool.origin.get("path") or pool.origin.get("hub") or pool.origin.get("package") or pool.origin.get("kind")
-            line = f"{name}: {pool.ability} data from {where}"
-        except SourceNotFound as e:  # found but broken (a bad file, a typo) stays an error
+        key = stable_hash([cfg, fb, data_dir])
+        known = (decided or {}).get(name)
+        if known is not None and known.get("key") == key:
+            use, line = known["fallback"], known["note"]
+        else:
+            try:
+                pool = load_pool(name, SourceConfig(**cfg), data_dir)
+                where = pool.origin.get("path") or pool.origin.get("hub") or pool.origin.get("package") or pool.origin.get("kind")
+                use, line = False, f"{name}: {pool.ability} data from {where}"
+            except SourceNotFound as e:  # found but broken (a bad file, a typo) stays an error
+                reason = " ".join(str(e).split())
+                use, line = True, (f"{name}: FALLBACK to {fb.get('builtin', fb)} because {reason}. Generated data is a toy: treat its "
+                                   "numbers as a pipeline check, not evidence.")
+            if decided is not None:
+                decided[name] = {"key": key, "fallback": use, "note": line}
+        if use:
             base.setdefault("sources", {})[name] = copy.deepcopy(fb)
-            reason = " ".join(str(e).split())
-            line = (f"{name}: FALLBACK to {fb.get('builtin', fb)} because {reason}. Generated data is a toy: treat its numbers "
-                    "as a pipeline check, not evidence.")
         if notes is not None and line not in notes:
             notes.append(line)
     return base
 
 
-def expand(study: StudyConfig, profile: str | None = None, where: str = "study", notes: list[str] | None = None) -> list[PlannedRun]:
+def expand(study: StudyConfig, profile: str | None = None, where: str = "study", notes: list[str] | None = None,
+           decided: dict | None = None) -> list[PlannedRun]:
     """All runs of a study (validated), in grid order. ``notes`` receives where sources with a
-    fallback took their data from."""
+    fallback took their data from; ``decided``: fallback decisions recorded before, and where
+    the new ones go (``apply_fallbacks``)."""
     base, grid, zips, fallbacks = study.base, dict(study.grid), dict(study.zip), dict(study.fallbacks)
     if profile:
         if profile not in study.profiles:
@@ -130,7 +145,7 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
         zips = prof.pop("zip", None) or zips  # ... or the zipped axes as a whole (amounts sized to its pools)
         fallbacks = prof.pop("fallbacks", None) or fallbacks
         base = deep_merge(base, prof)
-    base = apply_fallbacks(base, fallbacks, notes)
+    base = apply_fallbacks(base, fallbacks, notes, decided)
     if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in zips:
         grid[REPLICATE_AXIS] = list(range(study.replicates))
     zlens = {len(v) for v in zips.values()}

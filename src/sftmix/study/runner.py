@@ -8,6 +8,7 @@ started twice; a failed one is recorded with its error, the study goes on, and t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from sftmix import layout
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
+from sftmix.io import write_json
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job
 from sftmix.study.grid import PlannedRun, check_metrics, expand
@@ -26,11 +28,22 @@ def study_dir(study: StudyConfig, profile: str | None) -> Path:
     return layout.study_dir(study.name, study.output_dir, profile)
 
 
-def load_study(path: str, profile: str | None = None, notes: list[str] | None = None) -> tuple[StudyConfig, list[PlannedRun]]:
-    """The study file and its runs; ``notes`` receives where fallback sources took their data."""
+def load_study(path: str, profile: str | None = None, notes: list[str] | None = None,
+               read_only: bool = False) -> tuple[StudyConfig, list[PlannedRun]]:
+    """The study file and its runs; ``notes`` receives where fallback sources took their data.
+
+    Which sources fall back is decided by loading them, and recorded in the study folder
+    (``layout.fallbacks_file``); ``read_only`` commands (status, report, fit, propose, export)
+    take the recorded decisions and so load no data pool. ``study run`` decides afresh."""
     study = load_config(path, StudyConfig)
-    runs = expand(study, profile, where=str(path), notes=notes)
+    record = layout.fallbacks_file(study_dir(study, profile))
+    decided: dict = {}
+    if read_only and record.exists():
+        with contextlib.suppress(ValueError, OSError):
+            decided = json.loads(record.read_text())
+    runs = expand(study, profile, where=str(path), notes=notes, decided=decided)
     check_metrics(study, runs, str(path))
+    study._fallback_decisions = decided  # recorded by run_study, once the study folder is known to be usable
     return study, runs
 
 
@@ -40,6 +53,8 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     run's results into ``results.sqlite`` as it ends."""
     out = study_dir(study, profile).resolve()  # workers may run in another folder or on another machine
     store = Store(layout.store(out))
+    if study._fallback_decisions:
+        write_json(layout.fallbacks_file(out), study._fallback_decisions)
     ecfg = study.executor.model_copy(update={k: v for k, v in {"name": executor, "address": address}.items() if v})
     ex = make_executor(ecfg, study.resources, out, progress)
     todo = []
