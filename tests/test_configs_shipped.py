@@ -133,3 +133,14 @@ def test_the_shipped_deepspeed_configs_build_accelerates_deepspeed_plugin():
         filled.trainer_config_process(TrainingArguments("out", max_grad_norm=0.3, gradient_accumulation_steps=4, use_cpu=True))
         assert (filled.config["gradient_clipping"], filled.config["gradient_accumulation_steps"]) == (0.3, 4)
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] == (stage == 3)
+
+
+def test_the_config_package_imports_nothing_above_it():
+    """config/ is the bottom layer: reading a config loads no task registry, no data or training code
+    (it imported the eval registry, closing an import circle back to config)."""
+    import subprocess
+    import sys
+
+    code = "import sys, sftmix.config; print(sorted(m for m in sys.modules if m.startswith('sftmix.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(loaded) == ["sftmix.config", "sftmix.config.executor", "sftmix.config.run", "sftmix.config.study", "sftmix.errors"]

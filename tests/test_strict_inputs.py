@@ -86,6 +86,7 @@ RUN_CASES = [
     ("strategy without a name", strategy(sources=[MATH]), "strategy.name: missing; valid: individual, multitask"),
     ("misspelt strategy name", strategy(name="multi_task", sources=[MATH]), "strategy.name: unknown strategy 'multi_task' (did you mean "
                                                                              "'multitask'?)"),
+    ("unknown task name", tasks("loss", "gsm9k"), "eval.tasks: unknown task 'gsm9k' (did you mean 'gsm8k'?)"),
     ("user task not importable", tasks("loss", "usertasks.nosuch:task"), "eval.tasks: task 'usertasks.nosuch:task': cannot import"),
     ("user task not a Task", tasks("loss", "usertasks.exact:not_a_task"), "usertasks.exact.not_a_task is a str, not a"),
     ("two user tasks of one name", tasks("usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"),
@@ -167,6 +168,8 @@ STUDY_CASES = [
      "compare.0.weights: unknown loss source 'sharegp' (did you mean 'sharegpt'?)"),
     ("study user task not importable", lambda t: ["study", "status", str(study_cfg(t, grid={"eval.tasks": [["loss"], ["usertasks.x:t"]]}))],
      "run 'tasks=usertasks.x:t': eval.tasks: task 'usertasks.x:t': cannot import usertasks.x"),
+    ("study with an unknown task", lambda t: ["study", "status", str(study_cfg(t, grid={"eval.tasks": [["loss", "humaneva"]]}))],
+     "eval.tasks: unknown task 'humaneva' (did you mean 'humaneval'?)"),
     ("study with two tasks of one name", lambda t: ["study", "status", str(study_cfg(
         t, grid={"eval.tasks": [["usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"]]}))], "are both named 'arithmetic'"),
 ]

@@ -15,12 +15,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from sftmix.errors import SftmixError, closest
-from sftmix.eval.tasks import check_name
 
 
 def _to_fraction(v: Any) -> float:
@@ -323,16 +321,7 @@ class EvalConfig(Strict):
 
     tasks: list[str] = Field(default_factory=lambda: ["loss"], min_length=1, description=(
         "gsm8k, humaneval, mtbench, loss, or a task of your own as package.module:attribute (a sftmix.eval.tasks.Task)"))
-
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, v: list[str]) -> list[str]:
-        for name in v:
-            try:
-                check_name(name)
-            except SftmixError as e:
-                raise ValueError(str(e)) from None
-        return v
+  # names are checked against the task registry when the run is planned (``eval.tasks.resolve``)
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
     data_dir: str | None = Field(None, description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
     backend: Literal["auto", "hf", "vllm", "openai"] = Field("auto", description="generation engine; auto: vLLM on a GPU when installed, "
