@@ -438,3 +438,15 @@ def test_slurm_refusals_are_clear_errors(tmp_path, slurm, resources, expected):
     if db.exists():
         rows = sqlite3.connect(db).execute("SELECT status, error FROM runs").fetchall()
         assert all(status == "failed" and expected in error for status, error in rows), rows
+
+
+def test_every_executor_the_config_accepts_is_registered_and_offered():
+    from typing import get_args
+
+    from sftmix.config import ExecutorConfig
+    from sftmix.study.executors import EXECUTORS
+
+    names = set(get_args(ExecutorConfig.model_fields["name"].annotation))
+    assert names == set(EXECUTORS)
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "study", "run", "--help"], capture_output=True, text=True)
+    assert all(n in r.stdout for n in names)

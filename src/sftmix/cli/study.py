@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from sftmix import layout
 from sftmix.cli.common import output_dir, positive_int, table
+from sftmix.config import ExecutorConfig
 from sftmix.errors import SftmixError
 
 
@@ -277,7 +280,7 @@ def add_commands(sub) -> None:
         p.add_argument("--small", dest="profile", action="store_const", const="small", help="same as --profile small")
         p.add_argument("--quiet", action="store_true")
         if name == "run":
-            p.add_argument("--executor", choices=["local", "ray", "slurm", "slurm-local"],
+            p.add_argument("--executor", choices=list(get_args(ExecutorConfig.model_fields["name"].annotation)),
                            help="where runs execute (default: the study file's `executor`, else local)")
             p.add_argument("--address", help="ray: address of an existing cluster (host:port); none starts a local one")
         p.set_defaults(func=cmd_study)
