@@ -144,3 +144,18 @@ def test_the_config_package_imports_nothing_above_it():
     code = "import sys, sftmix.config; print(sorted(m for m in sys.modules if m.startswith('sftmix.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(loaded) == ["sftmix.config", "sftmix.config.executor", "sftmix.config.run", "sftmix.config.study", "sftmix.errors"]
+
+
+def test_every_config_field_says_what_it_is_for():
+    """The field descriptions are what `--help` and the README's YAML reference show."""
+    import inspect
+
+    from pydantic import BaseModel
+
+    import sftmix.config as config
+    from sftmix.config.run import STRATEGY_MODELS, OpenAIBackendConfig, VLLMBackendConfig
+
+    models = {m for m in vars(config).values() if inspect.isclass(m) and issubclass(m, BaseModel)}
+    models |= {*STRATEGY_MODELS.values(), OpenAIBackendConfig, VLLMBackendConfig}
+    missing = [f"{m.__name__}.{f}" for m in models for f, info in m.model_fields.items() if not (info.description or "").strip()]
+    assert not missing, missing

@@ -15,7 +15,7 @@ class Resources(Strict):
 
     gpus: int = Field(0, ge=0, description="GPUs per node")
     cpus: int = Field(1, ge=1, description="CPU cores (per node); torch threads are limited to these")
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, description="machines one run spans (Slurm)")
     time: str = Field("12h", description="wall-clock limit of one job: 90m, 12h, 2d or H:MM:SS")
     partition: str | None = Field(None, description="Slurm partition")
     parallel: int | None = Field(None, ge=1, description="at most this many runs at once (default: as resources allow)")
@@ -43,5 +43,6 @@ def minutes(text: str) -> int:
 class ExecutorConfig(Strict):
     """``executor`` in a study file: the engine and its connection."""
 
-    name: Literal["local", "ray", "slurm", "slurm-local"] = "local"
+    name: Literal["local", "ray", "slurm", "slurm-local"] = Field("local",
+        description="where runs execute: local, ray, slurm or slurm-local")
     address: str | None = Field(None, description="ray: host:port of an existing cluster (else a local one is started)")

@@ -77,16 +77,16 @@ class SourceConfig(Strict):
     builtin: str | None = Field(None, description="name of a built-in source; defaults to the source's key when that is a built-in name")
     path: str | None = Field(None, description="a file (.json, .jsonl, .parquet, optionally .gz)")
     hub: str | None = Field(None, description="a Hugging Face dataset id (or local dataset folder)")
-    hub_config: str | None = None
-    hub_split: str | None = None
-    format: Literal["alpaca", "sharegpt", "messages", "gsm8k", "gsm8k_rft"] | None = None
+    hub_config: str | None = Field(None, description="the hub dataset's config name")
+    hub_split: str | None = Field(None, description="the hub dataset's split (default: split)")
+    format: Literal["alpaca", "sharegpt", "messages", "gsm8k", "gsm8k_rft"] | None = Field(None, description="row format of a user source")
     ability: str | None = Field(None, description="the ability this source trains, e.g. math, code, general")
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test"] = Field("train", description="train, or test for held-out evaluation data")
     limit: int | None = Field(None, gt=0, description="use only the first N raw rows")
     size: int | None = Field(None, gt=0, description="number of rows for generated sources")
     skip_invalid: bool = Field(False, description="skip (and count) rows that do not fit the format instead of failing")
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    tagger: Literal["rules", "llm", "none"] = "rules"
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="cleaning rules")
+    tagger: Literal["rules", "llm", "none"] = Field("rules", description="how rows are tagged code/math: rules, an LLM, or none")
     include_tags: list[str] = Field(default_factory=list, description="keep only rows with all these tags")
     exclude_tags: list[str] = Field(default_factory=list, description="drop rows with any of these tags (paper 4.2: [code, math])")
 
@@ -127,19 +127,21 @@ class PartConfig(Strict):
 class MixtureConfig(Strict):
     """A named union of parts, shuffled with the seed."""
 
-    name: str = "mixture"
-    parts: list[PartConfig] = Field(..., min_length=1)
-    shuffle: bool = True
+    name: str = Field("mixture", description="the mixture's name (a later replay part names it)")
+    parts: list[PartConfig] = Field(..., min_length=1, description="its parts: a source (or a replayed mixture) and an amount")
+    shuffle: bool = Field(True, description="shuffle the union with the seed")
 
 
 class DataConfig(Strict):
     """A compose file: sources and the mixtures built from them (in order)."""
 
-    seed: int = 0
+    seed: int = Field(0, description="seed of sampling and shuffling")
     data_dir: str | None = Field(None, description="folder with gsm8k/, code_alpaca/, sharegpt/ (else $SFTMIX_DATA_DIR)")
-    sources: dict[str, SourceConfig] = Field(default_factory=dict)
-    mixtures: list[MixtureConfig] = Field(..., min_length=1)
-    output_format: Literal["jsonl", "arrow"] = "jsonl"
+    sources: dict[str, SourceConfig] = Field(default_factory=dict,
+        description="source name -> how it is loaded (built-in names need no entry)")
+    mixtures: list[MixtureConfig] = Field(..., min_length=1,
+        description="the mixtures to compose, in order (a replay part draws from an earlier one)")
+    output_format: Literal["jsonl", "arrow"] = Field("jsonl", description="how each mixture is written: data.jsonl or an Arrow dataset")
 
 
 # ---------------------------------------------------------------- training
@@ -147,34 +149,35 @@ class DataConfig(Strict):
 class LoraConfig(Strict):
     """LoRA through peft (the base weights stay frozen)."""
 
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
+    r: int = Field(16, gt=0, description="rank of the LoRA update")
+    alpha: int = Field(32, gt=0, description="LoRA scaling (alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
+    target_modules: list[str] | str = Field("all-linear", description="modules LoRA adapts: all-linear or a list of names")
 
 
 class TrainSettings(Strict):
     """Training settings of a stage. Defaults follow the paper (3 epochs, peak lr 2e-5, batch 16)
     and FastChat's recipe (cosine schedule, weight decay 0); warmup 3% as DESIGN.md states."""
 
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, description="passes over the stage's data")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
     lr: float = Field(2e-5, gt=0, description="peak learning rate")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of the steps spent warming up the learning rate")
+    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="learning-rate schedule")
     batch_size: int = Field(16, gt=0, description="effective batch = per_device_batch_size x accumulation x processes")
-    per_device_batch_size: int = Field(4, gt=0)
+    per_device_batch_size: int = Field(4, gt=0, description="rows per process per forward pass")
     max_length: int = Field(2048, gt=8, description="tokens per sample; longer samples keep their first max_length tokens")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast where the hardware has bf16 (CUDA, or CPUs with AMX/AVX512-BF16)")
-    gradient_checkpointing: bool = False
-    lora: LoraConfig | None = None
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto",
+        description="auto = bf16 autocast where the hardware has bf16 (CUDA, or CPUs with AMX/AVX512-BF16)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, slower)")
+    lora: LoraConfig | None = Field(None, description="LoRA instead of full fine-tuning")
     packing: bool = Field(False, description="pack several samples per row (attention kept within each sample)")
     group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
     save_steps: int = Field(200, gt=0, description="checkpoint every N steps (for resume)")
     keep_checkpoints: bool = Field(False, description="keep the resume checkpoints (with optimizer state) after the stage ends")
-    logging_steps: int = Field(10, gt=0)
+    logging_steps: int = Field(10, gt=0, description="log the loss every N steps")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow (used when installed)")
     seed: int | None = Field(None, description="training seed; defaults to the run seed")
 
@@ -182,8 +185,8 @@ class TrainSettings(Strict):
 class StageConfig(Strict):
     """One stage: a mixture and (partial) training settings over the run's defaults."""
 
-    name: str
-    mixture: MixtureConfig
+    name: str = Field(..., description="the stage's name (its folder stage<i>_<name>)")
+    mixture: MixtureConfig = Field(..., description="what the stage trains on")
     train: dict[str, Any] = Field(default_factory=dict, description="overrides of the run's `train` settings")
 
 
@@ -229,7 +232,7 @@ class _Strategy(Strict):
 class IndividualStrategy(_Strategy):
     """One stage on one source (paper: the individual-ability baselines)."""
 
-    name: Literal["individual"]
+    name: Literal["individual"] = Field(..., description="individual")
     sources: list[str] = Field(..., min_length=1, max_length=1, description="the one source, e.g. [gsm8k]")
 
     def used_sources(self) -> list[str]:
@@ -239,7 +242,7 @@ class IndividualStrategy(_Strategy):
 class MultitaskStrategy(_Strategy):
     """One stage on the union of the sources (paper: multi-task learning)."""
 
-    name: Literal["multitask"]
+    name: Literal["multitask"] = Field(..., description="multitask")
     sources: list[str] = Field(..., min_length=1, description="the sources mixed in one stage")
 
     def used_sources(self) -> list[str]:
@@ -249,7 +252,7 @@ class MultitaskStrategy(_Strategy):
 class SequentialStrategy(_Strategy):
     """One stage per source, in order (paper: code -> math -> general)."""
 
-    name: Literal["sequential"]
+    name: Literal["sequential"] = Field(..., description="sequential")
     sources: list[str] = Field(..., min_length=1, description="the sources in training order")
 
     def used_sources(self) -> list[str]:
@@ -259,7 +262,7 @@ class SequentialStrategy(_Strategy):
 class MixedSequentialStrategy(_Strategy):
     """Stage 1 on the specialised sources together, stage 2 on the general one (DMT with k = 0)."""
 
-    name: Literal["mixed_sequential"]
+    name: Literal["mixed_sequential"] = Field(..., description="mixed_sequential")
     specialised: list[str] = Field(..., min_length=1, description="stage 1 sources (e.g. [gsm8k, code_alpaca])")
     general: str = Field(..., description="stage 2 source (e.g. sharegpt)")
 
@@ -270,7 +273,7 @@ class MixedSequentialStrategy(_Strategy):
 class DmtStrategy(MixedSequentialStrategy):
     """Dual-stage Mixed Fine-tuning: stage 2 adds a replayed fraction ``k`` of each stage-1 part."""
 
-    name: Literal["dmt"]
+    name: Literal["dmt"] = Field(..., description="dmt")
     k: Frac = Field(..., ge=0, le=1, description="fraction of each stage-1 part replayed in stage 2 (0 <= k <= 1; the paper: 1/256)")
 
 
@@ -289,8 +292,8 @@ class JudgeConfig(Strict):
     base_url: str | None = Field(None, description="endpoint, e.g. http://localhost:8000/v1 (else $OPENAI_BASE_URL, else OpenAI)")
     model: str = Field("gpt-4-0613", description="judge model name; record the exact snapshot")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
-    parallel: int = Field(4, gt=0)
-    max_retries: int = Field(6, ge=0)
+    parallel: int = Field(4, gt=0, description="judgments requested at once")
+    max_retries: int = Field(6, ge=0, description="retries of a failed judgment request")
 
 
 class OpenAIBackendConfig(Strict):
@@ -323,7 +326,8 @@ class EvalConfig(Strict):
         "gsm8k, humaneval, mtbench, loss, or a task of your own as package.module:attribute (a sftmix.eval.tasks.Task)"))
   # names are checked against the task registry when the run is planned (``eval.tasks.resolve``)
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
-    data_dir: str | None = Field(None, description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
+    data_dir: str | None = Field(None,
+        description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
     backend: Literal["auto", "hf", "vllm", "openai"] = Field("auto", description="generation engine; auto: vLLM on a GPU when installed, "
                                                              "else transformers; openai: an OpenAI-compatible server (eval.openai)")
     openai: OpenAIBackendConfig = Field(default_factory=OpenAIBackendConfig, description="the server of backend openai")
@@ -331,18 +335,18 @@ class EvalConfig(Strict):
     batch_size: int = Field(8, gt=0, description="prompts generated (or held-out rows scored) per batch")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="generation weights; bfloat16 is about 2x faster on CPUs with AMX "
                                                   "but greedy outputs then depend on the batch composition")
-    gsm8k_max_new_tokens: int = Field(512, gt=0)
-    humaneval_max_new_tokens: int = Field(512, gt=0)
+    gsm8k_max_new_tokens: int = Field(512, gt=0, description="GSM8K: generation budget per problem")
+    humaneval_max_new_tokens: int = Field(512, gt=0, description="HumanEval: generation budget per problem")
     humaneval_wrapper: Literal["complete", "raw"] = Field("complete", description="HumanEval user turn: complete = 'Complete the following "
                                                           "python code:' + the prompt; raw = the prompt alone")
-    humaneval_workers: int = Field(4, gt=0)
-    mtbench_max_new_tokens: int = Field(1024, gt=0)
+    humaneval_workers: int = Field(4, gt=0, description="HumanEval: sandboxed executions at once")
+    mtbench_max_new_tokens: int = Field(1024, gt=0, description="MT-Bench: generation budget per turn")
     mtbench_repeats: int = Field(1, gt=0, description="full repeats of generation and judging (the paper: 3)")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the MT-Bench judge (an OpenAI-compatible chat endpoint)")
     loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"], min_length=1,
                                     description="sources whose held-out rows the loss task scores")
     loss_samples: int = Field(64, gt=0, description="held-out rows per loss source")
-    loss_max_length: int = Field(512, gt=8)
+    loss_max_length: int = Field(512, gt=8, description="held-out loss: tokens per row at most")
     heldout_seed: int = Field(0, description="seed choosing the held-out rows of sources without a test split; fixed across "
                               "runs and replicates so that they are measured on the same rows (paired comparisons)")
     curve_points: int = Field(4, ge=0, description="held-out loss points per training stage besides its start and end "
@@ -353,16 +357,18 @@ class EvalConfig(Strict):
 class RunConfig(Strict):
     """A training run: model, template, data, strategy (or explicit stages) and settings."""
 
-    name: str = "run"
+    name: str = Field("run", description="the run's name (its folder runs/<name> by default)")
     model: str = Field("smollm2", description="smollm2 (embedded default), tiny, a hub id, a local folder or a .gguf file")
-    template: Literal["vicuna", "model"] = Field("vicuna", description="vicuna = FastChat's Vicuna v1.1; model = the tokenizer's chat template")
-    seed: int = 0
-    data_dir: str | None = None
-    sources: dict[str, SourceConfig] = Field(default_factory=dict)
-    strategy: StrategyConfig | None = None
-    stages: list[StageConfig] | None = None
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    template: Literal["vicuna", "model"] = Field("vicuna",
+        description="vicuna = FastChat's Vicuna v1.1; model = the tokenizer's chat template")
+    seed: int = Field(0, description="seed of data sampling and training")
+    data_dir: str | None = Field(None, description="folder with gsm8k/, code_alpaca/, sharegpt/ (else $SFTMIX_DATA_DIR)")
+    sources: dict[str, SourceConfig] = Field(default_factory=dict,
+        description="source name -> how it is loaded (built-in names need no entry)")
+    strategy: StrategyConfig | None = Field(None, description="one of the paper's strategies (or give stages)")
+    stages: list[StageConfig] | None = Field(None, description="explicit stages instead of a strategy")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="training settings of every stage")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="what the final evaluation measures (and the held-out curves)")
     output_dir: str | None = Field(None, description="defaults to runs/<name>")
 
     @model_validator(mode="after")

@@ -69,10 +69,13 @@ class Claim(Strict):
     opposite.
     """
 
-    a: str | dict[str, Any]
-    b: str | dict[str, Any]
-    metric: str | list[str]
-    expect: Literal["better", "worse"] = "better"
+    a: str | dict[str, Any] = Field(...,
+        description="group A: a configuration's label, a strategy name, or {run-config path or axis: value}")
+    b: str | dict[str, Any] = Field(..., description="group B, selected as A is")
+    metric: str | list[str] = Field(...,
+        description="task/metric compared (loss/<source>, gsm8k/accuracy, ...), or a list: each one the study measured is tested")
+    expect: Literal["better", "worse"] = Field("better",
+        description="better: A is better than B (lower loss, higher accuracy or score); worse: the opposite")
     claim: str = Field("", description="the paper's statement, in words")
     weights: dict[str, float] = Field(default_factory=dict, description="compare the weighted mean of these metrics "
                                       "(metric -> weight); `metric` then only names it, e.g. 'weighted held-out loss'")
@@ -92,15 +95,15 @@ class Prediction(Strict):
     predictive interval ``[low, high]`` (the law's uncertainty plus one configuration's
     measurement noise; ``law_low``/``law_high`` is the law's alone)."""
 
-    a: str | dict[str, Any]
-    metric: str
+    a: str | dict[str, Any] = Field(..., description="the configuration predicted, selected as a claim's group")
+    metric: str = Field(..., description="task/metric predicted (or the weighted mean's label, with weights)")
     weights: dict[str, float] = Field(default_factory=dict, description="a weighted mean of these metrics, as in claims")
-    estimate: float
-    low: float
-    high: float
-    law_low: float | None = None
-    law_high: float | None = None
-    law: str = ""
+    estimate: float = Field(..., description="the law's predicted value")
+    low: float = Field(..., description="lower end of the 95% predictive interval")
+    high: float = Field(..., description="upper end of the 95% predictive interval")
+    law_low: float | None = Field(None, description="lower end of the law's own 95% band")
+    law_high: float | None = Field(None, description="upper end of the law's own 95% band")
+    law: str = Field("", description="the law that predicted it")
 
     @model_validator(mode="after")
     def _interval(self) -> Prediction:
@@ -130,7 +133,7 @@ class StudyConfig(Strict):
         "name -> run-config fields deep-merged over base, and its own grid (replacing axes of the same name), zip "
         "(replacing the zipped axes) and fallbacks"))
     replicates: int = Field(1, ge=1, description="seeds 0..n-1 for every configuration (adds a `seed` grid axis)")
-    compare: list[Claim] = Field(default_factory=list)
+    compare: list[Claim] = Field(default_factory=list, description="claims the report tests (Findings)")
     predictions: list[Prediction] = Field(default_factory=list, description="laws' predictions the report checks")
     executor: Annotated[ExecutorConfig, BeforeValidator(lambda v: {"name": v} if isinstance(v, str) else v)] = Field(
         default_factory=ExecutorConfig, description="where runs execute: local, ray, slurm, slurm-local (or {name, address})")
