@@ -370,3 +370,28 @@ def test_a_fallback_stands_in_for_missing_data_only(tmp_path):
     with pytest.raises(SftmixError) as e:
         expand(study, notes=[])
     assert "FALLBACK" not in str(e.value) and "train.jsonl" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["amount", "mixture", "joint", "loglinear"])
+def test_each_law_value_is_consistent(name):
+    """A law is a value: its parameter names, bounds and starts agree in length, its starts lie in
+    its bounds, and its analytic Jacobian is the finite-difference one (a wrong Jacobian would
+    still fit, slowly and to the wrong optimum)."""
+    from sftmix.analysis.laws import CANDIDATES
+
+    law = CANDIDATES[name]
+    rng = np.random.default_rng(3)
+    X = rng.uniform(5, 200, (9, 3))
+    y = 1.0 + rng.uniform(0, 0.5, 9)
+    lo, hi = law.bounds(3)
+    names = law.param_names(["code", "general", "math"], 2)
+    assert len(names) == len(lo) == len(hi) == law.n_params(3) and law.min_configs(3) == law.n_params(3) + 1
+    starts = law.starts(X, y, 2, rng)
+    assert starts and all(len(s) == len(names) for s in starts)
+    theta = np.clip(starts[0], lo + 1e-3, hi - 1e-3) if np.isfinite(lo).all() else starts[0]
+    J = law.jacobian(theta, X, 2)
+    eps = 1e-6
+    fd = np.stack([(law.predict(theta + eps * e, X, 2) - law.predict(theta - eps * e, X, 2)) / (2 * eps)
+                   for e in np.eye(len(theta))], axis=1)
+    assert J.shape == fd.shape and np.allclose(J, fd, rtol=1e-4, atol=1e-6), (J, fd)
+    assert law.cannot(X, 2) is None and law.cannot(np.ones((9, 3)), 2) is not None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,21 +42,39 @@ from scipy.stats import spearmanr
 LEVEL = 0.95
 
 
+def _features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Amounts (configurations x abilities), their totals N and proportions r."""
+    X = np.atleast_2d(X)
+    N = X.sum(1)
+    return X, N, X / np.where(N > 0, N, 1)[:, None]
+
+
+def _distinct_proportions(X: np.ndarray) -> int:
+    _, _, r = _features(X)
+    return len({tuple(x) for x in np.round(r, 6)})
+
+
 @dataclass(frozen=True)
 class Law:
-    """A law's form: its name, formula, parameters, prediction and where it applies."""
+    """A law as a value: its name, formula, parameters, bounds, starting points, prediction and
+    Jacobian, and what a design needs to determine it. Fitting, validation and prediction are
+    functions over laws (below): a new law is one new value (and a test)."""
 
     name: str
     formula: str
+    params: Callable[[list[str]], list[str]]  # abilities -> parameter names
+    value: Callable[..., np.ndarray]  # (theta, X, N, r, a) -> predicted loss per configuration
+    jac: Callable[..., np.ndarray]  # (theta, X, N, r, a) -> d prediction / d theta
+    bounds_of: Callable[[int], tuple[list, list]]  # number of abilities -> (lower, upper)
+    needs: Callable[[np.ndarray, int], str | None]  # (X, a) -> why the design cannot determine it
+    starts_of: Callable[..., list[np.ndarray]]  # (X, y, a, rng) -> initial parameters
+    linear: bool = False  # least squares in closed form (its starts are the solution)
 
     def param_names(self, abilities: list[str], a: int) -> list[str]:
-        m = len(abilities)
-        t = [f"t_{abilities[j]}" for j in range(m - 1)]
-        return {"amount": ["E", "log_B", "alpha"], "mixture": ["c", "b", *t], "joint": ["c", "b", "beta", *t],
-                "loglinear": ["w_0", *[f"w_{x}" for x in abilities]]}[self.name]
+        return self.params(abilities)
 
     def n_params(self, m: int) -> int:
-        return {"amount": 3, "mixture": 2 + m - 1, "joint": 3 + m - 1, "loglinear": 1 + m}[self.name]
+        return len(self.params([str(j) for j in range(m)]))
 
     def min_configs(self, m: int) -> int:
         """Configurations needed: one more than the parameters, so that every leave-one-out fit is
@@ -64,105 +83,159 @@ class Law:
 
     def predict(self, theta: np.ndarray, X: np.ndarray, a: int) -> np.ndarray:
         """Predicted loss for the rows of ``X`` (configurations x abilities, amounts)."""
-        X = np.atleast_2d(X)
-        N = X.sum(1)
-        r = X / np.where(N > 0, N, 1)[:, None]
-        if self.name == "amount":
-            E, logb, alpha = theta
-            return E + np.exp(logb) * (1.0 + X[:, a]) ** (-alpha)
-        if self.name == "mixture":
-            c, b, *t = theta
-            return c + np.exp(np.clip(b + r[:, :-1] @ np.asarray(t), -50, 50))
-        if self.name == "joint":
-            c, b, beta, *t = theta
-            return c + np.exp(np.clip(b + r[:, :-1] @ np.asarray(t) - beta * np.log(np.maximum(N, 1.0)), -50, 50))
-        w0, *w = theta
-        return w0 + np.log1p(X) @ np.asarray(w)
+        X, N, r = _features(X)
+        return self.value(theta, X, N, r, a)
 
     def jacobian(self, theta: np.ndarray, X: np.ndarray, a: int) -> np.ndarray:
         """d prediction / d parameters, (configurations x parameters): analytic, so a fit costs a
         few evaluations instead of one per parameter per step."""
-        X = np.atleast_2d(X)
-        N = X.sum(1)
-        r = X / np.where(N > 0, N, 1)[:, None]
-        one = np.ones(len(X))
-        if self.name == "amount":
-            _, logb, alpha = theta
-            term = np.exp(logb) * (1.0 + X[:, a]) ** (-alpha)
-            return np.c_[one, term, -term * np.log1p(X[:, a])]
-        if self.name == "mixture":
-            c, b, *t = theta
-            e = np.exp(np.clip(b + r[:, :-1] @ np.asarray(t), -50, 50))
-            return np.c_[one, e, e[:, None] * r[:, :-1]]
-        if self.name == "joint":
-            c, b, beta, *t = theta
-            logn = np.log(np.maximum(N, 1.0))
-            e = np.exp(np.clip(b + r[:, :-1] @ np.asarray(t) - beta * logn, -50, 50))
-            return np.c_[one, e, -e * logn, e[:, None] * r[:, :-1]]
-        return np.c_[one, np.log1p(X)]
+        X, N, r = _features(X)
+        return self.jac(theta, X, N, r, a)
 
     def bounds(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        big = 30.0
-        lo = {"amount": [0, -big, 0], "mixture": [0, -big] + [-big] * (m - 1),
-              "joint": [0, -big, 0] + [-big] * (m - 1), "loglinear": [-np.inf] * (1 + m)}[self.name]
-        hi = {"amount": [big, big, 4], "mixture": [big, 10] + [big] * (m - 1),
-              "joint": [big, 10, 4] + [big] * (m - 1), "loglinear": [np.inf] * (1 + m)}[self.name]
+        lo, hi = self.bounds_of(m)
         return np.array(lo, float), np.array(hi, float)
 
     def cannot(self, X: np.ndarray, a: int) -> str | None:
         """Why the design cannot determine this law (None when it can)."""
-        N = X.sum(1)
-        r = np.round(X / np.where(N > 0, N, 1)[:, None], 6)
-        n_r = len({tuple(x) for x in r})
-        if self.name == "amount" and len(set(np.round(X[:, a], 6))) < 3:
-            return "the study has fewer than 3 distinct amounts of this ability's data"
-        if self.name == "mixture" and n_r < 3:
-            return "the study has fewer than 3 distinct proportions"
-        if self.name == "joint":
-            if n_r < 3:
-                return "the study has fewer than 3 distinct proportions"
-            if len(set(np.round(N, 6))) < 2:
-                return "the study trains every configuration on the same total amount (the joint law needs 2 or more)"
-        if self.name == "loglinear" and np.linalg.matrix_rank(np.c_[np.ones(len(X)), np.log1p(X)]) < 1 + X.shape[1]:
-            return "the amounts of the abilities are collinear in this design"
-        return None
+        return self.needs(X, a)
 
     def starts(self, X: np.ndarray, y: np.ndarray, a: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Initial parameters for the multi-start fit: a grid over the exponents, a few random
-        directions for the mixture weights, the linear part matched to the data."""
-        m = X.shape[1]
-        lo_y, spread = float(np.min(y)), float(np.ptp(y)) or max(abs(float(np.mean(y))) * 0.1, 1e-3)
-        if self.name == "loglinear":
-            A = np.c_[np.ones(len(X)), np.log1p(X)]
-            return [np.linalg.lstsq(A, y, rcond=None)[0]]
-        out = []
-        if self.name == "amount":
-            for alpha in (0.1, 0.3, 0.6, 1.0, 2.0):
-                for E in (max(lo_y - spread, 0.0), max(lo_y - 0.1 * spread, 0.0)):
-                    # B so that the curve spans the data at the smallest amount
-                    top = float(np.max(y)) - E
-                    x0 = float(np.min(X[:, a]))
-                    out.append(np.array([E, math.log(max(top, 1e-6)) + alpha * math.log1p(x0), alpha]))
-            return out
-        ts = [np.zeros(m - 1)] + [rng.normal(0, 2, m - 1) for _ in range(5)]
-        for t in ts:
-            for frac in (0.5, 0.9):
-                c = max(lo_y - frac * spread, 0.0)
-                if self.name == "mixture":
-                    out.append(np.array([c, math.log(max(float(np.mean(y)) - c, 1e-6)), *t]))
-                else:
-                    for beta in (0.2, 0.6):
-                        nbar = float(np.exp(np.mean(np.log(np.maximum(X.sum(1), 1.0)))))
-                        out.append(np.array([c, math.log(max(float(np.mean(y)) - c, 1e-6)) + beta * math.log(nbar), beta, *t]))
-        return out
+        """Initial parameters for the multi-start fit."""
+        return self.starts_of(X, y, a, rng)
 
 
-LAWS = {
-    "amount": Law("amount", "L = E + B·(1 + D_a)^(-alpha)"),
-    "mixture": Law("mixture", "L = c + exp(b + Σ_j t_j·r_j)"),
-    "joint": Law("joint", "L = c + exp(b + Σ_j t_j·r_j)·N^(-beta)"),
-}
-BASELINES = {"loglinear": Law("loglinear", "L = w_0 + Σ_j w_j·log(1 + D_j)")}
+BIG = 30.0
+
+
+def _spread(y: np.ndarray) -> tuple[float, float]:
+    return float(np.min(y)), float(np.ptp(y)) or max(abs(float(np.mean(y))) * 0.1, 1e-3)
+
+
+def _exp_sum(theta_b: float, t, r: np.ndarray, extra: np.ndarray | float = 0.0) -> np.ndarray:
+    return np.exp(np.clip(theta_b + r[:, :-1] @ np.asarray(t) + extra, -50, 50))
+
+
+# ---- amount: L = E + B·(1 + D_a)^(-alpha)
+
+def _amount_value(theta, X, N, r, a):
+    E, logb, alpha = theta
+    return E + np.exp(logb) * (1.0 + X[:, a]) ** (-alpha)
+
+
+def _amount_jac(theta, X, N, r, a):
+    _, logb, alpha = theta
+    term = np.exp(logb) * (1.0 + X[:, a]) ** (-alpha)
+    return np.c_[np.ones(len(X)), term, -term * np.log1p(X[:, a])]
+
+
+def _amount_starts(X, y, a, rng):
+    """A grid over the exponent and the floor, B so that the curve spans the data at the smallest amount."""
+    lo_y, spread = _spread(y)
+    out = []
+    for alpha in (0.1, 0.3, 0.6, 1.0, 2.0):
+        for E in (max(lo_y - spread, 0.0), max(lo_y - 0.1 * spread, 0.0)):
+            top = float(np.max(y)) - E
+            x0 = float(np.min(X[:, a]))
+            out.append(np.array([E, math.log(max(top, 1e-6)) + alpha * math.log1p(x0), alpha]))
+    return out
+
+
+def _amount_needs(X, a):
+    return "the study has fewer than 3 distinct amounts of this ability's data" if len(set(np.round(X[:, a], 6))) < 3 else None
+
+
+# ---- mixture: L = c + exp(b + sum_j t_j·r_j)
+
+def _mixture_value(theta, X, N, r, a):
+    c, b, *t = theta
+    return c + _exp_sum(b, t, r)
+
+
+def _mixture_jac(theta, X, N, r, a):
+    c, b, *t = theta
+    e = _exp_sum(b, t, r)
+    return np.c_[np.ones(len(X)), e, e[:, None] * r[:, :-1]]
+
+
+def _proportion_starts(X, y, rng, with_beta: bool):
+    """A few random directions for the mixture weights, the level matched to the data (and,
+    for the joint law, a grid over beta)."""
+    m = X.shape[1]
+    lo_y, spread = _spread(y)
+    out = []
+    for t in [np.zeros(m - 1)] + [rng.normal(0, 2, m - 1) for _ in range(5)]:
+        for frac in (0.5, 0.9):
+            c = max(lo_y - frac * spread, 0.0)
+            if not with_beta:
+                out.append(np.array([c, math.log(max(float(np.mean(y)) - c, 1e-6)), *t]))
+            else:
+                for beta in (0.2, 0.6):
+                    nbar = float(np.exp(np.mean(np.log(np.maximum(X.sum(1), 1.0)))))
+                    out.append(np.array([c, math.log(max(float(np.mean(y)) - c, 1e-6)) + beta * math.log(nbar), beta, *t]))
+    return out
+
+
+def _mixture_needs(X, a):
+    return "the study has fewer than 3 distinct proportions" if _distinct_proportions(X) < 3 else None
+
+
+# ---- joint: L = c + exp(b + sum_j t_j·r_j)·N^(-beta)
+
+def _joint_value(theta, X, N, r, a):
+    c, b, beta, *t = theta
+    return c + _exp_sum(b, t, r, -beta * np.log(np.maximum(N, 1.0)))
+
+
+def _joint_jac(theta, X, N, r, a):
+    c, b, beta, *t = theta
+    logn = np.log(np.maximum(N, 1.0))
+    e = _exp_sum(b, t, r, -beta * logn)
+    return np.c_[np.ones(len(X)), e, -e * logn, e[:, None] * r[:, :-1]]
+
+
+def _joint_needs(X, a):
+    if _distinct_proportions(X) < 3:
+        return "the study has fewer than 3 distinct proportions"
+    if len(set(np.round(X.sum(1), 6))) < 2:
+        return "the study trains every configuration on the same total amount (the joint law needs 2 or more)"
+    return None
+
+
+# ---- loglinear (a baseline): L = w_0 + sum_j w_j·log(1 + D_j), a linear regression on log amounts
+
+def _loglinear_design(X):
+    return np.c_[np.ones(len(X)), np.log1p(X)]
+
+
+def _loglinear_value(theta, X, N, r, a):
+    w0, *w = theta
+    return w0 + np.log1p(X) @ np.asarray(w)
+
+
+def _loglinear_needs(X, a):
+    return ("the amounts of the abilities are collinear in this design"
+            if np.linalg.matrix_rank(_loglinear_design(X)) < 1 + X.shape[1] else None)
+
+
+def _ts(abilities):
+    return [f"t_{x}" for x in abilities[:-1]]
+
+
+LAWS = {law.name: law for law in (
+    Law("amount", "L = E + B·(1 + D_a)^(-alpha)", lambda ab: ["E", "log_B", "alpha"], _amount_value, _amount_jac,
+        lambda m: ([0, -BIG, 0], [BIG, BIG, 4]), _amount_needs, _amount_starts),
+    Law("mixture", "L = c + exp(b + Σ_j t_j·r_j)", lambda ab: ["c", "b", *_ts(ab)], _mixture_value, _mixture_jac,
+        lambda m: ([0, -BIG] + [-BIG] * (m - 1), [BIG, 10] + [BIG] * (m - 1)), _mixture_needs,
+        lambda X, y, a, rng: _proportion_starts(X, y, rng, with_beta=False)),
+    Law("joint", "L = c + exp(b + Σ_j t_j·r_j)·N^(-beta)", lambda ab: ["c", "b", "beta", *_ts(ab)], _joint_value, _joint_jac,
+        lambda m: ([0, -BIG, 0] + [-BIG] * (m - 1), [BIG, 10, 4] + [BIG] * (m - 1)), _joint_needs,
+        lambda X, y, a, rng: _proportion_starts(X, y, rng, with_beta=True)),
+)}
+BASELINES = {"loglinear": Law("loglinear", "L = w_0 + Σ_j w_j·log(1 + D_j)", lambda ab: ["w_0", *[f"w_{x}" for x in ab]],
+                              _loglinear_value, lambda theta, X, N, r, a: _loglinear_design(X),
+                              lambda m: ([-np.inf] * (1 + m), [np.inf] * (1 + m)), _loglinear_needs,
+                              lambda X, y, a, rng: [np.linalg.lstsq(_loglinear_design(X), y, rcond=None)[0]], linear=True)}
 CANDIDATES = {**LAWS, **BASELINES}
 
 
@@ -174,9 +247,8 @@ def _clip_into(x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def fit(law: Law, X: np.ndarray, y: np.ndarray, a: int, scale: float, starts: list[np.ndarray]) -> np.ndarray:
     """The law's parameters minimising a soft-L1 loss (scale ``scale``) of the residuals, best
     of the given starts."""
-    if law.name == "loglinear":  # linear: closed form (robustness adds nothing with few points)
-        A = np.c_[np.ones(len(X)), np.log1p(X)]
-        return np.linalg.lstsq(A, y, rcond=None)[0]
+    if law.linear:  # closed form (robustness adds nothing with few points): its one start is the solution
+        return law.starts(X, y, a, np.random.default_rng(0))[0]
     lo, hi = law.bounds(X.shape[1])
     best, best_cost = None, np.inf
     with warnings.catch_warnings():
