@@ -159,3 +159,17 @@ def test_every_config_field_says_what_it_is_for():
     models |= {*STRATEGY_MODELS.values(), OpenAIBackendConfig, VLLMBackendConfig}
     missing = [f"{m.__name__}.{f}" for m in models for f, info in m.model_fields.items() if not (info.description or "").strip()]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_demo_study_validates_without_training(quick, tmp_path, monkeypatch):
+    """The demo builds its study in code: it must pass the same checks as a study file (its
+    strategies once carried every source's fraction, which the strategy models refuse)."""
+    from sftmix.demo import demo_study
+    from sftmix.study.grid import check_metrics, expand
+
+    monkeypatch.delenv("SFTMIX_DATA_DIR", raising=False)
+    study, _ = demo_study("tiny", str(tmp_path / "no-data"), str(tmp_path / "d"), quick=quick, benchmarks=None if quick else 5)
+    runs = expand(study, notes=[])
+    check_metrics(study, runs, "demo")
+    assert len({r.group for r in runs}) == 7

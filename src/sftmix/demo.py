@@ -77,8 +77,9 @@ def demo_study(model: str = "smollm2", data_dir: str | None = None, out: str = "
         "mixed_sequential": {"name": "mixed_sequential", "specialised": [math, code], "general": "sharegpt"},
         "dmt": {"name": "dmt", "specialised": [math, code], "general": "sharegpt", "k": "1/4"},
     }
-    for s in strategies.values():
-        s["fraction"] = frac
+    for s in strategies.values():  # each strategy's amounts of its own sources (another's would be refused)
+        used = [*s.get("sources", []), *s.get("specialised", []), *([s["general"]] if "general" in s else [])]
+        s["fraction"] = {k: v for k, v in frac.items() if k in used}
     # Replicates where the headline claims need them (DMT against sequential training): two seeds;
     # the others run once and are compared on their shared seed.
     seeds = {k: ([0, 1] if not quick and k in ("sequential", "dmt") else [0]) for k in strategies}
