@@ -230,3 +230,28 @@ def test_the_served_model_must_be_one_the_server_serves(tmp_path):
             OpenAIGenerator(resolve_model("tiny"), openai_cfg(None), progress=False)
     finally:
         s.close()
+
+
+def test_answers_cached_for_one_model_are_not_served_for_another(tmp_path, user_tasks):
+    """The cache lives in the evaluation folder; its key holds the model and its weights, so the
+    same folder reused for another model generates anew."""
+    import shutil
+
+    from sftmix.config import EvalConfig
+    from sftmix.eval.runner import evaluate
+    from sftmix.models import resolve_model
+
+    a = tmp_path / "a"
+    shutil.copytree(resolve_model("tiny"), a)
+    cfg = EvalConfig(tasks=["usertasks.exact:arithmetic"], backend="hf", batch_size=8)
+    evaluate(str(a), cfg, tmp_path / "ev", progress=False)
+    cached = (tmp_path / "ev" / "generations.jsonl").read_text().splitlines()
+    assert len(cached) == 8
+    (tmp_path / "ev" / "task_arithmetic.json").unlink()  # the task's result gone: it runs again
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    evaluate(str(b), cfg, tmp_path / "ev", progress=False)
+    assert len((tmp_path / "ev" / "generations.jsonl").read_text().splitlines()) == 16  # generated for b, not served
+    (tmp_path / "ev" / "task_arithmetic.json").unlink()
+    evaluate(str(b), cfg, tmp_path / "ev", progress=False)
+    assert len((tmp_path / "ev" / "generations.jsonl").read_text().splitlines()) == 16  # b's own answers: served

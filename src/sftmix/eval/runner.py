@@ -41,7 +41,10 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
             from sftmix.eval.generate import make_generator  # torch: only when a task generates
 
             generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype, cfg)
-            generator.use_cache(out / "generations.jsonl")  # a killed evaluation keeps what was answered
+            # a killed evaluation keeps what was answered; the key holds the model and its weights, so a
+            # folder reused for another model (or retrained weights) never serves the old answers
+            generator.identity = (*generator.identity, model_path, _weights(model_path))
+            generator.use_cache(out / "generations.jsonl")
         return generator
 
     ctx = tasks.Context(model_path, cfg, template, _data_dir(cfg, run_data_dir), out, progress, get_generator,
@@ -80,6 +83,13 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
            **provenance()}
     write_json(out / "results.json", doc)
     return doc
+
+
+def _weights(model_path: str) -> list:
+    """Name, size and modification time of a local model's weight files."""
+    from sftmix import layout
+
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in layout.weight_files(Path(model_path)))
 
 
 def _count_tokens(rows: list[dict], tokenizer) -> int:
