@@ -192,7 +192,7 @@ def test_every_shipped_claim_names_configurations_of_its_study(profile):
 def test_the_base_curve_cache_key_follows_the_weights(tmp_path):
     import os
 
-    from sftmix.train.strategies import weights_fingerprint
+    from sftmix.layout import weights_fingerprint
 
     w = tmp_path / "model.safetensors"
     w.write_bytes(b"a" * 10)

@@ -107,6 +107,13 @@ def weight_files(model_dir: Path) -> list[Path]:
     return sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
 
 
+def weights_fingerprint(model_path: str) -> list:
+    """Name, size and modification time of a local model's weight files: what caches keyed by a
+    model (the base-model curve point, generated answers) hold, so replaced weights never reuse
+    an old entry. Empty for a hub id."""
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(Path(model_path)))
+
+
 # ---------------------------------------------------------------- studies
 
 def study_dir(name: str, output_dir: str | None = None, profile: str | None = None) -> Path:

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from sftmix import layout
 from sftmix.config import EvalConfig, SourceConfig
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
@@ -43,7 +44,7 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
             generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype, cfg)
             # a killed evaluation keeps what was answered; the key holds the model and its weights, so a
             # folder reused for another model (or retrained weights) never serves the old answers
-            generator.identity = (*generator.identity, model_path, _weights(model_path))
+            generator.identity = (*generator.identity, model_path, layout.weights_fingerprint(model_path))
             generator.use_cache(out / "generations.jsonl")
         return generator
 
@@ -83,13 +84,6 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
            **provenance()}
     write_json(out / "results.json", doc)
     return doc
-
-
-def _weights(model_path: str) -> list:
-    """Name, size and modification time of a local model's weight files."""
-    from sftmix import layout
-
-    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in layout.weight_files(Path(model_path)))
 
 
 def _count_tokens(rows: list[dict], tokenizer) -> int:

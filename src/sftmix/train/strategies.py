@@ -142,7 +142,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         if heldout_sets:
             start = meta["curve"][-1]["loss"] if i and meta.get("curve") else None
             how = heldout_key(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size)
-            key = stable_hash([checkpoint, weights_fingerprint(checkpoint), how]) if not i else None
+            key = stable_hash([checkpoint, layout.weights_fingerprint(checkpoint), how]) if not i else None
             callbacks.append(HeldoutCurve(CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size,
                                                     cfg.eval.curve_points, start=start, cache_key=key, **offset)))
         checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
@@ -152,12 +152,6 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         offset = {"run_step": meta.get("run_step_end", 0), "run_tokens": meta.get("run_tokens_end", 0)}
         parent = {"stage": stage_dir.name, "checkpoint": checkpoint, "content_sha256": mixture.manifest["content_sha256"], **offset}
     return Path(checkpoint)
-
-
-def weights_fingerprint(model_path: str) -> list:
-    """Size and modification time of a local model's weight files: the base-model curve point is
-    cached per model, and a folder whose weights were replaced must not reuse the old point."""
-    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in layout.weight_files(Path(model_path)))
 
 
 def curve_sets(cfg: RunConfig, pools: dict[str, Pool]) -> dict[str, list]:
