@@ -16,15 +16,13 @@ LOSS_EVAL = {"tasks": ["loss"], "loss_sources": ["generated_code", "generated_ma
 
 @pytest.fixture(scope="module")
 def sequential_run(tmp_path_factory):
-    from sftmix.eval.runner import evaluate
-    from sftmix.train.strategies import run_dir, run_strategy, training_ids
+    from sftmix import pipeline
+    from sftmix.train.strategies import run_dir
 
     tmp = tmp_path_factory.mktemp("curve")
     # sharegpt has no test split: its held-out rows come from the same pool it trains on (all of it)
     cfg = tiny_run(tmp, "seq", strategy={"name": "sequential", "sources": ["generated_code", "sharegpt"]}, eval=LOSS_EVAL)
-    final = run_strategy(cfg, progress=False)
-    doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
-                   training_ids(cfg), progress=False)
+    _, doc = pipeline.run(cfg, progress=False)
     metas = [json.loads(m.read_text()) for m in sorted(run_dir(cfg).glob("stage*/final/meta.json"))]
     return cfg, metas, doc
 
@@ -80,6 +78,40 @@ def test_heldout_rows_are_never_trained_on(sequential_run):
         assert m["overlap_with_training"] == 0, source
     sharegpt_part = metas[1]["manifest"]["parts"][0]
     assert sharegpt_part["pool_stats"]["heldout_excluded"] == LOSS_EVAL["loss_samples"]
+
+
+def test_training_and_evaluation_use_the_rows_kept_in_heldout_json(sequential_run, tmp_path):
+    """The rows are chosen once: training excludes and measures those in ``heldout.json``, and the
+    evaluation scores those, not rows it chooses again (shown by editing the file)."""
+    from sftmix import layout, pipeline
+    from sftmix.data.heldout import POOL_TAIL, HeldoutRows
+    from sftmix.data.sources import load_pool
+    from sftmix.io import read_jsonl
+
+    cfg, metas, doc = sequential_run
+    run = layout.run_dir(cfg.name, cfg.output_dir)
+    held = HeldoutRows.from_json(json.loads(layout.heldout_file(run).read_text()), "heldout.json")
+    assert list(held.sets) == LOSS_EVAL["loss_sources"] and held.how["sharegpt"] == POOL_TAIL
+    scored = {}
+    for r in read_jsonl(layout.eval_dir(run) / "samples_loss.jsonl"):
+        scored.setdefault(r["source"], []).append(r["id"])
+    assert {n: sorted(v) for n, v in scored.items()} == {n: sorted(c.id for c in v) for n, v in held.sets.items()}
+    # the sharegpt rows training left out of its pool are exactly the file's
+    pool = {c.id for c in load_pool("sharegpt", cfg.sources["sharegpt"], cfg.data_dir).conversations}
+    trained = {i for p in metas[1]["manifest"]["parts"] for i in p["ids"]}
+    assert pool - trained == {c.id for c in held.sets["sharegpt"]}
+
+    # a copy of the run whose file keeps only 3 sharegpt rows: its evaluation scores those 3
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+    kept = json.loads(layout.heldout_file(copy).read_text())
+    kept["sets"]["sharegpt"] = kept["sets"]["sharegpt"][:3]
+    layout.heldout_file(copy).write_text(json.dumps(kept))
+    moved = cfg.model_copy(update={"output_dir": str(copy)})
+    again = pipeline.evaluate(pipeline.plan(moved), progress=False)
+    rows = [r["id"] for r in read_jsonl(layout.eval_dir(copy) / "samples_loss.jsonl") if r["source"] == "sharegpt"]
+    assert sorted(rows) == sorted(c["id"] for c in kept["sets"]["sharegpt"])
+    assert again["tasks"]["loss"]["sharegpt"]["loss"] != doc["tasks"]["loss"]["sharegpt"]["loss"]
 
 
 def test_bootstrap_covers_a_known_mean_at_about_the_nominal_rate():

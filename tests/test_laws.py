@@ -300,10 +300,12 @@ def _nothing_written(folder: Path, fit_too: bool) -> None:
     assert not [p for p in folder.rglob("*.tmp")]
 
 
-@pytest.mark.parametrize("case", ["too_few", "no_variation", "no_loss"])
+@pytest.mark.parametrize("case", ["too_few", "no_variation", "no_loss", "no_data"])
 def test_fit_bad_input_is_a_clear_exit_2_with_nothing_written(tmp_path, capsys, case):
     design, truth, fill_kw = DESIGN, TRUTH, {}
-    if case == "too_few":
+    if case == "no_data":  # a run the store keeps no data rows for: nothing reads them back from elsewhere
+        expect = r"the store does not say what 1 configuration\(s\) trained on \(e.g. .*\): rerun them"
+    elif case == "too_few":
         fill_kw, expect = {"only": 3}, (r"3 configuration\(s\) are done, fewer than any law needs: the amount law needs 4, "
                                         r"the mixture law needs 5, the joint law needs 6")
     elif case == "no_variation":
@@ -312,6 +314,11 @@ def test_fit_bad_input_is_a_clear_exit_2_with_nothing_written(tmp_path, capsys, 
         truth, expect = {}, "measured no held-out loss"
     f = mixture_study(tmp_path, design, replicates=2)
     fill(f, truth, **fill_kw)
+    if case == "no_data":
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "syn" / "results.sqlite") as con:
+            con.execute("DELETE FROM data WHERE run_id = (SELECT MIN(id) FROM runs)")
     _fails(capsys, ["study", "fit", str(f), "--draws", "20", "--quiet"], expect)
     _nothing_written(tmp_path / "syn", fit_too=True)
 

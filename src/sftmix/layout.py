@@ -5,6 +5,7 @@ A run (``runs/<name>/`` or its ``output_dir``)::
     stage<i>_<stage>/data/manifest.json     the composed mixture (``sftmix.data.compose``)
     stage<i>_<stage>/checkpoints/           resume checkpoints, removed when the stage is done
     stage<i>_<stage>/final/                 the stage's model; final/meta.json marks it done
+    heldout.json                            the held-out rows, chosen once (``sftmix.data.heldout``)
     eval/                                   the final evaluation (results.json, task_*.json, ...)
 
 A study (``studies/<name>[/<profile>]/`` or its ``output_dir``)::
@@ -26,7 +27,7 @@ from pathlib import Path
 
 RUNS, STUDIES = "runs", "studies"
 DATA, CHECKPOINTS, FINAL, EVAL = "data", "checkpoints", "final", "eval"
-MANIFEST, META = "manifest.json", "meta.json"
+MANIFEST, META, HELDOUT = "manifest.json", "meta.json", "heldout.json"
 STORE, FIT, REPORT, FALLBACKS = "results.sqlite", "fit.json", "report", "fallbacks.json"
 PROPOSAL_JSON, PROPOSAL_YAML, PROPOSAL_DIR = "proposal.json", "proposal.yaml", "proposal"
 LOCK, DONE, ERROR, JOB = ".lock", "done.json", "error.json", "job.json"
@@ -89,6 +90,11 @@ def stage_metas(run_out: Path) -> list[Path]:
 
 def eval_dir(run_out: Path) -> Path:
     return Path(run_out) / EVAL
+
+
+def heldout_file(run_out: Path) -> Path:
+    """A run's held-out rows, chosen once: training leaves them out and measures them, evaluation scores them."""
+    return Path(run_out) / HELDOUT
 
 
 def param_count(model_dir: Path) -> float:

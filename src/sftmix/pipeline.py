@@ -65,14 +65,16 @@ def train(p: Plan, progress: bool = True, launcher: list[str] | None = None) -> 
 
 
 def evaluate(p: Plan, progress: bool = True) -> dict:
-    """Evaluate the final checkpoint with the run's ``eval`` section; the held-out loss leaves out
-    every row any stage trained on."""
+    """Evaluate the final checkpoint with the run's ``eval`` section. The held-out loss scores the
+    rows training chose and left out (the run's ``heldout.json``), and counts any row a stage
+    trained on."""
     from sftmix.eval.runner import evaluate as run_tasks
-    from sftmix.train.strategies import training_ids
+    from sftmix.train.strategies import heldout_rows, training_ids
 
     cfg = p.cfg
+    held = heldout_rows(cfg, p.stages, {}) if "loss" in cfg.eval.tasks else None
     return run_tasks(str(p.final), cfg.eval, p.eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
-                     progress=progress)
+                     progress=progress, heldout=held)
 
 
 def run(cfg: RunConfig, progress: bool = True, launcher: list[str] | None = None) -> tuple[Plan, dict]:

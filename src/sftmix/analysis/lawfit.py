@@ -27,7 +27,6 @@ from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash, write_all, write_json
 from sftmix.progress import track
-from sftmix.study.ingest import data_rows
 from sftmix.study.store import Store
 
 FIT_VERSION = 1
@@ -69,19 +68,6 @@ class Design:
         return out
 
 
-def backfill_data(store: Store, out: Path) -> None:
-    """Runs recorded before the store kept their data: read it back from their folders."""
-    have = {d["run_id"] for d in store.data()}
-    for r in store.runs():
-        if r["status"] == "done" and r["id"] not in have:
-            rows = data_rows(layout.study_run(out, r["id"]))
-            if not rows and r["checkpoint"]:  # a run folder elsewhere: the checkpoint lies in it
-                ck = Path(r["checkpoint"])
-                rows = data_rows(ck.parent.parent) if ck.parent.name.startswith("stage") else []
-            if rows:
-                store.set_data(r["id"], rows)
-
-
 def design(store: Store, unit: str = "examples") -> Design:
     """The study's done configurations and what each trained on."""
     gs = groups(store)
@@ -92,8 +78,8 @@ def design(store: Store, unit: str = "examples") -> Design:
         by_run.setdefault(d["run_id"], []).append(d)
     missing = [g.label for g in gs if not all(r["id"] in by_run for r in g.runs)]
     if missing:
-        raise SftmixError(f"fit: the store does not say what {len(missing)} configuration(s) trained on (e.g. {missing[0]!r}) and "
-                          "their run folders are gone; rerun them")
+        raise SftmixError(f"fit: the store does not say what {len(missing)} configuration(s) trained on (e.g. {missing[0]!r}): "
+                          "rerun them")
     abilities = sorted({d["ability"] for rows in by_run.values() for d in rows})
     sources: dict[str, list[str]] = {}
     pools: dict[str, float] = {}
@@ -175,7 +161,6 @@ def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS
             counts: dict | None = None, progress: bool = True) -> dict:
     """Fit every law to every target, validate, select; write ``out/fit.json`` and return it.
     Give a store restricted to the study file's runs (``Store.restricted``)."""
-    backfill_data(store, out)
     des = design(store, unit)
     X = des.X
     if len({tuple(np.round(x, 6)) for x in X}) < 2:
@@ -307,8 +292,8 @@ def export_olmix(store: Store, folder: str | Path) -> tuple[Path, Path]:
         data[d["run_id"]][d["ability"]] = data[d["run_id"]].get(d["ability"], 0.0) + d["examples"]
     unknown = [r["label"] for r in runs if not data.get(r["id"])]
     if unknown:  # a row of zeros would be a mixture of nothing
-        raise SftmixError(f"export: the store does not say what {len(unknown)} run(s) trained on (e.g. {unknown[0]!r}) and their "
-                          "run folders are gone; rerun them")
+        raise SftmixError(f"export: the store does not say what {len(unknown)} run(s) trained on (e.g. {unknown[0]!r}): "
+                          "rerun them")
     abilities = sorted({a for v in data.values() for a in v})
     keys = metric_keys(store)
     vals = {(m["run_id"], f"{m['task']}/{m['metric']}"): m["value"] for m in store.metrics()}

@@ -176,10 +176,9 @@ def _k(v) -> str:
 
 
 def cmd_export(args) -> None:
-    from sftmix.analysis.lawfit import backfill_data, export_olmix
+    from sftmix.analysis.lawfit import export_olmix
 
     study, runs, out, store = _results(args)
-    backfill_data(store, out)
     ratios, metrics = export_olmix(store, output_dir(args.olmix, "--olmix"))
     print(f"olmix: {ratios} and {metrics}")
 

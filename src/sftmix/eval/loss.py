@@ -6,21 +6,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from sftmix.config import EvalConfig
-from sftmix.data.heldout import heldout
+from sftmix.data.heldout import HeldoutRows, choose
 from sftmix.io import read_json
 from sftmix.models import load_model, load_tokenizer
 
 
-def heldout_loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids, loaded=None):
-    """Held-out loss per source. A checkpoint whose training already measured exactly these rows
-    the same way at its last step (``heldout_loss.json``, written by the forgetting curve) is not
-    measured again: the numbers are the same by construction (tested)."""
+def heldout_loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids, loaded=None,
+                 held: HeldoutRows | None = None):
+    """Held-out loss per source, on ``held`` (the run's rows, as its training chose them) or, for
+    a checkpoint evaluated on its own, on rows chosen now by the same rule. A checkpoint whose
+    training already measured exactly these rows the same way at its last step
+    (``heldout_loss.json``, written by the forgetting curve) is not measured again: the numbers are
+    the same by construction (tested)."""
     from sftmix.supervised import HELDOUT_FILE, heldout_key, mean_loss  # torch: loaded when a loss is measured
 
-    sets, hows = {}, {}
-    for name in cfg.loss_sources:
-        sets[name], hows[name] = heldout(name, cfg.loss_samples, cfg.heldout_seed, sources.get(name),
-                                         str(data_dir) if data_dir else None)
+    if held is None:
+        held = choose(cfg.loss_sources, cfg.loss_samples, cfg.heldout_seed, sources, str(data_dir) if data_dir else None)
+    sets = {name: held.rows(name) for name in cfg.loss_sources}  # a source that could not be loaded: its error
+    hows = {name: held.how[name] for name in cfg.loss_sources}
     saved = Path(model_path) / HELDOUT_FILE
     measured = {}
     if saved.exists():

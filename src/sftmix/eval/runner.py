@@ -25,7 +25,7 @@ def _data_dir(cfg: EvalConfig, run_data_dir: str | None) -> Path | None:
 
 def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: str = "vicuna", run_data_dir: str | None = None,
              sources: dict[str, SourceConfig] | None = None, seed: int = 0, training_ids: set[str] | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, heldout=None) -> dict:
     """Run every task in ``cfg.tasks`` (``sftmix.eval.tasks``) on ``model_path``; return and write
     the results. Per task: ``task_<name>.json`` (its metrics), ``samples_<name>.jsonl`` (its rows)
     and ``items_<name>.jsonl`` (the per-item values behind its headline metrics)."""
@@ -49,7 +49,7 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
         return generator
 
     ctx = tasks.Context(model_path, cfg, template, _data_dir(cfg, run_data_dir), out, progress, get_generator,
-                        sources or {}, seed, training_ids, [t.name for t in todo])
+                        sources or {}, seed, training_ids, [t.name for t in todo], heldout)
     results, info = {}, {}
     for spec, task in zip(cfg.tasks, todo):
         info[task.name] = {"spec": spec, "ability": task.ability, "version": task.version, "metrics": task.metrics,

@@ -31,7 +31,7 @@ HIGHER, LOWER = "higher", "lower"
 class Context:
     """What a task's ``run`` gets: the model (a generator, loaded on first use and shared by the
     tasks), the eval config, the chat template, the data folder, the output folder and, for the
-    held-out loss, the run's sources, seed and training row ids."""
+    held-out loss, the run's sources, seed, training row ids and held-out rows."""
 
     model_path: str
     cfg: Any  # EvalConfig
@@ -44,6 +44,7 @@ class Context:
     seed: int = 0
     training_ids: set[str] | None = None
     tasks: list[str] = field(default_factory=list)  # every task of this evaluation (by name)
+    heldout: Any = None  # the run's held-out rows (sftmix.data.heldout.HeldoutRows); None: chosen by the loss task
 
     @property
     def generator(self):
@@ -161,7 +162,8 @@ def _run_loss(ctx: Context) -> tuple[dict, list[dict]]:
     shared = cfg.backend in ("auto", "hf") and cfg.dtype == "float32" and any(t != "loss" for t in ctx.tasks)
     g = ctx.get_generator() if shared else None  # otherwise loaded only if a source is not already measured
     loaded = (g.tokenizer, g.model) if getattr(g, "model", None) is not None else None
-    return heldout_loss(ctx.model_path, cfg, ctx.template, ctx.data_dir, ctx.sources, ctx.seed, ctx.training_ids, loaded)
+    return heldout_loss(ctx.model_path, cfg, ctx.template, ctx.data_dir, ctx.sources, ctx.seed, ctx.training_ids, loaded,
+                        ctx.heldout)
 
 
 def _gsm8k_items(rows):

@@ -163,13 +163,6 @@ class Store:
             q, args = q + " AND metric = ?", [*args, metric]
         return self._keep(self.conn.execute(q + " ORDER BY run_id, item", args))
 
-    def set_data(self, run_id: str, data: list[tuple]) -> None:
-        """Record the data of a run done before the store had a ``data`` table (read back from its
-        folder)."""
-        with self.conn:
-            self.conn.execute("DELETE FROM data WHERE run_id = ?", (run_id,))
-            self.conn.executemany("INSERT INTO data VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *d) for d in data])
-
     def data(self) -> list[dict]:
         return self._keep(self.conn.execute("SELECT * FROM data ORDER BY run_id, stage_index, replay, source"))
 

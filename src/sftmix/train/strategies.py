@@ -25,7 +25,7 @@ from sftmix.data.compose import (
     read_composed,
     write_composed,
 )
-from sftmix.data.heldout import has_test_split, heldout
+from sftmix.data.heldout import HeldoutRows, has_test_split, read_or_choose
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.io import read_json, stable_hash
@@ -132,11 +132,14 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     out = run_dir(cfg)
     pools: dict[str, Pool] = {}
     composed: dict[str, Composed] = {}
-    heldout_sets = curve_sets(cfg, pools) if "loss" in cfg.eval.tasks and cfg.eval.curve else {}
+    held = heldout_rows(cfg, stages, pools)
+    heldout_sets = held.sets if "loss" in cfg.eval.tasks and cfg.eval.curve else {}
+    for name, why in held.errors.items() if heldout_sets else ():
+        print(f"forgetting curves: held-out source {name!r} left out: {why.splitlines()[0]}", file=sys.stderr)
     parent, offset, meta = None, {"run_step": 0, "run_tokens": 0}, {}
     for i, stage in enumerate(stages):
         stage_dir = layout.stage_dir(out, i + 1, stage.name)
-        mixture = _compose_stage(cfg, stage, pools, composed, stage_dir)
+        mixture = _compose_stage(cfg, stage, pools, held, composed, stage_dir)
         settings = stage_settings(cfg, stage)
         callbacks = []
         if heldout_sets:
@@ -154,47 +157,47 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     return Path(checkpoint)
 
 
-def curve_sets(cfg: RunConfig, pools: dict[str, Pool]) -> dict[str, list]:
-    """The held-out rows of every loss source, as the final evaluation picks them (same seed,
-    same rule), so that a curve's last point is the final held-out loss. A source that cannot be
-    loaded is left out of the curves with a warning (the final evaluation reports it)."""
-    sets = {}
-    for name in cfg.eval.loss_sources:
-        try:
-            sets[name], _ = heldout(name, cfg.eval.loss_samples, cfg.eval.heldout_seed, cfg.sources.get(name),
-                                    cfg.eval.data_dir or cfg.data_dir, pool=_pool(cfg, name, pools, exclude=False))
-        except SftmixError as e:
-            print(f"forgetting curves: held-out source {name!r} left out: {str(e).splitlines()[0]}", file=sys.stderr)
-    return sets
+def heldout_rows(cfg: RunConfig, stages: list[StageConfig], pools: dict[str, Pool]) -> HeldoutRows:
+    """The run's held-out rows (``heldout.json``), chosen once: of every loss source when the run
+    measures the loss, else of the loss sources it trains on (their rows are still kept out of
+    training, so that a later loss evaluation of the checkpoint is fair). The forgetting curves
+    measure them, the training pools leave them out and the final evaluation scores them. A
+    source that cannot be loaded is left out of the curves with a warning (evaluating it fails
+    with the reason)."""
+    trained = {p.source for st in stages for p in st.mixture.parts if p.source is not None}
+    names = [s for s in cfg.eval.loss_sources if "loss" in cfg.eval.tasks or s in trained]
+    return read_or_choose(layout.heldout_file(run_dir(cfg)), names, cfg.eval.loss_samples, cfg.eval.heldout_seed,
+                          cfg.sources, cfg.eval.data_dir or cfg.data_dir, pool=lambda n: _pool(cfg, n, pools))
 
 
-def _pool(cfg: RunConfig, name: str, pools: dict, exclude: bool = True) -> Pool | None:
-    """A source's pool, loaded once. For training (``exclude``) the held-out rows of a loss
-    source without a test split are removed, so no run trains on the rows it is measured on."""
-    key = (name, exclude)
+def _pool(cfg: RunConfig, name: str, pools: dict, held: HeldoutRows | None = None) -> Pool | None:
+    """A source's pool, loaded once. For training (``held`` given) the run's held-out rows drawn
+    from that pool are removed, so no run trains on the rows it is measured on; without ``held``
+    the whole pool (None for a source with a test split: its held-out rows come from there)."""
+    key = (name, held is not None)
     if key not in pools:
-        if not exclude:
+        if held is None:
             if has_test_split(name, cfg.sources.get(name)):
                 return None
             pools[key] = load_pool(name, cfg.sources.get(name), cfg.data_dir)
         else:
-            pool = _pool(cfg, name, pools, exclude=False) or load_pool(name, cfg.sources.get(name), cfg.data_dir)
-            if name in cfg.eval.loss_sources and not has_test_split(name, cfg.sources.get(name)):
-                held, _ = heldout(name, cfg.eval.loss_samples, cfg.eval.heldout_seed, cfg.sources.get(name), cfg.data_dir, pool=pool)
-                ids = {c.id for c in held}
+            pool = _pool(cfg, name, pools) or load_pool(name, cfg.sources.get(name), cfg.data_dir)
+            ids = held.excluded(name)
+            if ids:
                 kept = [c for c in pool.conversations if c.id not in ids]
                 pool = Pool(pool.name, pool.ability, kept, pool.origin, {**pool.stats, "heldout_excluded": len(pool) - len(kept)})
             pools[key] = pool
     return pools[key]
 
 
-def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, composed: dict, stage_dir: Path) -> Composed:
+def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, held: HeldoutRows, composed: dict,
+                   stage_dir: Path) -> Composed:
     data_dir = layout.data_dir(stage_dir)
     if layout.manifest(data_dir).exists():
         mixture = read_composed(data_dir)
     else:
         names = list(dict.fromkeys(p.source for p in stage.mixture.parts if p.source is not None))
-        mixture = compose(stage.mixture, {n: _pool(cfg, n, pools) for n in names}, cfg.seed, composed)
+        mixture = compose(stage.mixture, {n: _pool(cfg, n, pools, held) for n in names}, cfg.seed, composed)
         write_composed(mixture, data_dir)
     composed[stage.mixture.name] = mixture
     return mixture
