@@ -25,6 +25,22 @@ def test_directions_and_pass_fail_come_from_the_task_registry():
         tasks.direction("nosuchtask/x")
 
 
+def test_what_a_task_name_means_does_not_depend_on_what_was_asked_before():
+    """The registry keeps no state: a user task imported earlier in the process is still unknown
+    to a caller that does not pass it, and the tasks a study names are passed explicitly."""
+    first = tasks.get("usertasks.exact:arithmetic")
+    assert tasks.get("usertasks.exact:arithmetic") is first
+    with pytest.raises(SftmixError, match="task 'arithmetic' is not known here"):
+        tasks.direction("arithmetic/accuracy")
+    assert not tasks.is_binary("arithmetic/accuracy")
+    known = tasks.known([{"eval": {"tasks": ["loss", "usertasks.exact:arithmetic"]}}, {"eval": {"tasks": ["gsm8k"]}}])
+    assert tasks.direction("arithmetic/accuracy", known) == tasks.HIGHER and tasks.is_binary("arithmetic/accuracy", known)
+    # a second task of that name, asked for alone, is fine; beside the first in one study it is refused
+    assert tasks.get("usertasks.bad:arithmetic_again").metrics == {"score": tasks.HIGHER}
+    with pytest.raises(SftmixError, match="'usertasks.exact:arithmetic' and 'usertasks.bad:arithmetic_again' are both named"):
+        tasks.known([{"eval": {"tasks": ["usertasks.exact:arithmetic"]}}, {"eval": {"tasks": ["usertasks.bad:arithmetic_again"]}}])
+
+
 def test_tsne_same_ids_for_both_models(tmp_path):
     from helpers import tiny_run
     from sftmix.analysis.tsne import load_points, tsne

@@ -27,10 +27,10 @@ def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
     return 6 * n * (run["train_tokens"] or 0), 2 * n * eval_tokens
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether lower is better on a ``task/metric`` column (the task registry says; user tasks
-    are known once ``study_tasks`` has read the study's run configs)."""
-    return tasks.direction(metric) == tasks.LOWER
+def lower_is_better(metric: str, known: dict[str, tasks.Task] = tasks.BUILTIN) -> bool:
+    """Whether lower is better on a ``task/metric`` column. ``known``: the tasks that may be
+    named (``study_tasks`` for a study: its user tasks too); an unknown task is an error."""
+    return tasks.direction(metric, known) == tasks.LOWER
 
 
 def study_tasks(store: Store) -> dict[str, tasks.Task]:
@@ -205,15 +205,16 @@ def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()
     data are missing say so."""
     gs = groups(store)
     measured = set(metric_keys(store))
+    known = study_tasks(store)
     out = []
     for c in claims:
-        out += [_own_words(row, c) for row in _claim_rows(store, gs, c, zipped, measured)]
+        out += [_own_words(row, c) for row in _claim_rows(store, gs, c, zipped, measured, known)]
     return out
 
 
-def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set) -> list[dict]:
+def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict) -> list[dict]:
     if c.weights:
-        return _weighted_claim(store, gs, c, zipped, measured)
+        return _weighted_claim(store, gs, c, zipped, measured, known)
     metrics = [c.metric] if isinstance(c.metric, str) else list(c.metric)
     base = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)}", "expect": c.expect,
             "a": short_value(c.a), "b": short_value(c.b), "metric": metrics[0]}
@@ -221,7 +222,7 @@ def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured
     usable = [m for m in metrics if m in measured]
     if not found or not usable:
         return [{**base, "verdict": "not tested", "note": why or f"the study measured none of {', '.join(metrics)}"}]
-    return [_test(store, base, a, b, ctx, metric) for a, b, ctx in found for metric in usable]
+    return [_test(store, base, a, b, ctx, metric, known) for a, b, ctx in found for metric in usable]
 
 
 OWN = {stats.AS_PAPER: "holds", stats.OPPOSITE: "the opposite holds"}
@@ -234,7 +235,7 @@ def _own_words(row: dict, claim: Claim) -> dict:
     return row
 
 
-def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -> dict:
+def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str, known: dict) -> dict:
     row = {**base, "claim": base["claim"] + (f" ({ctx})" if ctx else ""), "metric": metric, "a": a.label, "b": b.label,
            "seeds_a": len(a.runs), "seeds_b": len(b.runs)}
     ia, ib = group_items(store, a, metric), group_items(store, b, metric)
@@ -242,9 +243,9 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -
         return {**row, "verdict": "not tested", "note": f"no per-item results for {metric}"}
     diff, lo, hi, n = stats.paired_difference(ia, ib)
     # a claim that A is better: A - B < 0 for loss, > 0 otherwise; "worse" flips it
-    expect_positive = (not lower_is_better(metric)) == (base["expect"] == "better")
+    expect_positive = (not lower_is_better(metric, known)) == (base["expect"] == "better")
     test = None
-    if tasks.is_binary(metric):
+    if tasks.is_binary(metric, known):
         only_a, only_b, p = stats.mcnemar(ia, ib)
         test = {"a_only": only_a, "b_only": only_b, "p": p}
     v = stats.verdict(lo, hi, expect_positive, test["p"] if test else None, diff)
@@ -254,7 +255,7 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str) -
             "seeds_b": len(pb.seeds), "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds))}
 
 
-def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set) -> list[dict]:
+def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict) -> list[dict]:
     """A claim on the weighted mean of several metrics (each paired on its own items; seeds
     shared): one row per configuration pair."""
     name = c.metric if isinstance(c.metric, str) else "weighted mean"
@@ -273,7 +274,7 @@ def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, meas
             out.append({**row, "verdict": "not tested", "note": "no per-item results for every weighted metric"})
             continue
         va, vb, diff, lo, hi = stats.paired_weighted_difference(parts)
-        lower = all(lower_is_better(m) for m in c.weights)
+        lower = all(lower_is_better(m, known) for m in c.weights)
         v = stats.verdict(lo, hi, (not lower) == (c.expect == "better"))
         pa, pb = stats.align(parts[0][1], parts[0][2])
         out.append({**row, "diff": diff, "low": lo, "high": hi, "items": sum(len(stats.align(x, y)[0].items) for _, x, y in parts),

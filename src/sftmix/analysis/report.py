@@ -27,10 +27,12 @@ from sftmix.analysis.findings import (
     groups,
     lower_is_better,
     prediction_sentence,
+    study_tasks,
     summary,
 )
 from sftmix.analysis.lawfit import fit_key, load_fit
 from sftmix.config import Claim, Prediction
+from sftmix.eval import tasks
 from sftmix.errors import SftmixError
 from sftmix.io import atomic_write, pid_alive
 from sftmix.provenance import provenance
@@ -52,12 +54,12 @@ def _metric_columns(header: list[str]) -> range:
     return range(first, len(header) - 2)
 
 
-def _marks(header: list[str], rows: list[list]) -> dict[tuple[int, int], str]:
+def _marks(header: list[str], rows: list[list], known: dict) -> dict[tuple[int, int], str]:
     """Best and second-best per metric column by estimate (ties share the mark; a constant
-    column gets none)."""
+    column gets none). ``known``: the tasks whose directions decide (``study_tasks``)."""
     marks = {}
     for j in _metric_columns(header):
-        lower = lower_is_better(header[j])
+        lower = lower_is_better(header[j], known)
         distinct = sorted({_est(r[j]) for r in rows if _est(r[j]) is not None}, reverse=not lower)
         if len(distinct) < 2:
             continue
@@ -85,8 +87,8 @@ def csv_rows(header: list[str], rows: list[list]) -> tuple[list[str], list[list]
     return out_header, out
 
 
-def markdown(header, rows) -> str:
-    marks = _marks(header, rows)
+def markdown(header, rows, known: dict = tasks.BUILTIN) -> str:
+    marks = _marks(header, rows, known)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(rows):
         cells = []
@@ -99,8 +101,8 @@ def markdown(header, rows) -> str:
                                "for loss). Intervals: see Method.\n")
 
 
-def latex(header, rows) -> str:
-    marks = _marks(header, rows)
+def latex(header, rows, known: dict = tasks.BUILTIN) -> str:
+    marks = _marks(header, rows, known)
     esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")  # noqa: E731
     out = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
     for i, r in enumerate(rows):
@@ -254,11 +256,12 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
 def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, notes: list[str] | None,
                   extra_figures: dict[str, bytes] | None, top: list[str] | None, laws: dict | None) -> None:
     header, rows = table(store)
-    md = markdown(header, rows)
+    known = study_tasks(store)
+    md = markdown(header, rows, known)
     with atomic_write(out / "table.md") as f:
         f.write(md)
     with atomic_write(out / "table.tex") as f:
-        f.write(latex(header, rows))
+        f.write(latex(header, rows, known))
     flat_header, flat_rows = csv_rows(header, rows)
     with atomic_write(out / "table.csv") as f:
         w = csv.writer(f)
@@ -308,7 +311,7 @@ def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, n
                          f"{html.escape(s)}</li>" for p, s in zip(predicted, pred_sentences)) + "</ul>")
     for n in notes or []:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
-    parts.append("<h2>Results</h2>" + _html_table(header, rows) + f"<p class='method'><b>Method.</b> {html.escape(METHOD)}</p>")
+    parts.append("<h2>Results</h2>" + _html_table(header, rows, known) + f"<p class='method'><b>Method.</b> {html.escape(METHOD)}</p>")
     if curves:
         parts.append("<h2>Forgetting curves</h2>" + "".join(img(n, d) for n, d in curves.items()))
     if laws:
@@ -340,8 +343,8 @@ def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, n
                 + "".join(f"![{n}]({n})\n" for n in figs if n not in law_figs))
 
 
-def _html_table(header, rows) -> str:
-    marks = _marks(header, rows)
+def _html_table(header, rows, known: dict) -> str:
+    marks = _marks(header, rows, known)
     h = "<table><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr>"
     for i, r in enumerate(rows):
         h += "<tr>" + "".join(f"<td class='{marks.get((i, j), '')}'>{html.escape(_fmt(v))}</td>" for j, v in enumerate(r)) + "</tr>"

@@ -202,9 +202,6 @@ BUILTIN: dict[str, Task] = {t.name: t for t in (
          description="held-out loss per source (the source's ability)"),
 )}
 
-_LOADED: dict[str, Task] = {}  # user tasks by their spec and by their name, once imported
-
-
 def is_spec(name: str) -> bool:
     """A user task's Python path, ``package.module:attribute``."""
     module, sep, attr = name.partition(":")
@@ -221,11 +218,11 @@ def check_name(name: str) -> str:
 
 
 def get(name: str) -> Task:
-    """The task a config entry names: a built-in, or a user task imported from its Python path."""
+    """The task a config entry names: a built-in, or a user task imported from its Python path
+    (Python keeps the module: asking again returns the same task). No registry is kept here, so
+    what a name means never depends on what was asked before: callers pass the tasks they know."""
     if name in BUILTIN:
         return BUILTIN[name]
-    if name in _LOADED:
-        return _LOADED[name]
     check_name(name)
     module, _, attr = name.partition(":")
     try:
@@ -240,12 +237,6 @@ def get(name: str) -> Task:
         raise SftmixError(f"task {name!r}: {module}.{attr} is a {type(obj).__name__}, not a sftmix.eval.tasks.Task")
     if obj.name in BUILTIN:
         raise SftmixError(f"task {name!r}: its name {obj.name!r} is a built-in task's")
-    taken = _LOADED.get(obj.name)
-    if taken is not None and taken is not obj:
-        other = next((k for k, v in _LOADED.items() if v is taken and ":" in k), obj.name)
-        raise SftmixError(f"task {name!r}: {other!r} and {name!r} are both named {obj.name!r}; two tasks cannot share a "
-                          "name (the second would be given the first one's results)")
-    _LOADED[name] = _LOADED[obj.name] = obj
     return obj
 
 
@@ -287,29 +278,34 @@ def check_rows(task: Task, metrics: dict, items: list[tuple]) -> None:
 
 
 def known(configs: list[dict]) -> dict[str, Task]:
-    """Every task the given run configs evaluate, by name (the built-ins always)."""
-    out = dict(BUILTIN)
+    """Every task the given run configs evaluate, by name (the built-ins always). Two different
+    tasks of one name across the configs are an error: their results could not be told apart."""
+    out, spec_of = dict(BUILTIN), {}
     for c in configs:
         for spec in (c.get("eval") or {}).get("tasks", []):
             if spec not in BUILTIN:
                 t = get(spec)
-                out[t.name] = t
+                if out.get(t.name, t) is not t:
+                    raise SftmixError(f"tasks {spec_of[t.name]!r} and {spec!r} are both named {t.name!r}; two tasks cannot "
+                                      "share a name (their results would be taken for one task's)")
+                out[t.name], spec_of[t.name] = t, spec
     return out
 
 
-def direction(metric_key: str, tasks: dict[str, Task] | None = None) -> str | None:
-    """``"higher"`` / ``"lower"`` for a ``task/metric`` key, None when not a headline metric."""
+def direction(metric_key: str, tasks: dict[str, Task] = BUILTIN) -> str | None:
+    """``"higher"`` / ``"lower"`` for a ``task/metric`` key, None when not a headline metric.
+    ``tasks``: the tasks known here (``known``; the built-ins by default)."""
     task, _, metric = metric_key.partition("/")
-    t = (tasks or {}).get(task) or BUILTIN.get(task) or _LOADED.get(task)
+    t = tasks.get(task)
     if t is None:  # never guess a direction: a claim or a mark would silently flip
         raise SftmixError(f"metric {metric_key!r}: task {task!r} is not known here (a user task is known once the study's "
                           "run configs that name it have been read)")
     return t.direction(metric)
 
 
-def is_binary(metric_key: str) -> bool:
+def is_binary(metric_key: str, tasks: dict[str, Task] = BUILTIN) -> bool:
     """Whether a ``task/metric`` key is a pass/fail metric (per item 0 or 100)."""
-    t = BUILTIN.get(metric_key.partition("/")[0]) or _LOADED.get(metric_key.partition("/")[0])
+    t = tasks.get(metric_key.partition("/")[0])
     return bool(t and t.binary)
 
 
