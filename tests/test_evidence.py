@@ -264,3 +264,21 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
     for source in LOSS_EVAL["loss_sources"]:
         assert abs(meta["curve"][-1]["loss"][source] - fresh[source]) < 1e-6, source
         assert abs(doc["tasks"]["loss"][source]["loss"] - fresh[source]) < 1e-6, source
+
+
+def test_every_interval_is_cut_by_the_one_bootstrap_helper():
+    """One rule for the reported intervals: ``stats.percentile_interval`` is the only place that
+    takes quantiles of draws, and ``stats`` the only module that draws resamples."""
+    from pathlib import Path
+
+    import sftmix
+
+    root = Path(sftmix.__file__).parent
+    for f in root.rglob("*.py"):
+        text = f.read_text()
+        if f.name != "stats.py":
+            assert "np.quantile(" not in text and "multinomial(" not in text, f
+    lo, hi = stats.percentile_interval(np.arange(101.0))
+    assert (lo, hi) == (2.5, 97.5)
+    lo, hi = stats.percentile_interval(np.arange(202.0).reshape(101, 2), axis=0)
+    assert lo.tolist() == [5.0, 6.0] and hi.tolist() == [195.0, 196.0]

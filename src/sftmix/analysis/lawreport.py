@@ -14,6 +14,7 @@ import numpy as np
 
 from sftmix.analysis.figure import png
 from sftmix.analysis.laws import CANDIDATES
+from sftmix.analysis.stats import percentile_interval
 from sftmix.io import atomic_write
 
 
@@ -58,7 +59,7 @@ def figures(doc: dict) -> dict[str, bytes]:
                 X[:, a] = grid
                 law = CANDIDATES["amount"]
                 curve = law.predict(np.array(d["theta"]), X, a)
-                band = np.quantile(np.array([law.predict(th, X, a) for th in np.array(d["draws"])]), [0.025, 0.975], axis=0)
+                band = percentile_interval(np.array([law.predict(th, X, a) for th in np.array(d["draws"])]), axis=0)
                 ax.plot(grid, curve, color="C3", lw=1)
                 ax.fill_between(grid, band[0], band[1], color="C3", alpha=0.15)
             ax.set_title(f"{name}: {sel} law\n{_validation_words(d)}", fontsize=8)

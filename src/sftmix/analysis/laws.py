@@ -39,7 +39,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.stats import spearmanr
 
-LEVEL = 0.95
+from sftmix.analysis.stats import percentile_interval
 
 
 def _features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -283,7 +283,7 @@ class Target:
 
     def __post_init__(self):
         if self.low is None:
-            self.low, self.high = np.quantile(self.draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+            self.low, self.high = percentile_interval(self.draws, axis=0)
 
     @property
     def noise(self) -> float:
@@ -312,7 +312,7 @@ def jackknife_interval(preds: np.ndarray, residuals: np.ndarray) -> tuple[float,
     left out; the 2.5% and 97.5% quantiles of those values. It carries the law's misfit and a
     configuration's measurement noise as the study saw them (same held-out rows)."""
     v = preds + residuals
-    lo, hi = np.quantile(v, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    lo, hi = percentile_interval(v)
     return float(lo), float(hi)
 
 
@@ -458,9 +458,9 @@ def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, lo
         law = laws[name]
         theta = np.array(d["theta"])
         draws = bootstrap(law, X, t, theta)
-        lo, hi = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+        lo, hi = percentile_interval(draws, axis=0)
         d["params"] = {p: [float(v), float(a_), float(b_)] for p, v, a_, b_ in zip(d["param_names"], theta, lo, hi)}
-        fl, fh = np.quantile(np.array([law.predict(th, X, t.a) for th in draws]), [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+        fl, fh = percentile_interval(np.array([law.predict(th, X, t.a) for th in draws]), axis=0)
         d["fitted_low"], d["fitted_high"] = fl.tolist(), fh.tolist()
         d["draws"] = draws.tolist()
         if loo_intervals and name == res["selected"]:
@@ -478,7 +478,7 @@ def predict_with(law_name: str, d: dict, x: np.ndarray, a: int) -> dict:
     x = np.atleast_2d(x)
     est = float(law.predict(np.array(d["theta"]), x, a)[0])
     band = np.array([law.predict(th, x, a)[0] for th in np.array(d["draws"])])
-    lo, hi = np.quantile(band, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    lo, hi = percentile_interval(band)
     at = predict_loo(law, [np.array(th) for th in d["loo"]["thetas"]], x, a)[:, 0]
     plo, phi = jackknife_interval(at, np.array(d["loo"]["residuals"]))
     return {"estimate": est, "law_low": float(lo), "law_high": float(hi), "low": plo, "high": phi, "law": law_name,

@@ -26,15 +26,13 @@ from sftmix.analysis.lawfit import targets
 from sftmix.analysis.laws import (
     CANDIDATES,
     LAWS,
-    LEVEL,
     Target,
     fit_target,
     predict_with,
 )
+from sftmix.analysis.stats import percentile_interval
 from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError
-
-Q = ((1 - LEVEL) / 2, (1 + LEVEL) / 2)
 
 
 def _ability_targets(doc: dict, names: dict[str, float], flag: str) -> dict[str, list[str]]:
@@ -189,8 +187,8 @@ def _weighted(doc: dict, weights: dict, wt: dict, x: np.ndarray) -> dict:
             est += share * p["estimate"]
             band = band + share * p["band_draws"]
             values = values + share * p["interval_values"]
-    lo, hi = np.quantile(band, Q)
-    plo, phi = np.quantile(values, Q)
+    lo, hi = percentile_interval(band)
+    plo, phi = percentile_interval(values)
     return {"estimate": float(est), "law_low": float(lo), "law_high": float(hi), "low": float(plo), "high": float(phi)}
 
 
@@ -327,9 +325,10 @@ def propose_k(store, eps: float, n_boot: int = 200, seed: int = 0) -> dict:
                               f"{K_GRID[int(np.argmin(best))]:.3g}); raise EPS")
         draws = [critical_k(fitted["selected"], th, limit, X_grid, K_GRID) for th in np.array(d["draws"])]
         finite = np.array([x for x in draws if x is not None])
+        k_low, k_high = percentile_interval(finite) if len(finite) else (None, None)
         entry.update({"stage1_loss": des["stage1_loss"][source], "limit": limit, "k": k,
-                      "k_low": float(np.quantile(finite, Q[0])) if len(finite) else None,
-                      "k_high": float(np.quantile(finite, Q[1])) if len(finite) == len(draws) else None,
+                      "k_low": float(k_low) if len(finite) else None,
+                      "k_high": float(k_high) if len(finite) == len(draws) else None,
                       "draws_without_k": len(draws) - len(finite)})
         ks_all.append((k, entry))
     if not ks_all:

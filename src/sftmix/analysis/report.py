@@ -32,8 +32,8 @@ from sftmix.analysis.findings import (
 )
 from sftmix.analysis.lawfit import fit_key, load_fit
 from sftmix.config import Claim, Prediction
-from sftmix.eval import tasks
 from sftmix.errors import SftmixError
+from sftmix.eval import tasks
 from sftmix.io import atomic_write, pid_alive
 from sftmix.provenance import provenance
 from sftmix.study.grid import short_value

@@ -62,6 +62,18 @@ def _draws(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
 
 
+def _seed_draws(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws of ``n`` runs (seeds); a single run is kept as it is in every draw (nothing to resample)."""
+    return _draws(n, n_boot, rng) if n > 1 else np.ones((n_boot, 1))
+
+
+def percentile_interval(draws, level: float = LEVEL, axis: int | None = None) -> tuple:
+    """The central ``level`` percentile interval of bootstrap (or jackknife) draws: (low, high),
+    arrays along ``axis`` when given. Every interval sftmix reports is cut here."""
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=axis)
+    return lo, hi
+
+
 def _boot(x: Items, item_counts: np.ndarray, run_counts: np.ndarray) -> np.ndarray:
     ratios = (item_counts @ x.values.T) / (item_counts @ x.weights.T)  # (n_boot, runs)
     return (run_counts * ratios).sum(1) / x.values.shape[0]
@@ -73,8 +85,8 @@ def interval(x: Items, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     runs, n = x.values.shape
-    boots = _boot(x, _draws(n, n_boot, rng), _draws(runs, n_boot, rng) if runs > 1 else np.ones((n_boot, 1)))
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    boots = _boot(x, _draws(n, n_boot, rng), _seed_draws(runs, n_boot, rng))
+    lo, hi = percentile_interval(boots, level)
     return estimate(x), float(lo), float(hi)
 
 
@@ -90,7 +102,7 @@ def shared_item_draws(groups: list[Items], n_boot: int = N_BOOT, seed: int = 0) 
     items = _draws(len(groups[0].items), n_boot, rng)
     out = np.empty((n_boot, len(groups)))
     for j, x in enumerate(groups):
-        runs = _draws(len(x.seeds), n_boot, rng) if len(x.seeds) > 1 else np.ones((n_boot, 1))
+        runs = _seed_draws(len(x.seeds), n_boot, rng)
         out[:, j] = _boot(x, items, runs)
     return out
 
@@ -108,9 +120,9 @@ def weighted_interval(parts: list[tuple[float, Items]], n_boot: int = N_BOOT, se
     rng = np.random.default_rng(seed)
     total = sum(w for w, _ in parts)
     n_runs = len(parts[0][1].seeds)
-    runs = _draws(n_runs, n_boot, rng) if n_runs > 1 else np.ones((n_boot, 1))
+    runs = _seed_draws(n_runs, n_boot, rng)
     boots = sum(w / total * _boot(x, _draws(len(x.items), n_boot, rng), runs) for w, x in parts)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = percentile_interval(boots, level)
     return sum(w / total * estimate(x) for w, x in parts), float(lo), float(hi)
 
 
@@ -125,9 +137,9 @@ def paired_weighted_difference(pairs: list[tuple[float, Items, Items]], n_boot: 
     aligned = [(w, *align(a, b)) for w, a, b in pairs]
     seeds_a = len(aligned[0][1].seeds)
     shared_seeds = bool(set(aligned[0][1].seeds) & set(aligned[0][2].seeds))
-    ra = _draws(seeds_a, n_boot, rng) if seeds_a > 1 else np.ones((n_boot, 1))
+    ra = _seed_draws(seeds_a, n_boot, rng)
     seeds_b = len(aligned[0][2].seeds)
-    rb = ra if shared_seeds else (_draws(seeds_b, n_boot, rng) if seeds_b > 1 else np.ones((n_boot, 1)))
+    rb = ra if shared_seeds else _seed_draws(seeds_b, n_boot, rng)
     diffs = np.zeros(n_boot)
     va = vb = 0.0
     for w, a, b in aligned:
@@ -135,7 +147,7 @@ def paired_weighted_difference(pairs: list[tuple[float, Items, Items]], n_boot: 
         diffs += w * (_boot(a, items, ra) - _boot(b, items, rb)) / total
         va += w * estimate(a) / total
         vb += w * estimate(b) / total
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = percentile_interval(diffs, level)
     return va, vb, va - vb, float(lo), float(hi)
 
 
@@ -150,13 +162,10 @@ def paired_difference(a: Items, b: Items, n_boot: int = N_BOOT, seed: int = 0,
     rng = np.random.default_rng(seed)
     items = _draws(len(shared), n_boot, rng)
 
-    def seed_draw(x: Items) -> np.ndarray:
-        return _draws(len(x.seeds), n_boot, rng) if len(x.seeds) > 1 else np.ones((n_boot, 1))
-
-    ra = seed_draw(a)
-    rb = ra if common else seed_draw(b)
+    ra = _seed_draws(len(a.seeds), n_boot, rng)
+    rb = ra if common else _seed_draws(len(b.seeds), n_boot, rng)
     diffs = _boot(a, items, ra) - _boot(b, items, rb)
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = percentile_interval(diffs, level)
     return estimate(a) - estimate(b), float(lo), float(hi), len(shared)
 
 
