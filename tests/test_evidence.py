@@ -279,6 +279,7 @@ def test_every_interval_is_cut_by_the_one_bootstrap_helper():
         if f.name != "stats.py":
             assert "np.quantile(" not in text and "multinomial(" not in text, f
     lo, hi = stats.percentile_interval(np.arange(101.0))
-    assert (lo, hi) == (2.5, 97.5)
+    assert np.allclose([lo, hi], [2.5, 97.5])
     lo, hi = stats.percentile_interval(np.arange(202.0).reshape(101, 2), axis=0)
-    assert lo.tolist() == [5.0, 6.0] and hi.tolist() == [195.0, 196.0]
+    assert np.allclose(lo, [5.0, 6.0]) and np.allclose(hi, [195.0, 196.0])
+    assert np.allclose(stats.percentile_interval(np.arange(101.0), level=0.5), [25.0, 75.0])
