@@ -54,3 +54,29 @@ def test_tsne_same_ids_for_both_models(tmp_path):
     assert png.exists() and len(doc["ids"]) == 24
     assert doc["models"]["base"]["layer"] == 1  # 2-layer model: the middle layer instead of 15
     assert len(doc["models"]["tuned"]["xy"]) == 24 and doc["models"]["base"]["xy"] != doc["models"]["tuned"]["xy"]
+
+
+def test_the_html_and_markdown_reports_render_the_same_sections():
+    """The report is built once as sections of blocks; each rendering shows every section, in the
+    same order, with the same text (escaped for HTML)."""
+    import html
+    import re
+
+    from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, to_html, to_markdown
+
+    sections = [Section(None, [Text("a <top> line", "top"), Text("plain")]),
+                Section("Findings", [Bullets(["A beats B | really", "C ties D"], ["as", "not"])]),
+                Section("Results", [Text("careful", "note"), Table(["run", "loss/x"], [["a", "1.0"], ["b", "2.0"]], {(0, 1): "best"}),
+                                    Text("percentile bootstrap", "method", "Method.")]),
+                Section("Figures", [Figures({"f.png": b"\x89PNG"})]),
+                Section("Configs and provenance", [Details("study", '{"name": "x"}')])]
+    page, md = to_html("T", sections), to_markdown("T", sections)
+    assert re.findall(r"<h2>(.*?)</h2>", page) == re.findall(r"^## (.*)$", md, re.M) == \
+        ["Findings", "Results", "Figures", "Configs and provenance"]
+    for text in ("a <top> line", "plain", "A beats B | really", "C ties D", "careful", "percentile bootstrap", '{"name": "x"}'):
+        assert html.escape(text) in page, text
+        assert text in md or text.replace("|", "\\|") in md, text
+    assert "<td class='best'>1.0</td>" in page and "| a | **1.0** |" in md
+    assert "<li class='as'>" in page and "![f.png](f.png)" in md and "data:image/png;base64," in page
+    with pytest.raises(TypeError, match="not a report block"):
+        to_html("T", [Section("x", ["a bare string"])])

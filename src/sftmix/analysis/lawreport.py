@@ -8,10 +8,10 @@ leave-one-out error, and a target no law fits says so instead of showing a curve
 from __future__ import annotations
 
 import csv
-import html
 
 import numpy as np
 
+from sftmix.analysis.document import Bullets, Figures, Section, Table, Text
 from sftmix.analysis.figure import png
 from sftmix.analysis.laws import CANDIDATES
 from sftmix.analysis.stats import percentile_interval
@@ -166,33 +166,18 @@ def _summary_lines(doc: dict) -> list[str]:
     return lines
 
 
-def section_html(doc: dict, figs: dict[str, bytes], stale: str | None, img) -> str:
+def section(doc: dict, figs: dict[str, bytes], stale: str | None) -> Section:
+    """The report's Laws section: what was fitted on what, each law's validation, the formulas."""
     header, rows = _rows(doc)
-    parts = ["<h2>Laws</h2>"]
-    if stale:
-        parts.append(f"<p class='note'>{html.escape(stale)}</p>")
     runs = doc.get("runs") or {}
-    parts.append(f"<p>Fitted on {len(doc['configurations'])} configurations ({runs.get('done', '?')} done runs"
+    fitted_on = (f"Fitted on {len(doc['configurations'])} configurations ({runs.get('done', '?')} done runs"
                  + "".join(f", {v} {k}" for k, v in runs.items() if k in ("failed", "running", "pending") and v)
-                 + f"), amounts in {html.escape(doc['unit'])}, {doc['draws']} bootstrap draws.</p>")
-    parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in _summary_lines(doc) + doc.get("notes", [])) + "</ul>")
-    parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-    parts.append(f"<p class='method'><b>Laws.</b> {html.escape(' '.join(_formulas(doc)))} {html.escape(doc['method'])}</p>")
-    parts.append("".join(img(n, d) for n, d in figs.items()))
-    return "".join(parts)
+                 + f"), amounts in {doc['unit']}, {doc['draws']} bootstrap draws.")
+    return Section("Laws", [*([Text(stale, "note")] if stale else []), Text(fitted_on),
+                            Bullets(_summary_lines(doc) + doc.get("notes", [])), Table(header, [[str(c) for c in r] for r in rows]),
+                            Text(" ".join(_formulas(doc)) + " " + doc["method"], "method", "Laws."), Figures(figs)])
 
 
 def _formulas(doc: dict) -> list[str]:
     seen = {n: d["formula"] for r in doc["targets"].values() for n, d in r["laws"].items()}
     return [f"{n}: {f}." for n, f in seen.items()] + ["D_a: examples of ability a trained on; r_j: proportions; N: total."]
-
-
-def section_md(doc: dict, figs: dict[str, bytes], stale: str | None) -> str:
-    header, rows = _rows(doc)
-    md = "## Laws\n\n" + (f"> {stale}\n\n" if stale else "")
-    md += "".join(f"- {x}\n" for x in _summary_lines(doc) + doc.get("notes", [])) + "\n"
-    md += "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-    md += "".join("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |\n" for r in rows)
-    md += "\n**Laws.** " + " ".join(_formulas(doc)) + " " + doc["method"] + "\n\n" + "".join(f"![{n}]({n})\n" for n in figs)
-    return md + "\n"

@@ -7,9 +7,7 @@ and versions behind it. Replicates (seeds) are one configuration throughout."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import os
 import shutil
@@ -17,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from sftmix.analysis import lawreport
+from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, markdown_table, to_html, to_markdown
 from sftmix.analysis.figure import png
 from sftmix.analysis.findings import (
     METHOD,
@@ -87,18 +86,18 @@ def csv_rows(header: list[str], rows: list[list]) -> tuple[list[str], list[list]
     return out_header, out
 
 
+def results_table(header, rows, known: dict = tasks.BUILTIN) -> Table:
+    """The results as a report table: cells formatted, best and second per metric column marked."""
+    return Table(list(header), [[_fmt(v) for v in r] for r in rows], _marks(header, rows, known))
+
+
 def markdown(header, rows, known: dict = tasks.BUILTIN) -> str:
-    marks = _marks(header, rows, known)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, r in enumerate(rows):
-        cells = []
-        for j, v in enumerate(r):
-            s = _fmt(v)
-            m = marks.get((i, j))
-            cells.append(f"**{s}**" if m == "best" else f"<u>{s}</u>" if m == "second" else s)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + ("\n\nEstimate [95% interval]; best per column in bold, second underlined (lower is better "
-                               "for loss). Intervals: see Method.\n")
+    """``table.md``: the results table in Markdown, with what its marks mean."""
+    return markdown_table(results_table(header, rows, known)) + f"\n{TABLE_LEGEND}\n"
+
+
+TABLE_LEGEND = ("Estimate [95% interval]; best per column in bold, second underlined (lower is better for loss). "
+                "Intervals: see Method.")
 
 
 def latex(header, rows, known: dict = tasks.BUILTIN) -> str:
@@ -291,61 +290,46 @@ def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, n
         with atomic_write(out / name, "wb") as f:
             f.write(data)
     runs = store.runs()
+    sections = _sections(store, runs, header, rows, known, found, sentences, predicted, pred_sentences, notes, top,
+                         curves, figs, laws, law_figs, stale, study_doc)
+    with atomic_write(out / "report.html") as f:
+        f.write(to_html(title, sections))
+    with atomic_write(out / "report.md") as f:
+        f.write(to_markdown(title, sections))
+
+
+PREDICTIONS_INTRO = ("What the fitted laws predicted for these configurations, beside what was observed; the predictive "
+                     "interval adds one configuration's measurement noise to the law's own uncertainty.")
+
+
+def _sections(store, runs, header, rows, known, found, sentences, predicted, pred_sentences, notes, top, curves, figs,
+              laws, law_figs, stale, study_doc) -> list[Section]:
+    """The report's sections, once, for both renderings."""
     status = {s: sum(r["status"] == s for r in runs) for s in ("done", "running", "failed")}
     vals = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
     totals = [flops(r, vals, r["id"]) for r in runs if r["status"] == "done"]
-    img = lambda n, d: (f"<figure><img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(d).decode()}'>"  # noqa: E731
-                        f"<figcaption>{html.escape(n)}</figcaption></figure>")
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    parts += [f"<p class='top'>{html.escape(t)}</p>" for t in top or []]
-    parts.append(f"<p>runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
-                 f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs</p>")
+    out = [Section(None, [*(Text(t, "top") for t in top or []), Text(
+        f"runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
+        f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs")])]
     if found:
-        parts.append("<h2>Findings</h2><ul class='findings'>" + "".join(
-            f"<li class='{x['verdict'].split()[0]}'>{html.escape(s)}</li>" for x, s in zip(found, sentences)) + "</ul>")
+        out.append(Section("Findings", [Bullets(sentences, [x["verdict"].split()[0] for x in found])]))
     if predicted:
-        parts.append("<h2>Predictions</h2><p>What the fitted laws predicted for these configurations, beside what was "
-                     "observed; the predictive interval adds one configuration's measurement noise to the law's own "
-                     "uncertainty.</p><ul class='findings'>" + "".join(
-                         f"<li class='{'as' if p['verdict'].startswith('inside') else 'the' if p['verdict'] != 'not tested' else 'not'}'>"
-                         f"{html.escape(s)}</li>" for p, s in zip(predicted, pred_sentences)) + "</ul>")
-    for n in notes or []:
-        parts.append(f"<p class='note'>{html.escape(n)}</p>")
-    parts.append("<h2>Results</h2>" + _html_table(header, rows, known) + f"<p class='method'><b>Method.</b> {html.escape(METHOD)}</p>")
+        classes = ["as" if p["verdict"].startswith("inside") else "the" if p["verdict"] != "not tested" else "not" for p in predicted]
+        out.append(Section("Predictions", [Text(PREDICTIONS_INTRO), Bullets(pred_sentences, classes)]))
+    out.append(Section("Results", [*(Text(n, "note") for n in notes or []), results_table(header, rows, known),
+                                   Text(TABLE_LEGEND), Text(METHOD, "method", "Method.")]))
     if curves:
-        parts.append("<h2>Forgetting curves</h2>" + "".join(img(n, d) for n, d in curves.items()))
+        out.append(Section("Forgetting curves", [Figures(curves)]))
     if laws:
-        parts.append(lawreport.section_html(laws, law_figs, stale, img))
+        out.append(lawreport.section(laws, law_figs, stale))
     rest = {n: d for n, d in figs.items() if n not in curves and n not in law_figs}
     if rest:
-        parts.append("<h2>Figures</h2>" + "".join(img(n, d) for n, d in rest.items()))
+        out.append(Section("Figures", [Figures(rest)]))
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
-        parts.append("<h2>Failed runs</h2><ul>" + "".join(f"<li>{html.escape(r['label'])}: <pre>{html.escape((r['error'] or '')[:500])}</pre></li>" for r in failed) + "</ul>")
-    parts.append("<h2>Configs and provenance</h2><details><summary>study</summary><pre>" + html.escape(json.dumps(study_doc or {}, indent=1)) +
-                 "</pre></details><details><summary>runs</summary><pre>" +
-                 html.escape(json.dumps([{k: r[k] for k in ("id", "label", "status", "checkpoint", "config")} for r in runs], indent=1)[:200000]) +
-                 "</pre></details><details><summary>versions</summary><pre>" + html.escape(json.dumps(provenance(), indent=1)) + "</pre></details>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
-            "body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;display:block;overflow-x:auto} td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-            " td:first-child{text-align:left} .best{font-weight:bold} .second{text-decoration:underline} figure{display:inline-block;margin:8px}"
-            " .note{background:#fff8e0;padding:8px;border-left:4px solid #e0b000} .top{background:#eef4ff;padding:8px;border-left:4px solid #4060c0}"
-            " .findings li{margin:6px 0} .as,.holds{color:#0a6b0a} .the{color:#a00000} .not{color:#555} .method{font-size:90%;color:#333}"
-            "</style></head><body>" + "".join(parts) + "</body></html>")
-    with atomic_write(out / "report.html") as f:
-        f.write(page)
-    with atomic_write(out / "report.md") as f:
-        f.write(f"# {title}\n\n" + "".join(f"> {t}\n\n" for t in top or [])
-                + ("## Findings\n\n" + "".join(f"- {s}\n" for s in sentences) + "\n" if found else "")
-                + ("## Predictions\n\n" + "".join(f"- {s}\n" for s in pred_sentences) + "\n" if predicted else "")
-                + (lawreport.section_md(laws, law_figs, stale) if laws else "")
-                + "".join(f"> {n}\n\n" for n in notes or []) + "## Results\n\n" + md + f"\n**Method.** {METHOD}\n\n"
-                + "".join(f"![{n}]({n})\n" for n in figs if n not in law_figs))
-
-
-def _html_table(header, rows, known: dict) -> str:
-    marks = _marks(header, rows, known)
-    h = "<table><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr>"
-    for i, r in enumerate(rows):
-        h += "<tr>" + "".join(f"<td class='{marks.get((i, j), '')}'>{html.escape(_fmt(v))}</td>" for j, v in enumerate(r)) + "</tr>"
-    return h + "</table>"
+        out.append(Section("Failed runs", [Details(r["label"], (r["error"] or "")[:500]) for r in failed]))
+    configs = [{k: r[k] for k in ("id", "label", "status", "checkpoint", "config")} for r in runs]
+    out.append(Section("Configs and provenance", [Details("study", json.dumps(study_doc or {}, indent=1)),
+                                                  Details("runs", json.dumps(configs, indent=1)[:200000]),
+                                                  Details("versions", json.dumps(provenance(), indent=1))]))
+    return out
