@@ -63,6 +63,7 @@ def resolve_specialised(data_dir: str | None) -> tuple[str, str, dict, list[str]
 
 def demo_study(model: str = "smollm2", data_dir: str | None = None, out: str = "demo_out", quick: bool = False,
                benchmarks: int | None = None) -> tuple[StudyConfig, list[str]]:
+    """The demo's study (strategies of the paper's Table 1 on real data where found) and the lines that head its report."""
     data_dir = data_dir or os.environ.get("SFTMIX_DATA_DIR")
     math, code, sources, top = resolve_specialised(data_dir)
     sources["sharegpt"] = {"limit": 400, "clean": {"max_tokens": 160}}
@@ -108,6 +109,7 @@ def demo_study(model: str = "smollm2", data_dir: str | None = None, out: str = "
 
 def run_demo(model: str = "smollm2", data_dir: str | None = None, out: str = "demo_out", quick: bool = False,
              progress: bool = True, benchmarks: int | None = None) -> Path:
+    """Run the demo study and write its report; return the report's path."""
     import time
 
     t0 = time.perf_counter()

@@ -111,6 +111,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -127,6 +128,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> str:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSONL file (blank lines skipped)."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -136,10 +138,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def sha256_text(text: str) -> str:
+    """The sha256 of a text (UTF-8)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

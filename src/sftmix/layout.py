@@ -57,6 +57,7 @@ def stages(run_out: Path) -> list[Path]:
 
 
 def data_dir(stage: Path) -> Path:
+    """A stage's composed data folder."""
     return Path(stage) / DATA
 
 
@@ -66,10 +67,12 @@ def manifest(folder: Path) -> Path:
 
 
 def checkpoints_dir(stage: Path) -> Path:
+    """A stage's resume checkpoints (removed once the stage is done)."""
     return Path(stage) / CHECKPOINTS
 
 
 def final_dir(stage: Path) -> Path:
+    """A stage's final model."""
     return Path(stage) / FINAL
 
 
@@ -89,6 +92,7 @@ def stage_metas(run_out: Path) -> list[Path]:
 
 
 def eval_dir(run_out: Path) -> Path:
+    """A run's final evaluation folder."""
     return Path(run_out) / EVAL
 
 
@@ -129,10 +133,12 @@ def study_dir(name: str, output_dir: str | None = None, profile: str | None = No
 
 
 def store(study_out: Path) -> Path:
+    """A study's results store."""
     return Path(study_out) / STORE
 
 
 def fit_file(study_out: Path) -> Path:
+    """A study's fitted laws (``study fit``)."""
     return Path(study_out) / FIT
 
 
@@ -142,6 +148,7 @@ def fallbacks_file(study_out: Path) -> Path:
 
 
 def report_dir(study_out: Path) -> Path:
+    """A study's report folder."""
     return Path(study_out) / REPORT
 
 

@@ -29,6 +29,7 @@ CHATML_TEMPLATE = (
 
 
 def cache_dir() -> Path:
+    """Where sftmix caches converted models and tokenised data (``$SFTMIX_CACHE``, else ~/.cache/sftmix)."""
     return Path(os.environ.get("SFTMIX_CACHE", Path.home() / ".cache" / "sftmix"))
 
 
@@ -132,6 +133,7 @@ def resolve_model(name: str) -> str:
 
 
 def load_tokenizer(path: str):
+    """A model's fast tokenizer (pad token defaulting to EOS); an unreadable or slow one is a clear error."""
     from transformers import AutoTokenizer
 
     try:
@@ -146,6 +148,7 @@ def load_tokenizer(path: str):
 
 
 def load_model(path: str, dtype: str = "float32"):
+    """A causal LM from a folder in ``dtype``; a missing or broken weight file is a clear error."""
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM

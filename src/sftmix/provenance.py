@@ -29,6 +29,7 @@ def git_revision() -> str | None:
 
 
 def versions() -> dict:
+    """Versions of Python, sftmix and the packages behind a result."""
     out = {"sftmix": __version__, "python": platform.python_version()}
     for p in PACKAGES:
         try:
@@ -39,4 +40,5 @@ def versions() -> dict:
 
 
 def provenance() -> dict:
+    """What produced a result: versions, git revision, machine and platform."""
     return {"versions": versions(), "git_revision": git_revision(), "machine": platform.machine(), "platform": platform.platform()}

@@ -46,6 +46,8 @@ class MaskError(ValueError):
 
 @dataclass
 class Rendered:
+    """A rendered conversation: its text and the character spans that are supervised."""
+
     text: str
     spans: list[tuple[int, int]]  # supervised character ranges [start, end)
 
@@ -119,6 +121,7 @@ def render_model(messages: list[dict], tokenizer, add_generation_prompt: bool = 
 
 
 def render(messages: list[dict], template: str, tokenizer, add_generation_prompt: bool = False) -> Rendered:
+    """Render messages with a chat template (vicuna, or the model's own), with the assistant spans."""
     if template == "vicuna":
         return render_vicuna(messages, tokenizer.eos_token or "</s>", add_generation_prompt)
     if template == "model":

@@ -6,6 +6,7 @@ import io
 
 
 def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

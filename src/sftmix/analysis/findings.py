@@ -50,6 +50,7 @@ class Group:
 
     @property
     def seeds(self) -> list[int]:
+        """The seed of each run of the configuration, in run order."""
         return [json.loads(r["config"]).get("seed", 0) for r in self.runs]
 
 
@@ -312,6 +313,7 @@ def check_predictions(store: Store, predictions: list) -> list[dict]:
 
 
 def prediction_sentence(p: dict) -> str:
+    """One sentence for a checked prediction: predicted interval, observed value and verdict."""
     if p["verdict"] == "not tested":
         return f"Prediction for {p['configuration']}, {p['metric']}: not tested ({p['note']})."
     return (f"Prediction for {p['configuration']}, {p['metric']} ({p['law']} law): predicted {p['predicted']:.4g} [95% predictive "

@@ -51,12 +51,14 @@ class Design:
 
     @property
     def X(self) -> np.ndarray:
+        """Amounts per configuration and ability in the fit's unit (tokens rescaled to examples' size)."""
         if self.unit == "examples":
             return self.examples
         per = self.tokens.sum() / max(self.examples.sum(), 1.0)  # tokens scaled to examples: (1 + D) keeps its meaning
         return self.tokens / per
 
     def label_rows(self) -> list[dict]:
+        """Per configuration: label, seeds, stages, examples, tokens and proportions per ability (for fit.json)."""
         out = []
         for i, g in enumerate(self.groups):
             n = self.examples[i].sum()

@@ -71,9 +71,11 @@ class Law:
     linear: bool = False  # least squares in closed form (its starts are the solution)
 
     def param_names(self, abilities: list[str], a: int) -> list[str]:
+        """The names of the law's parameters for these abilities (``a``: the target ability's index)."""
         return self.params(abilities)
 
     def n_params(self, m: int) -> int:
+        """How many parameters the law has over ``m`` abilities."""
         return len(self.params([str(j) for j in range(m)]))
 
     def min_configs(self, m: int) -> int:
@@ -93,6 +95,7 @@ class Law:
         return self.jac(theta, X, N, r, a)
 
     def bounds(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper parameter bounds over ``m`` abilities, as arrays for the optimiser."""
         lo, hi = self.bounds_of(m)
         return np.array(lo, float), np.array(hi, float)
 

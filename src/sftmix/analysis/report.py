@@ -101,6 +101,7 @@ TABLE_LEGEND = ("Estimate [95% interval]; best per column in bold, second underl
 
 
 def latex(header, rows, known: dict = tasks.BUILTIN) -> str:
+    """``table.tex``: the results table as a booktabs LaTeX tabular, best in bold, second underlined."""
     marks = _marks(header, rows, known)
     esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")  # noqa: E731
     out = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]

@@ -25,6 +25,7 @@ from sftmix.templates import generation_prompt
 
 
 def sample_queries(sources: list[str], n: int, seed: int, data_dir: str | None, cfgs: dict | None = None) -> list[dict]:
+    """``n`` user queries per source (sampled with ``seed``) for the t-SNE figure."""
     out = []
     for name in sources:
         pool = load_pool(name, (cfgs or {}).get(name), data_dir)
@@ -36,6 +37,7 @@ def sample_queries(sources: list[str], n: int, seed: int, data_dir: str | None, 
 
 @torch.no_grad()
 def mean_hidden(model_path: str, queries: list[dict], layer: int, template: str, max_length: int = 256) -> tuple[np.ndarray, int]:
+    """Mean hidden state of ``layer`` over each query's tokens: (queries x hidden) and the layer used."""
     tok, model = load_tokenizer(model_path), load_model(model_path)
     model.eval()
     n_layers = model.config.num_hidden_layers
@@ -89,4 +91,5 @@ def tsne(models: dict[str, str], sources: list[str], out_dir: str | Path, n: int
 
 
 def load_points(path: str | Path) -> dict:
+    """Read back the points ``tsne`` wrote."""
     return json.loads(Path(path).read_text())

@@ -18,6 +18,7 @@ from sftmix.errors import SftmixError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sftmix`` argument parser with every subcommand."""
     from sftmix.cli import data, eval, study, train
 
     p = argparse.ArgumentParser(prog="sftmix", description="SFT data composition: mixtures, strategies (DMT), evaluation, studies.")
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, keeping ``key=value`` overrides given after options."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling a nargs="*" positional at the first option, so overrides given
@@ -40,6 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (2 for bad input, with a one-line error)."""
     args = parse(argv)
     try:
         args.func(args)

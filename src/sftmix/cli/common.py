@@ -10,6 +10,7 @@ from sftmix.errors import SftmixError
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> None:
+    """Print a titled table (rich) to the terminal."""
     from rich.console import Console
     from rich.table import Table
 

@@ -8,6 +8,7 @@ from sftmix.cli.common import output_dir, positive_int, table
 
 
 def cmd_data_show(args) -> None:
+    """``sftmix data show``: a source's size, stats and first rows."""
     from sftmix.config import SourceConfig
     from sftmix.data.sources import load_pool
 
@@ -31,6 +32,7 @@ def cmd_data_show(args) -> None:
 
 
 def cmd_data_compose(args) -> None:
+    """``sftmix data compose``: build the mixtures of a compose file and write them with manifests."""
     from sftmix.config import DataConfig, apply_overrides, read_yaml, validate
     from sftmix.data.compose import compose_all
 
@@ -49,6 +51,7 @@ def cmd_data_compose(args) -> None:
 
 
 def cmd_data_tag(args) -> None:
+    """``sftmix data tag``: tag a source's rows code/math with an LLM and save the tags."""
     from sftmix.config import SourceConfig
     from sftmix.data.sources import load_pool
     from sftmix.data.tag import LLMTagger

@@ -24,6 +24,7 @@ EVAL_FLAGS = {"tasks": "--tasks", "limit": "--limit", "data_dir": "--data-dir", 
 
 
 def cmd_eval(args) -> None:
+    """``sftmix eval``: evaluate a model on the given tasks and print the headline metrics."""
     from sftmix.config import validate
     from sftmix.eval.runner import evaluate
     from sftmix.models import resolve_model
@@ -55,6 +56,7 @@ def headline(task: str, m: dict, info: dict | None = None):
 
 
 def cmd_tsne(args) -> None:
+    """``sftmix tsne``: the t-SNE figure of two models' hidden states on the same queries."""
     from sftmix.analysis.tsne import tsne
     from sftmix.models import resolve_model
 

@@ -11,6 +11,7 @@ from sftmix.errors import SftmixError
 
 
 def cmd_study(args) -> None:
+    """``sftmix study run|status|report``: run a study's grid, show where it stands, or write its report."""
     from sftmix.analysis.report import write_report
     from sftmix.study.runner import load_study, run_study, status_rows, study_dir
     from sftmix.study.store import Store
@@ -94,6 +95,7 @@ def _fit(args, study, runs, out, store, quiet: bool = False) -> dict:
 
 
 def cmd_fit(args) -> None:
+    """``sftmix study fit``: fit the scaling and mixture laws to a study's done runs (fit.json) and report them."""
     from sftmix.analysis.lawfit import SUMMARY_COLUMNS, summary_rows
     from sftmix.analysis.report import write_report
 
@@ -110,6 +112,7 @@ def cmd_fit(args) -> None:
 
 
 def cmd_propose(args) -> None:
+    """``sftmix study propose``: a mixture (or a DMT k) from the fitted laws, written as a study to run."""
     import yaml
 
     from sftmix.analysis.propose import proposal_study, propose_k, propose_mixture
@@ -176,6 +179,7 @@ def _k(v) -> str:
 
 
 def cmd_export(args) -> None:
+    """``sftmix study export``: the study's mixtures and metrics as olmix CSV files."""
     from sftmix.analysis.lawfit import export_olmix
 
     study, runs, out, store = _results(args)
@@ -261,6 +265,7 @@ def _max_losses(pairs: list[tuple[str, float]]) -> dict[str, float]:
 
 
 def cmd_demo(args) -> None:
+    """``sftmix demo``: the paper's training strategies compared on real data, with a report."""
     from sftmix.demo import run_demo
 
     out = output_dir(args.out, "--out")

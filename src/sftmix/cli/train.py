@@ -8,6 +8,7 @@ from sftmix.cli.common import load_run
 
 
 def cmd_train(args) -> None:
+    """``sftmix train``: train every stage of a run config (no evaluation)."""
     from sftmix import pipeline
 
     p = pipeline.plan(load_run(args))
@@ -17,6 +18,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_run(args) -> None:
+    """``sftmix run``: train and evaluate a run config, then print its headline metrics."""
     from sftmix import pipeline
     from sftmix.cli.eval import headline
 

@@ -236,6 +236,7 @@ class IndividualStrategy(_Strategy):
     sources: list[str] = Field(..., min_length=1, max_length=1, description="the one source, e.g. [gsm8k]")
 
     def used_sources(self) -> list[str]:
+        """The sources this strategy trains on."""
         return list(self.sources)
 
 
@@ -246,6 +247,7 @@ class MultitaskStrategy(_Strategy):
     sources: list[str] = Field(..., min_length=1, description="the sources mixed in one stage")
 
     def used_sources(self) -> list[str]:
+        """The sources this strategy trains on."""
         return list(self.sources)
 
 
@@ -256,6 +258,7 @@ class SequentialStrategy(_Strategy):
     sources: list[str] = Field(..., min_length=1, description="the sources in training order")
 
     def used_sources(self) -> list[str]:
+        """The sources this strategy trains on, in stage order."""
         return list(self.sources)
 
 
@@ -267,6 +270,7 @@ class MixedSequentialStrategy(_Strategy):
     general: str = Field(..., description="stage 2 source (e.g. sharegpt)")
 
     def used_sources(self) -> list[str]:
+        """The sources this strategy trains on: the specialised ones, then the general one."""
         return [*self.specialised, self.general]
 
 
@@ -386,6 +390,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:
+    """A pydantic error as lines naming ``where`` and each bad field's path, with what was expected."""
     lines = [f"{where}: invalid config"]
     for e in err.errors():
         steps = [p for i, p in enumerate(e["loc"]) if not (i and e["loc"][i - 1] == "strategy" and p in STRATEGY_MODELS)]
@@ -406,6 +411,7 @@ def format_validation_error(err: ValidationError, where: str) -> str:
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML config file as a mapping; a missing file, bad YAML or a non-mapping is an error naming the file."""
     path = Path(path)
     if not path.exists():
         raise SftmixError(f"{path}: config file not found")
@@ -435,6 +441,7 @@ def validate(model: type[M], data: dict, where: str) -> M:
 
 
 def load_config(path: str | os.PathLike, model: type[M]) -> M:
+    """Read and validate a YAML config file as ``model``."""
     return validate(model, read_yaml(path), str(path))
 
 

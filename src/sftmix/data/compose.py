@@ -52,6 +52,7 @@ def sampling_order(convs: list[Conversation], seed: int) -> list[Conversation]:
 
 
 def take(order: list[Conversation], n: int, allow_repeat: bool, where: str) -> list[Conversation]:
+    """The first ``n`` rows of a sampling order; with ``allow_repeat``, the order repeated to reach ``n``."""
     if n <= len(order):
         return order[:n]
     if not allow_repeat:
@@ -180,6 +181,7 @@ def _count_by(rows: list[Conversation], attr: str) -> dict:
 
 
 def manifest_hash(manifest: dict) -> str:
+    """The sha256 of a manifest's canonical JSON."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 

@@ -41,6 +41,7 @@ def _str_field(row: dict, name: str, required: bool = True) -> str:
 
 
 def read_alpaca(row: dict) -> list[dict]:
+    """An Alpaca row (instruction, input, output) as messages."""
     instruction = _str_field(row, "instruction")
     extra = _str_field(row, "input", required=False)
     out_field = "output" if row.get("output") is not None else "response"
@@ -66,6 +67,7 @@ SHAREGPT_ROLES = {
 
 
 def read_sharegpt(row: dict) -> list[dict]:
+    """A ShareGPT row (conversations of from/value) as messages."""
     turns = row.get("conversations")
     if not isinstance(turns, list):
         raise RowError("field 'conversations' must be a list of {from, value}")
@@ -82,6 +84,7 @@ def read_sharegpt(row: dict) -> list[dict]:
 
 
 def read_messages(row: dict) -> list[dict]:
+    """A row that already holds ``messages`` (role/content), checked."""
     msgs = row.get("messages")
     if not isinstance(msgs, list):
         raise RowError("field 'messages' must be a list of {role, content}")
@@ -96,6 +99,7 @@ def read_messages(row: dict) -> list[dict]:
 
 
 def read_gsm8k(row: dict) -> list[dict]:
+    """A GSM8K row (question, answer) as messages."""
     return [
         {"role": "user", "content": _str_field(row, "question")},
         {"role": "assistant", "content": _str_field(row, "answer")},
@@ -103,6 +107,7 @@ def read_gsm8k(row: dict) -> list[dict]:
 
 
 def read_gsm8k_rft(row: dict) -> list[dict]:
+    """A GSM8K RFT row (query, response) as messages."""
     return [
         {"role": "user", "content": _str_field(row, "query")},
         {"role": "assistant", "content": _str_field(row, "response")},
@@ -119,6 +124,7 @@ FORMATS: dict[str, Callable[[dict], list[dict]]] = {
 
 
 def get_format(name: str) -> Callable[[dict], list[dict]]:
+    """The row reader of a format name."""
     if name not in FORMATS:
         raise unknown("format", name, FORMATS)
     return FORMATS[name]

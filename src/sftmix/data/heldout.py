@@ -68,6 +68,7 @@ class HeldoutRows:
         return {c.id for c in self.sets.get(name, [])} if self.how.get(name) == POOL_TAIL else set()
 
     def to_json(self) -> dict:
+        """The document ``heldout.json`` holds (``from_json`` reads it back)."""
         return {"version": VERSION, "settings": self.settings, "how": self.how, "errors": self.errors,
                 "sets": {n: [c.to_dict() for c in v] for n, v in self.sets.items()}}
 

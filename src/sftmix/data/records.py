@@ -33,6 +33,7 @@ class Conversation:
             self.id = content_id(self.messages)
 
     def to_dict(self) -> dict:
+        """The row as written to JSONL (id, source, ability, tags, messages)."""
         return {
             "id": self.id,
             "source": self.source,
@@ -43,6 +44,7 @@ class Conversation:
 
     @classmethod
     def from_dict(cls, row: dict) -> Conversation:
+        """A conversation from a row ``to_dict`` wrote."""
         return cls(
             messages=row["messages"],
             source=row["source"],
@@ -52,8 +54,10 @@ class Conversation:
         )
 
     def text(self, roles: tuple[str, ...] = ROLES) -> str:
+        """The contents of the messages of these roles, one per line."""
         return "\n".join(m["content"] for m in self.messages if m["role"] in roles)
 
     @property
     def n_chars(self) -> int:
+        """Characters over all messages."""
         return sum(len(m["content"]) for m in self.messages)

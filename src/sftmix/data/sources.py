@@ -36,6 +36,8 @@ class SourceNotFound(SftmixError):
 
 @dataclass(frozen=True)
 class Builtin:
+    """A built-in source: its ability, row format, file names per split in a data folder, hub location, pip package or generator."""
+
     ability: str
     format: str
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> candidates in data_dir
@@ -80,6 +82,7 @@ class Pool:
 
 
 def data_dir(configured: str | None) -> Path | None:
+    """The data folder: the configured one, else ``$SFTMIX_DATA_DIR``, else None."""
     d = configured or os.environ.get("SFTMIX_DATA_DIR")
     return Path(d) if d else None
 

@@ -66,6 +66,7 @@ class RuleTagger:
     name = "rules"
 
     def tag_text(self, text: str, query: str | None = None) -> list[str]:
+        """The tags (code, math) of one text; ``query``: the user's words, where keywords count."""
         query = (text if query is None else query).lower()
         tags = []
         if _CODE_STRUCT_RE.search(text) or _CODE_WORDS_RE.search(query):
@@ -75,6 +76,7 @@ class RuleTagger:
         return tags
 
     def tag(self, convs: Sequence[Conversation]) -> list[list[str]]:
+        """The tags of each conversation."""
         return [self.tag_text(c.text(), c.text(("user",))) for c in convs]
 
 
@@ -145,6 +147,7 @@ class LLMTagger:
         return abilities_from_open_tags(tags)
 
     def tag(self, convs: Sequence[Conversation]) -> list[list[str]]:
+        """The tags of each conversation, asked of the LLM in parallel."""
         with ThreadPoolExecutor(self.workers) as pool:
             return list(pool.map(self._one, convs))
 

@@ -57,11 +57,13 @@ class AnswerCache:
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed with the generator
 
     def add(self, key: str, text: str) -> None:
+        """Keep an answer, appended to the cache file at once."""
         self.answers[key] = text
         self._f.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
         self._f.flush()
 
     def close(self) -> None:
+        """Close the cache file."""
         self._f.close()
 
 
@@ -75,10 +77,12 @@ class Generator:
     progress = True
 
     def use_cache(self, path: str | Path) -> None:
+        """Serve and keep answers in the JSONL file at ``path`` (a rerun generates only what is missing)."""
         self.cache = AnswerCache(path)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 512, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int = 0, desc: str = "generating") -> list[str]:
+        """One completion per prompt (greedy unless ``temperature``), cut at ``stop``; cached answers are reused."""
         settings = [max_new_tokens, round(float(temperature), 6), list(stop), seed if temperature > 1e-4 else None]
         keys = [stable_hash([*self.identity, p, *settings], 24) for p in prompts]
         known = self.cache.answers if self.cache else {}

@@ -48,6 +48,7 @@ def extract_flexible(text: str) -> float | None:
 
 
 def correct(pred: float | None, gold: float | None) -> bool:
+    """Whether a predicted number equals the gold one (to 1e-4); None on either side is wrong."""
     return pred is not None and gold is not None and abs(pred - gold) < 1e-4
 
 

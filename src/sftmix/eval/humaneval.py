@@ -65,6 +65,7 @@ def load_problems(path: str | None = None) -> list[dict]:
 
 
 def extract_code(output: str, entry_point: str) -> str:
+    """The function body to run from a model's answer: fenced code first, else the text that defines ``entry_point``."""
     blocks = FENCE.findall(output)
     if blocks:
         for b in blocks:
@@ -143,6 +144,7 @@ def check_source(problem: dict) -> str:
 
 
 def job(problem: dict, candidate: str, in_process: bool, limits):
+    """The sandbox job of one completion: run in one process with its tests, or checked by the harness."""
     if in_process:
         return Job(candidate + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n", limits=limits)
     return Job(candidate, problem["entry_point"], check_source(problem), limits)

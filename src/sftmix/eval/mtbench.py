@@ -147,6 +147,7 @@ class Judge:
                 raise SftmixError(f"MT-Bench judge at {self.base_url}: HTTP {e.status_code}: {e.message}") from None
 
     def judge(self, key: str, messages: list[dict]) -> dict:
+        """The judge's rating of one prompt: cached by ``key``, asked again while no rating can be read."""
         if key in self.cache:
             with self.lock:
                 self.stats["cached"] += 1
@@ -168,6 +169,7 @@ class Judge:
         return row
 
     def judge_all(self, jobs: list[tuple[str, list[dict]]], progress: bool = True) -> list[dict]:
+        """The verdicts of many prompts, judged in parallel with progress."""
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(self.parallel) as pool:
             futs = [pool.submit(self.judge, k, m) for k, m in jobs]

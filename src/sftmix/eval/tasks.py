@@ -48,6 +48,7 @@ class Context:
 
     @property
     def generator(self):
+        """The model's generator, loaded on first use."""
         return self.get_generator()
 
 
@@ -77,6 +78,7 @@ class Task:
                               f"(got {self.metrics!r})")
 
     def direction(self, metric: str) -> str | None:
+        """``higher`` / ``lower`` (is better) for a metric of this task, None when not a headline metric."""
         return self.metrics.get(metric, self.metrics.get("*"))
 
     def item_rows(self, rows: list[dict]) -> list[tuple[str, str, float, float]]:
@@ -104,6 +106,7 @@ class Task:
         return self.values(metrics) if self.values is not None else numbers(metrics)
 
     def headline_of(self, metrics: dict) -> dict:
+        """The headline metrics of a task's results (what the CLI prints and the report shows)."""
         if self.headline is not None:
             return self.headline(metrics)
         return {k: v for k, v in metrics.items() if k in self.metrics or k in ("n", "n_items")}

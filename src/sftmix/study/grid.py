@@ -42,6 +42,8 @@ REPLICATE_AXIS = "seed"
 
 @dataclass
 class PlannedRun:
+    """One run of a study: its id (a hash of its config), label, grid point and validated config."""
+
     id: str
     label: str
     point: dict[str, Any]
@@ -49,6 +51,7 @@ class PlannedRun:
 
     @property
     def group(self) -> str:
+        """The label of its configuration (the seed axis removed)."""
         return group_label(self.point)
 
 
@@ -58,6 +61,7 @@ def group_label(point: dict) -> str:
 
 
 def deep_merge(a: dict, b: dict) -> dict:
+    """``a`` with ``b`` merged in, recursively for mappings (``a`` is not changed)."""
     out = copy.deepcopy(a)
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -228,6 +232,7 @@ def check_metrics(study: StudyConfig, runs: list[PlannedRun], where: str = "stud
 
 
 def unknown_in(where: str, at: str, kind: str, name: str, valid) -> SftmixError:
+    """An error for an unknown name at ``where``: ``at``, with the valid names."""
     from sftmix.errors import unknown
 
     return SftmixError(f"{where}: {at}: {unknown(kind, name, valid)}")

@@ -25,6 +25,7 @@ from sftmix.study.store import Store
 
 
 def study_dir(study: StudyConfig, profile: str | None) -> Path:
+    """A study's folder (per profile)."""
     return layout.study_dir(study.name, study.output_dir, profile)
 
 
@@ -116,6 +117,7 @@ WAIT_POLL_S = 10.0
 
 
 def run_path(out: Path, run: PlannedRun) -> Path:
+    """A study run's folder."""
     return layout.study_run(out, run.id)
 
 

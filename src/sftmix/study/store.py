@@ -57,6 +57,8 @@ def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
 
 
 class Store:
+    """The study's results in SQLite: runs, metrics, per-item samples, curves and what each run trained on."""
+
     only: frozenset | None = None  # a restricted view reads these runs alone (``restricted``)
 
     def __init__(self, path: str | Path):
@@ -101,14 +103,17 @@ class Store:
             raise SftmixError(f"{bad} ({e}); move it aside to start afresh") from None
 
     def status(self, run_id: str) -> str | None:
+        """A run's status (running, done, failed), None if it was never started."""
         row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row["status"] if row else None
 
     def relabel(self, run_id: str, label: str, point: dict) -> None:
+        """Give a run the label and grid point the study file now gives it."""
         with self.conn:
             self.conn.execute("UPDATE runs SET label = ?, point = ? WHERE id = ?", (label, json.dumps(point), run_id))
 
     def start(self, run_id: str, label: str, point: dict, config: dict) -> None:
+        """Record a run as running (starting again a run recorded before, under its current label)."""
         with self.conn:
             self.conn.execute(
                 "INSERT INTO runs (id, label, point, config, status, started) VALUES (?, ?, ?, ?, 'running', ?) "
@@ -134,6 +139,7 @@ class Store:
                               "params = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, run_id))
 
     def fail(self, run_id: str, error: str) -> None:
+        """Record a run as failed, with its error."""
         with self.conn:
             self.conn.execute("UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?", (error, time.time(), run_id))
 
@@ -150,12 +156,15 @@ class Store:
         return [dict(r) for r in rows if self.only is None or r[key] in self.only]
 
     def runs(self) -> list[dict]:
+        """Every run (of this view), as dicts."""
         return self._keep(self.conn.execute("SELECT * FROM runs"), "id")
 
     def metrics(self) -> list[dict]:
+        """Every metric value of the runs."""
         return self._keep(self.conn.execute("SELECT * FROM metrics"))
 
     def samples(self, task: str | None = None, metric: str | None = None) -> list[dict]:
+        """Per-item values, optionally of one task and metric."""
         q, args = "SELECT * FROM samples WHERE 1 = 1", []
         if task is not None:
             q, args = q + " AND task = ?", [*args, task]
@@ -164,7 +173,9 @@ class Store:
         return self._keep(self.conn.execute(q + " ORDER BY run_id, item", args))
 
     def data(self) -> list[dict]:
+        """What each run trained on: a row per stage, source and replay part."""
         return self._keep(self.conn.execute("SELECT * FROM data ORDER BY run_id, stage_index, replay, source"))
 
     def curves(self) -> list[dict]:
+        """The forgetting-curve points of the runs."""
         return self._keep(self.conn.execute("SELECT * FROM curves ORDER BY run_id, run_step, ability"))

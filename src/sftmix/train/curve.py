@@ -74,6 +74,7 @@ class HeldoutCurve(TrainerCallback):
                 "run_tokens_end": self.spec.run_tokens + tokens}
 
     def measure(self, state, known: dict | None = None) -> None:
+        """Measure the held-out losses at this step (once per step) and log them."""
         if state.global_step in self.logged_at:
             return
         self.logged_at.add(state.global_step)

@@ -41,6 +41,7 @@ from sftmix.train.tokenize import Collator, tokenize_mixture
 
 
 def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (AMX or AVX512-BF16)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -49,6 +50,7 @@ def cpu_has_bf16() -> bool:
 
 
 def use_bf16(precision: str) -> bool:
+    """Whether to train in bf16: asked for, or ``auto`` on a GPU or a CPU with native bf16."""
     if precision == "fp32":
         return False
     if torch.cuda.is_available():
@@ -160,6 +162,7 @@ def _report_to(wanted: list[str]) -> list[str]:
 
 
 def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, progress: bool) -> TrainingArguments:
+    """Transformers' TrainingArguments for a stage; a batch that does not divide among processes is an error."""
     if s.batch_size % (s.per_device_batch_size * world):
         raise SftmixError(f"train.batch_size = {s.batch_size} is not a multiple of per_device_batch_size "
                           f"({s.per_device_batch_size}) x processes ({world})")
@@ -194,6 +197,7 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
 
 
 def stage_done(out_dir: Path) -> bool:
+    """Whether a stage has finished (its final meta.json exists)."""
     return layout.meta(layout.final_dir(out_dir)).exists()
 
 

@@ -103,6 +103,7 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
 
 
 def stage_settings(cfg: RunConfig, stage: StageConfig) -> TrainSettings:
+    """A stage's training settings: the run's, with the stage's overrides, validated."""
     merged = {**cfg.train.model_dump(), **stage.train}
     s = validate(TrainSettings, merged, f"stage {stage.name!r} train")
     if s.batch_size % s.per_device_batch_size:  # the number of processes is checked when training starts
@@ -112,6 +113,7 @@ def stage_settings(cfg: RunConfig, stage: StageConfig) -> TrainSettings:
 
 
 def run_dir(cfg: RunConfig) -> Path:
+    """A run's folder."""
     return layout.run_dir(cfg.name, cfg.output_dir)
 
 

@@ -24,6 +24,7 @@ from sftmix.templates import IGNORE, MASK_VERSION, MaskError, tokenize_with_mask
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """What identifies a tokenizer for the tokenisation cache."""
     return stable_hash([tokenizer.name_or_path, type(tokenizer).__name__, len(tokenizer),
                         tokenizer.eos_token, tokenizer.pad_token, getattr(tokenizer, "chat_template", None)])
 

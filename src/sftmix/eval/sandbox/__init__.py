@@ -196,6 +196,7 @@ class Job:
 
 
 def run_job(job: Job, kind: str | None = None) -> Result:
+    """Run one job in the sandbox (``kind``: the isolation; default the best available)."""
     if job.entry_point is None:
         return run_program(job.program, job.limits, kind)
     return run_candidate(job.program, job.entry_point, job.check_source, job.limits, kind)

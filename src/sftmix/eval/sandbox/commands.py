@@ -175,6 +175,7 @@ ISOLATIONS = tuple(COMMANDS)
 
 
 def command(isolation: str, python: str, binds: list[str], root_dir: str) -> list[str]:
+    """The command line that starts ``python`` under an isolation, with these folders bound read-only."""
     return COMMANDS[isolation](python, binds, root_dir)
 
 
@@ -223,6 +224,7 @@ def _warn_once(kind: str) -> None:
 
 
 def resolve(kind: str | None) -> str:
+    """The isolation to use: ``kind``, else the best this machine offers; an unknown one is an error."""
     kind = kind or isolation()
     if kind not in ISOLATIONS:
         raise unknown("sandbox isolation", kind, ISOLATIONS)

@@ -26,6 +26,8 @@ class SandboxError(SftmixError):
 
 @dataclass
 class Limits:
+    """What a sandboxed program may use: wall time, memory, processes, file size and kept output."""
+
     timeout_s: float = 3.0
     memory_mb: int = 1024
     max_processes: int = 32
@@ -36,6 +38,8 @@ class Limits:
 
 @dataclass
 class Result:
+    """How a sandboxed program ended: passed or not, its status, what it printed and how it ran."""
+
     passed: bool
     status: str  # passed | failed | timed out
     detail: str = ""

@@ -17,6 +17,8 @@ from sftmix.study import worker
 
 @dataclass
 class Handle:
+    """A submitted run: its id, folder and the engine's reference to it."""
+
     run_id: str
     run_out: Path
     ref: object = None
@@ -32,6 +34,7 @@ class Executor:
         self.progress = progress
 
     def check(self) -> None:
+        """Raise, before any run starts, when the resources asked for are not there."""
         want = self.resources.gpus
         if want:
             import torch
@@ -47,9 +50,11 @@ class Executor:
 
     @property
     def parallel(self) -> int:
+        """How many runs may be in flight at once."""
         return self.resources.parallel or 1
 
     def submit(self, run_id: str, config: dict, run_out: Path) -> Handle:
+        """Start a run (here: run it to the end in this process); return its handle."""
         h = Handle(run_id, run_out)
         h.ref = worker.execute(config, str(run_out), None, self.progress, self._launcher())
         return h
@@ -63,7 +68,9 @@ class Executor:
         return [(h, None) for h in handles]
 
     def describe(self) -> str:
+        """Where runs go, in words (for the progress line)."""
         return self.name
 
     def close(self) -> None:
+        """Release what the executor holds (a cluster it started)."""
         pass

@@ -14,6 +14,8 @@ from sftmix.study.executors.local import Executor, Handle
 
 
 class RayExecutor(Executor):
+    """Runs as Ray tasks on a Ray cluster (a local one when no address is given)."""
+
     name = "ray"
 
     def __init__(self, resources: Resources, progress: bool = True, address: str | None = None):

@@ -63,6 +63,8 @@ class Job:
 
 
 class SubmititExecutor(Executor):
+    """Runs as Slurm jobs through submitit (or submitit's local executor)."""
+
     name = "slurm"
     QUEUE_POLL_S = 10.0
     MISSING_POLLS = 3
@@ -175,6 +177,7 @@ class SubmititExecutor(Executor):
         return out
 
     def describe(self) -> str:
+        """Where runs go, in words (for the progress line)."""
         return f"{self.name} (jobs in {self.folder})"
 
 
