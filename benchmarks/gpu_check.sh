@@ -30,7 +30,9 @@ output_dir: $OUT/run
 sources: {generated_math: {size: 256}}
 strategy: {name: individual, sources: [generated_math]}
 train: {max_steps: 20, batch_size: 16, per_device_batch_size: 8, max_length: 512, lr: 1.0e-4, precision: bf16, report_to: []}
-eval: {tasks: [loss], loss_sources: [generated_math], loss_samples: 16, curve: false}
+eval: {tasks: [loss]}
+heldout: {sources: [generated_math], samples: 16}
+curve: {enabled: false}
 EOF
 "$PY" -m sftmix.cli train "$OUT/run.yaml" --quiet
 CKPT="$OUT/run/stage1_generated_math/final"

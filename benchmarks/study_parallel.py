@@ -37,8 +37,8 @@ def study(name: str, executor: str) -> Path:
                  "strategy": {"name": "individual", "sources": ["generated_math"], "fraction": args.examples / 200},
                  "train": {"epochs": 1, "batch_size": 4, "per_device_batch_size": 4, "max_length": 128, "lr": 1e-4,
                            "report_to": [], "save_steps": 1000},
-                 "eval": {"tasks": ["loss"], "loss_sources": ["generated_math", "generated_code"], "loss_samples": 8,
-                          "loss_max_length": 128, "curve_points": 0}},
+                 "eval": {"tasks": ["loss"]}, "heldout": {"sources": ["generated_math", "generated_code"], "samples": 8,
+                                                          "max_length": 128}, "curve": {"points": 0}},
         "grid": {"strategy.sources": [["generated_math"], ["generated_code"]], "seed": [0, 1]},
     }
     f = out / f"{name}.yaml"

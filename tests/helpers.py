@@ -18,14 +18,18 @@ TINY_SOURCES = {"generated_math": {"size": 48}, "generated_code": {"size": 48},
                 "sharegpt": {"limit": 200, "clean": {"max_tokens": 200}}}
 # Held-out loss (and the forgetting curves) on the generated sources: no data folder, no hub, no
 # ShareGPT file read per test. A test that measures something else says so.
-TINY_EVAL = {"tasks": ["loss"], "loss_sources": ["generated_math", "generated_code"], "loss_samples": 8, "curve_points": 1}
+TINY_EVAL = {"tasks": ["loss"]}
+TINY_HELDOUT = {"sources": ["generated_math", "generated_code"], "samples": 8}
+TINY_CURVE = {"points": 1}
 
 
 def tiny_run(tmp: Path, name: str, **fields) -> RunConfig:
     train = {**TINY_TRAIN, **fields.pop("train", {})}
     ev = {**TINY_EVAL, **fields.pop("eval", {})}
-    data = {"name": name, "model": "tiny", "sources": TINY_SOURCES, "train": train, "eval": ev, "output_dir": str(tmp / name),
-            **fields}
+    held = {**TINY_HELDOUT, **fields.pop("heldout", {})}
+    curve = {**TINY_CURVE, **fields.pop("curve", {})}
+    data = {"name": name, "model": "tiny", "sources": TINY_SOURCES, "train": train, "eval": ev, "heldout": held, "curve": curve,
+            "output_dir": str(tmp / name), **fields}
     return validate(RunConfig, data, name)
 
 
@@ -52,8 +56,8 @@ def study_file(tmp: Path, name: str, **extra) -> Path:
         "name": name, "output_dir": str(tmp / name),
         "base": {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]},
                  "train": {**TINY_TRAIN, "epochs": 2},
-                 "eval": {"tasks": ["loss"], "loss_sources": ["generated_math", "generated_code"], "loss_samples": 8,
-                          "curve_points": 1}},
+                 "eval": {"tasks": ["loss"]}, "heldout": {"sources": ["generated_math", "generated_code"], "samples": 8},
+                 "curve": {"points": 1}},
         "grid": {"strategy.sources": [["generated_math"], ["generated_code"]], "strategy.fraction": ["1/2", 1]},
         "resources": {"cpus": 1},
         **extra,

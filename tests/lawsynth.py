@@ -36,7 +36,7 @@ def mixture_study(tmp: Path, design: list[tuple], replicates: int = 2, name: str
            "base": {"model": "tiny", "sources": {"generated_math": {"size": 400}, "generated_code": {"size": 400},
                                                  "sharegpt": {"limit": 300}},
                     "strategy": {"name": "multitask", "sources": ORDER}, "train": TINY_TRAIN,
-                    "eval": {"tasks": ["loss"], "loss_sources": ORDER, "loss_samples": 8}},
+                    "eval": {"tasks": ["loss"]}, "heldout": {"sources": ORDER, "samples": 8}},
            "zip": z}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -108,7 +108,7 @@ def dmt_study(tmp: Path, ks: list, name: str = "dmtk") -> Path:
            "base": {"model": "tiny", "sources": {"generated_math": {"size": 200}, "generated_code": {"size": 200},
                                                  "sharegpt": {"limit": 300}},
                     "strategy": {"name": "dmt", "specialised": ["generated_math", "generated_code"], "general": "sharegpt", "k": 0},
-                    "train": TINY_TRAIN, "eval": {"tasks": ["loss"], "loss_sources": ORDER, "loss_samples": 8}},
+                    "train": TINY_TRAIN, "eval": {"tasks": ["loss"]}, "heldout": {"sources": ORDER, "samples": 8}},
            "grid": {"strategy.k": ks}}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

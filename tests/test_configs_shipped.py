@@ -173,3 +173,42 @@ def test_the_demo_study_validates_without_training(quick, tmp_path, monkeypatch)
     runs = expand(study, notes=[])
     check_metrics(study, runs, "demo")
     assert len({r.group for r in runs}) == 7
+
+
+# The run ids of the shipped configs (md5 over a study's sorted run ids), as sftmix computed them
+# before the held-out rows, the curves and each benchmark got config sections of their own: the
+# move must not change what a run is called, or a study's stored results stop matching its runs.
+PINNED_IDS = {("dmt_k.yaml", None): "24056945d1", ("mixture_law.yaml", "small"): "c559b09f54",
+              ("rq4_strategies.yaml", None): "6ab094e817", ("ablation_sharegpt.yaml", "small"): "6c274339f7"}
+PINNED_RUN = {"smollm2_dmt.yaml": "7707d57afcf9", "tiny_dmt.yaml": "a4a9b2117361"}
+
+
+def test_run_ids_are_those_of_the_flat_eval_section(monkeypatch, shared_data):
+    import hashlib
+
+    from sftmix.config import RunConfig, load_config
+    from sftmix.study.runner import load_study
+    from sftmix.train.strategies import run_id
+
+    monkeypatch.setenv("SFTMIX_DATA_DIR", str(shared_data))  # the ids of runs on the real data, not on fallbacks
+    for (name, profile), want in PINNED_IDS.items():
+        _, runs = load_study(str(REPO / "configs" / "studies" / name), profile, read_only=True)
+        assert hashlib.md5(" ".join(sorted(r.id for r in runs)).encode()).hexdigest()[:10] == want, (name, profile)
+    for name, want in PINNED_RUN.items():
+        assert run_id(load_config(REPO / "configs" / "train" / name, RunConfig)) == want, name
+
+
+def test_a_flat_eval_key_of_earlier_versions_names_its_new_place(tmp_path):
+    from sftmix.config import RunConfig, validate
+    from sftmix.config.run import MOVED
+    from sftmix.errors import SftmixError
+
+    for old, new in MOVED.items():
+        with pytest.raises(SftmixError, match=f"eval.{old} is now {new}"):
+            validate(RunConfig, {"strategy": {"name": "individual", "sources": ["gsm8k"]}, "eval": {old: 1}}, "run.yaml")
+    # every new place exists: setting it there validates
+    cfg = validate(RunConfig, {"strategy": {"name": "individual", "sources": ["gsm8k"]}, "heldout": {"samples": 3, "seed": 2},
+                               "curve": {"enabled": False, "points": 0},
+                               "eval": {"mtbench": {"repeats": 3, "judge": {"model": "j"}}, "humaneval": {"workers": 2}}}, "x")
+    assert (cfg.heldout.samples, cfg.heldout.seed, cfg.curve.enabled, cfg.eval.mtbench.repeats, cfg.eval.mtbench.judge.model,
+            cfg.eval.humaneval.workers) == (3, 2, False, 3, "j", 2)

@@ -155,16 +155,16 @@ def test_eval_cli_unknown_task_and_missing_key(tmp_path, monkeypatch):
 
 def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
     from helpers import tiny_run
-    from sftmix.config import EvalConfig
+    from sftmix.config import EvalConfig, HeldoutConfig
     from sftmix.eval.runner import evaluate
     from sftmix.models import resolve_model
     from sftmix.train.strategies import run_strategy
 
     cfg = tiny_run(tmp_path, "math", strategy={"name": "individual", "sources": ["generated_math"]}, train={"epochs": 3})
     final = run_strategy(cfg, progress=False)
-    ecfg = EvalConfig(tasks=["loss"], loss_sources=["generated_math"], loss_samples=16)
-    before = evaluate(resolve_model("tiny"), ecfg, tmp_path / "e0", sources=cfg.sources, progress=False)
-    after = evaluate(str(final), ecfg, tmp_path / "e1", sources=cfg.sources, progress=False)
+    ecfg, held = EvalConfig(tasks=["loss"]), HeldoutConfig(sources=["generated_math"], samples=16)
+    before = evaluate(resolve_model("tiny"), ecfg, tmp_path / "e0", sources=cfg.sources, progress=False, heldout_cfg=held)
+    after = evaluate(str(final), ecfg, tmp_path / "e1", sources=cfg.sources, progress=False, heldout_cfg=held)
     b, a = before["tasks"]["loss"]["generated_math"], after["tasks"]["loss"]["generated_math"]
     assert a["loss"] < b["loss"] - 0.5 and a["heldout"] == "test split" and a["samples"] == 16
 
@@ -184,22 +184,23 @@ def test_eval_flags_come_from_the_config_fields():
     import argparse
 
     from sftmix.cli.common import config_values
-    from sftmix.cli.eval import EVAL_FLAGS, add_commands
-    from sftmix.config import EvalConfig, validate
+    from sftmix.cli.eval import EVAL_FLAGS, HELDOUT_FLAGS, add_commands
+    from sftmix.config import EvalConfig, HeldoutConfig, validate
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers())
     args = parser.parse_args(["eval", "tiny"])
-    assert config_values(args, EVAL_FLAGS) == {}
+    assert config_values(args, EVAL_FLAGS) == {} == config_values(args, HELDOUT_FLAGS)
     assert validate(EvalConfig, config_values(args, EVAL_FLAGS), "x") == EvalConfig()
     args = parser.parse_args(["eval", "tiny", "--tasks", "loss,gsm8k", "--loss-samples", "5", "--judge-model", "j",
-                              "--loss-sources", "a, b", "--dtype", "bfloat16"])
+                              "--loss-sources", "a, b", "--dtype", "bfloat16", "--repeats", "3"])
     cfg = validate(EvalConfig, config_values(args, EVAL_FLAGS), "x")
-    assert (cfg.tasks, cfg.loss_samples, cfg.judge.model, cfg.loss_sources, cfg.dtype) == \
-        (["loss", "gsm8k"], 5, "j", ["a", "b"], "bfloat16")
+    held = validate(HeldoutConfig, config_values(args, HELDOUT_FLAGS), "x")
+    assert (cfg.tasks, held.samples, cfg.mtbench.judge.model, held.sources, cfg.dtype, cfg.mtbench.repeats) == \
+        (["loss", "gsm8k"], 5, "j", ["a", "b"], "bfloat16", 3)
     helps = {a.option_strings[0]: a.help or "" for a in parser._subparsers._group_actions[0].choices["eval"]._actions
              if a.option_strings}
-    assert f"(default: {EvalConfig().judge.model})" in helps["--judge-model"]
-    assert f"(default: {EvalConfig().loss_samples})" in helps["--loss-samples"]
+    assert f"(default: {EvalConfig().mtbench.judge.model})" in helps["--judge-model"]
+    assert f"(default: {HeldoutConfig().samples})" in helps["--loss-samples"]
     assert EvalConfig.model_fields["dtype"].description in helps["--dtype"]
-    assert set(EVAL_FLAGS.values()) <= helps.keys()
+    assert set(EVAL_FLAGS.values()) | set(HELDOUT_FLAGS.values()) <= helps.keys()

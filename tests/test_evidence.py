@@ -10,8 +10,9 @@ import yaml
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix.analysis import stats
 
-LOSS_EVAL = {"tasks": ["loss"], "loss_sources": ["generated_code", "generated_math", "sharegpt"], "loss_samples": 12,
-             "curve_points": 2}
+LOSS_EVAL = {"tasks": ["loss"]}
+HELDOUT = {"sources": ["generated_code", "generated_math", "sharegpt"], "samples": 12}
+CURVE = {"points": 2}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,8 @@ def sequential_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("curve")
     # sharegpt has no test split: its held-out rows come from the same pool it trains on (all of it)
-    cfg = tiny_run(tmp, "seq", strategy={"name": "sequential", "sources": ["generated_code", "sharegpt"]}, eval=LOSS_EVAL)
+    cfg = tiny_run(tmp, "seq", strategy={"name": "sequential", "sources": ["generated_code", "sharegpt"]}, eval=LOSS_EVAL,
+                   heldout=HELDOUT, curve=CURVE)
     _, doc = pipeline.run(cfg, progress=False)
     metas = [json.loads(m.read_text()) for m in sorted(run_dir(cfg).glob("stage*/final/meta.json"))]
     return cfg, metas, doc
@@ -35,9 +37,9 @@ def fresh_losses(cfg, folder) -> dict:
 
     model, tok = load_model(folder), load_tokenizer(folder)
     out = {}
-    for source in LOSS_EVAL["loss_sources"]:
-        rows, _ = heldout(source, cfg.eval.loss_samples, cfg.eval.heldout_seed, cfg.sources.get(source), None)
-        out[source] = mean_loss(model, tok, rows, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size)["loss"]
+    for source in HELDOUT["sources"]:
+        rows, _ = heldout(source, cfg.heldout.samples, cfg.heldout.seed, cfg.sources.get(source), None)
+        out[source] = mean_loss(model, tok, rows, cfg.template, cfg.heldout.max_length, cfg.eval.batch_size)["loss"]
     return out
 
 
@@ -46,7 +48,7 @@ def test_the_curve_ends_at_the_final_heldout_loss(sequential_run):
     last = metas[-1]["curve"][-1]
     assert last["run_step"] == metas[-1]["run_step_end"]  # the stage's end point
     fresh = fresh_losses(cfg, doc["model"])
-    for source in LOSS_EVAL["loss_sources"]:
+    for source in HELDOUT["sources"]:
         assert abs(last["loss"][source] - fresh[source]) < 1e-5, source
         assert abs(doc["tasks"]["loss"][source]["loss"] - fresh[source]) < 1e-5, source
 
@@ -61,7 +63,7 @@ def test_the_curve_spans_stages(sequential_run):
     # give the point the curve carries over (it is not measured twice during training)
     cfg = sequential_run[0]
     fresh = fresh_losses(cfg, first["run_config"]["output_dir"] + "/stage1_1_generated_code/final")
-    for source in LOSS_EVAL["loss_sources"]:
+    for source in HELDOUT["sources"]:
         assert abs(second["curve"][0]["loss"][source] - fresh[source]) < 1e-5
         assert abs(first["curve"][-1]["loss"][source] - fresh[source]) < 1e-5
     # forgetting is visible: stage 2 (general) moves code loss up from where stage 1 left it
@@ -73,11 +75,11 @@ def test_heldout_rows_are_never_trained_on(sequential_run):
     _, _, doc = sequential_run
     cfg, metas, doc = sequential_run
     losses = {k: v for k, v in doc["tasks"]["loss"].items() if isinstance(v, dict)}
-    assert set(losses) == set(LOSS_EVAL["loss_sources"])
+    assert set(losses) == set(HELDOUT["sources"])
     for source, m in losses.items():
         assert m["overlap_with_training"] == 0, source
     sharegpt_part = metas[1]["manifest"]["parts"][0]
-    assert sharegpt_part["pool_stats"]["heldout_excluded"] == LOSS_EVAL["loss_samples"]
+    assert sharegpt_part["pool_stats"]["heldout_excluded"] == HELDOUT["samples"]
 
 
 def test_training_and_evaluation_use_the_rows_kept_in_heldout_json(sequential_run, tmp_path):
@@ -91,7 +93,7 @@ def test_training_and_evaluation_use_the_rows_kept_in_heldout_json(sequential_ru
     cfg, metas, doc = sequential_run
     run = layout.run_dir(cfg.name, cfg.output_dir)
     held = HeldoutRows.from_json(json.loads(layout.heldout_file(run).read_text()), "heldout.json")
-    assert list(held.sets) == LOSS_EVAL["loss_sources"] and held.how["sharegpt"] == POOL_TAIL
+    assert list(held.sets) == HELDOUT["sources"] and held.how["sharegpt"] == POOL_TAIL
     scored = {}
     for r in read_jsonl(layout.eval_dir(run) / "samples_loss.jsonl"):
         scored.setdefault(r["source"], []).append(r["id"])
@@ -170,7 +172,8 @@ def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
     study = {
         "name": "evidence", "output_dir": str(tmp_path / "st"), "replicates": 2,
         "base": {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "sequential", "sources": ["generated_code", "generated_math"]},
-                 "train": TINY_TRAIN, "eval": {**LOSS_EVAL, "loss_sources": ["generated_code", "generated_math"]}},
+                 "train": TINY_TRAIN, "eval": LOSS_EVAL,
+                 "heldout": {**HELDOUT, "sources": ["generated_code", "generated_math"]}, "curve": CURVE},
         "grid": {"strategy": [{"name": "sequential", "sources": ["generated_code", "generated_math"]},
                               {"name": "dmt", "specialised": ["generated_code"], "general": "generated_math", "k": 0.5}]},
         "compare": [{"a": "dmt", "b": "sequential", "metric": "loss/generated_code", "claim": "DMT keeps more code"},
@@ -254,14 +257,15 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
 
     monkeypatch.setattr(loss_mod, "plain_forward", spy)
     cfg = tiny_run(tmp_path, "bf16", strategy={"name": "individual", "sources": ["generated_code"]},
-                   eval={**LOSS_EVAL, "curve_points": 1}, train={"precision": "bf16"})
+                   eval=LOSS_EVAL, heldout=HELDOUT, curve={"points": 1},
+                   train={"precision": "bf16"})
     final = run_strategy(cfg, progress=False)
     meta = json.loads((final / "meta.json").read_text())
     assert meta["bf16"] and any(wrapped_seen)  # the curve really was measured on an autocast-wrapped model
     doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
                    training_ids(cfg), progress=False)
     fresh = fresh_losses(cfg, str(final))
-    for source in LOSS_EVAL["loss_sources"]:
+    for source in HELDOUT["sources"]:
         assert abs(meta["curve"][-1]["loss"][source] - fresh[source]) < 1e-6, source
         assert abs(doc["tasks"]["loss"][source]["loss"] - fresh[source]) < 1e-6, source
 

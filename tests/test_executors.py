@@ -345,7 +345,8 @@ def long_study(tmp: Path, name: str, executor: str) -> Path:
         "base": {"model": "tiny", "sources": {"generated_math": {"size": 1600}},
                  "strategy": {"name": "individual", "sources": ["generated_math"]},
                  "train": {**TINY_TRAIN, "save_steps": 10},
-                 "eval": {"tasks": ["loss"], "loss_sources": ["generated_math"], "loss_samples": 8, "curve_points": 1}},
+                 "eval": {"tasks": ["loss"]}, "heldout": {"sources": ["generated_math"], "samples": 8},
+                 "curve": {"points": 1}},
         "resources": {"cpus": 1},
     }
     f = tmp / f"{name}.yaml"

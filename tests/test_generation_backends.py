@@ -92,7 +92,7 @@ def test_gsm8k_and_humaneval_score_the_same_through_both_backends(server, smollm
     from sftmix.config import EvalConfig
     from sftmix.eval.runner import evaluate
 
-    common = {"tasks": ["gsm8k", "humaneval"], "limit": 2, "gsm8k_max_new_tokens": 48, "humaneval_max_new_tokens": 48,
+    common = {"tasks": ["gsm8k", "humaneval"], "limit": 2, "gsm8k": {"max_new_tokens": 48}, "humaneval": {"max_new_tokens": 48},
               "data_dir": str(shared_data), "batch_size": 8}
     docs, samples = {}, {}
     for b, extra in (("hf", {}), (backend, {"openai": {"base_url": server.url}})):

@@ -29,7 +29,8 @@ def test_fit_propose_run_report_on_the_tiny_model(tmp_path, capsys):
              "base": {"model": "tiny", "sources": {"generated_math": {"size": 200}, "generated_code": {"size": 200},
                                                    "sharegpt": {"limit": 180, "clean": {"max_tokens": 200}}},
                       "strategy": {"name": "multitask", "sources": names}, "train": TINY_TRAIN,
-                      "eval": {"tasks": ["loss"], "loss_sources": names, "loss_samples": 8, "curve": False}},
+                      "eval": {"tasks": ["loss"]}, "heldout": {"sources": names, "samples": 8},
+                      "curve": {"enabled": False}},
              "zip": z}
     f = tmp_path / "tinylaw.yaml"
     f.write_text(yaml.safe_dump(study, sort_keys=False))

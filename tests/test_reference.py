@@ -30,7 +30,7 @@ def measure(tmp: Path, name: str = "ref", **train) -> dict:
     from sftmix.train.strategies import run_strategy
 
     cfg = tiny_run(tmp, name, strategy={"name": "individual", "sources": ["generated_math"]},
-                   train={"epochs": 2, **train}, eval={"loss_sources": ["generated_math", "generated_code"], "loss_samples": 8})
+                   train={"epochs": 2, **train}, heldout={"sources": ["generated_math", "generated_code"], "samples": 8})
     meta = json.loads((run_strategy(cfg, progress=False) / "meta.json").read_text())
     steps = [h for h in meta["log_history"] if "loss" in h]
     curve = meta["curve"]

@@ -56,7 +56,7 @@ def strategy(**st) -> callable:
 
 
 def tasks(*specs: str) -> callable:
-    return lambda t: ["train", str(run_cfg(t, eval={"tasks": list(specs), "loss_sources": ["generated_math"], "loss_samples": 4}))]
+    return lambda t: ["train", str(run_cfg(t, eval={"tasks": list(specs)}, heldout={"sources": ["generated_math"], "samples": 4}))]
 
 
 MATH, CODE = "generated_math", "generated_code"

@@ -94,15 +94,16 @@ def demo_study(model: str = "smollm2", data_dir: str | None = None, out: str = "
         "strategy": strategies["general"],
         "train": {"epochs": 1, "batch_size": 8, "per_device_batch_size": 8, "max_length": 160, "lr": 2e-4,
                   "report_to": [], "logging_steps": 5, "save_steps": 50},
-        "eval": {"tasks": tasks, "limit": benchmarks or None, "loss_samples": 8 if quick else 12, "loss_max_length": 160,
-                 "loss_sources": [math, code, "sharegpt"], "gsm8k_max_new_tokens": 160, "humaneval_max_new_tokens": 160,
-                 "curve_points": 0, "batch_size": 16, "data_dir": data_dir},
+        "eval": {"tasks": tasks, "limit": benchmarks or None, "gsm8k": {"max_new_tokens": 160},
+                 "humaneval": {"max_new_tokens": 160}, "batch_size": 16, "data_dir": data_dir},
+        "heldout": {"sources": [math, code, "sharegpt"], "samples": 8 if quick else 12, "max_length": 160},
+        "curve": {"points": 0},
     }
     claims = [{**c, "metric": c["metric"].format(math=math, code=code)} for c in CLAIMS]
     study = StudyConfig(name="demo", description=f"math: {math}, code: {code}", base=base, zip=zipped, compare=claims,
                         output_dir=out)
     top.append(f"Scale: {model}, {n_spec} training examples per source, max length 160, 1 epoch; held-out loss on "
-               f"{base['eval']['loss_samples']} rows per ability; seeds as listed per run. The paper used LLaMA 7B-33B on "
+               f"{base['heldout']['samples']} rows per ability; seeds as listed per run. The paper used LLaMA 7B-33B on "
                "the full data sets: read directions and intervals, not magnitudes.")
     return study, top
 
@@ -132,7 +133,7 @@ def _tsne_figure(study: StudyConfig, store, report_dir: Path, n: int) -> dict[st
     if dmt is None:
         return {}
     base = study.base
-    png = tsne({"base": resolve_model(base["model"]), "DMT": dmt["checkpoint"]}, base["eval"]["loss_sources"],
+    png = tsne({"base": resolve_model(base["model"]), "DMT": dmt["checkpoint"]}, base["heldout"]["sources"],
                report_dir / "tsne", n=n, layer=15, template=base["template"], data_dir=base.get("data_dir"),
                cfgs={k: SourceConfig(**v) for k, v in base["sources"].items()})
     return {"tsne_base_vs_dmt.png": png.read_bytes()}

@@ -74,7 +74,7 @@ def evaluate(p: Plan, progress: bool = True) -> dict:
     cfg = p.cfg
     held = heldout_rows(cfg, p.stages, {}) if "loss" in cfg.eval.tasks else None
     return run_tasks(str(p.final), cfg.eval, p.eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
-                     progress=progress, heldout=held)
+                     progress=progress, heldout=held, heldout_cfg=cfg.heldout)
 
 
 def run(cfg: RunConfig, progress: bool = True, launcher: list[str] | None = None) -> tuple[Plan, dict]:

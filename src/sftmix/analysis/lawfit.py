@@ -124,7 +124,7 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
     names = sorted({s["metric"] for s in store.samples("loss")})
     if not names:
         raise SftmixError("fit: the study measured no held-out loss per item (add `loss` to eval.tasks, with the abilities' "
-                          "sources in eval.loss_sources); laws are fitted to held-out loss")
+                          "sources in heldout.sources); laws are fitted to held-out loss")
     out, notes = [], []
     cache: dict = {}
     trained = {d["source"]: d["ability"] for d in store.data()}
@@ -148,7 +148,7 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
     for a in abilities:
         if not any(t.ability == a for t in out):
             notes.append(f"ability {a!r}: no held-out loss of it was measured on every configuration, so no law predicts it "
-                         f"(add one of its sources, {', '.join((sources or {}).get(a, []))}, to eval.loss_sources)")
+                         f"(add one of its sources, {', '.join((sources or {}).get(a, []))}, to heldout.sources)")
     return out, notes
 
 

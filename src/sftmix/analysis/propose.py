@@ -46,7 +46,7 @@ def _ability_targets(doc: dict, names: dict[str, float], flag: str) -> dict[str,
         ts = [n for n, r in doc["targets"].items() if r["ability"] == a]
         if not ts:
             raise SftmixError(f"{flag}: ability {a!r} has no held-out loss in this study (add one of its sources, "
-                              f"{', '.join(doc['sources'].get(a, []))}, to eval.loss_sources and rerun), so nothing predicts it")
+                              f"{', '.join(doc['sources'].get(a, []))}, to heldout.sources and rerun), so nothing predicts it")
         bad = [n for n in ts if doc["targets"][n]["selected"] is None]
         if bad:
             raise SftmixError(f"{flag}: ability {a!r}: {bad[0]}: {doc['targets'][bad[0]]['why']}; drop {a} from {flag} or run a "
@@ -311,7 +311,7 @@ def propose_k(store, eps: float, n_boot: int = 200, seed: int = 0) -> dict:
         if t.ability not in specialised:
             continue
         if source not in des["stage1_loss"]:
-            raise SftmixError(f"--dmt-k: {t.name}: no held-out loss at the end of stage 1 (the forgetting curves, eval.curve: "
+            raise SftmixError(f"--dmt-k: {t.name}: no held-out loss at the end of stage 1 (the forgetting curves, curve.enabled: "
                               "true, measure it); the k criterion compares with it")
         if fitted["selected"] is None:
             raise SftmixError(f"--dmt-k: {t.name}: {fitted['why']}")

@@ -10,17 +10,20 @@ from sftmix.cli.common import (
     output_dir,
     positive_int,
 )
-from sftmix.config import EvalConfig
+from sftmix.config import EvalConfig, HeldoutConfig
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
 
 # The flags of `sftmix eval` that set an eval config field: help, default and choices come from
 # the field (sftmix.config.run.EvalConfig).
 EVAL_FLAGS = {"tasks": "--tasks", "limit": "--limit", "data_dir": "--data-dir", "backend": "--backend",
-              "batch_size": "--batch-size", "dtype": "--dtype", "mtbench_repeats": "--repeats",
-              "humaneval_wrapper": "--humaneval-wrapper", "judge.base_url": "--judge-base-url", "judge.model": "--judge-model",
-              "openai.base_url": "--base-url", "openai.served_model": "--served-model", "openai.concurrency": "--concurrency",
-              "loss_sources": "--loss-sources", "loss_samples": "--loss-samples"}
+              "batch_size": "--batch-size", "dtype": "--dtype", "mtbench.repeats": "--repeats",
+              "humaneval.wrapper": "--humaneval-wrapper", "mtbench.judge.base_url": "--judge-base-url",
+              "mtbench.judge.model": "--judge-model", "openai.base_url": "--base-url", "openai.served_model": "--served-model",
+              "openai.concurrency": "--concurrency"}
+# ... and the held-out rows the loss task scores (sftmix.config.run.HeldoutConfig)
+HELDOUT_FLAGS = {"sources": "--loss-sources", "samples": "--loss-samples"}
+GENERATING = ("gsm8k", "humaneval", "mtbench")  # the benchmarks --max-new-tokens sets
 
 
 def cmd_eval(args) -> None:
@@ -39,12 +42,13 @@ def cmd_eval(args) -> None:
             except SftmixError as e:
                 raise SftmixError(f"--tasks: {e}") from None
     if args.max_new_tokens is not None:
-        for k in ("gsm8k_max_new_tokens", "humaneval_max_new_tokens", "mtbench_max_new_tokens"):
-            fields[k] = args.max_new_tokens
+        for k in GENERATING:
+            fields.setdefault(k, {})["max_new_tokens"] = args.max_new_tokens
     cfg = validate(EvalConfig, fields, "sftmix eval arguments")
+    held = validate(HeldoutConfig, config_values(args, HELDOUT_FLAGS), "sftmix eval arguments")
     out = output_dir(args.out, "--out")
     model = resolve_model(args.model)
-    doc = evaluate(model, cfg, out, template=args.template, progress=not args.quiet)
+    doc = evaluate(model, cfg, out, template=args.template, progress=not args.quiet, heldout_cfg=held)
     print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
     print(f"results: {out}/results.json")
 
@@ -71,6 +75,7 @@ def add_commands(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a model: gsm8k, humaneval, mtbench, loss, or your own task (package.module:attribute)")
     ev.add_argument("model", help="smollm2, tiny, a checkpoint folder, a hub id or a .gguf file")
     add_config_flags(ev, EvalConfig, EVAL_FLAGS)
+    add_config_flags(ev, HeldoutConfig, HELDOUT_FLAGS)
     ev.add_argument("--out", "-o", default="eval_out")
     ev.add_argument("--template", default="vicuna", choices=["vicuna", "model"])
     ev.add_argument("--max-new-tokens", type=positive_int, help="override every task's generation budget (defaults 512/512/1024)")

@@ -7,8 +7,10 @@ file, the field path, the value given and what was expected (``load_config``).""
 from sftmix.config.executor import ExecutorConfig, Resources, minutes
 from sftmix.config.run import (
                                CleanConfig,
+                               CurveConfig,
                                DataConfig,
                                EvalConfig,
+                               HeldoutConfig,
                                JudgeConfig,
                                LoraConfig,
                                MixtureConfig,
@@ -27,7 +29,7 @@ from sftmix.config.run import (
 )
 from sftmix.config.study import Claim, Prediction, StudyConfig
 
-__all__ = ["Claim", "CleanConfig", "DataConfig", "EvalConfig", "ExecutorConfig", "JudgeConfig", "LoraConfig",
+__all__ = ["Claim", "CleanConfig", "CurveConfig", "DataConfig", "EvalConfig", "HeldoutConfig", "ExecutorConfig", "JudgeConfig", "LoraConfig",
            "MixtureConfig", "PartConfig", "Prediction", "Resources", "RunConfig", "SourceConfig", "StageConfig", "StrategyConfig",
            "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "format_validation_error", "load_config", "minutes",
            "read_yaml", "validate"]

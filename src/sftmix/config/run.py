@@ -323,8 +323,43 @@ class VLLMBackendConfig(Strict):
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower generation)")
 
 
+class GSM8KSettings(Strict):
+    """GSM8K (evaluation-protocol.md): greedy, exact match of the final number."""
+
+    max_new_tokens: int = Field(512, gt=0, description="generation budget per problem")
+
+
+class HumanEvalSettings(Strict):
+    """HumanEval (evaluation-protocol.md): greedy pass@1 of sandboxed completions."""
+
+    max_new_tokens: int = Field(512, gt=0, description="generation budget per problem")
+    wrapper: Literal["complete", "raw"] = Field("complete", description="the user turn: complete = 'Complete the following "
+                                                "python code:' + the prompt; raw = the prompt alone")
+    workers: int = Field(4, gt=0, description="sandboxed executions at once")
+
+
+class MTBenchSettings(Strict):
+    """MT-Bench (evaluation-protocol.md): two turns per question, rated 1-10 by an LLM judge."""
+
+    max_new_tokens: int = Field(1024, gt=0, description="generation budget per turn")
+    repeats: int = Field(1, gt=0, description="full repeats of generation and judging (the paper: 3)")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge (an OpenAI-compatible chat endpoint)")
+
+
+# Where the settings of the flat eval section of earlier versions now live (a config that still
+# uses one is told where it went; run ids are computed from the flat form, so they do not change).
+MOVED = {"gsm8k_max_new_tokens": "eval.gsm8k.max_new_tokens", "humaneval_max_new_tokens": "eval.humaneval.max_new_tokens",
+         "humaneval_wrapper": "eval.humaneval.wrapper", "humaneval_workers": "eval.humaneval.workers",
+         "mtbench_max_new_tokens": "eval.mtbench.max_new_tokens", "mtbench_repeats": "eval.mtbench.repeats",
+         "judge": "eval.mtbench.judge", "loss_sources": "heldout.sources", "loss_samples": "heldout.samples",
+         "loss_max_length": "heldout.max_length", "heldout_seed": "heldout.seed", "curve": "curve.enabled",
+         "curve_points": "curve.points"}
+
+
 class EvalConfig(Strict):
-    """Which abilities to measure and how (see evaluation-protocol.md for each benchmark)."""
+    """What the final evaluation measures and how: the tasks, the generation engine, and each
+    benchmark's settings (see evaluation-protocol.md). The held-out rows the loss task scores are
+    the run's (``heldout``)."""
 
     tasks: list[str] = Field(default_factory=lambda: ["loss"], min_length=1, description=(
         "gsm8k, humaneval, mtbench, loss, or a task of your own as package.module:attribute (a sftmix.eval.tasks.Task)"))
@@ -339,23 +374,37 @@ class EvalConfig(Strict):
     batch_size: int = Field(8, gt=0, description="prompts generated (or held-out rows scored) per batch")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="generation weights; bfloat16 is about 2x faster on CPUs with AMX "
                                                   "but greedy outputs then depend on the batch composition")
-    gsm8k_max_new_tokens: int = Field(512, gt=0, description="GSM8K: generation budget per problem")
-    humaneval_max_new_tokens: int = Field(512, gt=0, description="HumanEval: generation budget per problem")
-    humaneval_wrapper: Literal["complete", "raw"] = Field("complete", description="HumanEval user turn: complete = 'Complete the following "
-                                                          "python code:' + the prompt; raw = the prompt alone")
-    humaneval_workers: int = Field(4, gt=0, description="HumanEval: sandboxed executions at once")
-    mtbench_max_new_tokens: int = Field(1024, gt=0, description="MT-Bench: generation budget per turn")
-    mtbench_repeats: int = Field(1, gt=0, description="full repeats of generation and judging (the paper: 3)")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the MT-Bench judge (an OpenAI-compatible chat endpoint)")
-    loss_sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"], min_length=1,
-                                    description="sources whose held-out rows the loss task scores")
-    loss_samples: int = Field(64, gt=0, description="held-out rows per loss source")
-    loss_max_length: int = Field(512, gt=8, description="held-out loss: tokens per row at most")
-    heldout_seed: int = Field(0, description="seed choosing the held-out rows of sources without a test split; fixed across "
-                              "runs and replicates so that they are measured on the same rows (paired comparisons)")
-    curve_points: int = Field(4, ge=0, description="held-out loss points per training stage besides its start and end "
-                              "(forgetting curves); 0 = start and end only")
-    curve: bool = Field(True, description="measure held-out loss of every loss source during training (forgetting curves)")
+    gsm8k: GSM8KSettings = Field(default_factory=GSM8KSettings, description="GSM8K's settings")
+    humaneval: HumanEvalSettings = Field(default_factory=HumanEvalSettings, description="HumanEval's settings")
+    mtbench: MTBenchSettings = Field(default_factory=MTBenchSettings, description="MT-Bench's settings, its judge included")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict):
+            for k in data:
+                if k in MOVED:
+                    raise ValueError(f"eval.{k} is now {MOVED[k]}")
+        return data
+
+
+class HeldoutConfig(Strict):
+    """The run's held-out rows, chosen once before training (``heldout.json``): training leaves
+    them out of its pools and measures them for the forgetting curves; the loss task scores them."""
+
+    sources: list[str] = Field(default_factory=lambda: ["gsm8k", "code_alpaca", "sharegpt"], min_length=1,
+                               description="sources whose held-out rows are measured (the loss task: one metric each)")
+    samples: int = Field(64, gt=0, description="held-out rows per source")
+    max_length: int = Field(512, gt=8, description="tokens per held-out row at most")
+    seed: int = Field(0, description="seed choosing the held-out rows of sources without a test split; fixed across "
+                      "runs and replicates so that they are measured on the same rows (paired comparisons)")
+
+
+class CurveConfig(Strict):
+    """The forgetting curves: held-out loss of every held-out source measured during training."""
+
+    enabled: bool = Field(True, description="measure the curves (when the run's eval tasks include loss)")
+    points: int = Field(4, ge=0, description="points per training stage besides its start and end; 0 = start and end only")
 
 
 class RunConfig(Strict):
@@ -372,8 +421,26 @@ class RunConfig(Strict):
     strategy: StrategyConfig | None = Field(None, description="one of the paper's strategies (or give stages)")
     stages: list[StageConfig] | None = Field(None, description="explicit stages instead of a strategy")
     train: TrainSettings = Field(default_factory=TrainSettings, description="training settings of every stage")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="what the final evaluation measures (and the held-out curves)")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="what the final evaluation measures")
+    heldout: HeldoutConfig = Field(default_factory=HeldoutConfig, description="the run's held-out rows (training's and the loss task's)")
+    curve: CurveConfig = Field(default_factory=CurveConfig, description="the forgetting curves measured during training")
     output_dir: str | None = Field(None, description="defaults to runs/<name>")
+
+    def legacy_dump(self) -> dict:
+        """The config as run ids hash it: the strategy with every field any strategy has
+        (``_Strategy.legacy_dump``) and the eval section flat, as it was before the held-out rows,
+        the curves and each benchmark got sections of their own, so that a run's id (and a study's
+        stored results) stay what they were."""
+        d = self.model_dump()
+        if self.strategy is not None:
+            d["strategy"] = self.strategy.legacy_dump()
+        h, c, ev = d.pop("heldout"), d.pop("curve"), d["eval"]
+        g, he, mt = ev.pop("gsm8k"), ev.pop("humaneval"), ev.pop("mtbench")
+        ev.update(gsm8k_max_new_tokens=g["max_new_tokens"], humaneval_max_new_tokens=he["max_new_tokens"],
+                  humaneval_wrapper=he["wrapper"], humaneval_workers=he["workers"], mtbench_max_new_tokens=mt["max_new_tokens"],
+                  mtbench_repeats=mt["repeats"], judge=mt["judge"], loss_sources=h["sources"], loss_samples=h["samples"],
+                  loss_max_length=h["max_length"], heldout_seed=h["seed"], curve=c["enabled"], curve_points=c["points"])
+        return d
 
     @model_validator(mode="after")
     def _one_plan(self) -> RunConfig:

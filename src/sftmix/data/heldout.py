@@ -3,7 +3,7 @@
 the forgetting curves; the final evaluation scores them. Nothing chooses them a second time.
 
 Held-out rows of a source: its ``test`` split when one exists (GSM8K, generated sources);
-otherwise the *last* ``n`` rows of the pool's sampling order under ``heldout_seed`` (0 by
+otherwise the *last* ``n`` rows of the pool's sampling order under ``heldout.seed`` (0 by
 default, whatever the run's seed, so that every run and every replicate of a study is measured on
 the same rows and runs can be compared pairwise). Training excludes those rows from its pools
 (``sftmix.train.strategies``), and the overlap with the run's manifests is still reported

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sftmix.config import EvalConfig
+from sftmix.config import EvalConfig, HeldoutConfig
 from sftmix.data.heldout import HeldoutRows, choose
 from sftmix.io import read_json
 from sftmix.models import load_model, load_tokenizer
 
 
-def heldout_loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed, training_ids, loaded=None,
+def heldout_loss(model_path, cfg: EvalConfig, hcfg: HeldoutConfig, template, data_dir, sources, seed, training_ids, loaded=None,
                  held: HeldoutRows | None = None):
     """Held-out loss per source, on ``held`` (the run's rows, as its training chose them) or, for
     a checkpoint evaluated on its own, on rows chosen now by the same rule. A checkpoint whose
@@ -21,14 +21,14 @@ def heldout_loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed,
     from sftmix.supervised import HELDOUT_FILE, heldout_key, mean_loss  # torch: loaded when a loss is measured
 
     if held is None:
-        held = choose(cfg.loss_sources, cfg.loss_samples, cfg.heldout_seed, sources, str(data_dir) if data_dir else None)
-    sets = {name: held.rows(name) for name in cfg.loss_sources}  # a source that could not be loaded: its error
-    hows = {name: held.how[name] for name in cfg.loss_sources}
+        held = choose(hcfg.sources, hcfg.samples, hcfg.seed, sources, str(data_dir) if data_dir else None)
+    sets = {name: held.rows(name) for name in hcfg.sources}  # a source that could not be loaded: its error
+    hows = {name: held.how[name] for name in hcfg.sources}
     saved = Path(model_path) / HELDOUT_FILE
     measured = {}
     if saved.exists():
         doc = read_json(saved)
-        if doc.get("key") == heldout_key(sets, template, cfg.loss_max_length, cfg.batch_size):
+        if doc.get("key") == heldout_key(sets, template, hcfg.max_length, cfg.batch_size):
             measured = doc["results"]
     model = tok = None
     metrics, rows = {}, []
@@ -39,7 +39,7 @@ def heldout_loss(model_path, cfg: EvalConfig, template, data_dir, sources, seed,
         else:
             if model is None:
                 tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
-            m = mean_loss(model, tok, convs, template, cfg.loss_max_length, cfg.batch_size)
+            m = mean_loss(model, tok, convs, template, hcfg.max_length, cfg.batch_size)
         per_sample = m.pop("per_sample")
         m["heldout"] = how
         if training_ids is not None:

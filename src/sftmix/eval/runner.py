@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from sftmix import layout
-from sftmix.config import EvalConfig, SourceConfig
+from sftmix.config import EvalConfig, HeldoutConfig, SourceConfig
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
 from sftmix.io import read_json, write_json, write_jsonl
@@ -25,7 +25,7 @@ def _data_dir(cfg: EvalConfig, run_data_dir: str | None) -> Path | None:
 
 def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: str = "vicuna", run_data_dir: str | None = None,
              sources: dict[str, SourceConfig] | None = None, seed: int = 0, training_ids: set[str] | None = None,
-             progress: bool = True, heldout=None) -> dict:
+             progress: bool = True, heldout=None, heldout_cfg: HeldoutConfig | None = None) -> dict:
     """Run every task in ``cfg.tasks`` (``sftmix.eval.tasks``) on ``model_path``; return and write
     the results. Per task: ``task_<name>.json`` (its metrics), ``samples_<name>.jsonl`` (its rows)
     and ``items_<name>.jsonl`` (the per-item values behind its headline metrics)."""
@@ -49,7 +49,8 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
         return generator
 
     ctx = tasks.Context(model_path, cfg, template, _data_dir(cfg, run_data_dir), out, progress, get_generator,
-                        sources or {}, seed, training_ids, [t.name for t in todo], heldout)
+                        sources or {}, seed, training_ids, [t.name for t in todo], heldout,
+                        heldout_cfg or HeldoutConfig())
     results, info = {}, {}
     for spec, task in zip(cfg.tasks, todo):
         info[task.name] = {"spec": spec, "ability": task.ability, "version": task.version, "metrics": task.metrics,

@@ -45,6 +45,7 @@ class Context:
     training_ids: set[str] | None = None
     tasks: list[str] = field(default_factory=list)  # every task of this evaluation (by name)
     heldout: Any = None  # the run's held-out rows (sftmix.data.heldout.HeldoutRows); None: chosen by the loss task
+    heldout_cfg: Any = None  # HeldoutConfig: which rows the loss task scores, and how long each may be
 
     @property
     def generator(self):
@@ -124,7 +125,7 @@ def _run_gsm8k(ctx: Context) -> tuple[dict, list[dict]]:
 
     problems = load_raw("gsm8k", SourceConfig(split="test"), str(ctx.data_dir) if ctx.data_dir else None)
     problems = problems[: ctx.cfg.limit] if ctx.cfg.limit else problems
-    return gsm8k.run(ctx.generator, ctx.template, problems, ctx.cfg.gsm8k_max_new_tokens)
+    return gsm8k.run(ctx.generator, ctx.template, problems, ctx.cfg.gsm8k.max_new_tokens)
 
 
 def _run_humaneval(ctx: Context) -> tuple[dict, list[dict]]:
@@ -132,15 +133,16 @@ def _run_humaneval(ctx: Context) -> tuple[dict, list[dict]]:
 
     problems = humaneval.load_problems()
     problems = problems[: ctx.cfg.limit] if ctx.cfg.limit else problems
-    return humaneval.run(ctx.generator, ctx.template, problems, ctx.cfg.humaneval_wrapper, ctx.cfg.humaneval_max_new_tokens,
-                         ctx.cfg.humaneval_workers, ctx.progress)
+    return humaneval.run(ctx.generator, ctx.template, problems, ctx.cfg.humaneval.wrapper, ctx.cfg.humaneval.max_new_tokens,
+                         ctx.cfg.humaneval.workers, ctx.progress)
 
 
 def check_judge(cfg) -> None:
     """MT-Bench needs its judge's key before any generation starts."""
-    if not os.environ.get(cfg.judge.api_key_env):
-        raise SftmixError(f"MT-Bench needs a judge API key in ${cfg.judge.api_key_env} "
-                          f"(judge base_url: {cfg.judge.base_url or os.environ.get('OPENAI_BASE_URL') or 'OpenAI'})")
+    judge = cfg.mtbench.judge
+    if not os.environ.get(judge.api_key_env):
+        raise SftmixError(f"MT-Bench needs a judge API key in ${judge.api_key_env} "
+                          f"(judge base_url: {judge.base_url or os.environ.get('OPENAI_BASE_URL') or 'OpenAI'})")
 
 
 def _run_mtbench(ctx: Context) -> tuple[dict, list[dict]]:
@@ -151,11 +153,11 @@ def _run_mtbench(ctx: Context) -> tuple[dict, list[dict]]:
         raise SftmixError(f"MT-Bench data not found: expected {d or '<data_dir>'}/mt_bench/question.jsonl "
                           "(set eval.data_dir or $SFTMIX_DATA_DIR)")
     cfg = ctx.cfg
-    judge = mtbench.Judge(cfg.judge.base_url or os.environ.get("OPENAI_BASE_URL"), cfg.judge.model,
-                          os.environ.get(cfg.judge.api_key_env), ctx.out / "judgments_cache.jsonl",
-                          parallel=cfg.judge.parallel, max_retries=cfg.judge.max_retries)
-    return mtbench.run(ctx.generator, ctx.template, d / "mt_bench", judge, ctx.model_path, cfg.mtbench_repeats, cfg.limit,
-                       cfg.mtbench_max_new_tokens, ctx.progress)
+    jc = cfg.mtbench.judge
+    judge = mtbench.Judge(jc.base_url or os.environ.get("OPENAI_BASE_URL"), jc.model, os.environ.get(jc.api_key_env),
+                          ctx.out / "judgments_cache.jsonl", parallel=jc.parallel, max_retries=jc.max_retries)
+    return mtbench.run(ctx.generator, ctx.template, d / "mt_bench", judge, ctx.model_path, cfg.mtbench.repeats, cfg.limit,
+                       cfg.mtbench.max_new_tokens, ctx.progress)
 
 
 def _run_loss(ctx: Context) -> tuple[dict, list[dict]]:
@@ -165,7 +167,7 @@ def _run_loss(ctx: Context) -> tuple[dict, list[dict]]:
     shared = cfg.backend in ("auto", "hf") and cfg.dtype == "float32" and any(t != "loss" for t in ctx.tasks)
     g = ctx.get_generator() if shared else None  # otherwise loaded only if a source is not already measured
     loaded = (g.tokenizer, g.model) if getattr(g, "model", None) is not None else None
-    return heldout_loss(ctx.model_path, cfg, ctx.template, ctx.data_dir, ctx.sources, ctx.seed, ctx.training_ids, loaded,
+    return heldout_loss(ctx.model_path, cfg, ctx.heldout_cfg, ctx.template, ctx.data_dir, ctx.sources, ctx.seed, ctx.training_ids, loaded,
                         ctx.heldout)
 
 

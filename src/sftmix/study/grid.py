@@ -190,7 +190,7 @@ def measured_metrics(runs: list[PlannedRun]) -> tuple[set[str], dict]:
             seen[specs] = resolve(list(specs), f"run {r.label!r}: eval.tasks")
         for t in seen[specs]:
             found[t.name] = t
-            keys |= {f"{t.name}/{s}" for s in ev.loss_sources} if "*" in t.metrics else {f"{t.name}/{m}" for m in t.metrics}
+            keys |= {f"{t.name}/{s}" for s in r.config.heldout.sources} if "*" in t.metrics else {f"{t.name}/{m}" for m in t.metrics}
     return keys, found
 
 
@@ -201,7 +201,7 @@ def check_metrics(study: StudyConfig, runs: list[PlannedRun], where: str = "stud
     from sftmix.data.sources import BUILTINS
 
     measured, found = measured_metrics(runs)
-    sources = set(BUILTINS) | {s for r in runs for s in (*r.config.sources, *r.config.eval.loss_sources)}
+    sources = set(BUILTINS) | {s for r in runs for s in (*r.config.sources, *r.config.heldout.sources)}
 
     def known(metric: str, at: str) -> None:
         task, slash, name = str(metric).partition("/")

@@ -135,7 +135,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     pools: dict[str, Pool] = {}
     composed: dict[str, Composed] = {}
     held = heldout_rows(cfg, stages, pools)
-    heldout_sets = held.sets if "loss" in cfg.eval.tasks and cfg.eval.curve else {}
+    heldout_sets = held.sets if "loss" in cfg.eval.tasks and cfg.curve.enabled else {}
     for name, why in held.errors.items() if heldout_sets else ():
         print(f"forgetting curves: held-out source {name!r} left out: {why.splitlines()[0]}", file=sys.stderr)
     parent, offset, meta = None, {"run_step": 0, "run_tokens": 0}, {}
@@ -146,10 +146,10 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         callbacks = []
         if heldout_sets:
             start = meta["curve"][-1]["loss"] if i and meta.get("curve") else None
-            how = heldout_key(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size)
+            how = heldout_key(heldout_sets, cfg.template, cfg.heldout.max_length, cfg.eval.batch_size)
             key = stable_hash([checkpoint, layout.weights_fingerprint(checkpoint), how]) if not i else None
-            callbacks.append(HeldoutCurve(CurveSpec(heldout_sets, cfg.template, cfg.eval.loss_max_length, cfg.eval.batch_size,
-                                                    cfg.eval.curve_points, start=start, cache_key=key, **offset)))
+            callbacks.append(HeldoutCurve(CurveSpec(heldout_sets, cfg.template, cfg.heldout.max_length, cfg.eval.batch_size,
+                                                    cfg.curve.points, start=start, cache_key=key, **offset)))
         checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
                                      seed=settings.seed if settings.seed is not None else cfg.seed,
                                      parent=parent, run_config=cfg.model_dump(), progress=progress, callbacks=callbacks))
@@ -167,8 +167,8 @@ def heldout_rows(cfg: RunConfig, stages: list[StageConfig], pools: dict[str, Poo
     source that cannot be loaded is left out of the curves with a warning (evaluating it fails
     with the reason)."""
     trained = {p.source for st in stages for p in st.mixture.parts if p.source is not None}
-    names = [s for s in cfg.eval.loss_sources if "loss" in cfg.eval.tasks or s in trained]
-    return read_or_choose(layout.heldout_file(run_dir(cfg)), names, cfg.eval.loss_samples, cfg.eval.heldout_seed,
+    names = [s for s in cfg.heldout.sources if "loss" in cfg.eval.tasks or s in trained]
+    return read_or_choose(layout.heldout_file(run_dir(cfg)), names, cfg.heldout.samples, cfg.heldout.seed,
                           cfg.sources, cfg.eval.data_dir or cfg.data_dir, pool=lambda n: _pool(cfg, n, pools))
 
 
@@ -207,9 +207,7 @@ def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, held: Heldou
 
 def run_id(cfg: RunConfig) -> str:
     """Stable id of a run's resolved config (the name and output folder excluded)."""
-    d = cfg.model_dump()
-    if cfg.strategy is not None:
-        d["strategy"] = cfg.strategy.legacy_dump()
+    d = cfg.legacy_dump()
     # where an OpenAI-compatible server runs is not what the run is; vLLM's settings are, once set
     d["eval"].pop("openai", None)
     if cfg.eval.vllm == type(cfg.eval.vllm)():
