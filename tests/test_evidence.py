@@ -209,7 +209,8 @@ def test_every_shipped_claim_names_configurations_of_its_study(profile):
     """Without training: each claim of each shipped study pairs up configurations of that study."""
     from pathlib import Path
 
-    from sftmix.analysis.findings import Group, pairs
+    from sftmix.analysis.findings import pairs
+    from sftmix.analysis.results import Group
     from sftmix.study.runner import load_study
 
     for f in sorted(Path("configs/studies").glob("*.yaml")):

@@ -15,7 +15,7 @@ def test_report_marks_best_two():
 
 
 def test_directions_and_pass_fail_come_from_the_task_registry():
-    from sftmix.analysis.findings import lower_is_better
+    from sftmix.analysis.results import lower_is_better
 
     assert lower_is_better("loss/anything") and not lower_is_better("gsm8k/accuracy")
     assert tasks.direction("humaneval/pass@1") == tasks.HIGHER and tasks.direction("humaneval/pass@1_verbatim") is None

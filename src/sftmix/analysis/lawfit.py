@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftmix import layout
 from sftmix.analysis import stats
-from sftmix.analysis.findings import Group, group_items, groups, metric_keys
 from sftmix.analysis.laws import LAWS, Target, fit_target
+from sftmix.analysis.results import Group, group_items, groups, metric_keys
 from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash, write_all, write_json

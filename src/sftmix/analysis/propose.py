@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 
-from sftmix.analysis.findings import groups
 from sftmix.analysis.lawfit import targets
 from sftmix.analysis.laws import (
     CANDIDATES,
@@ -30,6 +29,7 @@ from sftmix.analysis.laws import (
     fit_target,
     predict_with,
 )
+from sftmix.analysis.results import groups
 from sftmix.analysis.stats import percentile_interval
 from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError

@@ -17,19 +17,9 @@ from pathlib import Path
 from sftmix.analysis import lawreport
 from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, markdown_table, to_html, to_markdown
 from sftmix.analysis.figure import png
-from sftmix.analysis.findings import (
-    METHOD,
-    check_claims,
-    check_predictions,
-    finding_sentence,
-    flops,
-    groups,
-    lower_is_better,
-    prediction_sentence,
-    study_tasks,
-    summary,
-)
+from sftmix.analysis.findings import METHOD, check_claims, check_predictions, finding_sentence, prediction_sentence
 from sftmix.analysis.lawfit import fit_key, load_fit
+from sftmix.analysis.results import flops, groups, lower_is_better, study_tasks, summary
 from sftmix.config import Claim, Prediction
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
