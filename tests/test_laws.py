@@ -148,10 +148,10 @@ def _objective(weights, prop) -> float:
     ({"math": 1, "code": 1, "general": 1}, 120, {"general": 1.62}),
 ])
 def test_optimiser_finds_the_known_optimum_within_budget_caps_and_constraints(weights, budget, max_loss):
-    from sftmix.analysis.propose import propose_mixture
+    from sftmix.analysis.propose import Evidence, propose_mixture
 
     caps = {"code": 25.0, "general": 500.0, "math": 500.0}  # code's source is small: its cap binds
-    prop = propose_mixture(handmade_fit(caps), weights, budget, max_loss)
+    prop = propose_mixture(Evidence(fit=handmade_fit(caps)), weights, budget, max_loss)
     ex = prop["proposal"]["examples"]
     assert sum(ex.values()) <= budget
     assert all(ex[ab] <= caps[ab] for ab in ABILITIES)
@@ -161,30 +161,30 @@ def test_optimiser_finds_the_known_optimum_within_budget_caps_and_constraints(we
     for ab, v in max_loss.items():
         assert prop["proposal"]["predicted"][f"loss/{ab}_src"]["estimate"] <= v + 1e-9
     if max_loss:  # the constraint changes the answer
-        free = propose_mixture(handmade_fit(caps), weights, budget, {})
+        free = propose_mixture(Evidence(fit=handmade_fit(caps)), weights, budget, {})
         assert free["proposal"]["examples"] != ex
 
 
 def test_optimiser_infeasible_constraint_says_what_is_reachable():
-    from sftmix.analysis.propose import propose_mixture
+    from sftmix.analysis.propose import Evidence, propose_mixture
 
     reachable = 0.8 + 0.9 * 51 ** -0.4  # all 50 examples on math
     with pytest.raises(SftmixError, match=r"no mixture of at most 50 examples meets every --max-loss: the lowest predicted math "
                                           rf"loss within the budget is {reachable:.4g} \(asked <= 0.9\)"):
-        propose_mixture(handmade_fit({"code": 25.0, "general": 500.0, "math": 500.0}), {"math": 1}, 50, {"math": 0.9})
+        propose_mixture(Evidence(fit=handmade_fit({"code": 25.0, "general": 500.0, "math": 500.0})), {"math": 1}, 50, {"math": 0.9})
 
 
 # ---------------------------------------------------------------- DMT's k
 
 def test_dmt_k_finds_the_critical_k(tmp_path):
-    from sftmix.analysis.propose import propose_k
+    from sftmix.analysis.propose import Evidence, propose_k
 
     c, b, t = 0.5, math.log(0.6), -12.0  # math loss after stage 2 falls with the replayed proportion r
     f = dmt_study(tmp_path, [0, "1/64", "1/16", "1/8", "1/4", "1/2", 1])
     store = fill_dmt(f, {"generated_math": lambda r: c + math.exp(b + t * r),
                          "sharegpt": lambda r: 1.6 + 0.5 * r}, stage1={"generated_math": 0.52})
     eps = 0.03
-    prop = propose_k(store, eps, n_boot=20)
+    prop = propose_k(Evidence(store), eps, n_boot=20)
     # closed form: c + exp(b + t r) <= 0.52 + eps  <=>  r >= (log(0.55 - c) - b) / t; r = R / (R + new), R ~ k * 400
     r_star = (math.log(0.52 + eps - c) - b) / t
     k_star = r_star * DMT_NEW / (1 - r_star) / sum(DMT_PARTS.values())
@@ -200,8 +200,9 @@ def test_dmt_k_finds_the_critical_k(tmp_path):
     assert sorted(r.config.strategy.k for r in runs) == sorted([0.25, prop["k"]])
     assert json.loads((tmp_path / "dmtk" / "proposal.json").read_text())["mode"] == "dmt_k"
     with pytest.raises(SftmixError, match="no k in \\[0, 1\\] keeps loss/generated_math within 0.001"):
-        propose_k(fill_dmt(dmt_study(tmp_path, [0, "1/16", "1/4", 1], "d2"), {"generated_math": lambda r: c + math.exp(b + t * r)},
-                           stage1={"generated_math": 0.4}), 0.001, n_boot=10)
+        store = fill_dmt(dmt_study(tmp_path, [0, "1/16", "1/4", 1], "d2"), {"generated_math": lambda r: c + math.exp(b + t * r)},
+                         stage1={"generated_math": 0.4})
+        propose_k(Evidence(store), 0.001, n_boot=10)
 
 
 # ---------------------------------------------------------------- the CLI on synthetic stores

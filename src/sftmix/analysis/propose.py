@@ -11,6 +11,9 @@ DMT mode (``--dmt-k EPS``): from a study over DMT's replay k, a law of each spec
 ability's final held-out loss in the replayed proportion of stage 2 (Ye et al.'s continual-
 training use of the mixing law), and the smallest k whose predicted loss stays within EPS of
 the ability's loss at the end of stage 1.
+
+Both modes take the same input, ``Evidence``: the study's results store and the laws fitted to it
+(``fit.json``); each mode reads what it needs and says so when that is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +37,7 @@ from sftmix.analysis.results import groups
 from sftmix.analysis.stats import percentile_interval
 from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError
+from sftmix.study.store import Store
 
 
 def _ability_targets(doc: dict, names: dict[str, float], flag: str) -> dict[str, list[str]]:
@@ -74,10 +79,24 @@ def simplex_grid(m: int, points: int = 1000, rng: np.random.Generator | None = N
     return np.r_[np.eye(m), rng.dirichlet(np.ones(m), points)]
 
 
-def propose_mixture(doc: dict, weights: dict[str, float], budget: float | None = None,
+@dataclass(frozen=True)
+class Evidence:
+    """What a proposal is made from: a study's results store and the laws fitted to its runs
+    (``lawfit.run_fit``'s document). A mixture needs the fit; DMT's k fits its own law of the
+    replayed proportion from the store."""
+
+    store: Store | None = None
+    fit: dict | None = None
+
+
+def propose_mixture(evidence: Evidence, weights: dict[str, float], budget: float | None = None,
                     max_loss: dict[str, float] | None = None) -> dict:
     """The recommended mixture (see the module docstring) and the best tried configuration."""
     from scipy.optimize import minimize
+
+    doc = evidence.fit
+    if doc is None:
+        raise SftmixError("propose: a mixture is proposed from fitted laws; run `sftmix study fit` first")
 
     max_loss = max_loss or {}
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
@@ -290,8 +309,11 @@ def critical_k(law_name: str, theta: np.ndarray, limit: float, X: np.ndarray, gr
 K_GRID = np.unique(np.r_[0.0, np.geomspace(1e-4, 1, 400), np.linspace(0, 1, 1001)])
 
 
-def propose_k(store, eps: float, n_boot: int = 200, seed: int = 0) -> dict:
+def propose_k(evidence: Evidence, eps: float, n_boot: int = 200, seed: int = 0) -> dict:
     """The smallest replay k keeping every specialised ability within ``eps`` of its stage-1 loss."""
+    store = evidence.store
+    if store is None:
+        raise SftmixError("--dmt-k: DMT's k is fitted from the study's results store")
     if eps < 0:
         raise SftmixError(f"--dmt-k {eps:g}: EPS is a loss margin, >= 0")
     des = dmt_design(store)

@@ -115,7 +115,7 @@ def cmd_propose(args) -> None:
     """``sftmix study propose``: a mixture (or a DMT k) from the fitted laws, written as a study to run."""
     import yaml
 
-    from sftmix.analysis.propose import proposal_study, propose_k, propose_mixture
+    from sftmix.analysis.propose import Evidence, proposal_study, propose_k, propose_mixture
     from sftmix.io import json_text, write_all
 
     args.weights = _arg("--weights", _weights, args.weights)
@@ -131,11 +131,11 @@ def cmd_propose(args) -> None:
     max_loss = _max_losses(args.max_loss)
     study, runs, out, store = _results(args)
     if args.dmt_k is not None:
-        prop = propose_k(store, args.dmt_k, args.draws, args.seed)
+        prop = propose_k(Evidence(store), args.dmt_k, args.draws, args.seed)
     else:
         args.unit = "examples"
         doc = _fit(args, study, runs, out, store, quiet=True)
-        prop = propose_mixture(doc, args.weights, args.budget, max_loss)
+        prop = propose_mixture(Evidence(store, doc), args.weights, args.budget, max_loss)
     proposal_out = (out / layout.PROPOSAL_DIR).resolve()
     doc_yaml = proposal_study(prop, study.name, store, str(proposal_out))
     pj, py = out / layout.PROPOSAL_JSON, out / layout.PROPOSAL_YAML
