@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"  # the suite's helpers and the user-task package live here (test files sit in folders mirroring the package)
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # The suite runs offline unless a test says otherwise: no probe of the Hugging Face hub, and

@@ -20,10 +20,10 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
+from conftest import TESTS
 from sftmix.cli import main
 from sftmix.errors import SftmixError
 
@@ -191,7 +191,7 @@ class FailingServer:
 
 @pytest.fixture
 def user_tasks(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(TESTS))
 
 
 def test_a_server_answering_errors_is_a_clear_error_after_retries(tmp_path, capsys, user_tasks):

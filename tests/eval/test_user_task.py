@@ -9,11 +9,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import TESTS
 from helpers import TINY_SOURCES, TINY_TRAIN
 
 SPEC = "usertasks.exact:arithmetic"
@@ -22,7 +22,7 @@ SPEC = "usertasks.exact:arithmetic"
 @pytest.fixture
 def user_env(monkeypatch):
     """The user's package importable, as after `pip install` of it (child processes too)."""
-    here = str(Path(__file__).parent)
+    here = str(TESTS)
     monkeypatch.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.syspath_prepend(here)
     return {**os.environ}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from sftmix.eval import humaneval, sandbox
 from sftmix.eval.sandbox import (
     Limits,
@@ -25,7 +26,6 @@ from sftmix.eval.sandbox import (
     run_program,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 

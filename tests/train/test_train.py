@@ -4,11 +4,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import REPO
 from helpers import TINY_EVAL, losses, max_weight_diff, tiny_run, weights
 from sftmix.config import RunConfig, validate
 from sftmix.errors import SftmixError
@@ -71,7 +71,7 @@ def test_batch_8x1_equals_4x2(tmp_path):
 
 def checkout_revision() -> str | None:
     """What provenance must record: this checkout's git revision (None only outside a git checkout)."""
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     if rev.returncode != 0:
         return None
