@@ -97,11 +97,14 @@ def _html_block(b: Block) -> str:
     raise TypeError(f"not a report block: {type(b).__name__}")
 
 
+def _render(sections: list[Section], heading, block) -> str:
+    """Every section in order: its heading (when titled), then its blocks."""
+    return "".join((heading(s.title) if s.title else "") + "".join(block(b) for b in s.blocks) for s in sections)
+
+
 def to_html(title: str, sections: list[Section]) -> str:
     """The report as one self-contained HTML page (figures embedded)."""
-    body = f"<h1>{html.escape(title)}</h1>"
-    for s in sections:
-        body += (f"<h2>{html.escape(s.title)}</h2>" if s.title else "") + "".join(_html_block(b) for b in s.blocks)
+    body = f"<h1>{html.escape(title)}</h1>" + _render(sections, lambda t: f"<h2>{html.escape(t)}</h2>", _html_block)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
             f"</head><body>{body}</body></html>")
 
@@ -142,7 +145,4 @@ def _md_block(b: Block) -> str:
 
 def to_markdown(title: str, sections: list[Section]) -> str:
     """The report in Markdown (figures linked: they are written beside it)."""
-    out = f"# {title}\n\n"
-    for s in sections:
-        out += (f"## {s.title}\n\n" if s.title else "") + "".join(_md_block(b) for b in s.blocks)
-    return out
+    return f"# {title}\n\n" + _render(sections, lambda t: f"## {t}\n\n", _md_block)
