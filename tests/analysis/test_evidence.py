@@ -245,8 +245,8 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
     CPU has no native bf16, so bf16 is forced; torch emulates it, and the wrapper is the same."""
     import sftmix.supervised as loss_mod
     import sftmix.train.stage as stage_mod
-    from sftmix.eval.runner import evaluate
-    from sftmix.train.strategies import run_dir, run_strategy, training_ids
+    from sftmix import pipeline
+    from sftmix.train.strategies import run_strategy
 
     monkeypatch.setattr(stage_mod, "cpu_has_bf16", lambda: True)
     wrapped_seen = []
@@ -263,8 +263,7 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
     final = run_strategy(cfg, progress=False)
     meta = json.loads((final / "meta.json").read_text())
     assert meta["bf16"] and any(wrapped_seen)  # the curve really was measured on an autocast-wrapped model
-    doc = evaluate(str(final), cfg.eval, run_dir(cfg) / "eval", cfg.template, cfg.data_dir, cfg.sources, cfg.seed,
-                   training_ids(cfg), progress=False)
+    doc = pipeline.evaluate(pipeline.plan(cfg), progress=False)
     fresh = fresh_losses(cfg, str(final))
     for source in HELDOUT["sources"]:
         assert abs(meta["curve"][-1]["loss"][source] - fresh[source]) < 1e-6, source
