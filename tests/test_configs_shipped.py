@@ -212,3 +212,23 @@ def test_a_flat_eval_key_of_earlier_versions_names_its_new_place(tmp_path):
                                "eval": {"mtbench": {"repeats": 3, "judge": {"model": "j"}}, "humaneval": {"workers": 2}}}, "x")
     assert (cfg.heldout.samples, cfg.heldout.seed, cfg.curve.enabled, cfg.eval.mtbench.repeats, cfg.eval.mtbench.judge.model,
             cfg.eval.humaneval.workers) == (3, 2, False, 3, "j", 2)
+
+
+def test_a_config_stored_flat_by_an_earlier_version_upgrades_to_the_same_run():
+    """A study's store keeps each run's config as it was run: an earlier version's flat eval
+    section, upgraded, is the same run (same config, same id) as today's form of it."""
+    from sftmix.config import RunConfig, validate
+    from sftmix.config.run import upgrade
+    from sftmix.train.strategies import run_id
+
+    cfg = validate(RunConfig, {"strategy": {"name": "dmt", "specialised": ["gsm8k"], "general": "sharegpt", "k": "1/4"},
+                               "heldout": {"sources": ["gsm8k"], "samples": 7, "max_length": 99, "seed": 3},
+                               "curve": {"enabled": False, "points": 2},
+                               "eval": {"tasks": ["loss", "mtbench"], "gsm8k": {"max_new_tokens": 11},
+                                        "humaneval": {"max_new_tokens": 12, "wrapper": "raw", "workers": 2},
+                                        "mtbench": {"max_new_tokens": 13, "repeats": 3, "judge": {"model": "j"}}}}, "x")
+    flat = {**cfg.legacy_dump(), "strategy": cfg.strategy.model_dump(), "name": cfg.name, "output_dir": None}
+    assert "loss_samples" in flat["eval"] and "heldout" not in flat
+    again = validate(RunConfig, upgrade(flat), "stored")
+    assert again == cfg and run_id(again) == run_id(cfg)
+    assert "loss_samples" in flat["eval"]  # the stored document itself is left as it was

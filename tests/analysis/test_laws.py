@@ -403,3 +403,26 @@ def test_each_law_value_is_consistent(name):
                    for e in np.eye(len(theta))], axis=1)
     assert J.shape == fd.shape and np.allclose(J, fd, rtol=1e-4, atol=1e-6), (J, fd)
     assert law.cannot(X, 2) is None and law.cannot(np.ones((9, 3)), 2) is not None
+
+
+def test_a_store_of_an_earlier_version_still_gives_a_runnable_proposal(tmp_path):
+    """Runs recorded before the held-out and benchmark settings had sections keep their flat eval
+    in the store (their ids are unchanged, so they stay done); the proposal built from them is a
+    study file today's sftmix runs."""
+    import sqlite3
+
+    from sftmix.config import RunConfig, validate
+    from sftmix.study.runner import load_study
+
+    f = mixture_study(tmp_path, DESIGN, replicates=1)
+    fill(f, TRUTH)
+    db = tmp_path / "syn" / "results.sqlite"
+    with sqlite3.connect(db) as con:
+        for rid, config in con.execute("SELECT id, config FROM runs").fetchall():
+            cfg = validate(RunConfig, json.loads(config), rid)
+            flat = {**cfg.legacy_dump(), "strategy": cfg.strategy.model_dump()}
+            con.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(flat), rid))
+    assert main(["study", "fit", str(f), "--draws", "20", "--quiet"]) == 0
+    assert main(["study", "propose", str(f), "--weights", "math=1,code=1", "--draws", "20", "--quiet"]) == 0
+    study, runs = load_study(str(tmp_path / "syn" / "proposal.yaml"))
+    assert runs and all(r.config.heldout.samples == 8 for r in runs)

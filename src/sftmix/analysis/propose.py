@@ -35,6 +35,7 @@ from sftmix.analysis.laws import (
 )
 from sftmix.analysis.results import groups
 from sftmix.analysis.stats import percentile_interval
+from sftmix.config.run import upgrade
 from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError
 from sftmix.study.store import Store
@@ -388,7 +389,8 @@ def proposal_study(prop: dict, study_name: str, store, out_dir: str) -> dict:
     if best is None:  # the fit's configurations are not the store's: never guess which one was meant
         raise SftmixError(f"propose: the best tried configuration {prop['best_tried']['label']!r} is not among the study's done "
                           "configurations now (the study was relabelled or changed); refit with `sftmix study fit`")
-    base = {k: copy.deepcopy(v) for k, v in best.config.items() if k not in ("name", "output_dir", "seed")}
+    # a run recorded by an earlier version keeps its flat eval section in the store: today's form
+    base = {k: v for k, v in upgrade(best.config).items() if k not in ("name", "output_dir", "seed")}
     seeds = sorted(best.seeds)
     doc: dict = {"name": f"{study_name}_proposal", "base": base, "output_dir": out_dir,
                  "replicates": max(len(seeds), 1), "compare": [], "predictions": []}

@@ -3,6 +3,7 @@ data compose file. Defaults and field descriptions here are what the CLI shows."
 
 from __future__ import annotations
 
+import copy
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -354,6 +355,21 @@ MOVED = {"gsm8k_max_new_tokens": "eval.gsm8k.max_new_tokens", "humaneval_max_new
          "judge": "eval.mtbench.judge", "loss_sources": "heldout.sources", "loss_samples": "heldout.samples",
          "loss_max_length": "heldout.max_length", "heldout_seed": "heldout.seed", "curve": "curve.enabled",
          "curve_points": "curve.points"}
+
+
+def upgrade(doc: dict) -> dict:
+    """A run config as an earlier version wrote it (a flat ``eval``; a study's results store keeps
+    each run's config as it was run) in today's form, each moved key in its new place; ``doc`` is
+    not changed."""
+    doc = copy.deepcopy(doc)
+    ev = doc.get("eval")
+    for old, new in MOVED.items():
+        if isinstance(ev, dict) and old in ev:
+            node, (*outer, last) = doc, new.split(".")
+            for name in outer:
+                node = node.setdefault(name, {})
+            node[last] = ev.pop(old)
+    return doc
 
 
 class EvalConfig(Strict):
