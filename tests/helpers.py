@@ -21,6 +21,7 @@ TINY_SOURCES = {"generated_math": {"size": 48}, "generated_code": {"size": 48},
 TINY_EVAL = {"tasks": ["loss"]}
 TINY_HELDOUT = {"sources": ["generated_math", "generated_code"], "samples": 8}
 TINY_CURVE = {"points": 1}
+TINY_MEASURE = {"eval": TINY_EVAL, "heldout": TINY_HELDOUT, "curve": TINY_CURVE}  # a run config's measuring sections
 
 
 def tiny_run(tmp: Path, name: str, **fields) -> RunConfig:

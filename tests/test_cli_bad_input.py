@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import TINY_EVAL, TINY_HELDOUT, TINY_SOURCES, TINY_TRAIN
+from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN
 from sftmix.cli import main
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(5)]
@@ -37,7 +37,7 @@ def user_source_cfg(tmp: Path, data: Path, fmt: str = "alpaca") -> Path:
 
 
 def run_cfg(tmp: Path, **fields) -> Path:
-    cfg = {"name": "r", "model": "tiny", "sources": TINY_SOURCES, "train": TINY_TRAIN, "eval": TINY_EVAL, "heldout": TINY_HELDOUT,
+    cfg = {"name": "r", "model": "tiny", "sources": TINY_SOURCES, "train": TINY_TRAIN, **TINY_MEASURE,
            "output_dir": str(tmp / "run"), "strategy": {"name": "individual", "sources": ["generated_math"]}, **fields}
     p = tmp / "run.yaml"
     p.write_text(yaml.safe_dump(cfg))

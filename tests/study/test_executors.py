@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, study_file, study_metrics
+from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, study_file, study_metrics
 
 pytestmark = pytest.mark.cluster
 
@@ -229,7 +229,7 @@ def test_two_slurm_nodes_train_as_one_run(tmp_path):
     from helpers import losses
 
     cfg = {"name": "nodes", "model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]},
-           "train": {**TINY_TRAIN, "per_device_batch_size": 4, "batch_size": 8}, "eval": TINY_EVAL}
+           "train": {**TINY_TRAIN, "per_device_batch_size": 4, "batch_size": 8}, **TINY_MEASURE}
     one = tmp_path / "one.yaml"
     one.write_text(yaml.safe_dump({**cfg, "output_dir": str(tmp_path / "one")}))
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(one), "--quiet"], capture_output=True, text=True)

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import yaml
 
-from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, max_weight_diff
+from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, max_weight_diff
 
 # Runs `sftmix train` with TrainerState.save_to_json replaced by a SIGKILL on its Nth call: the
 # weights and optimizer of that checkpoint are on disk, its trainer_state.json is not.
@@ -35,7 +35,7 @@ KILL_AT_SAVE = textwrap.dedent("""
 def write_cfg(tmp, name):
     cfg = {"name": name, "model": "tiny", "sources": TINY_SOURCES,
            "strategy": {"name": "individual", "sources": ["generated_code"]},
-           "train": {**TINY_TRAIN, "epochs": 3, "save_steps": 3}, "eval": TINY_EVAL, "output_dir": str(tmp / name)}
+           "train": {**TINY_TRAIN, "epochs": 3, "save_steps": 3}, **TINY_MEASURE, "output_dir": str(tmp / name)}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from helpers import TINY_EVAL, losses, max_weight_diff, tiny_run, weights
+from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
 from sftmix.config import RunConfig, validate
 from sftmix.errors import SftmixError
 from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
@@ -129,7 +129,7 @@ def test_packing_keeps_samples_apart():
 ])
 def test_bad_configs_are_clear_errors(patch, msg, tmp_path):
     base = {"name": "x", "model": "tiny", "strategy": {"name": "individual", "sources": ["generated_math"]},
-            "output_dir": str(tmp_path / "x"), "train": {"report_to": []}, "eval": TINY_EVAL}
+            "output_dir": str(tmp_path / "x"), "train": {"report_to": []}, **TINY_MEASURE}
     for k, v in patch.items():
         if v is None:
             base.pop(k)

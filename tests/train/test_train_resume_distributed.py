@@ -14,14 +14,14 @@ import psutil
 import pytest
 import yaml
 
-from helpers import TINY_EVAL, TINY_SOURCES, TINY_TRAIN, losses, max_weight_diff, weights
+from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, losses, max_weight_diff, weights
 from sftmix.supervised import HELDOUT_FILE
 from sftmix.train.checkpoints import checkpoint_complete
 
 
 def write_cfg(tmp: Path, name: str, strategy: dict, **train) -> Path:
     cfg = {"name": name, "model": "tiny", "sources": TINY_SOURCES, "strategy": strategy,
-           "train": {**TINY_TRAIN, **train}, "eval": TINY_EVAL, "output_dir": str(tmp / name)}
+           "train": {**TINY_TRAIN, **train}, **TINY_MEASURE, "output_dir": str(tmp / name)}
     p = tmp / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
