@@ -1,6 +1,7 @@
 """Held-out rows of a run, chosen once (``choose``) and kept in the run folder
 (``heldout.json``, ``HeldoutRows``): training excludes them from its pools and measures them for
-the forgetting curves; the final evaluation scores them. Nothing chooses them a second time.
+the forgetting curves; the final evaluation scores them. Within a run nothing chooses them a
+second time (a checkpoint evaluated on its own, ``sftmix eval``, has its rows chosen by the same rule).
 
 Held-out rows of a source: its ``test`` split when one exists (GSM8K, generated sources);
 otherwise the *last* ``n`` rows of the pool's sampling order under ``heldout.seed`` (0 by
