@@ -83,3 +83,17 @@ def test_a_malformed_file_is_an_error_naming_it(tmp_path, sources, text, why):
         read_or_choose(path, ["chat"], 5, 0, sources, None)
     assert str(path) in str(e.value) and "delete it" in str(e.value)
     assert path.read_text() == text  # nothing overwritten
+
+
+def test_a_source_that_could_not_be_loaded_is_tried_again(tmp_path, sources):
+    """An error kept in the file is not replayed forever: once the data is there, its rows are
+    chosen (the rows already chosen are kept as they were)."""
+    path = tmp_path / "heldout.json"
+    first = read_or_choose(path, ["chat", "gone"], 5, 0, sources, None)
+    assert "gone" in first.errors
+    rows = [{"instruction": f"Ask {i}.", "input": "", "output": f"{i} asked."} for i in range(20)]
+    write_jsonl(tmp_path / "missing.jsonl", rows)
+    again = read_or_choose(path, ["chat", "gone"], 5, 0, sources, None)
+    assert not again.errors and len(again.rows("gone")) == 5 and list(again.sets) == ["chat", "gone"]
+    assert [c.id for c in again.rows("chat")] == [c.id for c in first.rows("chat")]
+    assert HeldoutRows.from_json(json.loads(path.read_text()), "f").errors == {}

@@ -120,7 +120,16 @@ def read_or_choose(path: Path, names: list[str], n: int, seed: int, sources: dic
             raise SftmixError(f"{path}: not a held-out rows file ({type(e).__name__}: {e}); delete it to choose them again") from None
         kept = HeldoutRows.from_json(doc, str(path))
         if kept.settings == settings_of(names, n, seed, sources, data_dir):
-            return kept
+            if not kept.errors:
+                return kept
+            # a source that could not be loaded is tried again (its data may be there now): training
+            # excluded nothing of it, so rows chosen now are as unseen as the others
+            again = choose(list(kept.errors), n, seed, sources, data_dir, pool)
+            sets, how = {**kept.sets, **again.sets}, {**kept.how, **again.how}
+            held = HeldoutRows(kept.settings, {k: sets[k] for k in names if k in sets}, {k: how[k] for k in names if k in how},
+                               again.errors)
+            write_json(path, held.to_json())
+            return held
     held = choose(names, n, seed, sources, data_dir, pool)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, held.to_json())
