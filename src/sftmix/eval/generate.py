@@ -9,6 +9,11 @@
   sftmix applies the chat template itself and sends each prompt as a completion, so the server
   sees the text HF generate sees; requests run concurrently (bounded), failed ones are retried,
   and a server that is down or answers with errors is an error, never an empty answer.
+- ``ManagedServerGenerator``: the same client, to a ``vllm serve`` of the checkpoint that sftmix
+  starts for this evaluation and stops with ``close`` (``sftmix.eval.engine``).
+
+Each backend says which engine answered (``engine()``: backend, engine and version, dtype); the
+evaluation records it with its results.
 
 Every backend answers through ``Generator.generate``: with a cache (``use_cache``) each answer is
 appended to a JSONL file as it arrives, so a killed evaluation resumes without regenerating what
@@ -99,6 +104,15 @@ class Generator:
     def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc) -> Iterator[tuple[int, str]]:
         raise NotImplementedError
 
+    def engine(self) -> dict:
+        """Which engine answers: backend, engine with its version, dtype."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the backend holds (the cache file; a managed server)."""
+        if self.cache is not None:
+            self.cache.close()
+
 
 class HFGenerator(Generator):
     """Batched Hugging Face generation."""
@@ -117,6 +131,11 @@ class HFGenerator(Generator):
         self.progress = progress
         self.torch = torch
         self.identity = ("hf", dtype)
+        self.dtype = dtype
+
+    def engine(self) -> dict:
+        """transformers' generate, with its version."""
+        return {"backend": "hf", "engine": f"transformers {transformers_version()}", "dtype": self.dtype}
 
     def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc):
         torch = self.torch
@@ -164,6 +183,13 @@ class VLLMGenerator(Generator):
         self.tokenizer = self.llm.get_tokenizer()
         self.progress = progress
         self.identity = ("vllm", cfg.dtype)
+        self.dtype = cfg.dtype
+
+    def engine(self) -> dict:
+        """vLLM in this process, with its version."""
+        import vllm
+
+        return {"backend": "vllm", "engine": f"vllm {vllm.__version__}", "dtype": self.dtype}
 
     def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc):
         from vllm import SamplingParams
@@ -198,6 +224,10 @@ class OpenAIGenerator(Generator):
                                     max_retries=cfg.max_retries, timeout=cfg.timeout_s)
         self.served = self._served_model(cfg.served_model)
         self.identity = ("openai", self.served)
+
+    def engine(self) -> dict:
+        """The server's address and served model (its engine is the server's business)."""
+        return {"backend": "openai", "engine": f"{self.base_url} ({self.served})", "dtype": None}
 
     def _fail(self, e: Exception) -> SftmixError:
         import openai
@@ -265,15 +295,58 @@ class OpenAIGenerator(Generator):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+class ManagedServerGenerator(OpenAIGenerator):
+    """Completions from a ``vllm serve`` of ``model_path`` that this generator starts and ``close`` stops."""
+
+    name = "vllm_server"
+
+    def __init__(self, model_path: str, cfg=None, dtype: str = "float32", log: Path | None = None, progress: bool = True):
+        from sftmix.config.run import OpenAIBackendConfig, VLLMServerConfig
+        from sftmix.eval.engine import ManagedServer  # starts processes: only for this backend
+
+        settings = cfg or VLLMServerConfig()
+        self.dtype = settings.dtype or dtype
+        self.server = ManagedServer(model_path, settings, self.dtype, Path(log or "vllm_server.log")).start()
+        try:
+            client = OpenAIBackendConfig(base_url=self.server.url, served_model=self.server.served_model(),
+                                         concurrency=settings.concurrency, timeout_s=3600.0)
+            super().__init__(model_path, client, progress)
+            self.version = self.server.version()
+        except BaseException:
+            self.server.close()
+            raise
+        self.identity = ("vllm_server", self.dtype)
+
+    def engine(self) -> dict:
+        """vLLM's server, with the version it reports."""
+        return {"backend": "vllm_server", "engine": f"vllm {self.version or '(version not reported)'}", "dtype": self.dtype}
+
+    def close(self) -> None:
+        """Close the cache and stop the server."""
+        super().close()
+        self.server.close()
+
+
 def make_generator(model_path: str, backend: str = "auto", batch_size: int = 8, progress: bool = True, dtype: str = "float32",
-                   cfg=None) -> Generator:
-    """The generator of ``backend`` (``cfg``: the eval config, for the vllm and openai settings).
-    ``auto`` picks vLLM when it is installed and a GPU is present, else Hugging Face."""
+                   cfg=None, log_dir: Path | None = None) -> Generator:
+    """The generator of ``backend`` (``cfg``: the eval config, for the vllm and server settings;
+    ``log_dir``: where a managed server writes its log). ``auto`` picks vLLM when it is installed
+    and a GPU is present, else Hugging Face."""
     if backend == "openai":
         return OpenAIGenerator(model_path, cfg.openai if cfg is not None else None, progress)
+    if backend == "vllm_server":
+        log = Path(log_dir or ".") / "vllm_server.log"
+        return ManagedServerGenerator(model_path, cfg.vllm_server if cfg is not None else None, dtype, log, progress)
     if backend == "vllm" or (backend == "auto" and importlib.util.find_spec("vllm") is not None and _cuda()):
         return VLLMGenerator(model_path, cfg.vllm if cfg is not None else None, progress)
     return HFGenerator(model_path, batch_size=batch_size, dtype=dtype, progress=progress)
+
+
+def transformers_version() -> str:
+    """The installed transformers' version."""
+    import transformers
+
+    return transformers.__version__
 
 
 def _cuda() -> bool:

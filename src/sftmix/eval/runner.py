@@ -41,7 +41,7 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
         if generator is None:
             from sftmix.eval.generate import make_generator  # torch: only when a task generates
 
-            generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype, cfg)
+            generator = make_generator(model_path, cfg.backend, cfg.batch_size, progress, cfg.dtype, cfg, log_dir=out)
             # a killed evaluation keeps what was answered; the key holds the model and its weights, so a
             # folder reused for another model (or retrained weights) never serves the old answers
             generator.identity = (*generator.identity, model_path, layout.weights_fingerprint(model_path))
@@ -52,39 +52,52 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
                         sources or {}, seed, training_ids, [t.name for t in todo], heldout,
                         heldout_cfg or HeldoutConfig())
     results, info = {}, {}
-    for spec, task in zip(cfg.tasks, todo):
-        info[task.name] = {"spec": spec, "ability": task.ability, "version": task.version, "metrics": task.metrics,
-                           "binary": task.binary}
-        done = out / f"task_{task.name}.json"
-        if done.exists():
-            results[task.name] = read_json(done)
-            continue
-        t0 = time.perf_counter()
-        try:
-            metrics, rows = task.run(ctx)
-        except SftmixError:
-            raise
-        except Exception as e:  # a user task's own failure: name it
-            if task.name in tasks.BUILTIN:
-                raise
-            raise SftmixError(f"task {spec!r} failed: {type(e).__name__}: {e}") from e
-        if not isinstance(metrics, dict) or not isinstance(rows, list):
-            raise SftmixError(f"task {spec!r}: run must return (metrics dict, list of row dicts), got "
-                              f"({type(metrics).__name__}, {type(rows).__name__})")
-        items = task.item_rows(rows)
-        if task.name not in tasks.BUILTIN:
-            tasks.check_rows(task, metrics, items)
-        if task.generates and generator is not None:
-            metrics["tokens_processed"] = _count_tokens(rows, generator.tokenizer)
-        metrics["wall_s"] = round(time.perf_counter() - t0, 2)
-        write_jsonl(out / f"samples_{task.name}.jsonl", rows)
-        write_jsonl(out / f"items_{task.name}.jsonl", [{"metric": m, "item": i, "value": v, "weight": w} for m, i, v, w in items])
-        write_json(done, metrics)
-        results[task.name] = metrics
+    try:
+        for spec, task in zip(cfg.tasks, todo):
+            info[task.name] = {"spec": spec, "ability": task.ability, "version": task.version, "metrics": task.metrics,
+                               "binary": task.binary}
+            results[task.name] = _run_task(task, spec, ctx, out, lambda: generator)
+    finally:  # a managed engine is stopped on success, on an error and on Ctrl-C
+        if generator is not None:
+            generator.close()
+    engines = {name: m["engine"] for name, m in results.items() if isinstance(m.get("engine"), dict)}
     doc = {"model": model_path, "template": template, "tasks": results, "task_info": info, "config": cfg.model_dump(),
-           **provenance()}
+           "engine": next(iter(engines.values()), None), "engines": engines, **provenance()}
     write_json(out / "results.json", doc)
     return doc
+
+
+def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
+    """One task's metrics: read from ``task_<name>.json`` when an earlier evaluation finished it,
+    else run and written (samples, items, then the metrics, each atomically). A generating task's
+    metrics say which engine answered (``engine``)."""
+    done = out / f"task_{task.name}.json"
+    if done.exists():
+        return read_json(done)
+    t0 = time.perf_counter()
+    try:
+        metrics, rows = task.run(ctx)
+    except SftmixError:
+        raise
+    except Exception as e:  # a user task's own failure: name it
+        if task.name in tasks.BUILTIN:
+            raise
+        raise SftmixError(f"task {spec!r} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(metrics, dict) or not isinstance(rows, list):
+        raise SftmixError(f"task {spec!r}: run must return (metrics dict, list of row dicts), got "
+                          f"({type(metrics).__name__}, {type(rows).__name__})")
+    items = task.item_rows(rows)
+    if task.name not in tasks.BUILTIN:
+        tasks.check_rows(task, metrics, items)
+    gen = generator()
+    if task.generates and gen is not None:
+        metrics["tokens_processed"] = _count_tokens(rows, gen.tokenizer)
+        metrics["engine"] = gen.engine()
+    metrics["wall_s"] = round(time.perf_counter() - t0, 2)
+    write_jsonl(out / f"samples_{task.name}.jsonl", rows)
+    write_jsonl(out / f"items_{task.name}.jsonl", [{"metric": m, "item": i, "value": v, "weight": w} for m, i, v, w in items])
+    write_json(done, metrics)
+    return metrics
 
 
 def _count_tokens(rows: list[dict], tokenizer) -> int:

@@ -127,10 +127,23 @@ class Manifest(_Record):
     parts: list[ManifestPart]
 
 
+class Engine(_Record):
+    """Which engine answered an evaluation's generation tasks (``Generator.engine``)."""
+
+    backend: str
+    engine: str
+    dtype: str | None = None
+
+    def describe(self) -> str:
+        """One line: backend, engine and version, dtype."""
+        return f"{self.backend}: {self.engine}" + (f", {self.dtype}" if self.dtype else "")
+
+
 class EvalResults(_Record):
     """An evaluation's ``results.json``."""
 
     tasks: dict[str, dict[str, Any]]
+    engine: Engine | None = None  # None: no task generated (or an evaluation from before engines were recorded)
 
 
 def read_record(path: Path, model: type[BaseModel]):
@@ -162,6 +175,7 @@ class RunRecord:
     data: list[DataRow] = field(default_factory=list)
     train_tokens: float = 0.0
     params: float = 0.0
+    engine: str | None = None
 
 
 def metric_rows(results: dict) -> list[MetricRow]:
@@ -216,7 +230,8 @@ def read_run(run_out: Path) -> RunRecord:
         if not params:
             params = layout.param_count(path.parent)
     return RunRecord(done.checkpoint, str(eval_dir), metric_rows(results.tasks), sample_rows(eval_dir, results.tasks),
-                     curve_rows(run_out), data_rows(run_out), tokens, params)
+                     curve_rows(run_out), data_rows(run_out), tokens, params,
+                     results.engine.describe() if results.engine else None)
 
 
 def read_error(run_out: Path) -> ErrorRecord | None:

@@ -23,7 +23,7 @@ from sftmix.errors import SftmixError
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
   id TEXT PRIMARY KEY, label TEXT, point TEXT, config TEXT, status TEXT, error TEXT,
-  checkpoint TEXT, eval_dir TEXT, started REAL, finished REAL, train_tokens REAL, params REAL
+  checkpoint TEXT, eval_dir TEXT, started REAL, finished REAL, train_tokens REAL, params REAL, engine TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
   run_id TEXT, task TEXT, metric TEXT, value REAL, PRIMARY KEY (run_id, task, metric)
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS curves (
 
 SCHEMA_TABLES = ("runs", "metrics", "samples", "data", "curves")
 APPLICATION_ID = 0x7366746D  # "sftm": SQLite's application_id of an sftmix store
-SCHEMA_VERSION = 1  # SQLite's user_version: the layout of SCHEMA
+SCHEMA_VERSION = 2  # SQLite's user_version: the layout of SCHEMA (2: runs.engine)
 # the columns an sftmix store's tables hold (a store made before the stamp is recognised by them)
 COLUMNS = {"runs": {"id", "label", "point", "config", "status", "error", "checkpoint", "eval_dir", "started", "finished",
                     "train_tokens", "params"},
@@ -93,6 +93,8 @@ class Store:
             if not stamped or set(SCHEMA_TABLES) - set(_tables(self.conn)):  # a store that is whole is only read
                 with self.conn:
                     self.conn.executescript(SCHEMA)
+                    if "engine" not in _tables(self.conn)["runs"]:  # version 1: which engine answered was not kept
+                        self.conn.execute("ALTER TABLE runs ADD COLUMN engine TEXT")
                     self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.conn.execute("SELECT id, status FROM runs LIMIT 1").fetchall()
@@ -123,11 +125,11 @@ class Store:
 
     def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[tuple[str, str, float]],
                train_tokens: float, params: float, samples: list[tuple] = (), curves: list[tuple] = (),
-               data: list[tuple] = ()) -> None:
+               data: list[tuple] = (), engine: str | None = None) -> None:
         """Record a finished run: metrics, per-item samples ``(task, metric, item, value, weight)``,
         curve points ``(stage, stage_index, step, run_step, run_tokens, ability, loss)`` and the
         data it trained on ``(stage_index, stage, source, ability, replay, examples, tokens,
-        pool_size, origin)``."""
+        pool_size, origin)``; ``engine``: which engine answered its generation tasks."""
         with self.conn:  # metrics, samples, curves, data and the 'done' status land together or not at all
             for table in ("metrics", "samples", "curves", "data"):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
@@ -136,7 +138,7 @@ class Store:
             self.conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)", [(run_id, *s) for s in samples])
             self.conn.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *c) for c in curves])
             self.conn.execute("UPDATE runs SET status = 'done', checkpoint = ?, eval_dir = ?, finished = ?, train_tokens = ?, "
-                              "params = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, run_id))
+                              "params = ?, engine = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, engine, run_id))
 
     def fail(self, run_id: str, error: str) -> None:
         """Record a run as failed, with its error."""

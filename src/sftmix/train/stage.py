@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sftmix import layout
+from sftmix.compat import checkpointing_argument, is_checkpointing
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
@@ -179,7 +180,7 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
         weight_decay=s.weight_decay,
         max_grad_norm=s.max_grad_norm,
         bf16=use_bf16(s.precision),
-        activation_checkpointing=s.gradient_checkpointing,
+        **checkpointing_argument(s.gradient_checkpointing),
         logging_steps=s.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -306,7 +307,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             # adapter is trainable; gradient checkpointing as the Trainer turned it on
             "trainable_params": trainable,
             "total_params": total,
-            "gradient_checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing", False)),
+            "gradient_checkpointing": is_checkpointing(trainer.model),
             "manifest": composed.manifest,
             "tokenize": tok_stats,
             "parent": parent,
