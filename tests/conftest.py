@@ -22,7 +22,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "gsm8k" / "train.jsonl").exists():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repo on dev and CI machines)")

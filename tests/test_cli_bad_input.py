@@ -82,6 +82,18 @@ def cut_checkpoint(tmp: Path) -> list[str]:
     return ["eval", str(ck), "--tasks", "loss", "--loss-sources", "generated_math", "--out", str(tmp / "ev")]
 
 
+def garbled_checkpoint(tmp: Path) -> list[str]:
+    from sftmix.models import resolve_model
+
+    ck = tmp / "ckpt"
+    shutil.copytree(resolve_model("tiny"), ck)
+    w = ck / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[8:40] = b"\xff" * 32  # the header no longer parses
+    w.write_bytes(bytes(data))
+    return ["eval", str(ck), "--tasks", "loss", "--loss-sources", "generated_math", "--out", str(tmp / "ev")]
+
+
 def garbage_store(tmp: Path) -> list[str]:
     cfg = study_cfg(tmp)
     (tmp / "study").mkdir()
@@ -132,7 +144,8 @@ CASES = [
     ("eval --tasks ,", lambda t: ["eval", "tiny", "--tasks", ",", "--out", str(t / "e")], "at least one"),
     # damaged state
     ("garbage results.sqlite", garbage_store, "not a readable sftmix results database"),
-    ("checkpoint weights cut short", cut_checkpoint, "damaged or cut short"),
+    ("checkpoint weights cut short", cut_checkpoint, "ckpt/model.safetensors is damaged (cut short: "),
+    ("checkpoint weights garbled", garbled_checkpoint, "ckpt/model.safetensors is damaged (its header does not parse"),
     # silent acceptance
     ("truncated user json", lambda t: show(write(t, "t.json", json.dumps(ROWS).encode()[:-30])), "cut short"),
     ("every study run failed", lambda t: ["study", "run", str(study_cfg(t, base={**yaml.safe_load(run_cfg(t).read_text()),

@@ -78,7 +78,7 @@ RUN_CASES = [
      "unknown field 'k' of the mixed_sequential strategy"),
     ("misspelt fraction field", strategy(name="multitask", sources=[MATH], fractoin=0.5), "unknown field 'fractoin' of the multitask "
                                                                                            "strategy (did you mean 'fraction'?)"),
-    ("individual with two sources", strategy(name="individual", sources=[MATH, CODE]), "strategy.sources: List should have at most 1 item"),
+    ("individual with two sources", strategy(name="individual", sources=[MATH, CODE]), "strategy.sources: Value error, the individual strategy trains on one source, e.g. [gsm8k]; got 2"),
     ("dmt without k", strategy(name="dmt", specialised=[MATH], general=CODE), "strategy.k: Field required"),
     ("dmt without general", strategy(name="dmt", specialised=[MATH], k=0.5), "strategy.general: Field required"),
     ("source named twice", strategy(name="multitask", sources=[MATH, MATH]), "source 'generated_math' is named twice"),
@@ -86,7 +86,9 @@ RUN_CASES = [
     ("strategy without a name", strategy(sources=[MATH]), "strategy.name: missing; valid: individual, multitask"),
     ("misspelt strategy name", strategy(name="multi_task", sources=[MATH]), "strategy.name: unknown strategy 'multi_task' (did you mean "
                                                                              "'multitask'?)"),
-    ("unknown task name", tasks("loss", "gsm9k"), "eval.tasks: unknown task 'gsm9k' (did you mean 'gsm8k'?)"),
+    ("unknown task name", tasks("loss", "gsm9k"), "eval.tasks: Value error, unknown task 'gsm9k' (did you mean 'gsm8k'?)"),
+    ("malformed task path", tasks("loss", "bad path:x"), ".yaml: invalid config\n  eval.tasks: Value error, task 'bad path:x': a "
+                                                          "user task is named as package.module:attribute"),
     ("user task not importable", tasks("loss", "usertasks.nosuch:task"), "eval.tasks: task 'usertasks.nosuch:task': cannot import"),
     ("user task not a Task", tasks("loss", "usertasks.exact:not_a_task"), "usertasks.exact.not_a_task is a str, not a"),
     ("two user tasks of one name", tasks("usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"),

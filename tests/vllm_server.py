@@ -30,11 +30,11 @@ def vllm_missing() -> str | None:
     return None
 
 
-def engine_processes(engine_id: str) -> list[int]:
+def engine_processes(engine_id: str, key: str = MARK) -> list[int]:
     """Every live process that belongs to the managed server ``engine_id`` (it carries the marker
-    in its environment, inherited by whatever the server starts)."""
+    in its environment, inherited by whatever the server starts); ``key``: another variable."""
     found = []
-    needle = f"{MARK}={engine_id}".encode()
+    needle = f"{key}={engine_id}".encode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue

@@ -22,7 +22,9 @@ Everything else asks this module; nothing spells these names itself.
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from pathlib import Path
 
 RUNS, STUDIES = "runs", "studies"
@@ -155,3 +157,19 @@ def report_dir(study_out: Path) -> Path:
 def study_run(study_out: Path, run_id: str) -> Path:
     """The folder of one run of a study."""
     return Path(study_out) / RUNS / run_id
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why a safetensors file is unreadable (a header that does not parse, or shorter than its
+    header says: cut short), or None when it is whole."""
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError, IndexError) as e:
+        return f"its header does not parse ({type(e).__name__})"
+    size = path.stat().st_size
+    if size < 8 + n + end:
+        return f"cut short: {size} bytes of the {8 + n + end} its header describes"
+    return None

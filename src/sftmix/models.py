@@ -23,6 +23,7 @@ from pathlib import Path
 from sftmix.data.generated import generate_code, generate_math
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash
+from sftmix.layout import safetensors_damage
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -160,7 +161,9 @@ def load_model(path: str, dtype: str = "float32"):
 
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # a weights file missing, cut short or damaged: name it
+        for w in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
+            why = safetensors_damage(w)
+            if why:
+                raise SftmixError(f"cannot load a model from {path!r}: {w} is damaged ({why}); train or copy it again") from None
         raise SftmixError(f"cannot load a model from {path!r}: {str(e).splitlines()[0]}") from None
-    except SafetensorError as e:  # a weights file cut short or damaged
-        raise SftmixError(f"cannot load a model from {path!r}: its weights file is damaged or cut short ({e})") from None

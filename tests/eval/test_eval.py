@@ -32,14 +32,24 @@ def test_gsm8k_score_counts_invalid_and_flexible():
 
 
 def test_batched_greedy_equals_batch_one():
+    """Left-padded batches answer as batch 1 does, on prompts of very different lengths (so the
+    batch of 4 pads) and with real, distinct answers (the embedded model; a random model's
+    answers repeat one token and would compare equal while padding broke them)."""
     from sftmix.eval.generate import HFGenerator
     from sftmix.models import resolve_model
+    from sftmix.templates import generation_prompt
 
-    path = resolve_model("tiny")
-    prompts = ["USER: What is 2 + 2? ASSISTANT:", "USER: Write a function. ASSISTANT:", "Hi", "A much longer prompt " * 6]
-    g1 = HFGenerator(path, batch_size=1, progress=False).generate(prompts, max_new_tokens=16)
-    g4 = HFGenerator(path, batch_size=4, progress=False).generate(prompts, max_new_tokens=16)
-    assert g1 == g4 and all(isinstance(x, str) for x in g1)
+    path = resolve_model("smollm2")
+    g1 = HFGenerator(path, batch_size=1, progress=False)
+    questions = ["What is 2 + 2?", "Write a Python function that returns the square of a number.", "Hi",
+                 "Explain in one sentence why the sky looks blue during the day but red at sunset, for a child."]
+    prompts = [generation_prompt([{"role": "user", "content": q}], "vicuna", g1.tokenizer) for q in questions]
+    lengths = [len(g1.tokenizer(p)["input_ids"]) for p in prompts]
+    assert max(lengths) - min(lengths) > 10
+    one = g1.generate(prompts, max_new_tokens=12)
+    four = HFGenerator(path, batch_size=4, progress=False).generate(prompts, max_new_tokens=12)
+    assert all(a.strip() for a in one) and len(set(one)) == 4, one
+    assert four == one
 
 
 def test_stop_strings_cut_output():

@@ -135,7 +135,9 @@ def check_same_results_and_trained_once(f: Path, root: Path, cmd: list[str], ref
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and stage_metas(root) == metas
     st = sftmix("study", "status", str(f))
-    assert "'done': 4" in st.stdout
+    assert "4 runs: 4 done, 0 running, 0 queued, 0 interrupted, 0 failed, 0 pending" in st.stdout, st.stdout
+    for rid, _ in con.execute("SELECT id, status FROM runs"):  # and the table says it of each run
+        assert any(rid in line and "done" in line for line in st.stdout.splitlines()), (rid, st.stdout)
 
 
 def test_ray_runs_the_study_in_parallel_with_the_local_results(tmp_path, ray_cluster, local_reference):
@@ -422,13 +424,14 @@ def test_a_slurm_job_killed_without_a_result_is_recorded_not_waited_for(tmp_path
     assert "failed" in st.stdout and "left the queue" in st.stdout, st.stdout
 
 
-@pytest.mark.parametrize("resources,expected", [
-    ({"cpus": 1, "partition": "nope"}, "invalid partition"),
-    ({"cpus": 1, "slurm": {"fooo": 1}}, "resources.slurm: Unknown argument 'fooo'"),
+@pytest.mark.parametrize("resources,expected,recorded", [
+    ({"cpus": 1, "partition": "nope"}, "invalid partition", True),  # sbatch refuses the submitted run
+    ({"cpus": 1, "slurm": {"fooo": 1}}, "resources.slurm: Unknown argument 'fooo'", False),  # refused before any run starts
 ], ids=["no such partition", "unknown slurm parameter"])
-def test_slurm_refusals_are_clear_errors(tmp_path, slurm, resources, expected):
+def test_slurm_refusals_are_clear_errors(tmp_path, slurm, resources, expected, recorded):
     """What the cluster refuses (sbatch's own words) or submitit does not know: exit 2, no traceback,
-    nothing trained, and the refused run recorded as failed with the reason."""
+    nothing trained; a run the cluster refused is recorded as failed with the reason, and a study
+    refused before any run started records none."""
     f = study_file(tmp_path, "refused", executor="slurm", resources=resources)
     r = sftmix("study", "run", str(f), "--quiet", timeout=300)
     assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
@@ -436,9 +439,12 @@ def test_slurm_refusals_are_clear_errors(tmp_path, slurm, resources, expected):
     assert "Traceback" not in r.stderr
     assert not list((tmp_path / "refused").glob("runs/*/stage*"))
     db = tmp_path / "refused" / "results.sqlite"
-    if db.exists():
-        rows = sqlite3.connect(db).execute("SELECT status, error FROM runs").fetchall()
-        assert all(status == "failed" and expected in error for status, error in rows), rows
+    assert db.exists()  # the store is opened before the executor
+    rows = sqlite3.connect(db).execute("SELECT status, error FROM runs").fetchall()
+    if recorded:
+        assert rows and all(status == "failed" and expected in error for status, error in rows), rows
+    else:
+        assert rows == []
 
 
 def test_every_executor_the_config_accepts_is_registered_and_offered():

@@ -53,4 +53,28 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     bad.write_text("not sqlite at all, " * 100)
     with pytest.raises(SftmixError, match="not a readable sftmix results database"):
         Store(bad)
-    assert isinstance(sqlite3.connect(tmp_path / "fresh.sqlite"), sqlite3.Connection)
+    assert bad.read_text() == "not sqlite at all, " * 100  # left as it was
+    fresh = Store(tmp_path / "fresh.sqlite")  # beside it, a new store is made and stamped as sftmix's
+    fresh.start("a", "x", {}, {})
+    con = sqlite3.connect(tmp_path / "fresh.sqlite")
+    assert con.execute("PRAGMA application_id").fetchone()[0] == 0x7366746D
+    assert con.execute("SELECT id, status FROM runs").fetchall() == [("a", "running")]
+
+
+def test_the_engine_of_a_run_is_kept_and_a_version_1_store_gains_the_column(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    s.start("a", "x", {}, {})
+    s.finish("a", "/ckpt", "/eval", [("gsm8k", "accuracy", 50.0)], 0.0, 0.0, engine="vllm_server: vllm 0.32.0, float32")
+    assert s.runs()[0]["engine"] == "vllm_server: vllm 0.32.0, float32"
+    old = tmp_path / "v1.sqlite"  # a store as version 1 wrote it: runs without the engine column
+    con = sqlite3.connect(old)
+    con.executescript("""CREATE TABLE runs (id TEXT PRIMARY KEY, label TEXT, point TEXT, config TEXT, status TEXT, error TEXT,
+        checkpoint TEXT, eval_dir TEXT, started REAL, finished REAL, train_tokens REAL, params REAL);
+        CREATE TABLE metrics (run_id TEXT, task TEXT, metric TEXT, value REAL, PRIMARY KEY (run_id, task, metric));
+        INSERT INTO runs (id, label, status) VALUES ('b', 'y', 'done');
+        PRAGMA application_id = 1936094317; PRAGMA user_version = 1;""")
+    con.commit()
+    con.close()
+    v1 = Store(old)
+    assert [(r["id"], r["status"], r["engine"]) for r in v1.runs()] == [("b", "done", None)]
+    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 2

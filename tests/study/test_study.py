@@ -22,7 +22,9 @@ def test_study_kill_restart_and_report(mini_study):
     rows = con.execute("SELECT id, status FROM runs").fetchall()
     assert len(rows) == 4 and all(s == "done" for _, s in rows)
     st = subprocess.run([sys.executable, "-m", "sftmix.cli", "study", "status", str(f)], capture_output=True, text=True)
-    assert "'done': 4" in st.stdout
+    assert "4 runs: 4 done, 0 running, 0 queued, 0 interrupted, 0 failed, 0 pending" in st.stdout, st.stdout
+    for rid, _ in con.execute("SELECT id, status FROM runs"):  # and the table says it of each run
+        assert any(rid in line and "done" in line for line in st.stdout.splitlines()), (rid, st.stdout)
     # every run trained exactly once: one final checkpoint per stage folder, never retrained
     finals = list((mini_study.root / "runs").glob("*/stage*/final/meta.json"))
     assert len(finals) == 4

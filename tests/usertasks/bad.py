@@ -25,3 +25,11 @@ inf_row = Task("inf_row", _inf_row, {"score": LOWER}, generates=False)
 fine = Task("fine", _fine, {"score": HIGHER}, generates=False)
 # a second task under the name of usertasks.exact:arithmetic
 arithmetic_again = Task("arithmetic", _fine, {"score": HIGHER}, generates=False)
+
+
+def _fails_after_generating(ctx: Context):
+    ctx.generator.generate(["1 + 1 ="], max_new_tokens=4, desc="before the failure")
+    raise RuntimeError("the task broke after its engine answered")
+
+
+fails_after_generating = Task("fails_after_generating", _fails_after_generating, {"score": HIGHER})

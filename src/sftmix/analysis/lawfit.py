@@ -254,6 +254,20 @@ def load_fit(out: Path) -> dict | None:
     return doc
 
 
+def other_version(out: Path) -> str | None:
+    """What to say of ``out/fit.json`` when another version of the fitting made it (``load_fit``
+    then ignores it); None when there is none or it is this version's."""
+    path = layout.fit_file(out)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("version"), int) and doc["version"] != FIT_VERSION:
+        return (f"{path} was made by another version of the fitting (version {doc['version']}; this sftmix writes "
+                f"version {FIT_VERSION}), so its laws are not shown: run `sftmix study fit` to refit.")
+    return None
+
+
 def summary_rows(doc: dict) -> list[list]:
     """Per target: the selected law (or none) and its validation, beside the constant's."""
     rows = []

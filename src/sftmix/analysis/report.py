@@ -18,7 +18,7 @@ from sftmix.analysis import lawreport
 from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, markdown_table, to_html, to_markdown
 from sftmix.analysis.figure import png
 from sftmix.analysis.findings import METHOD, check_claims, check_predictions, finding_sentence, prediction_sentence
-from sftmix.analysis.lawfit import fit_key, load_fit
+from sftmix.analysis.lawfit import fit_key, load_fit, other_version
 from sftmix.analysis.results import flops, groups, lower_is_better, study_tasks, summary
 from sftmix.config import Claim, Prediction
 from sftmix.errors import SftmixError
@@ -268,6 +268,8 @@ def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, n
             json.dump(predicted, f, indent=1)
     pred_sentences = [prediction_sentence(p) for p in predicted]
     laws = laws if laws is not None else load_fit(store.path.parent)
+    if laws is None and (ignored := other_version(store.path.parent)):
+        top = [*(top or []), ignored]  # a fit.json is there but not used: say so rather than leave it out silently
     law_figs, stale = {}, None
     if laws:
         if laws.get("key") != fit_key(store, laws["unit"], laws["draws"], laws["seed"]):

@@ -20,7 +20,8 @@ EVAL_FLAGS = {"tasks": "--tasks", "limit": "--limit", "data_dir": "--data-dir", 
               "batch_size": "--batch-size", "dtype": "--dtype", "mtbench.repeats": "--repeats",
               "humaneval.wrapper": "--humaneval-wrapper", "mtbench.judge.base_url": "--judge-base-url",
               "mtbench.judge.model": "--judge-model", "openai.base_url": "--base-url", "openai.served_model": "--served-model",
-              "openai.concurrency": "--concurrency"}
+              "openai.concurrency": "--concurrency", "vllm_server.python": "--vllm-python", "vllm.dtype": "--vllm-dtype",
+              "vllm_server.start_timeout_s": "--vllm-start-timeout"}
 # ... and the held-out rows the loss task scores (sftmix.config.run.HeldoutConfig)
 HELDOUT_FLAGS = {"sources": "--loss-sources", "samples": "--loss-samples"}
 GENERATING = ("gsm8k", "humaneval", "mtbench")  # the benchmarks --max-new-tokens sets
@@ -50,6 +51,9 @@ def cmd_eval(args) -> None:
     model = resolve_model(args.model)
     doc = evaluate(model, cfg, out, template=args.template, progress=not args.quiet, heldout_cfg=held)
     print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
+    if doc.get("engine"):
+        e = doc["engine"]
+        print(f"engine: {e['backend']}: {e['engine']}" + (f", {e['dtype']}" if e.get("dtype") else ""))
     print(f"results: {out}/results.json")
 
 

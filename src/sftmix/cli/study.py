@@ -35,7 +35,7 @@ def cmd_study(args) -> None:
         table(f"study {study.name}{' (' + args.profile + ')' if args.profile else ''}: {len(runs)} runs",
               ["id", "run", "status", "detail"], rows)
         counts = {s: sum(r[2] == s for r in rows) for s in ("done", "running", "queued", "interrupted", "failed", "pending")}
-        print(counts)
+        print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     else:
         if not db.exists():
             raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}` first)")

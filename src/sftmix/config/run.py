@@ -16,10 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from sftmix.errors import SftmixError, closest
+from sftmix.eval.tasks import check_name
 
 
 def _to_fraction(v: Any) -> float:
@@ -234,7 +236,15 @@ class IndividualStrategy(_Strategy):
     """One stage on one source (paper: the individual-ability baselines)."""
 
     name: Literal["individual"] = Field(..., description="individual")
-    sources: list[str] = Field(..., min_length=1, max_length=1, description="the one source, e.g. [gsm8k]")
+    sources: list[str] = Field(..., description="the one source, e.g. [gsm8k]")
+
+    @field_validator("sources")
+    @classmethod
+    def _one(cls, v: list[str]) -> list[str]:
+        if len(v) != 1:
+            raise ValueError(f"the individual strategy trains on one source, e.g. [gsm8k]; got {len(v)}"
+                             + (f" ({', '.join(v)}): use multitask to train on several at once" if v else ""))
+        return v
 
     def used_sources(self) -> list[str]:
         """The sources this strategy trains on."""
@@ -321,7 +331,8 @@ class VLLMBackendConfig(Strict):
     max_model_len: int | None = Field(None, gt=0, description="longest prompt + answer in tokens (default: the model's)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of each GPU's memory vLLM may take")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("bfloat16", description="vLLM's weights dtype")
-    enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower generation)")
+    enforce_eager: bool = Field(False, description="no CUDA graphs and no compilation (faster start, slower generation); "
+                                "always so on a CPU, where compiling adds minutes to every start")
 
 
 class VLLMServerConfig(Strict):
@@ -341,8 +352,8 @@ class VLLMServerConfig(Strict):
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs the model is split over")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of each GPU's memory vLLM may take")
     cpu_kv_cache_gb: int = Field(2, gt=0, description="KV cache of vLLM's CPU build, in GB ($VLLM_CPU_KVCACHE_SPACE)")
-    compile: bool = Field(True, description="let vLLM compile the model (false: -O0 and eager mode; starts in about a "
-                          "minute on a CPU instead of several)")
+    compile: bool | None = Field(None, description="let vLLM compile the model (false: -O0 and eager mode); default: on a "
+                                 "GPU, not on a CPU, where compiling adds minutes to every start")
     extra_args: list[str] = Field(default_factory=list, description="more arguments for the server, passed as given")
     start_timeout_s: float = Field(900.0, gt=0, description="seconds the server may take to answer before it counts as failed")
     concurrency: int = Field(32, gt=0, description="requests in flight at once (the engine batches them)")
@@ -403,7 +414,7 @@ class EvalConfig(Strict):
 
     tasks: list[str] = Field(default_factory=lambda: ["loss"], min_length=1, description=(
         "gsm8k, humaneval, mtbench, loss, or a task of your own as package.module:attribute (a sftmix.eval.tasks.Task)"))
-  # names are checked against the task registry when the run is planned (``eval.tasks.resolve``)
+  # names are checked against the task registry when the run is planned (``eval.tasks.resolve``); their form here
     limit: int | None = Field(None, gt=0, description="first N problems of each generation benchmark")
     data_dir: str | None = Field(None,
         description="folder with gsm8k/test.jsonl and mt_bench/ (else the run's data_dir / $SFTMIX_DATA_DIR)")
@@ -419,6 +430,16 @@ class EvalConfig(Strict):
     gsm8k: GSM8KSettings = Field(default_factory=GSM8KSettings, description="GSM8K's settings")
     humaneval: HumanEvalSettings = Field(default_factory=HumanEvalSettings, description="HumanEval's settings")
     mtbench: MTBenchSettings = Field(default_factory=MTBenchSettings, description="MT-Bench's settings, its judge included")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            try:
+                check_name(name)
+            except SftmixError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     @model_validator(mode="before")
     @classmethod

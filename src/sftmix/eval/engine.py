@@ -79,10 +79,16 @@ def server_command(model_path: str, cfg: VLLMServerConfig, dtype: str, port: int
         model = model_path
     if cfg.max_model_len:
         args += ["--max-model-len", str(cfg.max_model_len)]
-    if not cfg.compile:
+    if not (cfg.compile if cfg.compile is not None else _cuda()):
         args += ["-O0", "--enforce-eager"]
     head = [*prefix, model] if cfg.command else [*prefix, "--model", model]
     return [*head, *served, *args, *cfg.extra_args]
+
+
+def _cuda() -> bool:
+    import torch  # heavy: only when the default compile setting is asked for
+
+    return torch.cuda.is_available()
 
 
 class ManagedServer:

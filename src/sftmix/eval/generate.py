@@ -175,8 +175,11 @@ class VLLMGenerator(Generator):
             raise SftmixError(f"eval.backend vllm: vLLM cannot be imported here ({e}); install the vllm extra on a GPU machine, "
                               "or serve the model with `vllm serve` in its own environment and use backend openai") from None
         cfg = cfg or VLLMBackendConfig()
+        eager = cfg.enforce_eager or not _cuda()
         kwargs = dict(model=model_path, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
-                      gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=eager)
+        if eager:
+            kwargs["optimization_level"] = 0  # no torch.compile either
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
         self.llm = LLM(**kwargs)

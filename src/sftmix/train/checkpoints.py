@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
 from pathlib import Path
+
+from sftmix.layout import safetensors_damage
 
 # Where Trainer puts the optimizer state: one process or DDP; FSDP with a full state dict; FSDP
 # with a sharded state dict (a torch.distributed.checkpoint folder, whose .metadata is written last).
@@ -51,16 +52,8 @@ def checkpoint_complete(folder: Path) -> bool:
     weights = list(folder.glob("*.safetensors"))
     if not weights:
         return False
-    for w in weights:
-        try:
-            with open(w, "rb") as f:
-                n = struct.unpack("<Q", f.read(8))[0]
-                header = json.loads(f.read(n))
-        except (OSError, ValueError, struct.error):
-            return False
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if w.stat().st_size < 8 + n + end:
-            return False
+    if any(safetensors_damage(w) for w in weights):
+        return False
     return True
 
 

@@ -205,16 +205,37 @@ def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, held: Heldou
     return mixture
 
 
+# Fields that cannot change what a run produces: where it is written, and where or how fast its
+# answers are fetched. Every other field changes the run's id (tests/test_run_id.py walks them all).
+NOT_IN_ID = ("name", "output_dir", "eval.openai", "eval.vllm_server.python", "eval.vllm_server.command",
+             "eval.vllm_server.start_timeout_s", "eval.vllm_server.concurrency", "eval.vllm_server.cpu_kv_cache_gb",
+             "eval.vllm_server.gpu_memory_utilization")
+# Sections added after run ids were fixed: in the id only when set, so that earlier runs keep theirs
+ONLY_WHEN_SET = ("eval.vllm", "eval.vllm_server")
+
+
 def run_id(cfg: RunConfig) -> str:
-    """Stable id of a run's resolved config (the name and output folder excluded)."""
+    """Stable id of a run's resolved config: every field but ``NOT_IN_ID``, hashed in the flat
+    shape ids have had since the first stores (``RunConfig.legacy_dump``)."""
     d = cfg.legacy_dump()
-    # where an OpenAI-compatible server runs is not what the run is; vLLM's settings are, once set
-    d["eval"].pop("openai", None)
-    if cfg.eval.vllm == type(cfg.eval.vllm)():
-        d["eval"].pop("vllm", None)
-    d.pop("name", None)
-    d.pop("output_dir", None)
+    for path in NOT_IN_ID:
+        *outer, last = path.split(".")
+        _section(d, outer).pop(last, None)
+    for path in ONLY_WHEN_SET:
+        *outer, last = path.split(".")
+        default = type(getattr(cfg.eval, last))().model_dump()
+        for dropped in NOT_IN_ID:
+            if dropped.startswith(path + "."):
+                default.pop(dropped.rsplit(".", 1)[1], None)
+        if _section(d, outer).get(last) == default:
+            _section(d, outer).pop(last)
     return stable_hash(d, 12)
+
+
+def _section(d: dict, outer: list[str]) -> dict:
+    for name in outer:
+        d = d[name]
+    return d
 
 
 def training_ids(cfg: RunConfig) -> set[str]:
