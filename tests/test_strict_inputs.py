@@ -461,3 +461,19 @@ def test_a_second_task_of_the_same_name_got_the_first_ones_result():
     with pytest.raises(SftmixError, match="both named 'arithmetic'"):
         resolve(["usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"])
     assert [t.name for t in resolve(["loss", "usertasks.bad:fine"])] == ["loss", "fine"]
+
+
+def test_a_fit_of_another_version_is_named_in_the_report_not_silently_left_out(fitted, tmp_path, capsys):
+    f = clone(fitted, tmp_path)
+    p = tmp_path / "syn" / "fit.json"
+    doc = json.loads(p.read_text())
+    code, _, err = run(["study", "report", str(f)], capsys)
+    assert code == 0, err
+    assert "## Laws" in (tmp_path / "syn" / "report" / "report.md").read_text()  # this version's fit is shown
+    doc["version"] = doc["version"] + 100
+    p.write_text(json.dumps(doc))
+    code, _, err = run(["study", "report", str(f)], capsys)
+    assert code == 0, err
+    md = (tmp_path / "syn" / "report" / "report.md").read_text()
+    assert f"{p} was made by another version of the fitting (version {doc['version']}" in md and "run `sftmix study fit` to refit" in md
+    assert "## Laws" not in md
