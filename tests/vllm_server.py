@@ -51,15 +51,15 @@ def engine_processes(engine_id: str, key: str = MARK) -> list[int]:
 
 
 class VLLMServer:
-    """A managed ``vllm serve`` of ``model`` for a test module (``-O0``: no compilation, up in
-    about a minute on 2 cores)."""
+    """A managed ``vllm serve`` of ``model`` for a test module (``compile=False``: ``-O0``, up in
+    about a minute on 2 cores; with compilation, several)."""
 
-    def __init__(self, model: str, dtype: str = "float32", log: Path | None = None):
+    def __init__(self, model: str, dtype: str = "float32", log: Path | None = None, compile: bool = False):
         why = vllm_missing()
         if why:
             raise Unavailable(why)
         log = log or Path(tempfile.mkdtemp(prefix="sftmix-vllm-")) / "vllm_server.log"
-        self.server = ManagedServer(model, VLLMServerConfig(compile=False), dtype, log, name="smollm2")
+        self.server = ManagedServer(model, VLLMServerConfig(compile=compile), dtype, log, name="smollm2")
         try:
             self.server.start()
         except SftmixError as e:
