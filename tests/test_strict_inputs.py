@@ -86,7 +86,7 @@ RUN_CASES = [
     ("strategy without a name", strategy(sources=[MATH]), "strategy.name: missing; valid: individual, multitask"),
     ("misspelt strategy name", strategy(name="multi_task", sources=[MATH]), "strategy.name: unknown strategy 'multi_task' (did you mean "
                                                                              "'multitask'?)"),
-    ("unknown task name", tasks("loss", "gsm9k"), "eval.tasks: Value error, unknown task 'gsm9k' (did you mean 'gsm8k'?)"),
+    ("unknown task name", tasks("loss", "gsm9k"), "eval.tasks: unknown task 'gsm9k' (did you mean 'gsm8k'?)"),
     ("malformed task path", tasks("loss", "bad path:x"), ".yaml: invalid config\n  eval.tasks: Value error, task 'bad path:x': a "
                                                           "user task is named as package.module:attribute"),
     ("user task not importable", tasks("loss", "usertasks.nosuch:task"), "eval.tasks: task 'usertasks.nosuch:task': cannot import"),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftmix.config.run import is_task_path
 from sftmix.errors import SftmixError, unknown
 
 HIGHER, LOWER = "higher", "lower"
@@ -208,9 +209,8 @@ BUILTIN: dict[str, Task] = {t.name: t for t in (
 )}
 
 def is_spec(name: str) -> bool:
-    """A user task's Python path, ``package.module:attribute``."""
-    module, sep, attr = name.partition(":")
-    return bool(sep) and bool(module) and attr.isidentifier() and all(p.isidentifier() for p in module.split("."))
+    """A user task's Python path, ``package.module:attribute`` (the config's rule)."""
+    return is_task_path(name)
 
 
 def check_name(name: str) -> str:
