@@ -142,25 +142,31 @@ def test_a_server_that_cannot_start_is_an_error_with_its_log(tmp_path):
     assert wait_gone(tag, 30) == []
 
 
-def test_sigkill_of_the_evaluating_process_leaves_no_server(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_a_killed_or_interrupted_evaluation_leaves_no_server(tmp_path, sig):
+    """SIGKILL gives the evaluating process no chance to clean up (the guard stops the server);
+    Ctrl-C (SIGINT to sftmix alone, as a terminal sends it to the foreground process) stops it
+    through the evaluation's own clean-up, and sftmix exits 130."""
     tag = uuid.uuid4().hex
     out = tmp_path / "ev"
     env = {**os.environ, TAG: tag, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "sftmix.cli", "eval", "tiny-vllm", "--tasks", "usertasks.exact:arithmetic", "--backend",
-           "vllm_server", "--max-new-tokens", "8", "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "sftmix.cli", "eval", "tiny-vllm", "--tasks", "usertasks.bad:keeps_generating", "--backend",
+           "vllm_server", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    log = out / "vllm_server.log"
+    cache = out / "generations.jsonl"
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:  # until the server runs its engine (processes beyond the guard's)
-        if log.exists() and "Application startup complete" in log.read_text(errors="replace"):
+    while time.time() < deadline and proc.poll() is None:  # until the server has answered (it then answers for 2 minutes)
+        if cache.exists() and cache.read_text():
             break
         time.sleep(0.5)
     assert proc.poll() is None, f"the evaluation ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
     alive = tagged(tag)
     assert len(alive) >= 3, alive  # sftmix, the guard, the server and its engine core
-    proc.send_signal(signal.SIGKILL)  # the evaluating process alone: it gets no chance to clean up
-    proc.wait()
-    assert wait_gone(tag, 60) == [], "the managed server outlived the evaluation killed with SIGKILL"
+    proc.send_signal(sig)  # the evaluating process alone
+    code = proc.wait(120)
+    if sig == signal.SIGINT:
+        assert code == 130, proc.stderr.read().decode()[-2000:]
+    assert wait_gone(tag, 60) == [], f"the managed server outlived the evaluation ended by {sig.name}"
 
 
 def _study(tmp: Path, name: str, backend: str) -> Path:

@@ -33,3 +33,17 @@ def _fails_after_generating(ctx: Context):
 
 
 fails_after_generating = Task("fails_after_generating", _fails_after_generating, {"score": HIGHER})
+
+
+def _keeps_generating(ctx: Context):
+    import time
+
+    end = time.monotonic() + 120  # long enough to be killed or interrupted in the middle
+    i = 0
+    while time.monotonic() < end:
+        ctx.generator.generate([f"{i} + {i} ="], max_new_tokens=4, desc="generating for a while")
+        i += 1
+    return {"score": 1.0, "n": 1}, [{"item": "only", "score": 1.0}]
+
+
+keeps_generating = Task("keeps_generating", _keeps_generating, {"score": HIGHER})

@@ -338,6 +338,8 @@ class VLLMBackendConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("bfloat16", description="vLLM's weights dtype")
     enforce_eager: bool = Field(False, description="no CUDA graphs and no compilation (faster start, slower generation); "
                                 "always so on a CPU, where compiling adds minutes to every start")
+    cpu_kv_cache_gb: int = Field(2, gt=0, description="KV cache of vLLM's CPU build, in GB ($VLLM_CPU_KVCACHE_SPACE; "
+                                 "left to vLLM, it takes most of the machine's memory)")
 
 
 class VLLMServerConfig(Strict):

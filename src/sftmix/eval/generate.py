@@ -180,6 +180,7 @@ class VLLMGenerator(Generator):
                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=eager)
         if eager:
             kwargs["optimization_level"] = 0  # no torch.compile either
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gb))  # read by the engine process (CPU build only)
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
         self.llm = LLM(**kwargs)
