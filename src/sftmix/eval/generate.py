@@ -189,6 +189,13 @@ class VLLMGenerator(Generator):
         self.identity = ("vllm", cfg.dtype)
         self.dtype = cfg.dtype
 
+    def close(self) -> None:
+        """Close the cache and shut vLLM's engine process down (else it is torn down at exit, noisily)."""
+        super().close()
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()
+
     def engine(self) -> dict:
         """vLLM in this process, with its version."""
         import vllm
