@@ -41,6 +41,7 @@ from sftmix.errors import SftmixError
 
 GRACE_S = 20.0  # SIGTERM to SIGKILL
 POLL_S = 0.5  # how often the guard looks for its parent
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts
 MARK = "SFTMIX_ENGINE"  # an environment variable every process of one server carries (its id)
 
 
@@ -71,7 +72,8 @@ def server_command(model_path: str, cfg: VLLMServerConfig, dtype: str, port: int
             base, rank = meta["base_model_name_or_path"], int(meta.get("r", 16))
         except (ValueError, KeyError, TypeError) as e:
             raise SftmixError(f"{adapter}: not a PEFT adapter config ({e})") from None
-        args += ["--enable-lora", "--max-lora-rank", str(max(8, rank)), "--lora-modules", f"{name}={model_path}"]
+        max_rank = next((r for r in LORA_RANKS if r >= rank), rank)  # vLLM takes one of these
+        args += ["--enable-lora", "--max-lora-rank", str(max_rank), "--lora-modules", f"{name}={model_path}"]
         served = ["--served-model-name", f"{name}-base"]
         model = base
     else:
