@@ -15,6 +15,8 @@ A study (``studies/<name>[/<profile>]/`` or its ``output_dir``)::
                                             error.json and, under Slurm, job.json
     fallbacks.json                          which sources fell back (``study run`` decides)
     fit.json, proposal.json, proposal.yaml  ``study fit`` / ``study propose``
+    optimize.json                           ``study optimize``: every step, resumable
+    optimize_report/                        its report (every run of the store, and the design)
     report/                                 ``study report``
 
 Everything else asks this module; nothing spells these names itself.
@@ -31,7 +33,9 @@ RUNS, STUDIES = "runs", "studies"
 DATA, CHECKPOINTS, FINAL, EVAL = "data", "checkpoints", "final", "eval"
 MANIFEST, META, HELDOUT = "manifest.json", "meta.json", "heldout.json"
 STORE, FIT, REPORT, FALLBACKS = "results.sqlite", "fit.json", "report", "fallbacks.json"
+OPTIMIZE_REPORT = "optimize_report"
 PROPOSAL_JSON, PROPOSAL_YAML, PROPOSAL_DIR = "proposal.json", "proposal.yaml", "proposal"
+OPTIMIZE = "optimize.json"
 LOCK, DONE, ERROR, JOB = ".lock", "done.json", "error.json", "job.json"
 
 
@@ -142,6 +146,16 @@ def store(study_out: Path) -> Path:
 def fit_file(study_out: Path) -> Path:
     """A study's fitted laws (``study fit``)."""
     return Path(study_out) / FIT
+
+
+def optimize_file(study_out: Path) -> Path:
+    """A study's sequential design (``study optimize``): its settings and every step."""
+    return Path(study_out) / OPTIMIZE
+
+
+def optimize_report_dir(study_out: Path) -> Path:
+    """The report of a study's sequential design: every run of its store, and the design's steps."""
+    return Path(study_out) / OPTIMIZE_REPORT
 
 
 def fallbacks_file(study_out: Path) -> Path:

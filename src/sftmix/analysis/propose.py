@@ -67,6 +67,14 @@ def _predict_matrix(doc: dict, name: str, D: np.ndarray) -> np.ndarray:
     return law.predict(np.array(r["laws"][r["selected"]]["theta"]), D, doc["abilities"].index(r["ability"]))
 
 
+def weighted_prediction(doc: dict, weights: dict[str, float], D: np.ndarray) -> np.ndarray:
+    """The fitted laws' weighted held-out loss at each row of ``D`` (examples per ability, in the
+    fit's ability order): sum_a w_a·mean(L_a) / sum_a w_a."""
+    wt = _ability_targets(doc, weights, "--weights")
+    wsum = sum(weights.values())
+    return sum(w * np.mean([_predict_matrix(doc, n, D) for n in wt[a]], axis=0) for a, w in weights.items()) / wsum
+
+
 def simplex_grid(m: int, points: int = 1000, rng: np.random.Generator | None = None) -> np.ndarray:
     """Proportions covering the simplex: a regular grid (step 1/s, s as fine as ``points`` allows)
     for few abilities, Dirichlet draws plus the vertices beyond that."""
@@ -123,10 +131,9 @@ def propose_mixture(evidence: Evidence, weights: dict[str, float], budget: float
         raise SftmixError(f"--budget {budget}: a mixture needs at least 1 example")
     capped = B > caps.sum()
     B = min(B, float(caps.sum()))
-    wsum = sum(weights.values())
 
     def objective(D: np.ndarray) -> np.ndarray:
-        return sum(w * np.mean([_predict_matrix(doc, n, D) for n in wt[a]], axis=0) for a, w in weights.items()) / wsum
+        return weighted_prediction(doc, weights, D)
 
     def slack(D: np.ndarray) -> np.ndarray:  # >= 0 where every --max-loss holds
         cols = [max_loss[a] - _predict_matrix(doc, n, D) for a in ct for n in ct[a]]

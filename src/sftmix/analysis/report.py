@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sftmix.analysis import lawreport
+from sftmix import layout
+from sftmix.analysis import lawreport, optreport
 from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, markdown_table, to_html, to_markdown
 from sftmix.analysis.figure import png
 from sftmix.analysis.findings import METHOD, check_claims, check_predictions, finding_sentence, prediction_sentence
@@ -26,6 +27,7 @@ from sftmix.eval import tasks
 from sftmix.io import atomic_write, pid_alive
 from sftmix.provenance import provenance
 from sftmix.study.grid import short_value
+from sftmix.study.optimize import OptimizeLog, load_log
 from sftmix.study.store import Store
 
 
@@ -210,12 +212,14 @@ def curve_figures(store: Store) -> dict[str, bytes]:
 
 
 def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict | None = None, notes: list[str] | None = None,
-                 extra_figures: dict[str, bytes] | None = None, top: list[str] | None = None, laws: dict | None = None) -> Path:
+                 extra_figures: dict[str, bytes] | None = None, top: list[str] | None = None, laws: dict | None = None,
+                 optimization: OptimizeLog | None = None) -> Path:
     """Write the tables, figures, Findings and the HTML and markdown pages; return the HTML path.
 
     ``top``: lines shown first (e.g. where the data came from); ``notes``: extra remarks;
     ``laws``: a fit (``fit.json``; by default the one beside the store, if any) for the Laws
-    section. The study's predictions (a proposal's) are checked against what was observed.
+    section; ``optimization``: a sequential design (``optimize.json``; by default the one beside
+    the store) for the Optimisation section. The study's predictions (a proposal's) are checked against what was observed.
 
     All or nothing: the report is built in a fresh folder beside ``out_dir`` and put in its place
     only when every file is written, so a failure leaves the previous report whole (and a new
@@ -230,7 +234,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
         raise SftmixError(f"{final}: is a file; the report is a folder")
     work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp"))
     try:
-        _write_report(store, work, title, study_doc, notes, extra_figures, top, laws)
+        _write_report(store, work, title, study_doc, notes, extra_figures, top, laws, optimization)
         if final.exists():
             old = final.with_name(f".{final.name}.{os.getpid()}.old.tmp")
             os.rename(final, old)
@@ -244,7 +248,8 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
 
 
 def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, notes: list[str] | None,
-                  extra_figures: dict[str, bytes] | None, top: list[str] | None, laws: dict | None) -> None:
+                  extra_figures: dict[str, bytes] | None, top: list[str] | None, laws: dict | None,
+                  optimization: OptimizeLog | None) -> None:
     header, rows = table(store)
     known = study_tasks(store)
     md = markdown(header, rows, known)
@@ -277,14 +282,16 @@ def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, n
                      "again to refit them on every done run.")
         law_figs = lawreport.figures(laws)
         lawreport.write_csvs(laws, out)
+    optimization = optimization if optimization is not None else load_log(layout.optimize_file(store.path.parent))
+    opt_figs = optreport.figures(optimization) if optimization else {}
     curves = curve_figures(store)
-    figs = {**curves, **figures(store, header, rows), **(extra_figures or {}), **law_figs}
+    figs = {**curves, **figures(store, header, rows), **(extra_figures or {}), **law_figs, **opt_figs}
     for name, data in figs.items():
         with atomic_write(out / name, "wb") as f:
             f.write(data)
     runs = store.runs()
     sections = _sections(store, runs, header, rows, known, found, sentences, predicted, pred_sentences, notes, top,
-                         curves, figs, laws, law_figs, stale, study_doc)
+                         curves, figs, laws, law_figs, stale, study_doc, optimization, opt_figs)
     with atomic_write(out / "report.html") as f:
         f.write(to_html(title, sections))
     with atomic_write(out / "report.md") as f:
@@ -296,7 +303,7 @@ PREDICTIONS_INTRO = ("What the fitted laws predicted for these configurations, b
 
 
 def _sections(store, runs, header, rows, known, found, sentences, predicted, pred_sentences, notes, top, curves, figs,
-              laws, law_figs, stale, study_doc) -> list[Section]:
+              laws, law_figs, stale, study_doc, optimization=None, opt_figs=None) -> list[Section]:
     """The report's sections, once, for both renderings."""
     status = {s: sum(r["status"] == s for r in runs) for s in ("done", "running", "failed")}
     vals = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
@@ -315,7 +322,9 @@ def _sections(store, runs, header, rows, known, found, sentences, predicted, pre
         out.append(Section("Forgetting curves", [Figures(curves)]))
     if laws:
         out.append(lawreport.section(laws, law_figs, stale))
-    rest = {n: d for n, d in figs.items() if n not in curves and n not in law_figs}
+    if optimization:
+        out.append(optreport.section(optimization, store, opt_figs or {}))
+    rest = {n: d for n, d in figs.items() if n not in curves and n not in law_figs and n not in (opt_figs or {})}
     if rest:
         out.append(Section("Figures", [Figures(rest)]))
     out.append(Section("Runs", [Text("Each run, and which engine answered its generation tasks (backend: engine and "

@@ -148,6 +148,49 @@ def cmd_propose(args) -> None:
     print(f"study file: {py} (run: sftmix study run {py})")
 
 
+def cmd_optimize(args) -> None:
+    """``sftmix study optimize``: a sequential design over the study's mixture (Bayesian optimisation)."""
+    from sftmix.analysis.report import write_report
+    from sftmix.study.optimize import design, optimize
+    from sftmix.study.runner import load_study
+    from sftmix.study.store import Store
+
+    weights = _arg("--weights", _weights, args.weights)
+    if not weights:
+        raise SftmixError("optimize: give --weights ABILITY=W,... (the abilities the objective weighs)")
+    budget = _arg("--budget", _budget, args.budget)
+    if budget is not None and budget < 1:
+        raise SftmixError(f"--budget {args.budget}: a mixture needs at least 1 example")
+    max_loss = _max_losses([_arg("--max-loss", _max_loss, v) for v in args.max_loss])
+    if args.stop_below is not None:
+        args.stop_below = _arg("--stop-below", _nonneg, args.stop_below)
+    notes: list[str] = []
+    study, runs = load_study(args.file, args.profile, notes)
+    out = layout.study_dir(study.name, study.output_dir, args.profile)
+    settings, space = design(study, args.profile, runs, str(args.file), weights, args.runs, max_loss, None if budget is None else int(budget),
+                             args.batch, args.initial, args.replicates, args.seed, args.stop_below)
+    output_dir(out, "study output_dir")
+    log = optimize(study, args.profile, settings, space, str(args.file), progress=not args.quiet, executor=args.executor,
+                   address=args.address)
+    rows = [[str(st.index), c.label, "initial" if c.acquisition is None else f"{c.acquisition:.3f}",
+             f"{c.predicted.estimate:.4f} [{c.predicted.low:.4f}, {c.predicted.high:.4f}]" if c.predicted else "-",
+             f"{c.observed.estimate:.4f} [{c.observed.low:.4f}, {c.observed.high:.4f}]" if c.observed else "-",
+             st.incumbent or "-"] for st in log.steps for c in st.choices]
+    table(f"optimize {study.name}: {log.runs_used()} runs", ["step", "configuration", "acquisition", "predicted", "observed",
+                                                            "incumbent"], rows)
+    print(f"stopped: {log.stopped}")
+    r = log.recommendation
+    if r is not None:
+        print(f"recommendation: {r.label} (weighted held-out loss {r.observed.estimate:.4f} [{r.observed.low:.4f}, "
+              f"{r.observed.high:.4f}])")
+    else:
+        print("recommendation: none (no configuration run met every --max-loss)")
+    print(f"log: {layout.optimize_file(out)}")
+    report = write_report(Store(layout.store(out)), layout.optimize_report_dir(out), f"{study.name}: optimize", top=notes,
+                          optimization=log)
+    print(f"report: {report}")
+
+
 def _print_proposal(prop: dict) -> None:
     def iv(v):
         return f"{v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
@@ -313,6 +356,28 @@ def add_commands(sub) -> None:
                    help="from a study over DMT's k: the smallest k keeping each specialised ability within EPS of its "
                         "stage-1 held-out loss")
     p.set_defaults(func=cmd_propose, unit="examples")
+    p = st.add_parser("optimize", help="the best mixture of the study's sources in few runs: a sequential design (Bayesian "
+                                       "optimisation on BoTorch) that chooses each next configuration from the runs so far")
+    p.add_argument("file")
+    p.add_argument("--profile", help="a profile of the study file, e.g. small")
+    p.add_argument("--small", dest="profile", action="store_const", const="small", help="same as --profile small")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--runs", type=positive_int, required=True, help="at most this many runs (training runs: configurations "
+                   "x replicates)")
+    p.add_argument("--weights", required=True, help="ability weights of the objective, e.g. math=1,code=1,general=1")
+    p.add_argument("--max-loss", action="append", default=[], metavar="ABILITY=VALUE",
+                   help="keep this ability's held-out loss at or below VALUE (repeatable)")
+    p.add_argument("--budget", help="at most this many training examples in all (default: the study's largest total)")
+    p.add_argument("--batch", type=positive_int, default=1, help="configurations chosen (and run) at a time (default 1)")
+    p.add_argument("--initial", type=positive_int, help="configurations of the initial design (default: sources + 1)")
+    p.add_argument("--replicates", type=positive_int, default=1, help="seeds per configuration (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the design (the initial design and the acquisition)")
+    p.add_argument("--stop-below", metavar="EI", help="stop when the largest expected improvement is below EI (default: "
+                   "the half-width of the incumbent's 95%% interval; 0: run every run of --runs)")
+    p.add_argument("--executor", choices=list(get_args(ExecutorConfig.model_fields["name"].annotation)),
+                   help="where runs execute (default: the study file's `executor`, else local)")
+    p.add_argument("--address", help="ray: address of an existing cluster (host:port); none starts a local one")
+    p.set_defaults(func=cmd_optimize)
     p = st.add_parser("export", help="write the runs' proportions and metrics for other tools")
     common(p)
     p.add_argument("--olmix", required=True, metavar="DIR", help="ratios.csv and metrics.csv in olmix's layout")

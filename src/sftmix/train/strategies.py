@@ -25,7 +25,7 @@ from sftmix.data.compose import (
     read_composed,
     write_composed,
 )
-from sftmix.data.heldout import HeldoutRows, has_test_split, read_or_choose
+from sftmix.data.heldout import HeldoutRows, choose, has_test_split, read_or_choose
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.io import read_json, stable_hash
@@ -170,6 +170,18 @@ def heldout_rows(cfg: RunConfig, stages: list[StageConfig], pools: dict[str, Poo
     names = [s for s in cfg.heldout.sources if "loss" in cfg.eval.tasks or s in trained]
     return read_or_choose(layout.heldout_file(run_dir(cfg)), names, cfg.heldout.samples, cfg.heldout.seed,
                           cfg.sources, cfg.eval.data_dir or cfg.data_dir, pool=lambda n: _pool(cfg, n, pools))
+
+
+def training_pools(cfg: RunConfig, names: list[str]) -> dict[str, Pool]:
+    """The pools a run of ``cfg`` would train ``names`` from (its held-out rows left out, chosen
+    by the same rule as ``heldout_rows``), without writing anything: what a search over amounts
+    needs to know before any run."""
+    pools: dict = {}
+    trained = set(names) | {p.source for st in plan(cfg) for p in st.mixture.parts if p.source is not None}
+    held_names = [s for s in cfg.heldout.sources if "loss" in cfg.eval.tasks or s in trained]
+    held = choose(held_names, cfg.heldout.samples, cfg.heldout.seed, cfg.sources, cfg.eval.data_dir or cfg.data_dir,
+                  pool=lambda n: _pool(cfg, n, pools))
+    return {n: _pool(cfg, n, pools, held) for n in names}
 
 
 def _pool(cfg: RunConfig, name: str, pools: dict, held: HeldoutRows | None = None) -> Pool | None:
