@@ -26,11 +26,13 @@ def grid_best(log: OptimizeLog, store: Store) -> dict | None:
     rows = {r["id"]: r for r in full.runs()}
     if any(rows.get(rid, {}).get("status") != "done" for rid in rec.run_ids):
         return None
-    rec_parts, _ = objective_parts(full, Group(rec.label, {}, {}, [rows[rid] for rid in rec.run_ids]), log.space, log.settings)
+    cache: dict = {}  # the store's samples, read once per held-out source for every configuration
+    rec_parts, _ = objective_parts(full, Group(rec.label, {}, {}, [rows[rid] for rid in rec.run_ids]), log.space, log.settings,
+                                   cache)
     best = None
     grid = [g for g in groups(full) if AXIS not in g.point]  # the design's own runs carry its label axis
     for g in grid:
-        parts, by = objective_parts(full, g, log.space, log.settings)
+        parts, by = objective_parts(full, g, log.space, log.settings, cache)
         if any(x is None or not x.items for _, x in parts):
             continue
         if not all(all(x is not None and x.items for x in by[a]) for a in log.settings.max_loss):

@@ -155,9 +155,7 @@ def cmd_optimize(args) -> None:
     from sftmix.study.runner import load_study
     from sftmix.study.store import Store
 
-    weights = _arg("--weights", _weights, args.weights)
-    if not weights:
-        raise SftmixError("optimize: give --weights ABILITY=W,... (the abilities the objective weighs)")
+    weights = _arg("--weights", _weights, args.weights)  # required by the parser
     budget = _arg("--budget", _budget, args.budget)
     if budget is not None and budget < 1:
         raise SftmixError(f"--budget {args.budget}: a mixture needs at least 1 example")
@@ -167,8 +165,8 @@ def cmd_optimize(args) -> None:
     notes: list[str] = []
     study, runs = load_study(args.file, args.profile, notes)
     out = layout.study_dir(study.name, study.output_dir, args.profile)
-    settings, space = design(study, args.profile, runs, str(args.file), weights, args.runs, max_loss, None if budget is None else int(budget),
-                             args.batch, args.initial, args.replicates, args.seed, args.stop_below)
+    settings, space = design(study, args.profile, runs, str(args.file), weights, args.runs, max_loss,
+                             None if budget is None else int(budget), args.batch, args.initial, args.replicates, args.seed, args.stop_below)
     output_dir(out, "study output_dir")
     log = optimize(study, args.profile, settings, space, str(args.file), progress=not args.quiet, executor=args.executor,
                    address=args.address)
@@ -373,7 +371,7 @@ def add_commands(sub) -> None:
     p.add_argument("--replicates", type=positive_int, default=1, help="seeds per configuration (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the design (the initial design and the acquisition)")
     p.add_argument("--stop-below", metavar="EI", help="stop when the largest expected improvement is below EI (default: "
-                   "the half-width of the incumbent's 95%% interval; 0: run every run of --runs)")
+                   "the half-width of the paired 95%% interval between the incumbent and the runner-up; 0: run every run of --runs)")
     p.add_argument("--executor", choices=list(get_args(ExecutorConfig.model_fields["name"].annotation)),
                    help="where runs execute (default: the study file's `executor`, else local)")
     p.add_argument("--address", help="ray: address of an existing cluster (host:port); none starts a local one")

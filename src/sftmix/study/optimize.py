@@ -388,11 +388,13 @@ def features(amounts: np.ndarray, budget: int) -> np.ndarray:
 # ---------------------------------------------------------------- observing
 
 
-def objective_parts(store: Store, g: Group, space: Space, s: Settings) -> tuple[list[tuple[float, stats.Items]], dict]:
+def objective_parts(store: Store, g: Group, space: Space, s: Settings,
+                    cache: dict | None = None) -> tuple[list[tuple[float, stats.Items]], dict]:
     """A configuration's weighted objective as (weight, items) per held-out source, and each
     weighted or constrained ability's held-out sources' items; None for a source not measured
-    per item on every run of ``g``."""
-    items = {src: group_items(store, g, f"loss/{src}") for a in {*s.weights, *s.max_loss} for src in space.heldout[a]}
+    per item on every run of ``g``. ``cache``: the store's samples per metric, shared by calls
+    over many configurations (``results.group_items``)."""
+    items = {src: group_items(store, g, f"loss/{src}", cache) for a in {*s.weights, *s.max_loss} for src in space.heldout[a]}
     wsum = sum(s.weights.values())
     parts = [(w / wsum / len(space.heldout[a]), items[src]) for a, w in s.weights.items() if w > 0 for src in space.heldout[a]]
     return parts, {a: [items[src] for src in space.heldout[a]] for a in {*s.weights, *s.max_loss}}
@@ -435,7 +437,8 @@ def resolution(store: Store, log: OptimizeLog) -> float | None:
     if len(seen) < 2:
         return None
     rows = {r["id"]: r for r in store.runs()}
-    a, b = (objective_parts(store, Group(c.label, {}, {}, [rows[rid] for rid in c.run_ids]), log.space, log.settings)[0]
+    cache: dict = {}
+    a, b = (objective_parts(store, Group(c.label, {}, {}, [rows[rid] for rid in c.run_ids]), log.space, log.settings, cache)[0]
             for c in seen[:2])
     _, _, _, lo, hi = stats.paired_weighted_difference([(w, x, y) for (w, x), (_, y) in zip(a, b)], N_BOOT, log.settings.seed)
     return (hi - lo) / 2
@@ -533,7 +536,8 @@ def _observations(log: OptimizeLog) -> tuple[np.ndarray, np.ndarray, set[int]]:
     return X, L, taken
 
 
-def design(study: StudyConfig, profile: str | None, runs: list[PlannedRun], where: str, weights: dict[str, float], runs_max: int, max_loss: dict[str, float] | None = None,
+def design(study: StudyConfig, profile: str | None, runs: list[PlannedRun], where: str, weights: dict[str, float],
+           runs_max: int, max_loss: dict[str, float] | None = None,
            budget: int | None = None, batch: int = 1, initial: int | None = None, replicates: int = 1, seed: int = 0,
            stop_below: float | None = None) -> tuple[Settings, Space]:
     """The settings (defaults filled in: the budget, an initial design of sources + 1) and the

@@ -166,10 +166,15 @@ def heldout_rows(cfg: RunConfig, stages: list[StageConfig], pools: dict[str, Poo
     measure them, the training pools leave them out and the final evaluation scores them. A
     source that cannot be loaded is left out of the curves with a warning (evaluating it fails
     with the reason)."""
+    return read_or_choose(layout.heldout_file(run_dir(cfg)), _heldout_names(cfg, stages), cfg.heldout.samples,
+                          cfg.heldout.seed, cfg.sources, cfg.eval.data_dir or cfg.data_dir, pool=lambda n: _pool(cfg, n, pools))
+
+
+def _heldout_names(cfg: RunConfig, stages: list[StageConfig]) -> list[str]:
+    """The sources whose held-out rows a run chooses: every loss source when it measures the loss,
+    else the loss sources it trains on."""
     trained = {p.source for st in stages for p in st.mixture.parts if p.source is not None}
-    names = [s for s in cfg.heldout.sources if "loss" in cfg.eval.tasks or s in trained]
-    return read_or_choose(layout.heldout_file(run_dir(cfg)), names, cfg.heldout.samples, cfg.heldout.seed,
-                          cfg.sources, cfg.eval.data_dir or cfg.data_dir, pool=lambda n: _pool(cfg, n, pools))
+    return [s for s in cfg.heldout.sources if "loss" in cfg.eval.tasks or s in trained]
 
 
 def training_pools(cfg: RunConfig, names: list[str]) -> dict[str, Pool]:
@@ -177,9 +182,7 @@ def training_pools(cfg: RunConfig, names: list[str]) -> dict[str, Pool]:
     by the same rule as ``heldout_rows``), without writing anything: what a search over amounts
     needs to know before any run."""
     pools: dict = {}
-    trained = set(names) | {p.source for st in plan(cfg) for p in st.mixture.parts if p.source is not None}
-    held_names = [s for s in cfg.heldout.sources if "loss" in cfg.eval.tasks or s in trained]
-    held = choose(held_names, cfg.heldout.samples, cfg.heldout.seed, cfg.sources, cfg.eval.data_dir or cfg.data_dir,
+    held = choose(_heldout_names(cfg, plan(cfg)), cfg.heldout.samples, cfg.heldout.seed, cfg.sources, cfg.eval.data_dir or cfg.data_dir,
                   pool=lambda n: _pool(cfg, n, pools))
     return {n: _pool(cfg, n, pools, held) for n in names}
 
