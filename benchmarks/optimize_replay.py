@@ -133,11 +133,11 @@ def grid_propose(f_grid: Path, pool: np.ndarray, weights: dict[str, float], tmp:
 
     study, runs = load_study(str(f_grid), read_only=True)
     store = Store(layout.store(study_dir(study, None))).restricted(r.id for r in runs)
-    doc = run_fit(store, tmp, "examples", 40, 0, progress=False)
+    fit = run_fit(store, tmp, "examples", 40, 0, progress=False)
     order = [ABILITIES[s] for s in SOURCES]
-    D = pool[:, [order.index(a) for a in doc["abilities"]]].astype(float)
-    fitted = {a: w for a, w in weights.items() if any(r["ability"] == a and r["selected"] for r in doc["targets"].values())}
-    return int(np.argmin(weighted_prediction(doc, fitted, D)))
+    D = pool[:, [order.index(a) for a in fit.abilities]].astype(float)
+    fitted = {a: w for a, w in weights.items() if any(t.ability == a and t.selected for t in fit.targets.values())}
+    return int(np.argmin(weighted_prediction(fit, fitted, D)))
 
 
 def replay_optimize(pool: np.ndarray, L: np.ndarray, budget: int, runs: int, seed: int, initial: int) -> list[int]:

@@ -263,6 +263,10 @@ ARG_CASES = [
     ("fit.json a list", damage("fit.json", b"[1, 2]"), "fit.json: not a fit made by `sftmix study fit`"),
     ("fit.json target without a law", lambda f, t: _rewrite_fit(f, t, lambda d: d["targets"]["loss/generated_math"].pop("selected")),
      "targets.loss/generated_math.selected: Field required"),
+    ("fit.json selects a law it lacks", lambda f, t: _rewrite_fit(f, t, lambda d: d["targets"]["loss/generated_math"]["laws"].pop(
+        d["targets"]["loss/generated_math"]["selected"])), "targets.loss/generated_math.selected: "),
+    ("fit.json law of an unknown status", lambda f, t: _rewrite_fit(f, t, lambda d: [
+        law.update(status="half fitted") for law in d["targets"]["loss/generated_math"]["laws"].values()]), "status: Input should be"),
     ("store cut short", damage("results.sqlite", cut=6000), "results.sqlite: not a readable sftmix results database"),
     ("store overwritten with text", damage("results.sqlite", b"SQLite format 3\x00" + b"\x00" * 100), "not a readable sftmix results"),
     ("store of another program", foreign_store, "results.sqlite: not a readable sftmix results database: it is another program's SQLite "

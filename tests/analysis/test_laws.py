@@ -26,7 +26,9 @@ from lawsynth import (
     mixture_study,
 )
 from sftmix.analysis import stats
+from sftmix.analysis.lawfit import Fit, load_fit
 from sftmix.analysis.laws import LAWS, Target, bootstrap, fit, fit_target
+from sftmix.analysis.propose import KProposal, MixtureProposal, load_proposal
 from sftmix.cli import main
 from sftmix.errors import SftmixError
 
@@ -71,8 +73,8 @@ def test_joint_law_is_recovered_and_selected():
     law, (theta, a) = LAWS["joint"], TRUTHS["joint"]
     t = simulated_target(law, theta, a, np.random.default_rng(3), sd_item=0.1, sd_e=0.01)
     res = fit_target(X, ABILITIES, t, loo_intervals=False)
-    assert res["selected"] == "joint", res["why"]
-    params = res["laws"]["joint"]["params"]
+    assert res.selected == "joint", res.why
+    params = res.laws["joint"].params
     for (p, (_, lo, hi)), true in zip(params.items(), theta):
         assert lo <= true <= hi, (p, lo, hi, true)
 
@@ -83,9 +85,9 @@ def test_exact_law_has_zero_leave_one_out_error(name):
     y = law.predict(theta, X, a)
     t = Target("loss/x", ABILITIES[a], a, y, np.tile(y, (4, 1)))  # identical draws: the intervals are points
     res = fit_target(X, ABILITIES, t, loo_intervals=False)
-    assert res["laws"][name]["loo"]["mae"] < 1e-4 * y.mean()
-    assert res["selected"] == name  # the joint law also fits mixture data exactly; fewer parameters win the tie
-    assert res["constant"]["loo"]["mae"] > 0.01
+    assert res.laws[name].loo.mae < 1e-4 * y.mean()
+    assert res.selected == name  # the joint law also fits mixture data exactly; fewer parameters win the tie
+    assert res.constant.loo.mae > 0.01
 
 
 def test_data_following_no_law_say_so():
@@ -93,8 +95,8 @@ def test_data_following_no_law_say_so():
     y = 1.0 + rng.normal(0, 0.05, len(X))  # no relation to the amounts at all
     draws = y + rng.normal(0, 0.05, (12, len(X)))
     res = fit_target(X, ABILITIES, Target("loss/x", "math", MATH, y, draws), loo_intervals=False)
-    assert res["selected"] is None
-    assert "no law fits at this scale" in res["why"]
+    assert res.selected is None and res.law is None
+    assert "no law fits at this scale" in res.why
 
 
 # ---------------------------------------------------------------- the optimiser
@@ -102,20 +104,26 @@ def test_data_following_no_law_say_so():
 AMOUNT_THETA = {"code": [0.6, math.log(0.8), 0.5], "general": [1.5, math.log(0.4), 0.3], "math": [0.8, math.log(0.9), 0.4]}
 
 
-def handmade_fit(caps: dict[str, float]) -> dict:
-    """A fit document whose selected laws are known amount laws (no fitting involved)."""
+def handmade_fit(caps: dict[str, float]) -> Fit:
+    """A fit whose selected laws are known amount laws (no fitting involved)."""
     targets = {}
     configs = [{"label": f"c{i}", "seeds": [0], "stages": 1, "examples": dict(zip(ABILITIES, x.tolist())),
                 "tokens": {}, "proportions": {}, "total": float(x.sum())} for i, x in enumerate(X)]
+    n = len(X)
     for ab, theta in AMOUNT_THETA.items():
         a = ABILITIES.index(ab)
-        y = LAWS["amount"].predict(np.array(theta), X, a)
+        y = LAWS["amount"].predict(np.array(theta), X, a).tolist()
+        loo = {"mae": 0.0, "mre": 0.0, "r2": 1.0, "spearman": 1.0, "predicted": y, "pred_low": y, "pred_high": y,
+               "thetas": [theta] * n, "residuals": [0.0] * n}
         targets[f"loss/{ab}_src"] = {
-            "ability": ab, "selected": "amount", "observed": y.tolist(), "observed_low": y.tolist(), "observed_high": y.tolist(),
-            "laws": {"amount": {"status": "fitted", "theta": theta, "draws": [theta] * 5,
-                                "loo": {"thetas": [theta] * len(X), "residuals": [0.0] * len(X)}}}}
-    return {"unit": "examples", "abilities": ABILITIES, "configurations": configs, "targets": targets,
-            "sources": {ab: [f"{ab}_src"] for ab in ABILITIES}, "pools": {f"{ab}_src": caps[ab] for ab in ABILITIES}}
+            "ability": ab, "noise": 0.01, "selected": "amount", "why": "made by hand", "observed": y, "observed_low": y,
+            "observed_high": y, "constant": {"formula": "mean", "params": {"mean": float(np.mean(y))}, "loo": loo},
+            "laws": {"amount": {"formula": LAWS["amount"].formula, "status": "fitted", "min_configs": 4, "theta": theta,
+                                "draws": [theta] * 5, "loo": loo}}}
+    return Fit.model_validate({"version": 1, "key": "handmade", "unit": "examples", "draws": 5, "seed": 0, "abilities": ABILITIES,
+                               "configurations": configs, "targets": targets, "notes": [],
+                               "sources": {ab: [f"{ab}_src"] for ab in ABILITIES},
+                               "pools": {f"{ab}_src": caps[ab] for ab in ABILITIES}})
 
 
 def brute_force(weights: dict, budget: int, caps: dict, max_loss: dict | None = None) -> tuple[float, tuple]:
@@ -137,7 +145,7 @@ def brute_force(weights: dict, budget: int, caps: dict, max_loss: dict | None = 
 
 
 def _objective(weights, prop) -> float:
-    D = np.array([[prop["proposal"]["examples"][ab] for ab in ABILITIES]], float)
+    D = np.array([[prop.proposal.examples[ab] for ab in ABILITIES]], float)
     return sum(w * LAWS["amount"].predict(np.array(AMOUNT_THETA[ab]), D, ABILITIES.index(ab))[0]
                for ab, w in weights.items()) / sum(weights.values())
 
@@ -152,17 +160,17 @@ def test_optimiser_finds_the_known_optimum_within_budget_caps_and_constraints(we
 
     caps = {"code": 25.0, "general": 500.0, "math": 500.0}  # code's source is small: its cap binds
     prop = propose_mixture(Evidence(fit=handmade_fit(caps)), weights, budget, max_loss)
-    ex = prop["proposal"]["examples"]
+    ex = prop.proposal.examples
     assert sum(ex.values()) <= budget
     assert all(ex[ab] <= caps[ab] for ab in ABILITIES)
     J_best, at = brute_force(weights, budget, caps, max_loss)
     J = _objective(weights, prop)
     assert J <= J_best + 1e-4, (ex, at, J, J_best)
     for ab, v in max_loss.items():
-        assert prop["proposal"]["predicted"][f"loss/{ab}_src"]["estimate"] <= v + 1e-9
+        assert prop.proposal.predicted[f"loss/{ab}_src"].estimate <= v + 1e-9
     if max_loss:  # the constraint changes the answer
         free = propose_mixture(Evidence(fit=handmade_fit(caps)), weights, budget, {})
-        assert free["proposal"]["examples"] != ex
+        assert free.proposal.examples != ex
 
 
 def test_optimiser_infeasible_constraint_says_what_is_reachable():
@@ -188,17 +196,20 @@ def test_dmt_k_finds_the_critical_k(tmp_path):
     # closed form: c + exp(b + t r) <= 0.52 + eps  <=>  r >= (log(0.55 - c) - b) / t; r = R / (R + new), R ~ k * 400
     r_star = (math.log(0.52 + eps - c) - b) / t
     k_star = r_star * DMT_NEW / (1 - r_star) / sum(DMT_PARTS.values())
-    assert abs(prop["k"] - k_star) <= 0.02 * k_star + 2 / sum(DMT_PARTS.values()), (prop["k"], k_star)
-    assert prop["targets"]["loss/generated_math"]["fit"]["selected"] == "mixture"
-    assert prop["best_tried"]["k"] == 0.25  # the smallest tried k whose observed math loss is within eps
+    assert abs(prop.k - k_star) <= 0.02 * k_star + 2 / sum(DMT_PARTS.values()), (prop.k, k_star)
+    assert prop.targets["loss/generated_math"].fit.selected == "mixture"
+    assert prop.best_tried.k == 0.25  # the smallest tried k whose observed math loss is within eps
     # the same through the CLI: a study file running the proposed k beside the best tried one
     assert main(["study", "propose", str(f), "--dmt-k", str(eps), "--draws", "20", "--quiet"]) == 0
     from sftmix.config import StudyConfig
     from sftmix.study.grid import expand
 
     runs = expand(StudyConfig(**yaml.safe_load((tmp_path / "dmtk" / "proposal.yaml").read_text())))
-    assert sorted(r.config.strategy.k for r in runs) == sorted([0.25, prop["k"]])
-    assert json.loads((tmp_path / "dmtk" / "proposal.json").read_text())["mode"] == "dmt_k"
+    assert sorted(r.config.strategy.k for r in runs) == sorted([0.25, prop.k])
+    written = load_proposal(tmp_path / "dmtk" / "proposal.json")  # the file reads back as the value it was written from
+    assert isinstance(written, KProposal) and written.k == pytest.approx(prop.k, abs=1e-9)
+    raw = json.loads((tmp_path / "dmtk" / "proposal.json").read_text())  # nothing of the file is lost in the typed value
+    assert json.dumps(written.model_dump(), sort_keys=True) == json.dumps(raw, sort_keys=True)  # as text: NaN != NaN
     with pytest.raises(SftmixError, match="no k in \\[0, 1\\] keeps loss/generated_math within 0.001"):
         store = fill_dmt(dmt_study(tmp_path, [0, "1/16", "1/4", 1], "d2"), {"generated_math": lambda r: c + math.exp(b + t * r)},
                          stage1={"generated_math": 0.4})
@@ -225,27 +236,28 @@ def test_fit_propose_export_on_a_synthetic_study(tmp_path, capsys):
     assert main(["study", "fit", str(f), "--draws", "40", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "26 of 28 runs done (1 failed, 1 running); fitting on the done ones" in out
-    doc = json.loads((tmp_path / "syn" / "fit.json").read_text())
-    assert len(doc["configurations"]) == len(DESIGN) and doc["configurations"][0]["seeds"] == [0, 1]
+    doc = load_fit(tmp_path / "syn")
+    assert len(doc.configurations) == len(DESIGN) and doc.configurations[0].seeds == [0, 1]
     with open(tmp_path / "syn" / "report" / "table.csv") as fh:
         assert max(float(r["loss/generated_math"]) for r in csv.DictReader(fh)) < 5  # the stale 9.0 stayed out
-    sel = {n: r["selected"] for n, r in doc["targets"].items()}
+    sel = {n: r.selected for n, r in doc.targets.items()}
     assert sel == {"loss/generated_code": "amount", "loss/generated_math": "amount", "loss/sharegpt": "joint"}
-    for r in doc["targets"].values():
-        law = r["laws"][r["selected"]]
-        assert law["loo"]["mre"] < 0.03 and law["loo"]["spearman"] > 0.8 and 0 <= law["loo"]["coverage"] <= 1
-        assert len(law["loo"]["predicted"]) == len(DESIGN)
+    for r in doc.targets.values():
+        loo = r.law.loo
+        assert loo.mre < 0.03 and loo.spearman > 0.8 and 0 <= loo.coverage <= 1
+        assert len(loo.predicted) == len(DESIGN)
     rep = tmp_path / "syn" / "report"
     html = (rep / "report.html").read_text()
     assert "<h2>Laws</h2>" in html and "LOO MAE" in html and "law__loss_generated_math.png" in html
     with open(rep / "laws_validation.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["configuration"] for r in rows} == {c["label"] for c in doc["configurations"]}
+    assert {r["configuration"] for r in rows} == {c.label for c in doc.configurations}
 
     assert main(["study", "propose", str(f), "--weights", "math=1,code=1,general=1", "--draws", "40", "--quiet"]) == 0
-    prop = json.loads((tmp_path / "syn" / "proposal.json").read_text())
-    assert prop["proposal"]["total"] <= 96 and prop["budget"] == 96  # default budget: the largest total tried
-    assert prop["proposal"]["weighted"]["estimate"] <= prop["best_tried"]["weighted_predicted"] + 1e-9
+    prop = load_proposal(tmp_path / "syn" / "proposal.json")
+    assert isinstance(prop, MixtureProposal) and prop.study_file == str(tmp_path / "syn" / "proposal.yaml")
+    assert prop.proposal.total <= 96 and prop.budget == 96  # default budget: the largest total tried
+    assert prop.proposal.weighted.estimate <= prop.best_tried.weighted_predicted + 1e-9
     study = yaml.safe_load((tmp_path / "syn" / "proposal.yaml").read_text())
     from sftmix.config import StudyConfig
     from sftmix.study.grid import expand
@@ -254,7 +266,7 @@ def test_fit_propose_export_on_a_synthetic_study(tmp_path, capsys):
     assert len(runs) == 4 and {r.point["_config"] for r in runs} == {"proposal", "best tried"}
     proposed = next(r for r in runs if r.point["_config"] == "proposal").config.strategy
     assert {s: round(proposed.fraction[s] * {"generated_math": 400, "generated_code": 400, "sharegpt": 300}[s])
-            for s in proposed.sources} == prop["proposal"]["sources"]
+            for s in proposed.sources} == prop.proposal.sources
     assert study["compare"][0]["weights"] and len(study["predictions"]) == 4
 
     assert main(["study", "export", str(f), "--olmix", str(tmp_path / "olmix")]) == 0
@@ -273,8 +285,7 @@ def test_report_says_no_law_fits(tmp_path, capsys):
     f = mixture_study(tmp_path, DESIGN, replicates=1)
     fill(f, {"generated_math": lambda x: np.array([level[tuple(x[0].tolist())]])}, sd_item=0.0, sd_noise=0.01)
     assert main(["study", "fit", str(f), "--draws", "30", "--quiet"]) == 0
-    doc = json.loads((tmp_path / "syn" / "fit.json").read_text())
-    assert doc["targets"]["loss/generated_math"]["selected"] is None
+    assert load_fit(tmp_path / "syn").targets["loss/generated_math"].selected is None
     md = (tmp_path / "syn" / "report" / "report.md").read_text()
     assert "no law fits at this scale" in md
     assert main(["study", "propose", str(f), "--weights", "math=1", "--quiet"]) == 2

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from helpers import TINY_TRAIN
+from sftmix.analysis.lawfit import load_fit
+from sftmix.analysis.propose import load_proposal
 from sftmix.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -37,25 +39,25 @@ def test_fit_propose_run_report_on_the_tiny_model(tmp_path, capsys):
     assert main(["study", "run", str(f), "--quiet"]) == 0
     assert main(["study", "fit", str(f), "--draws", "40", "--quiet"]) == 0
     out = tmp_path / "tinylaw"
-    fit = json.loads((out / "fit.json").read_text())
-    assert len(fit["configurations"]) == len(design)
+    fit = load_fit(out)
+    assert len(fit.configurations) == len(design)
     # the amounts the fit saw are the amounts trained on (from the stages' manifests)
-    ex = {c["label"].split()[0]: c["examples"] for c in fit["configurations"]}
+    ex = {c.label.split()[0]: c.examples for c in fit.configurations}
     assert ex["_mix=32-8-8"] == {"code": 8.0, "general": 8.0, "math": 32.0}
-    fitted = sorted({r["ability"] for r in fit["targets"].values() if r["selected"]})
-    assert set(fitted) & {"math", "code"}, {n: r["why"] for n, r in fit["targets"].items()}
+    fitted = sorted({r.ability for r in fit.targets.values() if r.selected})
+    assert set(fitted) & {"math", "code"}, {n: r.why for n, r in fit.targets.items()}
     html = (out / "report" / "report.html").read_text()
     assert "<h2>Laws</h2>" in html and "LOO MAE" in html
 
     weights = ",".join(f"{a}=1" for a in fitted)
     assert main(["study", "propose", str(f), "--weights", weights, "--draws", "40", "--quiet"]) == 0
-    prop = json.loads((out / "proposal.json").read_text())
-    assert prop["proposal"]["total"] <= 48
+    prop = load_proposal(out / "proposal.json")
+    assert prop.proposal.total <= 48
     capsys.readouterr()
     assert main(["study", "run", str(out / "proposal.yaml"), "--quiet"]) == 0
     rep = out / "proposal" / "report"
     preds = json.loads((rep / "predictions.json").read_text())
-    assert len(preds) == len(prop["proposal"]["predicted"]) + 1
+    assert len(preds) == len(prop.proposal.predicted) + 1
     for p in preds:
         assert p["verdict"] in ("inside the predicted interval", "below the predicted interval", "above the predicted interval")
         assert p["low"] < p["high"] and p["observed_low"] <= p["observed"] <= p["observed_high"]
@@ -63,8 +65,7 @@ def test_fit_propose_run_report_on_the_tiny_model(tmp_path, capsys):
     claims = json.loads((rep / "findings.json").read_text())
     assert claims[0]["metric"] == "weighted held-out loss" and claims[0]["verdict"] != "not tested"
     # the best tried configuration was rerun from scratch in the proposal study: the same config gives the same losses
-    best = prop["best_tried"]
     rerun = next(p for p in claims if p["b"].startswith("_config=best tried"))
-    assert abs(rerun["b_value"] - best["weighted_observed"]) < 1e-4
+    assert abs(rerun["b_value"] - prop.best_tried.weighted_observed) < 1e-4
     md = (rep / "report.md").read_text()
     assert "## Predictions" in md and "## Findings" in md

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftmix import layout
 from sftmix.analysis import stats
-from sftmix.analysis.laws import LAWS, Target, fit_target
+from sftmix.analysis.laws import CANDIDATES, LAWS, Target, TargetFit, fit_target
 from sftmix.analysis.results import Group, group_items, groups, metric_keys
 from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
@@ -57,16 +57,16 @@ class Design:
         per = self.tokens.sum() / max(self.examples.sum(), 1.0)  # tokens scaled to examples: (1 + D) keeps its meaning
         return self.tokens / per
 
-    def label_rows(self) -> list[dict]:
-        """Per configuration: label, seeds, stages, examples, tokens and proportions per ability (for fit.json)."""
+    def configurations(self) -> list[Configuration]:
+        """Per configuration: label, seeds, stages, examples, tokens and proportions per ability."""
         out = []
         for i, g in enumerate(self.groups):
             n = self.examples[i].sum()
-            out.append({"label": g.label, "seeds": g.seeds, "stages": self.stages[i],
-                        "examples": dict(zip(self.abilities, self.examples[i].tolist())),
-                        "tokens": dict(zip(self.abilities, self.tokens[i].tolist())),
-                        "proportions": dict(zip(self.abilities, (self.examples[i] / n if n else self.examples[i]).tolist())),
-                        "total": float(n)})
+            out.append(Configuration(label=g.label, seeds=g.seeds, stages=self.stages[i],
+                                     examples=dict(zip(self.abilities, self.examples[i].tolist())),
+                                     tokens=dict(zip(self.abilities, self.tokens[i].tolist())),
+                                     proportions=dict(zip(self.abilities, (self.examples[i] / n if n else self.examples[i]).tolist())),
+                                     total=float(n)))
         return out
 
 
@@ -160,7 +160,7 @@ def fit_key(store: Store, unit: str, n_boot: int, seed: int) -> str:
 
 
 def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS, seed: int = 0,
-            counts: dict | None = None, progress: bool = True) -> dict:
+            counts: dict | None = None, progress: bool = True) -> Fit:
     """Fit every law to every target, validate, select; write ``out/fit.json`` and return it.
     Give a store restricted to the study file's runs (``Store.restricted``)."""
     des = design(store, unit)
@@ -178,17 +178,13 @@ def run_fit(store: Store, out: Path, unit: str = "examples", n_boot: int = DRAWS
         raise SftmixError(f"fit: {len(des.groups)} configuration(s) are done, fewer than any law needs: "
                           + ", ".join(f"the {n} law needs {k}" for n, k in needs.items())
                           + f" (its parameters + 1, with {m} abilities); run more of the study or add configurations")
-    results = {}
-    for t in track(tgs, "fitting laws", enabled=progress):
-        results[t.name] = fit_target(X, des.abilities, t, seed)
-        results[t.name].update({"observed": t.y.tolist(), "observed_low": t.low.tolist(), "observed_high": t.high.tolist()})
-    doc = {"version": FIT_VERSION, "key": fit_key(store, unit, n_boot, seed), "unit": unit, "draws": n_boot, "seed": seed,
-           "abilities": des.abilities, "sources": des.sources, "pools": des.pools,
-           "origins": {k: sorted(v) for k, v in des.origins.items()},
-           "configurations": des.label_rows(), "runs": counts or {}, "notes": notes, "targets": results,
-           "method": METHOD}
-    write_json(layout.fit_file(out), doc)
-    return doc
+    results = {t.name: fit_target(X, des.abilities, t, seed) for t in track(tgs, "fitting laws", enabled=progress)}
+    fit = Fit(version=FIT_VERSION, key=fit_key(store, unit, n_boot, seed), unit=unit, draws=n_boot, seed=seed,
+              abilities=des.abilities, sources=des.sources, pools=des.pools,
+              origins={k: sorted(v) for k, v in des.origins.items()}, configurations=des.configurations(),
+              runs=counts or {}, notes=notes, targets=results, method=METHOD)
+    write_json(layout.fit_file(out), fit.model_dump())
+    return fit
 
 
 METHOD = ("Laws are fitted per held-out loss to the configurations' estimates (replicates merged) by bounded least squares "
@@ -204,21 +200,25 @@ METHOD = ("Laws are fitted per held-out loss to the configurations' estimates (r
           "the other configurations).")
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class FitTargetDoc(_Loose):
-    """One target of ``fit.json``: the held-out loss a law is fitted to, and the selected law."""
+class Configuration(_Value):
+    """One configuration a fit saw (replicates merged): what it trained on, per ability."""
 
-    ability: str
-    selected: str | None
-    why: str
-    laws: dict[str, dict]
+    label: str
+    seeds: list[int]
+    stages: int
+    examples: dict[str, float]
+    tokens: dict[str, float]
+    proportions: dict[str, float]
+    total: float
 
 
-class FitDoc(_Loose):
-    """``fit.json`` as ``run_fit`` writes it (the fields readers rely on; others are kept)."""
+class Fit(_Value):
+    """``fit.json``: the laws fitted to a study's done runs, one ``TargetFit`` per held-out loss,
+    with what they were fitted on (``key``: the runs and settings, to tell a stale fit)."""
 
     version: int
     key: str
@@ -228,12 +228,24 @@ class FitDoc(_Loose):
     abilities: list[str]
     sources: dict[str, list[str]]
     pools: dict[str, float]
-    configurations: list[dict]
+    origins: dict[str, list[str]] = {}
+    configurations: list[Configuration]
+    runs: dict[str, int] = {}
     notes: list[str]
-    targets: dict[str, FitTargetDoc]
+    targets: dict[str, TargetFit]
+    method: str = ""
+
+    def amounts(self) -> np.ndarray:
+        """Examples per configuration and ability (the fit's ability order)."""
+        return np.array([[c.examples[a] for a in self.abilities] for c in self.configurations], float)
+
+    def predict(self, name: str, D: np.ndarray) -> np.ndarray:
+        """The selected law of held-out loss ``name`` at the rows of ``D`` (amounts per ability)."""
+        t = self.targets[name]
+        return CANDIDATES[t.selected].predict(np.array(t.law.theta), D, self.abilities.index(t.ability))
 
 
-def load_fit(out: Path) -> dict | None:
+def load_fit(out: Path) -> Fit | None:
     """``out/fit.json``, checked: None when there is none or it was made by another version of
     the fitting (it is then refitted); a damaged or foreign file is an error naming it."""
     path = layout.fit_file(out)
@@ -246,12 +258,16 @@ def load_fit(out: Path) -> dict | None:
     if isinstance(doc, dict) and isinstance(doc.get("version"), int) and doc["version"] != FIT_VERSION:
         return None
     try:
-        FitDoc.model_validate(doc)
+        fit = Fit.model_validate(doc)
     except ValidationError as e:
         first = e.errors()[0]
         raise SftmixError(f"{path}: not a fit made by `sftmix study fit` ({'.'.join(map(str, first['loc'])) or 'top level'}: "
                           f"{first['msg']}); move it aside or run `sftmix study fit` to refit") from None
-    return doc
+    for name, t in fit.targets.items():
+        if t.selected is not None and t.selected not in t.laws:
+            raise SftmixError(f"{path}: not a fit made by `sftmix study fit` (targets.{name}.selected: {t.selected!r} is not "
+                              f"among its laws); move it aside or run `sftmix study fit` to refit")
+    return fit
 
 
 def other_version(out: Path) -> str | None:
@@ -268,17 +284,14 @@ def other_version(out: Path) -> str | None:
     return None
 
 
-def summary_rows(doc: dict) -> list[list]:
+def summary_rows(fit: Fit) -> list[list]:
     """Per target: the selected law (or none) and its validation, beside the constant's."""
     rows = []
-    for name, r in doc["targets"].items():
-        sel = r["selected"]
-        const = r["constant"]["loo"]
-        d = r["laws"].get(sel, {}) if sel else {}
-        loo = d.get("loo", {})
-        ex = d.get("extrapolation") or {}
-        rows.append([name, r["ability"], sel or "none fits", _f(loo.get("mae")), _pct(loo.get("mre")), _f(loo.get("spearman"), 2),
-                     _pct(loo.get("coverage")), _pct(ex.get("mre")) if ex else "-", _f(const["mae"])])
+    for name, t in fit.targets.items():
+        d = t.law
+        loo, ex = (d.loo, d.extrapolation) if d else (None, None)
+        rows.append([name, t.ability, t.selected or "none fits", _f(loo and loo.mae), _pct(loo and loo.mre),
+                     _f(loo and loo.spearman, 2), _pct(loo and loo.coverage), _pct(ex.mre) if ex else "-", _f(t.constant.loo.mae)])
     return rows
 
 

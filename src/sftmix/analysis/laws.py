@@ -34,8 +34,10 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 from scipy.optimize import least_squares
 from scipy.stats import spearmanr
 
@@ -407,14 +409,123 @@ def extrapolation(law: Law | None, X: np.ndarray, t: Target, rng: np.random.Gene
             "mae": float(np.mean(np.abs(err))), "mre": float(np.mean(np.abs(err) / np.abs(t.y[held])))}
 
 
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Loo(_Value):
+    """Leave one configuration out, fit on the others, predict it: the errors over configurations,
+    each configuration's prediction (and, with coverage measured, its predictive interval), the
+    left-out fits' parameters and their errors (which give new configurations their intervals)."""
+
+    mae: float
+    mre: float
+    r2: float
+    spearman: float
+    predicted: list[float]
+    pred_low: list[float]
+    pred_high: list[float]
+    thetas: list[list[float]]
+    residuals: list[float]
+    coverage: float | None = None
+
+
+class Extrapolation(_Value):
+    """Fitted without the configurations at the target ability's largest amount, predicting them."""
+
+    held_out_amount: float
+    configurations: list[int]
+    predicted: list[float]
+    mae: float
+    mre: float
+
+
+class LawFit(_Value):
+    """One candidate law on one held-out loss: fitted (parameters with 95% intervals, bootstrap
+    draws, validation) or not (``why``)."""
+
+    formula: str
+    status: Literal["fitted", "not fitted"]
+    min_configs: int
+    why: str | None = None
+    theta: list[float] = []
+    param_names: list[str] = []
+    fitted: list[float] = []
+    loo: Loo | None = None
+    extrapolation: Extrapolation | None = None
+    params: dict[str, tuple[float, float, float]] = {}
+    fitted_low: list[float] = []
+    fitted_high: list[float] = []
+    draws: list[list[float]] = []
+
+    def predict(self, law_name: str, X: np.ndarray, a: int) -> np.ndarray:
+        """The fitted law at the rows of ``X``."""
+        return CANDIDATES[law_name].predict(np.array(self.theta), X, a)
+
+
+class ConstantFit(_Value):
+    """The constant baseline (the mean of the configurations) and its validation."""
+
+    formula: str
+    params: dict[str, float]
+    loo: Loo
+    extrapolation: Extrapolation | None = None
+
+
+class TargetFit(_Value):
+    """Every candidate law fitted to one held-out loss, the constant beside them, the selection
+    (``selected`` None: no law fits) and why, and what was observed per configuration."""
+
+    ability: str
+    noise: float
+    constant: ConstantFit
+    laws: dict[str, LawFit]
+    selected: str | None
+    why: str
+    observed: list[float]
+    observed_low: list[float]
+    observed_high: list[float]
+
+    @property
+    def law(self) -> LawFit | None:
+        """The selected law's fit (None: no law fits)."""
+        return self.laws[self.selected] if self.selected else None
+
+    def fitted_laws(self) -> dict[str, LawFit]:
+        """The laws that could be fitted."""
+        return {n: d for n, d in self.laws.items() if d.status == "fitted"}
+
+
+class Prediction(_Value):
+    """A law's prediction at a configuration: the estimate, the law's 95% band (bootstrap refits)
+    and the 95% interval for an estimate observed there (``low``, ``high``)."""
+
+    estimate: float
+    law_low: float
+    law_high: float
+    low: float
+    high: float
+    law: str = ""
+
+
+@dataclass(frozen=True)
+class PredictionDraws:
+    """A prediction with the values its intervals come from, to combine predictions draw by draw:
+    ``band`` (one per bootstrap refit) and ``values`` (one per left-out fit, jackknife+)."""
+
+    prediction: Prediction
+    band: np.ndarray
+    values: np.ndarray
+
+
 def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, loo_intervals: bool = True,
-               laws: dict[str, Law] | None = None) -> dict:
+               laws: dict[str, Law] | None = None) -> TargetFit:
     """Every candidate law on one held-out loss: parameters with bootstrap intervals, leave-one-out
     and extrapolation validation, and the selection (``selected`` None: no law fits).
 
-    Returns a JSON-ready dict; each fitted law keeps its bootstrap parameters (``draws``) and its
-    leave-one-out fits (``loo``) for predictions at new configurations; the selected one (or the
-    constant, when none fits) also gets its prediction intervals' coverage."""
+    Each fitted law keeps its bootstrap parameters (``draws``) and its leave-one-out fits
+    (``loo``) for predictions at new configurations; the selected one (or the constant, when none
+    fits) also gets its prediction intervals' coverage."""
     rng = np.random.default_rng(seed)
     laws = CANDIDATES if laws is None else laws
     m = X.shape[1]
@@ -470,19 +581,21 @@ def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, lo
             add_coverage(d["loo"], law, X, t, rng)
     if loo_intervals and res["selected"] is None:
         add_coverage(res["constant"]["loo"], None, X, t, rng)
-    return res
+    res.update(observed=t.y.tolist(), observed_low=np.asarray(t.low).tolist(), observed_high=np.asarray(t.high).tolist())
+    return TargetFit.model_validate(res)
 
 
-def predict_with(law_name: str, d: dict, x: np.ndarray, a: int) -> dict:
+def predict_with(law_name: str, d: LawFit, x: np.ndarray, a: int) -> PredictionDraws:
     """A fitted law's prediction at a new configuration ``x``: the estimate, the law's 95% band
     (bootstrap refits) and the 95% prediction interval for an observed estimate there (from the
     leave-one-out fits, ``jackknife_interval``)."""
     law = CANDIDATES[law_name]
     x = np.atleast_2d(x)
-    est = float(law.predict(np.array(d["theta"]), x, a)[0])
-    band = np.array([law.predict(th, x, a)[0] for th in np.array(d["draws"])])
+    est = float(law.predict(np.array(d.theta), x, a)[0])
+    band = np.array([law.predict(th, x, a)[0] for th in np.array(d.draws)])
     lo, hi = percentile_interval(band)
-    at = predict_loo(law, [np.array(th) for th in d["loo"]["thetas"]], x, a)[:, 0]
-    plo, phi = jackknife_interval(at, np.array(d["loo"]["residuals"]))
-    return {"estimate": est, "law_low": float(lo), "law_high": float(hi), "low": plo, "high": phi, "law": law_name,
-            "band_draws": band, "interval_values": at + np.array(d["loo"]["residuals"])}
+    at = predict_loo(law, [np.array(th) for th in d.loo.thetas], x, a)[:, 0]
+    residuals = np.array(d.loo.residuals)
+    plo, phi = jackknife_interval(at, residuals)
+    return PredictionDraws(Prediction(estimate=est, law_low=float(lo), law_high=float(hi), low=plo, high=phi, law=law_name),
+                           band, at + residuals)

@@ -19,7 +19,7 @@ from sftmix.analysis import lawreport, optreport
 from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, markdown_table, to_html, to_markdown
 from sftmix.analysis.figure import png
 from sftmix.analysis.findings import METHOD, check_claims, check_predictions, finding_sentence, prediction_sentence
-from sftmix.analysis.lawfit import fit_key, load_fit, other_version
+from sftmix.analysis.lawfit import Fit, fit_key, load_fit, other_version
 from sftmix.analysis.results import flops, groups, lower_is_better, study_tasks, summary
 from sftmix.config import Claim, Prediction
 from sftmix.errors import SftmixError
@@ -212,7 +212,7 @@ def curve_figures(store: Store) -> dict[str, bytes]:
 
 
 def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict | None = None, notes: list[str] | None = None,
-                 extra_figures: dict[str, bytes] | None = None, top: list[str] | None = None, laws: dict | None = None,
+                 extra_figures: dict[str, bytes] | None = None, top: list[str] | None = None, laws: Fit | None = None,
                  optimization: OptimizeLog | None = None) -> Path:
     """Write the tables, figures, Findings and the HTML and markdown pages; return the HTML path.
 
@@ -248,7 +248,7 @@ def write_report(store: Store, out_dir: str | Path, title: str, study_doc: dict 
 
 
 def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, notes: list[str] | None,
-                  extra_figures: dict[str, bytes] | None, top: list[str] | None, laws: dict | None,
+                  extra_figures: dict[str, bytes] | None, top: list[str] | None, laws: Fit | None,
                   optimization: OptimizeLog | None) -> None:
     header, rows = table(store)
     known = study_tasks(store)
@@ -277,7 +277,7 @@ def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, n
         top = [*(top or []), ignored]  # a fit.json is there but not used: say so rather than leave it out silently
     law_figs, stale = {}, None
     if laws:
-        if laws.get("key") != fit_key(store, laws["unit"], laws["draws"], laws["seed"]):
+        if laws.key != fit_key(store, laws.unit, laws.draws, laws.seed):
             stale = ("These laws were fitted before the latest runs finished (or on other runs): run `sftmix study fit` "
                      "again to refit them on every done run.")
         law_figs = lawreport.figures(laws)

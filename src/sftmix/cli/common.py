@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing
 from pathlib import Path
 
 from sftmix.errors import SftmixError
@@ -37,7 +38,6 @@ def _field(model, path: str):
 
 def field_choices(field) -> tuple | None:
     """The allowed values of a ``Literal`` field (or of a list of them), else None."""
-    import typing
 
     ann = field.annotation
     if typing.get_origin(ann) is list:
@@ -49,8 +49,6 @@ def add_config_flags(parser, model, flags: dict[str, str]) -> None:
     """One flag per config field (``flags``: dotted field path -> flag): its help, default and
     choices are the field's own, so the command line and the config file cannot drift apart. An
     unset flag leaves the field to the config's default (argparse's default is None)."""
-    import typing
-
     from pydantic_core import PydanticUndefined
 
     for path, flag in flags.items():

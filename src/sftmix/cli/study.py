@@ -1,13 +1,26 @@
-"""``sftmix study`` and ``sftmix demo``: grids of runs, their status and report."""
+"""``sftmix study`` and ``sftmix demo``: grids of runs, their status and report.
+
+Each command imports its machinery inside its function: argument errors and ``--help`` answer
+without loading scipy, matplotlib, torch or BoTorch (seconds of start-up)."""
 
 from __future__ import annotations
 
-from typing import get_args
+import argparse
+import math
+from typing import TYPE_CHECKING, get_args
+
+import yaml
 
 from sftmix import layout
 from sftmix.cli.common import output_dir, positive_int, table
 from sftmix.config import ExecutorConfig
 from sftmix.errors import SftmixError
+from sftmix.io import json_text, write_all
+
+if TYPE_CHECKING:
+    from sftmix.analysis.lawfit import Fit
+    from sftmix.analysis.laws import Prediction
+    from sftmix.analysis.propose import KProposal, MixtureProposal, Observed
 
 
 def cmd_study(args) -> None:
@@ -75,7 +88,7 @@ def _counts(store, runs) -> dict:
     return c
 
 
-def _fit(args, study, runs, out, store, quiet: bool = False) -> dict:
+def _fit(args, study, runs, out, store, quiet: bool = False) -> Fit:
     """fit.json for the study's done runs: reused when it was made from the same runs and settings."""
     from sftmix.analysis.lawfit import fit_key, load_fit, run_fit
 
@@ -85,7 +98,7 @@ def _fit(args, study, runs, out, store, quiet: bool = False) -> dict:
           + (f" ({', '.join(f'{v} {k}' for k, v in others.items())}); fitting on the done ones" if others else ""), flush=True)
     doc = load_fit(out)
     if doc is not None and not getattr(args, "refit", False):
-        if doc["key"] == fit_key(store, args.unit, args.draws, args.seed):
+        if doc.key == fit_key(store, args.unit, args.draws, args.seed):
             if not quiet:
                 print(f"fit: {out / 'fit.json'} is up to date with these runs; reused")
             return doc
@@ -102,21 +115,18 @@ def cmd_fit(args) -> None:
     study, runs, out, store = _results(args)
     args.refit = True
     doc = _fit(args, study, runs, out, store)
-    table(f"laws: {study.name} ({doc['unit']}, {doc['draws']} bootstrap draws)", SUMMARY_COLUMNS, summary_rows(doc))
-    for n in doc["notes"]:
+    table(f"laws: {study.name} ({doc.unit}, {doc.draws} bootstrap draws)", SUMMARY_COLUMNS, summary_rows(doc))
+    for n in doc.notes:
         print(f"note: {n}")
-    for name, r in doc["targets"].items():
-        print(f"{name}: {r['why']}")
+    for name, r in doc.targets.items():
+        print(f"{name}: {r.why}")
     print(f"fit: {out / 'fit.json'}")
     print(f"report: {write_report(store, out / 'report', study.name, study_doc(study, args.profile), top=args.notes, laws=doc)}")
 
 
 def cmd_propose(args) -> None:
     """``sftmix study propose``: a mixture (or a DMT k) from the fitted laws, written as a study to run."""
-    import yaml
-
     from sftmix.analysis.propose import Evidence, proposal_study, propose_k, propose_mixture
-    from sftmix.io import json_text, write_all
 
     args.weights = _arg("--weights", _weights, args.weights)
     args.budget = _arg("--budget", _budget, args.budget)
@@ -139,10 +149,10 @@ def cmd_propose(args) -> None:
     proposal_out = (out / layout.PROPOSAL_DIR).resolve()
     doc_yaml = proposal_study(prop, study.name, store, str(proposal_out))
     pj, py = out / layout.PROPOSAL_JSON, out / layout.PROPOSAL_YAML
-    prop["study_file"] = str(py)
+    prop.study_file = str(py)
     text = ("# Written by `sftmix study propose`: run it with `sftmix study run` and read its report's Predictions.\n"
             + yaml.safe_dump(doc_yaml, sort_keys=False, width=120))
-    write_all({pj: json_text(prop), py: text})  # both or neither
+    write_all({pj: json_text(prop.model_dump()), py: text})  # both or neither
     _print_proposal(prop)
     print(f"proposal: {pj}")
     print(f"study file: {py} (run: sftmix study run {py})")
@@ -189,29 +199,30 @@ def cmd_optimize(args) -> None:
     print(f"report: {report}")
 
 
-def _print_proposal(prop: dict) -> None:
-    def iv(v):
-        return f"{v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+def _print_proposal(prop: MixtureProposal | KProposal) -> None:
+    def iv(v: Prediction | Observed) -> str:
+        return f"{v.estimate:.4f} [{v.low:.4f}, {v.high:.4f}]"
 
-    if prop["mode"] == "mixture":
-        p, b = prop["proposal"], prop["best_tried"]
-        print(f"proposal: {', '.join(f'{a} {n}' for a, n in p['examples'].items())} examples (total {p['total']}, budget "
-              f"{prop['budget']:g}); sources: {p['sources']}")
-        rows = [[n, iv(v), f"{v['law_low']:.4f}..{v['law_high']:.4f}",
-                 iv(b["observed"][n]) if n in b["observed"] else "-"] for n, v in p["predicted"].items()]
-        rows.append(["weighted", iv(p["weighted"]), f"{p['weighted']['law_low']:.4f}..{p['weighted']['law_high']:.4f}",
-                     f"{b['weighted_observed']:.4f}"])
-        table(f"predicted for the proposal vs observed for the best tried ({b['label']})",
+    if prop.mode == "mixture":
+        p, b = prop.proposal, prop.best_tried
+        print(f"proposal: {', '.join(f'{a} {n}' for a, n in p.examples.items())} examples (total {p.total}, budget "
+              f"{prop.budget:g}); sources: {p.sources}")
+        rows = [[n, iv(v), f"{v.law_low:.4f}..{v.law_high:.4f}",
+                 iv(b.observed[n]) if n in b.observed else "-"] for n, v in p.predicted.items()]
+        rows.append(["weighted", iv(p.weighted), f"{p.weighted.law_low:.4f}..{p.weighted.law_high:.4f}",
+                     f"{b.weighted_observed:.4f}"])
+        table(f"predicted for the proposal vs observed for the best tried ({b.label})",
               ["held-out loss", "proposal: predicted [95% predictive]", "law interval", "best tried: observed [95%]"], rows)
     else:
-        print(f"proposal: k = {prop['k']:.4g} [{_k(prop['k_low'])}, {_k(prop['k_high'])}] keeps every specialised ability within "
-              f"{prop['eps']:g} of its stage-1 loss; best tried: {prop['best_tried']['label']} (k = {prop['best_tried']['k']:g}"
-              f"{'' if prop['best_tried']['meets_eps'] else ', the largest tried: none met EPS'})")
-        rows = [[n, e["ability"], e["fit"]["selected"] or "none", f"{e.get('stage1_loss', float('nan')):.4f}",
-                 f"{e['k']:.4g} [{_k(e['k_low'])}, {_k(e['k_high'])}]" if "k" in e else "-",
-                 iv(e["predicted_at_k"]) if "predicted_at_k" in e else "-"] for n, e in prop["targets"].items()]
+        b = prop.best_tried
+        print(f"proposal: k = {prop.k:.4g} [{_k(prop.k_low)}, {_k(prop.k_high)}] keeps every specialised ability within "
+              f"{prop.eps:g} of its stage-1 loss; best tried: {b.label} (k = {b.k:g}"
+              f"{'' if b.meets_eps else ', the largest tried: none met EPS'})")
+        rows = [[n, e.ability, e.fit.selected or "none", "-" if e.stage1_loss is None else f"{e.stage1_loss:.4f}",
+                 f"{e.k:.4g} [{_k(e.k_low)}, {_k(e.k_high)}]" if e.k is not None else "-",
+                 iv(e.predicted_at_k) if e.predicted_at_k is not None else "-"] for n, e in prop.targets.items()]
         table("DMT's k", ["held-out loss", "ability", "law", "stage-1 loss", "critical k [95%]", "predicted at k"], rows)
-    for n in prop.get("notes", []):
+    for n in prop.notes:
         print(f"note: {n}")
 
 
@@ -230,8 +241,6 @@ def cmd_export(args) -> None:
 
 def _arg(flag: str, parse, text: str | None):
     """A propose argument parsed before any work: a bad one is an error naming the flag."""
-    import argparse
-
     if text is None:
         return None
     try:
@@ -241,9 +250,6 @@ def _arg(flag: str, parse, text: str | None):
 
 
 def _finite(text: str, what: str) -> float:
-    import argparse
-    import math
-
     try:
         v = float(text)
     except ValueError:
@@ -254,8 +260,6 @@ def _finite(text: str, what: str) -> float:
 
 
 def _pair(part: str, text: str, form: str) -> tuple[str, float]:
-    import argparse
-
     name, eq, value = part.partition("=")
     if not eq or not name.strip():
         raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}")
@@ -264,8 +268,6 @@ def _pair(part: str, text: str, form: str) -> tuple[str, float]:
 
 def _weights(text: str) -> dict[str, float]:
     """--weights math=1,code=1,general=0.5: each ability once, each weight a finite number >= 0."""
-    import argparse
-
     out: dict[str, float] = {}
     for part in text.split(","):
         name, w = _pair(part, text, "ABILITY=WEIGHT[,ABILITY=WEIGHT...]")
@@ -284,8 +286,6 @@ def _max_loss(text: str) -> tuple[str, float]:
 
 
 def _nonneg(text: str) -> float:
-    import argparse
-
     v = _finite(text, "EPS")
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
