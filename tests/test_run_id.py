@@ -27,6 +27,7 @@ OTHER = {
     "train.lora": {"r": 4}, "train.report_to": ["wandb"], "train.lr": 1e-4,
     "eval.tasks": ["loss"], "eval.mtbench.judge.model": "another-judge",
     "heldout.sources": ["generated_math"],
+    "train.kernels": {"optimizer": "adamw_torch", "attention": "eager", "liger": "off", "compile": True},
     "eval.vllm_server.command": ["vllm", "serve"], "eval.vllm_server.extra_args": ["--seed", "1"],
 }
 SKIP = {"strategy.name", "mixtures", "stages"}  # the strategy's kind is its model; stages replace a strategy (own test below)

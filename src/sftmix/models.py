@@ -153,14 +153,16 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_model(path: str, dtype: str = "float32"):
-    """A causal LM from a folder in ``dtype``; a missing or broken weight file is a clear error."""
+def load_model(path: str, dtype: str = "float32", attention: str | None = None):
+    """A causal LM from a folder in ``dtype`` (with transformers' ``attention`` implementation,
+    else its default); a missing or broken weight file is a clear error."""
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                    **({"attn_implementation": attention} if attention else {}))
     except (OSError, SafetensorError) as e:  # a weights file missing, cut short or damaged: name it
         for w in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
             why = safetensors_damage(w)

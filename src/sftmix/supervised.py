@@ -38,15 +38,25 @@ def heldout_key(sets: dict[str, list[Conversation]], template: str, max_length: 
 class SelectSupervised:
     """Forward pre-hook on the output layer: keep only the hidden states at ``self.mask`` (the
     positions whose next token is supervised), so the (batch x length x vocabulary) logits are never
-    built. Passes everything through while ``mask`` is None. Training and held-out loss share it."""
+    built. Passes everything through while ``mask`` is None. Training and held-out loss share it.
+
+    With ``capture``, the selected hidden states are kept in ``hidden`` and the output layer gets
+    none of them: a fused linear cross-entropy then computes the loss from them and the layer's
+    weight, chunk by chunk, without the (supervised x vocabulary) logits either."""
 
     def __init__(self):
         self.mask: torch.Tensor | None = None
+        self.capture = False
+        self.hidden: torch.Tensor | None = None
 
     def __call__(self, module, args):
         if self.mask is None:
             return None
-        return (args[0][self.mask],)
+        selected = args[0][self.mask]
+        if self.capture:
+            self.hidden = selected
+            return (selected[:0],)
+        return (selected,)
 
 
 def plain_forward(model):

@@ -35,6 +35,8 @@ def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
     assert meta["manifest"]["total"] > 0 and meta["tokenize"]["rows"] > 0
     assert meta["trainable_params"] == meta["total_params"] > 0 and meta["gradient_checkpointing"] is False
     assert meta["git_revision"] == checkout_revision()
+    if not torch.cuda.is_available():  # what the fast paths resolved to here, recorded
+        assert meta["kernels"] == {"optimizer": "adamw_torch_fused", "attention": "sdpa", "liger": False, "compile": False}
     if n_stages > 1:
         assert meta["parent"]["stage"].startswith(f"stage{n_stages - 1}_")
     if name == "dmt":

@@ -12,6 +12,7 @@ from sftmix.config.run import (
                                EvalConfig,
                                HeldoutConfig,
                                JudgeConfig,
+                               KernelSettings,
                                LoraConfig,
                                MixtureConfig,
                                PartConfig,
@@ -29,7 +30,8 @@ from sftmix.config.run import (
 )
 from sftmix.config.study import Claim, Prediction, StudyConfig
 
-__all__ = ["Claim", "CleanConfig", "CurveConfig", "DataConfig", "EvalConfig", "HeldoutConfig", "ExecutorConfig", "JudgeConfig", "LoraConfig",
+__all__ = ["Claim", "CleanConfig", "CurveConfig", "DataConfig", "EvalConfig", "HeldoutConfig", "ExecutorConfig", "JudgeConfig", "KernelSettings",
+           "LoraConfig",
            "MixtureConfig", "PartConfig", "Prediction", "Resources", "RunConfig", "SourceConfig", "StageConfig", "StrategyConfig",
            "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "format_validation_error", "load_config", "minutes",
            "read_yaml", "validate"]

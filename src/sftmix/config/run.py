@@ -163,6 +163,22 @@ class LoraConfig(Strict):
     target_modules: list[str] | str = Field("all-linear", description="modules LoRA adapts: all-linear or a list of names")
 
 
+class KernelSettings(Strict):
+    """How a stage computes, not what it trains: each fast path gives the same loss as the plain
+    one up to rounding, so none of them is part of a run's id. What each resolved to is recorded
+    in the stage's meta.json (``kernels``)."""
+
+    optimizer: Literal["auto", "adamw_torch_fused", "adamw_torch"] = Field("auto",
+        description="auto = PyTorch's fused AdamW (one kernel for every parameter's update; CUDA and CPU)")
+    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = Field("auto",
+        description="auto = flex_attention for packed rows on CUDA (each sample attends within itself through a block-sparse "
+                    "mask, never a dense one), else sdpa; flash_attention_2 needs the flash-attn package and CUDA")
+    liger: Literal["auto", "on", "off"] = Field("auto",
+        description="Liger-Kernel's fused RMSNorm, SwiGLU, RoPE and fused linear cross-entropy on the supervised positions "
+                    "(the gpu extra); auto = on where it is installed and CUDA is there, on = an error where it cannot run")
+    compile: bool = Field(False, description="torch.compile the model (pays on long runs; the first steps compile)")
+
+
 class TrainSettings(Strict):
     """Training settings of a stage. Defaults follow the paper (3 epochs, peak lr 2e-5, batch 16)
     and FastChat's recipe (cosine schedule, weight decay 0); warmup 3% as DESIGN.md states."""
@@ -188,6 +204,7 @@ class TrainSettings(Strict):
     logging_steps: int = Field(10, gt=0, description="log the loss every N steps")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow (used when installed)")
     seed: int | None = Field(None, description="training seed; defaults to the run seed")
+    kernels: KernelSettings = Field(default_factory=KernelSettings, description="GPU fast paths (not part of a run's id)")
 
 
 class StageConfig(Strict):

@@ -20,7 +20,8 @@ import importlib.util
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sftmix import layout
 from sftmix.compat import checkpointing_argument, is_checkpointing
-from sftmix.config import TrainSettings
+from sftmix.config import KernelSettings, TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
@@ -89,12 +90,60 @@ def enable_fsdp_on_cpu(trainer) -> None:
     trainer.is_fsdp_enabled = True
 
 
-class StageTrainer(Trainer):
-    """``Trainer`` with the supervised-positions-only loss and real-token throughput logging."""
+@dataclass(frozen=True)
+class Kernels:
+    """What a stage's ``train.kernels`` resolved to on this machine (recorded in meta.json)."""
 
-    def __init__(self, *args, **kwargs):
+    optimizer: str
+    attention: str
+    liger: bool
+    compile: bool
+
+
+LIGER_PARTS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": False}
+
+
+def resolve_kernels(k: KernelSettings, packing: bool) -> Kernels:
+    """The fast paths to use here: ``auto`` resolved for this machine; one asked for that cannot
+    run here is an error that says why."""
+    cuda = torch.cuda.is_available()
+    attention = k.attention if k.attention != "auto" else ("flex_attention" if packing and cuda else "sdpa")
+    if attention == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
+        raise SftmixError("train.kernels.attention: flash_attention_2 needs CUDA and the flash-attn package "
+                          f"({'not installed' if cuda else 'this machine has no CUDA device'}); use auto, sdpa or flex_attention")
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if k.liger == "on" and not (installed and cuda):
+        raise SftmixError("train.kernels.liger: on, but " + ("Liger-Kernel is not installed (pip install 'sftmix[gpu]')"
+                                                             if not installed else "its kernels run on CUDA and this machine has none")
+                          + "; use auto (on where it can run) or off")
+    return Kernels(optimizer="adamw_torch_fused" if k.optimizer == "auto" else k.optimizer, attention=attention,
+                   liger=k.liger == "on" or (k.liger == "auto" and installed and cuda), compile=k.compile)
+
+
+def liger_linear_loss() -> Callable:
+    """Liger-Kernel's fused linear cross-entropy as ``(weight, hidden, targets) -> summed loss``."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # the gpu extra: only where it runs
+
+    fused = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+    def loss(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return fused(weight.to(hidden.dtype), hidden, targets)  # the output layer's dtype under autocast
+
+    return loss
+
+
+class StageTrainer(Trainer):
+    """``Trainer`` with the supervised-positions-only loss and real-token throughput logging.
+
+    ``linear_loss`` ``(weight, hidden, targets) -> summed loss``: the loss from the supervised
+    positions' hidden states and the output layer's weight (a fused linear cross-entropy), instead
+    of the output layer's logits and a cross-entropy over them."""
+
+    def __init__(self, *args, linear_loss: Callable | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self._linear_loss = linear_loss
         self._select = SelectSupervised()
+        self._select.capture = linear_loss is not None
         self.model.get_output_embeddings().register_forward_pre_hook(self._select)
         self.loss_is_scaled_for_ga = True  # our loss is already divided by the accumulated token count
         self.tokens_before = 0  # all processes' real tokens before this run of the stage (a resume)
@@ -131,10 +180,13 @@ class StageTrainer(Trainer):
         targets = targets_all[targets_all != -100]
         self._select.mask = select
         try:
-            logits = model(**inputs, use_cache=False).logits  # (n_supervised, vocab)
+            logits = model(**inputs, use_cache=False).logits  # (n_supervised, vocab); none with a linear loss
+            if self._linear_loss is not None:
+                loss = self._linear_loss(self.model.get_output_embeddings().weight, self._select.hidden, targets)
+            else:
+                loss = F.cross_entropy(logits.float(), targets, reduction="sum")
         finally:
-            self._select.mask = None
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+            self._select.mask, self._select.hidden = None, None
         if num_items_in_batch is None:
             loss = loss / max(1, targets.numel()) / self.current_gradient_accumulation_steps
         else:
@@ -162,8 +214,10 @@ def _report_to(wanted: list[str]) -> list[str]:
     return [w for w in wanted if importlib.util.find_spec(modules.get(w, w)) is not None]
 
 
-def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, progress: bool) -> TrainingArguments:
+def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, progress: bool,
+                       kernels: Kernels | None = None) -> TrainingArguments:
     """Transformers' TrainingArguments for a stage; a batch that does not divide among processes is an error."""
+    kernels = kernels or resolve_kernels(s.kernels, s.packing)
     if s.batch_size % (s.per_device_batch_size * world):
         raise SftmixError(f"train.batch_size = {s.batch_size} is not a multiple of per_device_batch_size "
                           f"({s.per_device_batch_size}) x processes ({world})")
@@ -194,6 +248,10 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        optim=kernels.optimizer,
+        torch_compile=kernels.compile,
+        use_liger_kernel=kernels.liger,
+        liger_kernel_config=LIGER_PARTS if kernels.liger else None,
     )
 
 
@@ -241,7 +299,8 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
                                               cache_dir() / "tokenized", progress=progress and state.is_main_process)
     if len(dataset) == 0:
         raise SftmixError(f"stage {out_dir.name}: no trainable rows after tokenising ({tok_stats})")
-    model = load_model(model_path)
+    kernels = resolve_kernels(settings.kernels, settings.packing)
+    model = load_model(model_path, attention=kernels.attention)
     if settings.lora is not None:
         from peft import LoraConfig as PeftLora
         from peft import get_peft_model
@@ -251,11 +310,11 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
                                                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
     # WORLD_SIZE is set by torchrun / accelerate launch before any process group exists.
     world = int(os.environ.get("WORLD_SIZE", state.num_processes))
-    args = training_arguments(settings, out_dir, seed, world, progress)
+    args = training_arguments(settings, out_dir, seed, world, progress, kernels)
     if settings.gradient_checkpointing:
         model.config.use_cache = False
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
-                           processing_class=tokenizer)
+                           processing_class=tokenizer, linear_loss=liger_linear_loss() if kernels.liger else None)
     check_launch(trainer.accelerator.distributed_type)
     if settings.lora is not None and sharded_parameters(trainer):
         raise SftmixError("train.lora under FSDP or DeepSpeed ZeRO-3 is not supported: the merged model is saved from "
@@ -308,6 +367,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
             "trainable_params": trainable,
             "total_params": total,
             "gradient_checkpointing": is_checkpointing(trainer.model),
+            "kernels": asdict(kernels),
             "manifest": composed.manifest,
             "tokenize": tok_stats,
             "parent": parent,

@@ -220,11 +220,12 @@ def _compose_stage(cfg: RunConfig, stage: StageConfig, pools: dict, held: Heldou
     return mixture
 
 
-# Fields that cannot change what a run produces: where it is written, and where or how fast its
-# answers are fetched. Every other field changes the run's id (tests/test_run_id.py walks them all).
-NOT_IN_ID = ("name", "output_dir", "eval.openai", "eval.vllm.cpu_kv_cache_gb", "eval.vllm_server.python", "eval.vllm_server.command",
-             "eval.vllm_server.start_timeout_s", "eval.vllm_server.concurrency", "eval.vllm_server.cpu_kv_cache_gb",
-             "eval.vllm_server.gpu_memory_utilization")
+# Fields that cannot change what a run produces: where it is written, which kernels compute it (the
+# same loss up to rounding: tests/train/test_kernels.py), and where or how fast its answers are
+# fetched. Every other field changes the run's id (tests/test_run_id.py walks them all).
+NOT_IN_ID = ("name", "output_dir", "train.kernels", "eval.openai", "eval.vllm.cpu_kv_cache_gb", "eval.vllm_server.python",
+             "eval.vllm_server.command", "eval.vllm_server.start_timeout_s", "eval.vllm_server.concurrency",
+             "eval.vllm_server.cpu_kv_cache_gb", "eval.vllm_server.gpu_memory_utilization")
 # Sections added after run ids were fixed: in the id only when set, so that earlier runs keep theirs
 ONLY_WHEN_SET = ("eval.vllm", "eval.vllm_server")
 

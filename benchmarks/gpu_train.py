@@ -1,0 +1,301 @@
+"""Training at GPU speed: sftmix's training paths against TRL's SFTTrainer on the same rows.
+
+A model built from a config (random weights: speed and memory, not quality): SmolLM2-1.7B's shape
+by default, a 2-layer one with ``--smoke`` (the CPU size CI can run). The SmolLM2 tokenizer
+(the embedded model's, or ``--tokenizer DIR``), its chat template, assistant-only labels; GSM8K
+train and Code Alpaca rows from the data folder (``--data``, default ../shared/data).
+
+Paths, each in a process of its own (its peak memory is its own):
+
+- ``sftmix``: sftmix's default (``train.kernels`` auto: fused AdamW, sdpa, Liger where installed
+  on CUDA; length-grouped batches of ``--batch`` rows);
+- ``sftmix_unfused``: the same with every kernel plain (AdamW per tensor, sdpa, no Liger);
+- ``sftmix_packed``: packed rows (``--pack-rows`` x ``--pack-len``; flex_attention on CUDA: no
+  dense mask), ``sftmix_packed_sdpa`` the same through sdpa's dense block-diagonal mask;
+- ``sftmix_compile``: the default with ``torch.compile`` (CUDA only unless ``--paths`` names it);
+- ``trl``: SFTTrainer's defaults (gradient checkpointing on), ``trl_nockpt`` without it,
+  ``trl_packed`` packing without it; the same rows and labels (a ``labels`` column).
+
+For each: real (non-pad) tokens/s over the timed steps (the first ``--warmup`` steps not timed),
+MFU = 6·N·tokens/s over the bf16 matmul peak measured in the same run (fp32 where the path trains
+in fp32), peak memory (CUDA: max allocated; CPU: the process's peak RSS), and the loss on one fixed
+batch at the initial weights (the same loss semantics give the same number in every path). Then
+what the length-grouped sampler does to the largest batch, from the rows alone.
+
+    python benchmarks/gpu_train.py --smoke                  # CPU, about a minute
+    python benchmarks/gpu_train.py --out gpu_train.json     # one GPU, within 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHAPES = {  # SmolLM2's configs (vocabulary 49152, tied embeddings)
+    "1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+             "num_key_value_heads": 32},
+    "smoke": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 4},
+}
+PATHS = ("sftmix", "sftmix_unfused", "sftmix_packed", "sftmix_packed_sdpa", "sftmix_compile", "trl", "trl_nockpt", "trl_packed")
+FIXED = 8  # rows of the fixed batch
+
+
+def matmul_peak(dtype_name: str, device: str) -> float:
+    """Achieved dense matmul FLOP/s in ``dtype`` (the chip's practical peak)."""
+    import torch
+
+    n = 8192 if device == "cuda" else 1024
+    a = torch.randn(n, n, dtype=getattr(torch, dtype_name), device=device)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    reps = 20 if device == "cuda" else 5
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def rows(args):
+    """The tokenizer and the tokenised rows (sftmix's tokenisation: the model's chat template,
+    assistant-only labels), unpacked and packed."""
+    from sftmix.config import SourceConfig
+    from sftmix.data.sources import load_pool
+    from sftmix.io import stable_hash
+    from sftmix.models import load_tokenizer, resolve_model
+    from sftmix.train.tokenize import tokenize_mixture
+
+    tok = load_tokenizer(args.tokenizer or resolve_model("smollm2"))
+    half = args.rows // 2
+    convs = [c for name in ("gsm8k", "code_alpaca")
+             for c in load_pool(name, SourceConfig(limit=half, tagger="none"), str(args.data)).conversations]
+    sha = stable_hash([c.id for c in convs])
+    plain, _ = tokenize_mixture(convs, sha, tok, "model", args.max_length, progress=False)
+    packed, _ = tokenize_mixture(convs, sha, tok, "model", args.pack_len, packing=True, progress=False)
+    return tok, plain, packed
+
+
+class Clock:
+    """Per optimizer step: its end time, and the real tokens of the batch it trained on."""
+
+    def __init__(self, collate):
+        self.collate, self.tokens, self.ends = collate, [], []
+
+    def __call__(self, batch):
+        self.tokens.append(sum(len(b["input_ids"]) for b in batch))
+        return self.collate(batch)
+
+    def callback(self):
+        import torch
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class StepEnd(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                clock.ends.append(time.perf_counter())
+
+        return StepEnd()
+
+
+def run_path(path: str, args) -> dict:
+    """Train one path for ``--steps`` steps; its throughput, memory and fixed-batch loss."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sftmix.config import KernelSettings, TrainSettings
+    from sftmix.train.stage import StageTrainer, liger_linear_loss, resolve_kernels, training_arguments
+    from sftmix.train.tokenize import Collator
+
+    cuda = torch.cuda.is_available()
+    if path == "sftmix_compile" and not cuda and path not in (args.paths or []):
+        return {"path": path, "skipped": "torch.compile is measured on CUDA (on the CPU it compiles for minutes)"}
+    tok, plain, packed = rows(args)
+    bf16 = cuda or args.bf16
+    cfg = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, max_position_embeddings=max(args.pack_len, args.max_length),
+                      rope_theta=130000, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      **SHAPES["smoke" if args.smoke else "1.7b"])
+    torch.manual_seed(0)
+    init = LlamaForCausalLM(cfg).state_dict()
+    is_packed = path in ("sftmix_packed", "sftmix_packed_sdpa", "trl_packed")
+    ds = packed if is_packed and path != "trl_packed" else plain
+    batch_rows = args.pack_rows if is_packed else args.batch
+    out_dir = Path(args.work) / path
+    fixed = Collator(tok.pad_token_id)([plain[i] for i in range(FIXED)])
+    fixed.pop("num_real_tokens")
+    n_fixed = (fixed["labels"][:, 1:] != -100).sum()
+    if path.startswith("sftmix"):
+        kernels = {"sftmix_unfused": KernelSettings(optimizer="adamw_torch", attention="sdpa", liger="off"),
+                   "sftmix_packed_sdpa": KernelSettings(attention="sdpa"),
+                   "sftmix_compile": KernelSettings(compile=True)}.get(path, KernelSettings())
+        s = TrainSettings(epochs=1, max_steps=args.steps, batch_size=batch_rows, per_device_batch_size=batch_rows,
+                          max_length=args.pack_len if is_packed else args.max_length, lr=2e-5, precision="bf16" if bf16 else "fp32",
+                          report_to=[], logging_steps=1, save_steps=10 ** 6, packing=is_packed, kernels=kernels)
+        k = resolve_kernels(kernels, is_packed)
+        model = LlamaForCausalLM._from_config(cfg, attn_implementation=k.attention)
+        model.load_state_dict(init)
+        clock = Clock(Collator(tok.pad_token_id))
+        trainer = StageTrainer(model=model, args=training_arguments(s, out_dir, 0, 1, progress=False, kernels=k), train_dataset=ds,
+                               data_collator=clock, processing_class=tok, linear_loss=liger_linear_loss() if k.liger else None)
+        how = {"kernels": k.__dict__}
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        model = LlamaForCausalLM(cfg)
+        model.load_state_dict(init)
+        conf = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=batch_rows, max_steps=args.steps, learning_rate=2e-5,
+                         logging_steps=1, save_strategy="no", report_to="none", seed=0, disable_tqdm=True, use_cpu=not cuda,
+                         bf16=bf16, max_length=args.pack_len if is_packed else args.max_length, packing=is_packed,
+                         **({} if path == "trl" else {"gradient_checkpointing": False}))
+        trainer = SFTTrainer(model=model, args=conf, train_dataset=ds.remove_columns(["length"]), processing_class=tok)
+        clock = Clock(trainer.data_collator)
+        trainer.data_collator = clock
+        how = {"gradient_checkpointing": bool(conf.gradient_checkpointing), "packing": is_packed}
+    device = "cuda" if cuda else "cpu"
+    with torch.no_grad():
+        batch = {k: v.to(device) for k, v in fixed.items()}
+        loss_fixed = float(trainer.compute_loss(trainer.model.to(device), batch, num_items_in_batch=n_fixed.to(device)))
+    trainer.add_callback(clock.callback())
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    trainer.train()
+    steps = len(clock.ends)
+    w = min(args.warmup, steps - 1)
+    timed = clock.ends[-1] - (clock.ends[w - 1] if w else t0)
+    tokens = sum(clock.tokens[w:steps])
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"path": path, "steps": steps, "timed_steps": steps - w, "tokens_per_s": tokens / timed, "params": n_params, "bf16": bf16,
+            "peak_memory_gb": (torch.cuda.max_memory_allocated() if cuda else
+                               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9,
+            "memory_kind": "CUDA max allocated" if cuda else "peak RSS", "loss_fixed_batch": loss_fixed,
+            "rows_per_batch": batch_rows, **how}
+
+
+def batch_shapes(args) -> dict:
+    """The largest batch when rows are grouped by length (HF's sampler, sftmix's default) and when
+    they are drawn at random (mean over 20 orders): in padded tokens (what activations scale with)
+    and in supervised tokens (what the loss's logits scale with: supervised positions x vocabulary);
+    the grouped sampler puts its largest batch first, so that a batch too large fails at once."""
+    import numpy as np
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    _, plain, _ = rows(args)
+    lengths = list(plain["length"])
+    supervised = [sum(x != -100 for x in labels) for labels in plain["labels"]]
+    B = args.batch
+
+    def largest(order):
+        batches = [order[j:j + B] for j in range(0, len(order) - B + 1, B)]
+        return max(B * max(lengths[i] for i in b) for b in batches), max(sum(supervised[i] for i in b) for b in batches)
+
+    grouped = list(LengthGroupedSampler(B, lengths=lengths, generator=torch.Generator().manual_seed(0)))
+    rng = np.random.default_rng(0)
+    random = np.array([largest(list(rng.permutation(len(lengths)))) for _ in range(20)]).mean(0)
+    (g_pad, g_sup), first_sup = largest(grouped), sum(supervised[i] for i in grouped[:B])
+    return {"batch_rows": B, "grouped_padded": g_pad, "grouped_supervised": g_sup, "grouped_first_supervised": first_sup,
+            "random_padded": float(random[0]), "random_supervised": float(random[1]), "packed_padded": args.pack_rows * args.pack_len,
+            "mean_row": float(np.mean(lengths)), "longest_row": max(lengths)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="a 2-layer model and few rows and steps: the CPU size CI runs")
+    ap.add_argument("--paths", type=lambda s: s.split(","), help=f"comma-separated, of {', '.join(PATHS)}")
+    ap.add_argument("--rows", type=int, default=None, help="rows (half GSM8K, half Code Alpaca; default 3200, smoke 48)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per path (default 35, smoke 4)")
+    ap.add_argument("--warmup", type=int, default=None, help="steps not timed (default 5, smoke 1)")
+    ap.add_argument("--batch", type=int, default=None, help="rows per batch, unpacked (default 32, smoke 8)")
+    ap.add_argument("--pack-rows", type=int, default=None, help="packed rows per batch (default 4, smoke 2)")
+    ap.add_argument("--pack-len", type=int, default=None, help="tokens per packed row (default 2048, smoke 512)")
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (CUDA always)")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer files (default: the embedded model's)")
+    ap.add_argument("--work", default="/tmp/sftmix-gpu-train")
+    ap.add_argument("--out", type=Path, help="write every result as JSON here")
+    ap.add_argument("--budget-s", type=int, default=280, help="stop starting paths after this many seconds")
+    ap.add_argument("--only", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    small = {"rows": 48, "steps": 4, "warmup": 1, "batch": 8, "pack_rows": 2, "pack_len": 512}
+    full = {"rows": 3200, "steps": 35, "warmup": 5, "batch": 32, "pack_rows": 4, "pack_len": 2048}
+    for k, v in (small if args.smoke else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.only:
+        print("RESULT " + json.dumps(run_path(args.only, args)), flush=True)
+        return 0
+    if not (args.data / "gsm8k" / "train.jsonl").exists():
+        print(f"skip: no GSM8K under {args.data} (give --data)")
+        return 0
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks = {"bf16": matmul_peak("bfloat16", device), "fp32": matmul_peak("float32", device)}
+    print(f"{device}: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; matmul peak bf16 {peaks['bf16'] / 1e12:.1f} "
+          f"TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
+    shapes = batch_shapes(args)
+    print(f"largest batch of {shapes['batch_rows']} rows: length-grouped {shapes['grouped_padded']} padded / "
+          f"{shapes['grouped_supervised']} supervised tokens (the first batch: {shapes['grouped_first_supervised']} supervised), "
+          f"random order {shapes['random_padded']:.0f} / {shapes['random_supervised']:.0f}, packed {shapes['packed_padded']} padded; "
+          f"rows {shapes['mean_row']:.0f} tokens on average, the longest {shapes['longest_row']}")
+    results, start = [], time.perf_counter()
+    argv = list(sys.argv[1:])
+    if "--out" in argv:  # the parent writes the results
+        i = argv.index("--out")
+        del argv[i:i + 2]
+    argv = [a for a in argv if not a.startswith("--out=")]
+    for path in args.paths or PATHS:
+        if time.perf_counter() - start > args.budget_s:
+            results.append({"path": path, "skipped": f"the {args.budget_s}-second budget was spent"})
+            continue
+        try:
+            out = subprocess.run([sys.executable, __file__, *argv, "--only", path], capture_output=True, text=True,
+                                 timeout=max(60, args.budget_s))
+        except subprocess.TimeoutExpired:
+            results.append({"path": path, "failed": f"ran past {max(60, args.budget_s)} s"})
+            continue
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        results.append(json.loads(line[0][7:]) if line else {"path": path, "failed": out.stderr[-1500:]})
+    print(f"{'path':20s} {'tokens/s':>10s} {'MFU':>7s} {'memory GB':>10s} {'fixed-batch loss':>17s}  how")
+    for r in results:
+        if "tokens_per_s" not in r:
+            print(f"{r['path']:20s} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['failed'][-400:]}")
+            continue
+        r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peaks["bf16" if r["bf16"] else "fp32"]
+        how = r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
+        print(f"{r['path']:20s} {r['tokens_per_s']:10.1f} {r['mfu']:7.1%} {r['peak_memory_gb']:10.2f} {r['loss_fixed_batch']:17.5f}  {how}")
+    done = {r["path"]: r for r in results if "tokens_per_s" in r}
+    ours = [r for p, r in done.items() if p.startswith("sftmix")]
+    theirs = [r for p, r in done.items() if p.startswith("trl")]
+    if ours and theirs:
+        best, best_trl = max(ours, key=lambda r: r["tokens_per_s"]), max(theirs, key=lambda r: r["tokens_per_s"])
+        print(f"RATIO sftmix best ({best['path']}) / TRL best ({best_trl['path']}) real tokens/s: "
+              f"{best['tokens_per_s'] / best_trl['tokens_per_s']:.2f}x; sftmix best MFU {best['mfu']:.1%} (goals: 2x, 40 % on one H200)")
+        losses = [r["loss_fixed_batch"] for r in done.values()]
+        print(f"fixed-batch loss spread over every path: {max(losses) - min(losses):.2e} (same loss semantics: ~0)")
+    if "sftmix" in done and "trl" in done:
+        ours_gb, theirs_gb = done["sftmix"]["peak_memory_gb"], done["trl"]["peak_memory_gb"]
+        print(f"memory, defaults at equal batch: sftmix {ours_gb:.2f} GB, TRL {theirs_gb:.2f} GB "
+              f"({done['sftmix']['memory_kind']})")
+    if args.out:
+        args.out.write_text(json.dumps({"device": device, "peaks": peaks, "batch_shapes": shapes, "results": results}, indent=1))
+    return 0 if all("failed" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

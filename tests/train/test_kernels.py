@@ -1,0 +1,172 @@
+"""The training fast paths (``train.kernels``) against the plain path, on the CPU where they run:
+each trains to the same losses from the same weights and batches, packed rows attend only within
+their own sample, and what a stage used is resolved here and recorded. Paths that need CUDA
+(Liger-Kernel, flash-attention) skip, saying so."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sftmix.config import KernelSettings, TrainSettings
+from sftmix.data.sources import load_pool
+from sftmix.errors import SftmixError
+from sftmix.io import stable_hash
+from sftmix.models import load_model, load_tokenizer, resolve_model
+from sftmix.train.stage import Kernels, StageTrainer, liger_linear_loss, resolve_kernels, training_arguments
+from sftmix.train.tokenize import Collator, tokenize_mixture
+
+CUDA = torch.cuda.is_available()
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """Tokenised generated-math and generated-code rows for the tiny model (of unequal lengths), one
+    sample per row (max length 128) and packed several to a row (384)."""
+    path = resolve_model("tiny")
+    tok = load_tokenizer(path)
+    convs = [c for name in ("generated_math", "generated_code")
+             for c in load_pool(name, None).conversations[:24]]
+    cache = tmp_path_factory.mktemp("tok")
+    plain, _ = tokenize_mixture(convs, stable_hash([c.id for c in convs]), tok, "vicuna", 128, cache_root=cache, progress=False)
+    packed, _ = tokenize_mixture(convs, stable_hash([c.id for c in convs]), tok, "vicuna", 384, packing=True, cache_root=cache,
+                                 progress=False)
+    return path, tok, plain, packed
+
+
+def train(rows, tmp_path, kernels: Kernels, packing: bool = False, linear_loss=None) -> tuple[list[float], dict]:
+    """STEPS optimizer steps of the tiny model from its saved weights in fp32: each step's loss and
+    the final weights."""
+    path, tok, plain, packed = rows
+    torch.manual_seed(0)
+    s = TrainSettings(epochs=1, max_steps=STEPS, batch_size=4, per_device_batch_size=4, max_length=128, lr=1e-3, precision="fp32",
+                      report_to=[], logging_steps=1, save_steps=10 ** 6, group_by_length=False, packing=packing, warmup_ratio=0.0)
+    model = load_model(path, attention=kernels.attention)
+    args = training_arguments(s, tmp_path / kernels.attention, 0, 1, progress=False, kernels=kernels)
+    trainer = StageTrainer(model=model, args=args, train_dataset=packed if packing else plain, data_collator=Collator(tok.pad_token_id),
+                           processing_class=tok, linear_loss=linear_loss)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == STEPS and all(math.isfinite(x) for x in losses)
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+PLAIN = Kernels(optimizer="adamw_torch", attention="eager", liger=False, compile=False)
+
+
+def reference_linear_loss(weight, hidden, targets):
+    """The fused linear cross-entropy's meaning, spelt out: logits from the hidden states and the
+    output layer's weight, summed token cross-entropy (what Liger computes chunk by chunk)."""
+    return F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
+
+
+@pytest.mark.parametrize("fast,linear", [
+    (Kernels(optimizer="adamw_torch_fused", attention="eager", liger=False, compile=False), False),
+    (Kernels(optimizer="adamw_torch", attention="sdpa", liger=False, compile=False), False),
+    (Kernels(optimizer="adamw_torch", attention="eager", liger=False, compile=False), True),
+], ids=["fused AdamW", "sdpa attention", "loss from hidden states and weight"])
+def test_each_fast_path_trains_to_the_plain_losses(rows, tmp_path, fast, linear):
+    """Same initial weights, same batches, 6 steps at lr 1e-3: every step's loss within 1e-4
+    (relative) of the plain path's and the final weights within 1e-4; fp32 rounding stays far
+    below that, a wrong loss or update far above (the steps move the loss by ~1e-1)."""
+    base, w0 = train(rows, tmp_path / "plain", PLAIN)
+    assert abs(base[0] - base[-1]) > 1e-2  # the steps train: a path that did nothing would not match
+    got, w1 = train(rows, tmp_path / "fast", fast, linear_loss=reference_linear_loss if linear else None)
+    assert max(abs(a - b) / abs(a) for a, b in zip(base, got)) < 1e-4, (base, got)
+    assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) < 1e-4
+
+
+def test_packed_rows_train_to_the_unpacked_losses_sample_by_sample(rows, tmp_path):
+    """A packed row's loss is the unpacked samples' loss: position restarts keep each sample's
+    attention inside it, through the trainer's own loss (sdpa and eager). The check can fail: the
+    same row with positions running on (no restarts) lets later samples see earlier ones."""
+    path, tok, plain, packed = rows
+    row = packed[0]
+    starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+    assert len(starts) >= 3, "the first packed row holds at least two samples"
+    samples = [{"input_ids": row["input_ids"][a:b], "labels": row["labels"][a:b]} for a, b in zip(starts, starts[1:])]
+    for attention in ("sdpa", "eager"):
+        model = load_model(path, attention=attention).eval()
+        s = TrainSettings(max_length=128, report_to=[], precision="fp32", batch_size=1, per_device_batch_size=1)
+        args = training_arguments(s, tmp_path, 0, 1, False, Kernels("adamw_torch", attention, False, False))
+        trainer = StageTrainer(model=model, args=args, data_collator=Collator(tok.pad_token_id), processing_class=tok)
+        collate = Collator(tok.pad_token_id, pad_to_multiple_of=0)
+
+        def summed(batch_rows):
+            batch = collate(batch_rows)
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            with torch.no_grad():
+                return float(trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(n))) * n, n
+
+        packed_sum, packed_n = summed([{k: row[k] for k in ("input_ids", "labels", "position_ids")}])
+        parts = [summed([x]) for x in samples]
+        assert packed_n == sum(n for _, n in parts)
+        assert packed_sum == pytest.approx(sum(v for v, _ in parts), rel=1e-5), attention
+        leaky, _ = summed([{"input_ids": row["input_ids"], "labels": row["labels"],
+                            "position_ids": list(range(len(row["input_ids"])))}])
+        assert abs(leaky - packed_sum) > 1e-3 * packed_sum, "cross-sample attention would go unnoticed"
+
+
+def test_kernels_resolve_here_and_refuse_what_cannot_run(tmp_path):
+    k = resolve_kernels(KernelSettings(), packing=False)
+    assert k.optimizer == "adamw_torch_fused" and k.attention == "sdpa" and k.compile is False
+    assert resolve_kernels(KernelSettings(), packing=True).attention == ("flex_attention" if CUDA else "sdpa")
+    assert resolve_kernels(KernelSettings(attention="eager", optimizer="adamw_torch"), False) == Kernels("adamw_torch", "eager",
+                                                                                                         k.liger, False)
+    if not CUDA:
+        assert k.liger is False
+        with pytest.raises(SftmixError, match=r"train.kernels.liger: on, but .*use auto \(on where it can run\) or off"):
+            resolve_kernels(KernelSettings(liger="on"), False)
+        with pytest.raises(SftmixError, match="flash_attention_2 needs CUDA and the flash-attn package"):
+            resolve_kernels(KernelSettings(attention="flash_attention_2"), False)
+    args = training_arguments(TrainSettings(report_to=[]), tmp_path, 0, 1, False)
+    assert str(args.optim.value if hasattr(args.optim, "value") else args.optim) == "adamw_torch_fused"
+    assert args.use_liger_kernel is k.liger and args.torch_compile is False
+
+
+@pytest.mark.skipif(not (CUDA and importlib.util.find_spec("liger_kernel")),
+                    reason="Liger-Kernel's Triton kernels run on CUDA only (the gpu extra on a GPU machine)")
+def test_liger_trains_to_the_plain_losses(rows, tmp_path):
+    base, _ = train(rows, tmp_path / "plain", PLAIN)
+    got, _ = train(rows, tmp_path / "liger", Kernels("adamw_torch", "eager", True, False), linear_loss=liger_linear_loss())
+    assert max(abs(a - b) / abs(a) for a, b in zip(base, got)) < 1e-3, (base, got)
+
+
+@pytest.mark.slow
+def test_flex_attention_and_compile_train_to_the_plain_losses(rows, tmp_path):
+    """FlexAttention on the CPU and torch.compile compile per shape (tens of seconds): slow."""
+    base, _ = train(rows, tmp_path / "plain", PLAIN, packing=True)
+    for fast in (Kernels("adamw_torch", "flex_attention", False, False), Kernels("adamw_torch", "eager", False, True)):
+        got, _ = train(rows, tmp_path / fast.attention, fast, packing=True)
+        assert max(abs(a - b) / abs(a) for a, b in zip(base, got)) < 1e-4, (fast, base, got)
+
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").exists(), reason=f"the GPU benchmark reads GSM8K and Code Alpaca from {DATA}")
+def test_gpu_benchmark_smoke_measures_both_trainers_on_the_same_loss(tmp_path):
+    """benchmarks/gpu_train.py in its CPU size: sftmix's default and TRL's packed path train, the
+    results name the kernels used, and both give the same loss on the same fixed batch."""
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--smoke", "--paths", "sftmix,trl_packed",
+                        "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    doc = json.loads(out.read_text())
+    res = {x["path"]: x for x in doc["results"]}
+    assert set(res) == {"sftmix", "trl_packed"} and all(x["tokens_per_s"] > 0 and x["steps"] == 4 for x in res.values())
+    assert res["sftmix"]["kernels"]["optimizer"] == "adamw_torch_fused" and res["trl_packed"]["packing"] is True
+    assert abs(res["sftmix"]["loss_fixed_batch"] - res["trl_packed"]["loss_fixed_batch"]) < 1e-4
+    shapes = doc["batch_shapes"]
+    assert shapes["grouped_padded"] >= shapes["batch_rows"] * shapes["longest_row"] - 8  # the longest row's batch is padded to it
+    assert "RATIO sftmix best" in r.stdout and doc["peaks"]["fp32"] > 0
