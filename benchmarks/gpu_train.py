@@ -150,7 +150,7 @@ def run_path(path: str, args) -> dict:
         clock = Clock(Collator(tok.pad_token_id))
         trainer = StageTrainer(model=model, args=training_arguments(s, out_dir, 0, 1, progress=False, kernels=k), train_dataset=ds,
                                data_collator=clock, processing_class=tok, linear_loss=liger_linear_loss() if k.liger else None)
-        how = {"kernels": k.__dict__}
+        how = {"kernels": k.model_dump()}
     else:
         from trl import SFTConfig, SFTTrainer
 

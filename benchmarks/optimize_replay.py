@@ -140,9 +140,25 @@ def grid_propose(f_grid: Path, pool: np.ndarray, weights: dict[str, float], tmp:
     return int(np.argmin(weighted_prediction(fit, fitted, D)))
 
 
-def replay_optimize(pool: np.ndarray, L: np.ndarray, budget: int, runs: int, seed: int, initial: int) -> list[int]:
+def law_priors(D: np.ndarray, L: np.ndarray, budget: int, seed: int) -> list:
+    """Per ability (pool column j), the amount law L_j = E + B·(1 + D_j)^(-alpha) fitted to the
+    runs so far (``sftmix.analysis.laws``), as a function of optimize's features: a GP prior mean."""
+    from sftmix.analysis.laws import LAWS, fit
+
+    law, rng = LAWS["amount"], np.random.default_rng(seed)
+    out = []
+    for j in range(L.shape[1]):
+        y = L[:, j]
+        theta = fit(law, D, y, j, max(float(np.std(y)), 1e-3), law.starts(D, y, j, rng))
+        out.append(lambda Z, th=theta, j=j: law.predict(th, np.expm1(Z * np.log1p(budget)), j))
+    return out
+
+
+def replay_optimize(pool: np.ndarray, L: np.ndarray, budget: int, runs: int, seed: int, initial: int,
+                    prior: bool = False) -> list[int]:
     """The order in which optimize's design would run pool configurations: its own initial design,
-    features and surrogate (one GP per ability's loss), one configuration at a time."""
+    features and surrogate (one GP per ability's loss), one configuration at a time; with
+    ``prior``, each GP's prior mean is the amount law fitted to the runs so far."""
     from sftmix.study.optimize import Surrogate, features, initial_design
 
     X = features(pool, budget)
@@ -150,7 +166,8 @@ def replay_optimize(pool: np.ndarray, L: np.ndarray, budget: int, runs: int, see
     order = initial_design(X, initial, seed)
     while len(order) < min(runs, len(pool)):
         step_seed = seed * 7919 + len(order)
-        model = Surrogate.fit(X[order], L[order], w, np.full(len(w), np.inf), step_seed)
+        priors = law_priors(pool[order].astype(float), L[order], budget, step_seed) if prior else None
+        model = Surrogate.fit(X[order], L[order], w, np.full(len(w), np.inf), step_seed, priors)
         order.append(model.acquire(X[order], X, set(order), 1, step_seed)[0].index)
     return order
 
@@ -172,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=None, help="runs each method may use (default 30; 20 with --quick)")
     ap.add_argument("--out", default=None, help="keep the pool here (a rerun reuses its done runs)")
     ap.add_argument("--json", default=None, help="write the figures as JSON here")
+    ap.add_argument("--law-prior", action="store_true", help="also replay optimize with the amount law as each GP's prior mean")
     args = ap.parse_args(argv)
     step = 5 if args.quick else 10
     seeds = args.seeds or (8 if args.quick else 50)
@@ -199,16 +217,18 @@ def main(argv: list[str] | None = None) -> int:
           f"(mean |seed 1 - seed 0| over {len(rep)} replicated configurations) {eps:.4f}; {within} configuration(s) within it")
 
     rng = np.random.default_rng(12345)
-    res = {"optimize": [], "random": []}
-    orders = {"optimize": [], "random": []}
+    methods = ["optimize", "random", *(["optimize, law prior"] if args.law_prior else [])]
+    res = {m: [] for m in methods}
+    orders = {m: [] for m in methods}
     t1 = time.time()
     for seed in range(seeds):
-        o = replay_optimize(pool, L, budget, min(runs, n), seed, initial=len(SOURCES) + 1)
-        r = list(rng.permutation(n))
-        orders["optimize"].append(o)
-        orders["random"].append(r)
-        res["optimize"].append(runs_to_reach(o, y, target, cap))
-        res["random"].append(runs_to_reach(r, y, target, cap))
+        picked = {"optimize": replay_optimize(pool, L, budget, min(runs, n), seed, initial=len(SOURCES) + 1),
+                  "random": list(rng.permutation(n))}
+        if args.law_prior:
+            picked["optimize, law prior"] = replay_optimize(pool, L, budget, min(runs, n), seed, initial=len(SOURCES) + 1, prior=True)
+        for m, o in picked.items():
+            orders[m].append(o)
+            res[m].append(runs_to_reach(o, y, target, cap))
     replay_s = time.time() - t1
     g_idx = grid_design(pool, totals)
     f_grid = pool_study(out, step, totals, "grid", [0], only=[tuple(pool[i]) for i in g_idx])
@@ -217,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     g_order = [*g_idx, pick]
     g_best = float(y[g_order].min())
     rows = []
-    for name in ("optimize", "random"):
+    for name in methods:
         r = np.array(res[name])
         rows.append([name, f"{r.mean():.1f}", f"{np.median(r):.0f}", *(f"{np.mean([regret(o, y, t) for o in orders[name]]):.4f}"
                                                                        for t in (5, 10, 20)),
@@ -231,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = np.mean(res["random"]) / np.mean(res["optimize"])
     print(f"random search / optimize (mean runs to reach the best within epsilon): {ratio:.2f}x over {seeds} seeds "
           f"(replay {replay_s:.0f} s)")
+    if args.law_prior:
+        print(f"random search / optimize with the law prior: {np.mean(res['random']) / np.mean(res['optimize, law prior']):.2f}x")
     doc = {"pool": n, "epsilon": eps, "within": within, "seeds": seeds, "runs_to_reach": res, "ratio": ratio,
            "grid_propose_regret": g_best - float(y.min()), "grid_propose_pick": pool[pick].tolist(),
            "regret": {name: {t: float(np.mean([regret(o, y, t) for o in orders[name]])) for t in (5, 10, 20)}

@@ -15,6 +15,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from sftmix.errors import SftmixError
+
 
 def pid_alive(pid: int) -> bool:
     """Whether a process of this id exists (a temp file's writer, say)."""
@@ -65,8 +69,6 @@ def write_all(files: dict[Path, str | bytes]) -> None:
     then each staged file is renamed over its target. A command whose outputs belong together
     (a proposal's JSON and its study file, an export's two tables) never leaves one of them new
     and the other old or missing."""
-    from sftmix.errors import SftmixError
-
     staged: list[tuple[str, Path]] = []
 
     def drop_staged() -> None:
@@ -155,3 +157,17 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     """Short hex hash of a JSON-serialisable value, independent of dict key order."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return sha256_text(blob)[:n]
+
+
+def read_record(path: str | Path, model: type[BaseModel]):
+    """``path`` read as ``model``; a missing, unreadable or malformed file names itself."""
+    try:
+        return model.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise SftmixError(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, ValidationError):
+            first = e.errors()[0]
+            raise SftmixError(f"{path}: not a {model.__name__} ({'.'.join(map(str, first['loc'])) or 'top level'}: "
+                              f"{first['msg']})") from None
+        raise SftmixError(f"{path}: not readable JSON ({e})") from None

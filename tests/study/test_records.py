@@ -23,8 +23,10 @@ from sftmix.study.ingest import (
 GOOD = {
     DoneRecord: ({"checkpoint": "/r/stage1_x/final", "eval_dir": "/r/eval", "finished": 1.5}, {"checkpoint": "/r"}, "eval_dir"),
     ErrorRecord: ({"error": "ValueError: no", "traceback": "Traceback ..."}, {"traceback": "x"}, "error"),
-    StageMeta: ({"real_tokens": 120, "curve": [{"stage": "1_x", "step": 0, "run_step": 0, "run_tokens": 0, "loss": {"math": 2.5}}]},
-                {"curve": [{"stage": "1_x", "step": "first", "run_step": 0, "run_tokens": 0, "loss": {}}]}, "curve.0.step"),
+    StageMeta: ({"stage": "stage1_x", "real_tokens": 120,
+                 "curve": [{"stage": "1_x", "step": 0, "run_step": 0, "run_tokens": 0, "loss": {"math": 2.5}}]},
+                {"stage": "stage1_x", "curve": [{"stage": "1_x", "step": "first", "run_step": 0, "run_tokens": 0, "loss": {}}]},
+                "curve.0.step"),
     Manifest: ({"parts": [{"source": "gsm8k", "ability": "math", "count": 2, "ids": ["a", "b"], "pool_size": 10}]},
                {"parts": [{"source": "gsm8k", "count": 2, "ids": []}]}, "parts.0.ability"),
     EvalResults: ({"tasks": {"loss": {"gsm8k": {"loss": 1.0}}}}, {"task": {}}, "tasks"),
@@ -55,7 +57,7 @@ def test_rows_come_from_the_stages_in_training_order(tmp_path):
         layout.final_dir(stage).mkdir(parents=True)
         layout.data_dir(stage).mkdir()
         layout.meta(layout.final_dir(stage)).write_text(json.dumps(
-            {"curve": [{"stage": name, "step": 4, "run_step": 4 * i, "run_tokens": 10.0 * i, "loss": {"math": 1.0 / i}}]}))
+            {"stage": stage.name, "curve": [{"stage": name, "step": 4, "run_step": 4 * i, "run_tokens": 10.0 * i, "loss": {"math": 1.0 / i}}]}))
         layout.manifest(layout.data_dir(stage)).write_text(json.dumps(
             {"parts": [{"source": "gsm8k", "ability": "math", "count": i, "ids": [], "approx_tokens": 7, "pool_size": 9,
                         "origin": {"kind": "generated"}, **({"replay_of": "specialised"} if i == 2 else {})}]}))

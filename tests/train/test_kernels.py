@@ -98,7 +98,8 @@ def test_packed_rows_train_to_the_unpacked_losses_sample_by_sample(rows, tmp_pat
     for attention in ("sdpa", "eager"):
         model = load_model(path, attention=attention).eval()
         s = TrainSettings(max_length=128, report_to=[], precision="fp32", batch_size=1, per_device_batch_size=1)
-        args = training_arguments(s, tmp_path, 0, 1, False, Kernels("adamw_torch", attention, False, False))
+        kernels = Kernels(optimizer="adamw_torch", attention=attention, liger=False, compile=False)
+        args = training_arguments(s, tmp_path, 0, 1, False, kernels)
         trainer = StageTrainer(model=model, args=args, data_collator=Collator(tok.pad_token_id), processing_class=tok)
         collate = Collator(tok.pad_token_id, pad_to_multiple_of=0)
 
@@ -121,8 +122,8 @@ def test_kernels_resolve_here_and_refuse_what_cannot_run(tmp_path):
     k = resolve_kernels(KernelSettings(), packing=False)
     assert k.optimizer == "adamw_torch_fused" and k.attention == "sdpa" and k.compile is False
     assert resolve_kernels(KernelSettings(), packing=True).attention == ("flex_attention" if CUDA else "sdpa")
-    assert resolve_kernels(KernelSettings(attention="eager", optimizer="adamw_torch"), False) == Kernels("adamw_torch", "eager",
-                                                                                                         k.liger, False)
+    plain = resolve_kernels(KernelSettings(attention="eager", optimizer="adamw_torch"), False)
+    assert plain == Kernels(optimizer="adamw_torch", attention="eager", liger=k.liger, compile=False)
     if not CUDA:
         assert k.liger is False
         with pytest.raises(SftmixError, match=r"train.kernels.liger: on, but .*use auto \(on where it can run\) or off"):
@@ -138,7 +139,8 @@ def test_kernels_resolve_here_and_refuse_what_cannot_run(tmp_path):
                     reason="Liger-Kernel's Triton kernels run on CUDA only (the gpu extra on a GPU machine)")
 def test_liger_trains_to_the_plain_losses(rows, tmp_path):
     base, _ = train(rows, tmp_path / "plain", PLAIN)
-    got, _ = train(rows, tmp_path / "liger", Kernels("adamw_torch", "eager", True, False), linear_loss=liger_linear_loss())
+    liger = Kernels(optimizer="adamw_torch", attention="eager", liger=True, compile=False)
+    got, _ = train(rows, tmp_path / "liger", liger, linear_loss=liger_linear_loss())
     assert max(abs(a - b) / abs(a) for a, b in zip(base, got)) < 1e-3, (base, got)
 
 
@@ -146,7 +148,8 @@ def test_liger_trains_to_the_plain_losses(rows, tmp_path):
 def test_flex_attention_and_compile_train_to_the_plain_losses(rows, tmp_path):
     """FlexAttention on the CPU and torch.compile compile per shape (tens of seconds): slow."""
     base, _ = train(rows, tmp_path / "plain", PLAIN, packing=True)
-    for fast in (Kernels("adamw_torch", "flex_attention", False, False), Kernels("adamw_torch", "eager", False, True)):
+    for fast in (Kernels(optimizer="adamw_torch", attention="flex_attention", liger=False, compile=False),
+                 Kernels(optimizer="adamw_torch", attention="eager", liger=False, compile=True)):
         got, _ = train(rows, tmp_path / fast.attention, fast, packing=True)
         assert max(abs(a - b) / abs(a) for a, b in zip(base, got)) < 1e-4, (fast, base, got)
 

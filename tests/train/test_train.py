@@ -12,6 +12,7 @@ from conftest import REPO
 from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
 from sftmix.config import RunConfig, validate
 from sftmix.errors import SftmixError
+from sftmix.train.meta import StageMeta, read_meta
 from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
 
 STRATEGIES = {
@@ -35,6 +36,8 @@ def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
     assert meta["manifest"]["total"] > 0 and meta["tokenize"]["rows"] > 0
     assert meta["trainable_params"] == meta["total_params"] > 0 and meta["gradient_checkpointing"] is False
     assert meta["git_revision"] == checkout_revision()
+    typed = read_meta(final)  # the file is one typed value: every field written is one the reader knows
+    assert set(meta) == set(StageMeta.model_fields) and typed.model_dump(mode="json") == meta
     if not torch.cuda.is_available():  # what the fast paths resolved to here, recorded
         assert meta["kernels"] == {"optimizer": "adamw_torch_fused", "attention": "sdpa", "liger": False, "compile": False}
     if n_stages > 1:

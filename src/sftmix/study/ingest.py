@@ -2,7 +2,7 @@
 
 The files a run leaves (``sftmix.layout``) are read through typed records, each checked when
 read: ``DoneRecord`` (``done.json``), ``ErrorRecord`` (``error.json``), ``StageMeta`` (a stage's
-``final/meta.json``), ``Manifest`` (a stage's ``data/manifest.json``) and ``EvalResults`` (the
+``final/meta.json``, ``sftmix.train.meta``), ``Manifest`` (a stage's ``data/manifest.json``) and ``EvalResults`` (the
 evaluation's ``results.json``). ``read_run`` turns a finished run's folder into a ``RunRecord``,
 whose rows are the store's rows (``MetricRow``, ``SampleRow``, ``CurveRow``, ``DataRow``). A
 malformed file is an error naming it and its field.
@@ -10,17 +10,17 @@ malformed file is an error naming it and its field.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout
 from sftmix.errors import SftmixError
 from sftmix.eval.tasks import stored_values
-from sftmix.io import read_jsonl
+from sftmix.io import read_jsonl, read_record
+from sftmix.train.meta import StageMeta
 
 # ---------------------------------------------------------------- the store's rows
 
@@ -91,23 +91,6 @@ class ErrorRecord(_Record):
     traceback: str = ""
 
 
-class CurvePoint(_Record):
-    """A point of a stage's forgetting curve in its ``meta.json``."""
-
-    stage: str
-    step: int
-    run_step: int
-    run_tokens: float
-    loss: dict[str, float]
-
-
-class StageMeta(_Record):
-    """A stage's ``final/meta.json`` (the fields ingest reads)."""
-
-    real_tokens: float = 0.0
-    curve: list[CurvePoint] = []
-
-
 class ManifestPart(_Record):
     """One part of a composed mixture."""
 
@@ -144,20 +127,6 @@ class EvalResults(_Record):
 
     tasks: dict[str, dict[str, Any]]
     engine: Engine | None = None  # None: no task generated (or an evaluation from before engines were recorded)
-
-
-def read_record(path: Path, model: type[BaseModel]):
-    """``path`` read as ``model``; a missing, unreadable or malformed file names itself."""
-    try:
-        return model.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise SftmixError(f"{path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        if isinstance(e, ValidationError):
-            first = e.errors()[0]
-            raise SftmixError(f"{path}: not a {model.__name__} ({'.'.join(map(str, first['loc'])) or 'top level'}: "
-                              f"{first['msg']})") from None
-        raise SftmixError(f"{path}: not readable JSON ({e})") from None
 
 
 # ---------------------------------------------------------------- a run as a record

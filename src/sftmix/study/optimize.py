@@ -277,7 +277,9 @@ class Pick:
     predicted: tuple[float, float, float]
 
 
-def _gp(X: np.ndarray, y: np.ndarray, seed: int):
+def _gp(X: np.ndarray, y: np.ndarray, seed: int, prior=None):
+    """A GP of one ability's loss; ``prior`` (features -> loss, a callable on numpy rows) is its
+    prior mean, else a constant."""
     import torch  # heavy: only the design's steps need it
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
@@ -285,8 +287,23 @@ def _gp(X: np.ndarray, y: np.ndarray, seed: int):
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     torch.manual_seed(seed)
-    model = SingleTaskGP(torch.tensor(X, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)[:, None],
-                         outcome_transform=Standardize(m=1))
+    Y = torch.tensor(y, dtype=torch.float64)[:, None]
+    mean = None
+    if prior is not None:
+        from gpytorch.means import Mean
+
+        mu, sd = float(Y.mean()), float(Y.std().clamp_min(1e-8)) if len(y) > 1 else 1.0
+
+        class PriorMean(Mean):
+            """``prior`` in the units the GP models (Standardize's), without parameters of its own."""
+
+            def forward(self, Z):
+                flat = prior(Z.detach().reshape(-1, Z.shape[-1]).numpy())
+                return (torch.as_tensor(flat, dtype=torch.float64).reshape(Z.shape[:-1]) - mu) / sd
+
+        mean = PriorMean()
+    model = SingleTaskGP(torch.tensor(X, dtype=torch.float64), Y, outcome_transform=Standardize(m=1),
+                         **({"mean_module": mean} if mean is not None else {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BoTorch warns about optimiser retries; a failed fit still raises
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
@@ -305,11 +322,14 @@ class Surrogate:
     limits: np.ndarray
 
     @classmethod
-    def fit(cls, X: np.ndarray, L: np.ndarray, weights: np.ndarray, limits: np.ndarray, seed: int) -> Surrogate:
-        """Fit to the observed losses ``L`` (configurations x abilities) at features ``X``."""
+    def fit(cls, X: np.ndarray, L: np.ndarray, weights: np.ndarray, limits: np.ndarray, seed: int,
+            priors: list | None = None) -> Surrogate:
+        """Fit to the observed losses ``L`` (configurations x abilities) at features ``X``;
+        ``priors[j]`` (or None): ability j's prior mean as a function of the features."""
         from botorch.models import ModelListGP
 
-        return cls(ModelListGP(*[_gp(X, L[:, j], seed + j) for j in range(L.shape[1])]), np.asarray(weights, float),
+        priors = priors or [None] * L.shape[1]
+        return cls(ModelListGP(*[_gp(X, L[:, j], seed + j, priors[j]) for j in range(L.shape[1])]), np.asarray(weights, float),
                    np.asarray(limits, float))
 
     def predict(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ from sftmix.config import KernelSettings, TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
+from sftmix.train.meta import Kernels, Parent, StageMeta
 from sftmix.models import cache_dir, load_model, load_tokenizer
 from sftmix.provenance import provenance
 from sftmix.supervised import SelectSupervised
@@ -88,16 +88,6 @@ def enable_fsdp_on_cpu(trainer) -> None:
     state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
     trainer.is_fsdp_enabled = True
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """What a stage's ``train.kernels`` resolved to on this machine (recorded in meta.json)."""
-
-    optimizer: str
-    attention: str
-    liger: bool
-    compile: bool
 
 
 LIGER_PARTS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": False}
@@ -204,11 +194,6 @@ class StageTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def read_meta(final: Path) -> dict:
-    """A finished stage's ``meta.json``."""
-    return read_json(layout.meta(final))
-
-
 def _report_to(wanted: list[str]) -> list[str]:
     modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
     return [w for w in wanted if importlib.util.find_spec(modules.get(w, w)) is not None]
@@ -276,7 +261,7 @@ def check_launch(distributed_type) -> None:
 
 
 def train_stage(model_path: str, composed: Composed, settings: TrainSettings, template: str, out_dir: Path,
-                seed: int, parent: dict | None = None, run_config: dict | None = None, progress: bool = True,
+                seed: int, parent: Parent | None = None, run_config: dict | None = None, progress: bool = True,
                 callbacks: Sequence[TrainerCallback] = ()) -> Path:
     """Train one stage from ``model_path`` on ``composed``; return the final checkpoint folder.
 
@@ -351,37 +336,15 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
         for callback in callbacks:
             if hasattr(callback, "record"):
                 recorded.update(callback.record(final, stands_in, real_tokens))
-        meta = {
-            "stage": out_dir.name,
-            "base_model": model_path,
-            "template": template,
-            "seed": seed,
-            "train": settings.model_dump(),
-            "effective_batch": settings.batch_size,
-            "processes": state.num_processes,
-            "distributed_type": str(trainer.accelerator.distributed_type.value),
-            "weights_held": trainer.weights_held,  # by the main process, as a fraction of the model: sharding observed
-            "bf16": args.bf16,
-            # what the trained model was, observed rather than asked for: with LoRA only the
-            # adapter is trainable; gradient checkpointing as the Trainer turned it on
-            "trainable_params": trainable,
-            "total_params": total,
-            "gradient_checkpointing": is_checkpointing(trainer.model),
-            "kernels": asdict(kernels),
-            "manifest": composed.manifest,
-            "tokenize": tok_stats,
-            "parent": parent,
-            "run_config": run_config,
-            "resumed_from": resume,
-            "metrics": result.metrics,
-            "wall_s": round(wall, 2),
-            "real_tokens": real_tokens,
-            **recorded,
-            "curve": curve_points(trainer.state.log_history, out_dir.name),
-            "log_history": trainer.state.log_history,
-            **provenance(),
-        }
-        write_json(layout.meta(final), meta)  # written last: its presence marks the stage done
+        meta = StageMeta(
+            stage=out_dir.name, base_model=model_path, template=template, seed=seed, train=settings,
+            effective_batch=settings.batch_size, processes=state.num_processes,
+            distributed_type=str(trainer.accelerator.distributed_type.value), weights_held=trainer.weights_held,
+            bf16=args.bf16, trainable_params=trainable, total_params=total, gradient_checkpointing=is_checkpointing(trainer.model),
+            kernels=kernels, manifest=composed.manifest, tokenize=tok_stats, parent=parent, run_config=run_config,
+            resumed_from=resume, metrics=result.metrics, wall_s=round(wall, 2), real_tokens=real_tokens, **recorded,
+            curve=curve_points(trainer.state.log_history, out_dir.name), log_history=trainer.state.log_history, **provenance())
+        write_json(layout.meta(final), meta.model_dump(mode="json"))  # written last: its presence marks the stage done
         if not settings.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # resume state (with optimizer) is no longer needed
     state.wait_for_everyone()

@@ -30,6 +30,7 @@ from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.io import read_json, stable_hash
 from sftmix.models import resolve_model
+from sftmix.train.meta import Parent, read_meta
 
 
 def _part(source: str, fraction) -> PartConfig:
@@ -127,7 +128,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     """
     from sftmix.supervised import heldout_key  # torch and transformers: loaded when training starts
     from sftmix.train.curve import CurveSpec, HeldoutCurve
-    from sftmix.train.stage import read_meta, train_stage
+    from sftmix.train.stage import train_stage
 
     stages = plan(cfg)
     checkpoint = resolve_model(cfg.model)  # a model that is not there fails before any data is read
@@ -138,24 +139,26 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     heldout_sets = held.sets if "loss" in cfg.eval.tasks and cfg.curve.enabled else {}
     for name, why in held.errors.items() if heldout_sets else ():
         print(f"forgetting curves: held-out source {name!r} left out: {why.splitlines()[0]}", file=sys.stderr)
-    parent, offset, meta = None, {"run_step": 0, "run_tokens": 0}, {}
+    parent, meta = None, None
     for i, stage in enumerate(stages):
         stage_dir = layout.stage_dir(out, i + 1, stage.name)
         mixture = _compose_stage(cfg, stage, pools, held, composed, stage_dir)
         settings = stage_settings(cfg, stage)
         callbacks = []
         if heldout_sets:
-            start = meta["curve"][-1]["loss"] if i and meta.get("curve") else None
+            start = meta.curve[-1].loss if meta is not None and meta.curve else None
             how = heldout_key(heldout_sets, cfg.template, cfg.heldout.max_length, cfg.eval.batch_size)
             key = stable_hash([checkpoint, layout.weights_fingerprint(checkpoint), how]) if not i else None
             callbacks.append(HeldoutCurve(CurveSpec(heldout_sets, cfg.template, cfg.heldout.max_length, cfg.eval.batch_size,
-                                                    cfg.curve.points, start=start, cache_key=key, **offset)))
+                                                    cfg.curve.points, start=start, cache_key=key,
+                                                    run_step=meta.run_step_end if meta else 0,
+                                                    run_tokens=meta.run_tokens_end if meta else 0)))
         checkpoint = str(train_stage(checkpoint, mixture, settings, cfg.template, stage_dir,
                                      seed=settings.seed if settings.seed is not None else cfg.seed,
                                      parent=parent, run_config=cfg.model_dump(), progress=progress, callbacks=callbacks))
         meta = read_meta(Path(checkpoint))
-        offset = {"run_step": meta.get("run_step_end", 0), "run_tokens": meta.get("run_tokens_end", 0)}
-        parent = {"stage": stage_dir.name, "checkpoint": checkpoint, "content_sha256": mixture.manifest["content_sha256"], **offset}
+        parent = Parent(stage=stage_dir.name, checkpoint=checkpoint, content_sha256=mixture.manifest["content_sha256"],
+                        run_step=meta.run_step_end, run_tokens=meta.run_tokens_end)
     return Path(checkpoint)
 
 
