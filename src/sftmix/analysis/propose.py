@@ -40,7 +40,7 @@ from sftmix.analysis.laws import (
     predict_with,
 )
 from sftmix.analysis.results import groups
-from sftmix.analysis.stats import percentile_interval
+from sftmix.analysis.stats import Interval, percentile_interval
 from sftmix.config.run import upgrade
 from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError
@@ -49,14 +49,6 @@ from sftmix.study.store import Store
 
 class _Value(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Observed(_Value):
-    """An observed estimate with its 95% interval."""
-
-    estimate: float
-    low: float
-    high: float
 
 
 class Mixture(_Value):
@@ -78,7 +70,7 @@ class BestTried(_Value):
     examples: dict[str, float]
     seeds: list[int]
     index: int
-    observed: dict[str, Observed]
+    observed: dict[str, Interval]
     weighted_observed: float
     weighted_predicted: float
 
@@ -356,7 +348,7 @@ def _mixture_doc(doc: Fit, weights, wt, max_loss, B, budget, D, tried, objective
                          predicted={n: _predict(doc, n, D).prediction for n in targets if ts[n].selected},
                          weighted=_weighted(doc, weights, wt, D)),
         best_tried=BestTried(label=best.label, examples=best.examples, seeds=best.seeds, index=bi,
-                             observed={n: Observed(estimate=ts[n].observed[bi], low=ts[n].observed_low[bi],
+                             observed={n: Interval(estimate=ts[n].observed[bi], low=ts[n].observed_low[bi],
                                                    high=ts[n].observed_high[bi]) for n in targets},
                              weighted_observed=float(observed_w[bi]),
                              weighted_predicted=float(objective(np.array([[best.examples[a] for a in abilities]]))[0])),

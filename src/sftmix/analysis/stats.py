@@ -24,6 +24,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class Interval(BaseModel):
+    """An estimate with its 95% interval (as the files that record one write it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    estimate: float
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width: the noise of the estimate."""
+        return (self.high - self.low) / 2
 
 LEVEL = 0.95
 N_BOOT = 2000

@@ -20,7 +20,8 @@ from sftmix.io import json_text, write_all
 if TYPE_CHECKING:
     from sftmix.analysis.lawfit import Fit
     from sftmix.analysis.laws import Prediction
-    from sftmix.analysis.propose import KProposal, MixtureProposal, Observed
+    from sftmix.analysis.propose import KProposal, MixtureProposal
+    from sftmix.analysis.stats import Interval
 
 
 def cmd_study(args) -> None:
@@ -200,7 +201,7 @@ def cmd_optimize(args) -> None:
 
 
 def _print_proposal(prop: MixtureProposal | KProposal) -> None:
-    def iv(v: Prediction | Observed) -> str:
+    def iv(v: Prediction | Interval) -> str:
         return f"{v.estimate:.4f} [{v.low:.4f}, {v.high:.4f}]"
 
     if prop.mode == "mixture":

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftmix import layout
 from sftmix.analysis import stats
+from sftmix.analysis.stats import Interval
 from sftmix.analysis.lawfit import source_ability
 from sftmix.analysis.propose import simplex_grid
 from sftmix.analysis.results import Group, group_items
@@ -59,19 +60,6 @@ MC_SAMPLES = 512
 
 class _Value(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Interval(_Value):
-    """An estimate with its 95% interval."""
-
-    estimate: float
-    low: float
-    high: float
-
-    @property
-    def half_width(self) -> float:
-        """Half the interval's width: the noise of the estimate."""
-        return (self.high - self.low) / 2
 
 
 class Choice(_Value):
