@@ -142,10 +142,11 @@ def section(log: OptimizeLog, store: Store, figs: dict[str, bytes]) -> Section:
                                f"{log.runs_used()} runs against {cmp['grid_runs']}."))
     if figs:
         blocks.append(Figures(figs))
-    blocks.append(Text("A Gaussian process (BoTorch SingleTaskGP, Matern kernel, standardised outcomes) is fitted to the "
-                       "observed objective of every configuration run so far (and one per --max-loss ability); the next "
-                       "configuration is the candidate with the largest noisy expected improvement (qLogNEI), constraints "
-                       "weighted by their probability. The design stops when --runs are used or the largest expected "
+    blocks.append(Text("One Gaussian process per ability (BoTorch SingleTaskGP, Matern kernel, standardised outcomes) is "
+                       "fitted to that ability's held-out loss at every configuration run so far, the objective being their "
+                       "weighted sum (a composite objective; --max-loss abilities are modelled too); the next configuration is "
+                       "the candidate with the largest noisy expected improvement of that sum (qLogNEI), constraints weighted "
+                       "by their probability. The design stops when --runs are used or the largest expected "
                        "improvement left is below the noise (the half-width of the paired 95% interval between the incumbent and the "
                        "runner-up on the same held-out rows).",
                        "method", "Method."))
