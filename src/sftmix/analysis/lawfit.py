@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftmix import layout
 from sftmix.analysis import stats
-from sftmix.analysis.laws import CANDIDATES, LAWS, Target, TargetFit, fit_target
+from sftmix.analysis.laws import LAWS, Target, TargetFit, fit_target
 from sftmix.analysis.results import Group, group_items, groups, metric_keys
 from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
@@ -242,7 +242,7 @@ class Fit(_Value):
     def predict(self, name: str, D: np.ndarray) -> np.ndarray:
         """The selected law of held-out loss ``name`` at the rows of ``D`` (amounts per ability)."""
         t = self.targets[name]
-        return CANDIDATES[t.selected].predict(np.array(t.law.theta), D, self.abilities.index(t.ability))
+        return t.law.predict(t.selected, D, self.abilities.index(t.ability))
 
 
 def load_fit(out: Path) -> Fit | None:
