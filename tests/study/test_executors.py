@@ -4,6 +4,7 @@ trained twice after the driver is killed, and clear errors before any run starts
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -356,13 +357,26 @@ def long_study(tmp: Path, name: str, executor: str) -> Path:
     return f
 
 
+def slow_scontrol(folder: Path) -> dict:
+    """An environment whose ``scontrol`` lingers after a requeue, as a loaded machine's may: Slurm
+    then kills it while it is still running, since it is one of the requeued job's processes, and
+    submitit's handler raises ``CalledProcessError`` (died with SIGTERM) into the training. Left to
+    chance, that race failed this test once in CI; here it happens every time."""
+    folder.mkdir()
+    wrapper = folder / "scontrol"
+    wrapper.write_text(f"#!/bin/sh\n{shutil.which('scontrol')} \"$@\"\nrc=$?\n"
+                       '[ "$1" = requeue ] && sleep 30\nexit $rc\n')
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
 def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, slurm):
     """Preemption as submitit's own test hook sends it (SIGTERM, then USR2 to the job's step): the
-    job checkpoints, requeues itself through ``scontrol requeue``, runs again and resumes from the
-    newest complete checkpoint; its result equals an uninterrupted run's."""
-    import json
-
+    job checkpoints, requeues itself through ``scontrol requeue`` (which the requeue kills before it
+    returns, see ``slow_scontrol``), runs again and resumes from the newest complete checkpoint; its
+    result equals an uninterrupted run's."""
     from sftmix.train.checkpoints import checkpoint_complete
+    from sftmix.train.meta import read_meta
 
     ref = sftmix("study", "run", str(long_study(tmp_path, "ref", "local")), "--quiet", timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -370,7 +384,8 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
     log = tmp_path / "pre-driver.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "sftmix.cli", "study", "run", str(long_study(tmp_path, "pre", "slurm"))],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=slow_scontrol(tmp_path / "bin"))
         try:
             wait_for("a complete checkpoint", lambda: [c for c in root.glob("runs/*/stage*/checkpoints/checkpoint-*")
                                                         if checkpoint_complete(c)], proc=proc, log=log)
@@ -386,11 +401,12 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    meta = json.loads(next(root.glob("runs/*/stage*/final/meta.json")).read_text())
-    assert meta["resumed_from"] and Path(meta["resumed_from"]).name.startswith("checkpoint-"), meta.get("resumed_from")
-    resumed_at = int(Path(meta["resumed_from"]).name.split("-")[1])
+    meta = read_meta(next(root.glob("runs/*/stage*/final")))
+    assert meta.resumed_from and Path(meta.resumed_from).name.startswith("checkpoint-"), meta.resumed_from
+    resumed_at = int(Path(meta.resumed_from).name.split("-")[1])
     assert 0 < resumed_at < 200
     assert "this job is preempted" in first_log and f"JOB {job_id} ON" in first_log and "DUE TO JOB REQUEUE" in first_log, first_log[-2000:]
+    assert "this attempt ends: the job was requeued" in first_log and "died with <Signals.SIGTERM" in first_log, first_log[-2000:]
     assert metrics(root / "results.sqlite") == pytest.approx(metrics(tmp_path / "ref" / "results.sqlite"), rel=2e-3)
 
 

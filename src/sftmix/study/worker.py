@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from sftmix import layout, pipeline
@@ -96,13 +97,15 @@ def limit_threads(cpus: int | None) -> None:
 
 
 def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool = False, launcher: list[str] | None = None,
-            cwd: str | None = None) -> str:
+            cwd: str | None = None, stopped: Callable[[BaseException], bool] | None = None) -> str:
     """Train and evaluate one run in ``run_out``; return "done", "failed" or "running elsewhere".
 
     ``config`` is the run's resolved config (a dict, so that it travels to any worker).
     ``launcher``: a command prefix (``accelerate launch ...``) that trains in separate processes,
     for runs over several GPUs or nodes; evaluation then runs here on the final checkpoint.
     ``cwd``: the driver's working folder (a Ray or Slurm worker may start elsewhere).
+    ``stopped``: whether an error means the worker was stopped from outside (a Slurm requeue) rather
+    than that the run failed; such an error is raised, not recorded.
     """
     if cwd:  # relative paths in the config (data_dir, sources) mean what they meant to the driver
         os.chdir(cwd)
@@ -119,6 +122,8 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
                 write_json(run_out_p / DONE, {"checkpoint": str(p.final), "eval_dir": str(p.eval_dir), "finished": time.time()})
                 return "done"
             except Exception as e:  # noqa: BLE001 - recorded for the driver, which reports it
+                if stopped is not None and stopped(e):
+                    raise
                 write_json(run_out_p / ERROR, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]})
                 return "failed"
     except AlreadyRunning:
