@@ -222,11 +222,29 @@ def test_spaces_optimize_cannot_search_are_refused(tmp_path, capsys):
     f.write_text(yaml.safe_dump(doc))
     assert main(["study", "optimize", str(f), "--runs", "4", "--weights", "math=1", "--quiet"]) == 2
     assert "the search space has 1 point(s)" in capsys.readouterr().err
-    # DMT is two stages: not a mixture optimize searches
+    # DMT on whole pools at one k: one point too (k counts as a dimension)
     doc["zip"] = {"_x": ["a"], "strategy": [{"name": "dmt", "specialised": ["generated_math"], "general": "sharegpt", "k": 0.25}]}
     f.write_text(yaml.safe_dump(doc))
     assert main(["study", "optimize", str(f), "--runs", "4", "--weights", "math=1", "--quiet"]) == 2
-    assert "one-stage mixture (multitask); the study's runs use strategy dmt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the search space has 1 point(s) (2 source(s), totals [766], k [0.25])" in err
+    assert "the study's runs train on whole pools, 766 examples: give --budget N" in err
+    # sequential training (one stage per source), or DMT beside multitask: not a space optimize searches
+    for strategies, named in (([{"name": "sequential", "sources": ["generated_math", "sharegpt"]}], "sequential"),
+                              ([{"name": "dmt", "specialised": ["generated_math"], "general": "sharegpt", "k": 0.25},
+                                {"name": "multitask", "sources": ["generated_math", "sharegpt"]}], "dmt, multitask")):
+        doc["zip"] = {"_x": [str(i) for i in range(len(strategies))], "strategy": strategies}
+        f.write_text(yaml.safe_dump(doc))
+        assert main(["study", "optimize", str(f), "--runs", "4", "--weights", "math=1", "--quiet"]) == 2
+        assert ("one-stage mixture (multitask), or a DMT design's amounts and k; the study's runs use strategy "
+                + named) in capsys.readouterr().err
+    # DMT designs that split the sources into stages differently
+    doc["zip"] = {"_x": ["a", "b"], "strategy": [
+        {"name": "dmt", "specialised": ["generated_math"], "general": "sharegpt", "k": 0.25},
+        {"name": "dmt", "specialised": ["generated_math", "generated_code"], "general": "sharegpt", "k": 0.25}]}
+    f.write_text(yaml.safe_dump(doc))
+    assert main(["study", "optimize", str(f), "--runs", "4", "--weights", "math=1", "--quiet"]) == 2
+    assert "split their sources into stages in 2 ways" in capsys.readouterr().err
     # a grid over something else than the mixture
     f2 = tiny_study(tmp_path, "lr", grid={"train.lr": [1e-3, 1e-4]})
     assert main(["study", "optimize", str(f2), "--runs", "6", "--weights", WEIGHTS, "--quiet"]) == 2
@@ -287,3 +305,64 @@ def test_a_damaged_log_is_named_and_left_alone(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{out / 'optimize.json'}: not an optimize log (settings.weights" in err and "delete it" in err
     assert (out / "optimize.json").read_text() == '{"version": 1, "settings": {"weights": "math"}}'
+
+
+def dmt_study(tmp: Path, name: str) -> Path:
+    """DMT (generated math and code in stage 1, ShareGPT in stage 2) at 16 examples each, over three k."""
+    study = {"name": name, "output_dir": str(tmp / name),
+             "base": {"model": "tiny", "sources": {"generated_math": {"size": 200}, "generated_code": {"size": 200},
+                                                   "sharegpt": {"limit": 180, "clean": {"max_tokens": 200}}},
+                      "strategy": {"name": "dmt", "specialised": NAMES[:2], "general": "sharegpt", "k": 0,
+                                   "fraction": {n: f"16/{POOL[n]}" for n in NAMES}},
+                      "train": TINY_TRAIN, "eval": {"tasks": ["loss"]}, "heldout": {"sources": NAMES, "samples": 8},
+                      "curve": {"enabled": False}},
+             "grid": {"strategy.k": [0, "1/16", 1]}}
+    f = tmp / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(study, sort_keys=False))
+    return f
+
+
+def test_a_dmt_design_searches_amounts_and_k(tmp_path):
+    """DMT's k is a dimension of the space where the study varies it: every configuration is a DMT
+    run with its k, the grid's run of the same amounts and k is the same run (same id), and the
+    report plots the objective against k."""
+    import sqlite3
+
+    from sftmix.study.optimize import Choice, _study_of, design
+    from sftmix.study.runner import load_study
+
+    f = dmt_study(tmp_path, "dmt")
+    study, grid = load_study(str(f))
+    _, space = design(study, None, grid, str(f), {"math": 1, "code": 1, "general": 1}, 5)
+    assert space.general == "sharegpt" and space.k == [0.0, 1 / 16, 1.0]
+    assert space.sources == NAMES
+    rows = np.array(space.candidates)
+    assert rows.shape[1] == 4 and set(rows[:, 3]) == {0, 1, 2}
+    assert (rows[:, 2] >= 8).all() and (rows[:, :2].sum(1) >= 8).all()  # both stages train a batch (8) at least
+    X = space.features(space.totals[-1])
+    assert X.shape == (len(rows), 4) and X[:, 3].min() == 0 and X[:, 3].max() == 1
+    # a choice with the grid's amounts and k is the grid's run
+    for run in grid:
+        k = run.config.strategy.k
+        c = Choice(amounts={n: 16 for n in NAMES}, k=k, label=f"x{k}", run_ids=[])
+        _, runs = _study_of(study, None, [c], space, 1, str(f))
+        assert [r.id for r in runs] == [run.id]
+
+    assert main(["study", "run", str(f), "--quiet"]) == 0
+    assert main(["study", "optimize", str(f), "--runs", "6", "--weights", WEIGHTS, "--stop-below", "0", "--quiet"]) == 0
+    out = tmp_path / "dmt"
+    log = log_of(out)
+    choices = [c for s in log["steps"] for c in s["choices"]]
+    # the initial design: dimensions + 1 = (2 of the simplex, the total, k) + 1
+    assert [len(s["choices"]) for s in log["steps"]] == [5, 1] and [s["kind"] for s in log["steps"]] == ["initial", "acquired"]
+    configs = dict(sqlite3.connect(out / "results.sqlite").execute("SELECT id, config FROM runs").fetchall())
+    for c in choices:
+        assert c["k"] in (0.0, 1 / 16, 1.0) and c["label"].endswith(f",k:{ {0.0: '0', 1 / 16: '1/16', 1.0: '1'}[c['k']] }")
+        strategy = json.loads(configs[c["run_ids"][0]])["strategy"]
+        assert strategy["name"] == "dmt" and strategy["k"] == c["k"] and strategy["general"] == "sharegpt"
+        assert {n: round(v * POOL[n]) for n, v in strategy["fraction"].items()} == {n: a for n, a in c["amounts"].items() if a}
+        assert list((out / "runs" / c["run_ids"][0]).glob("stage2*/final/meta.json"))  # two stages trained
+    md = (out / "optimize_report" / "report.md").read_text()
+    assert "as DMT (generated_math, generated_code in stage 1, sharegpt in stage 2) with k in {0, 1/16, 1}" in md
+    assert (out / "optimize_report" / "optimize__k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Against the best configuration of the grid in this store" in md and "out of 3 grid runs" in md

@@ -1,6 +1,6 @@
 """The report's Optimisation section (``sftmix study optimize``): every step with why it was
 chosen and what was observed, the objective against the run number with the incumbent, the
-chosen configurations on the simplex, and the recommendation compared (paired, on the same
+chosen configurations on the simplex (and, in a DMT design, the objective against k), and the recommendation compared (paired, on the same
 held-out rows) with the best configuration of any grid the store also holds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from sftmix.analysis import stats
 from sftmix.analysis.document import Figures, Section, Table, Text
 from sftmix.analysis.figure import png
 from sftmix.analysis.results import Group, groups
-from sftmix.study.optimize import AXIS, OptimizeLog, objective_parts
+from sftmix.study.optimize import AXIS, OptimizeLog, k_feature, k_text, objective_parts
 from sftmix.study.store import Store
 
 
@@ -52,8 +52,8 @@ def grid_best(log: OptimizeLog, store: Store) -> dict | None:
 
 
 def figures(log: OptimizeLog) -> dict[str, bytes]:
-    """The objective against the run number (with the incumbent), and the chosen configurations'
-    proportions on the simplex."""
+    """The objective against the run number (with the incumbent), the chosen configurations'
+    proportions on the simplex, and in a DMT design with several k the objective against k."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +108,24 @@ def figures(log: OptimizeLog) -> dict[str, bytes]:
     fig.colorbar(sc, ax=ax, label="order chosen", shrink=0.7)
     ax.set_title("configurations chosen (size: total examples)")
     out["optimize__simplex.png"] = png(fig)
+
+    ks = log.space.k
+    if len(ks) > 1:  # DMT: k is a dimension of the space
+        x = k_feature(np.array([c.k for c in seen]), ks)
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ax.errorbar(x, y, yerr=err, fmt="none", ecolor="#888", elinewidth=1, zorder=1)
+        sc = ax.scatter(x, y, c=tot, cmap="viridis", zorder=2)
+        if rec is not None:
+            i = next(k for k, c in enumerate(seen) if c.label == rec.label)
+            ax.scatter([x[i]], [y[i]], marker="*", s=260, facecolor="none", edgecolor="#c03030", zorder=3, label="recommended")
+            ax.legend(fontsize=7)
+        ax.set_xticks(k_feature(np.array(ks), ks), [k_text(k) for k in ks], fontsize=7)
+        ax.set_xlabel("k: fraction of each stage-1 part replayed in stage 2")
+        ax.set_ylabel("weighted held-out loss")
+        fig.colorbar(sc, ax=ax, label="total examples", shrink=0.7)
+        ax.set_title("DMT: objective by k")
+        ax.grid(alpha=0.3)
+        out["optimize__k.png"] = png(fig)
     return out
 
 
@@ -127,7 +145,10 @@ def section(log: OptimizeLog, store: Store, figs: dict[str, bytes]) -> Section:
                    + f"; budget {s.budget} examples; {log.runs_used()} of at most {s.runs} runs used "
                    f"({len(log.choices())} configurations x {s.replicates} seed(s)); search space: "
                    f"{len(log.space.candidates)} configurations of {', '.join(log.space.sources)} at totals "
-                   f"{', '.join(map(str, log.space.totals))}."),
+                   f"{', '.join(map(str, log.space.totals))}"
+                   + (f", as DMT ({', '.join(src for src in log.space.sources if src != log.space.general)} in stage 1, "
+                      f"{log.space.general} in stage 2) with k in {{{', '.join(k_text(k) for k in log.space.k)}}}"
+                      if log.space.dmt else "") + "."),
               Table(["step", "configuration", "acquisition (log NEI)", "predicted", "observed", "incumbent after"], rows),
               Text(f"Stopped: {log.stopped or 'not yet (resume with the same command)'}.")]
     rec = log.recommendation

@@ -197,7 +197,8 @@ class TrainSettings(Strict):
         description="auto = bf16 autocast where the hardware has bf16 (CUDA, or CPUs with AMX/AVX512-BF16)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, slower)")
     lora: LoraConfig | None = Field(None, description="LoRA instead of full fine-tuning")
-    packing: bool = Field(False, description="pack several samples per row (attention kept within each sample)")
+    packing: bool = Field(False, description="pack several samples per row (attention kept within each sample); on a "
+                          "GPU 1.28x the tokens/s at 0.65x the memory of length-grouped rows (one H200, README)")
     group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
     save_steps: int = Field(200, gt=0, description="checkpoint every N steps (for resume)")
     keep_checkpoints: bool = Field(False, description="keep the resume checkpoints (with optimizer state) after the stage ends")

@@ -4,7 +4,12 @@ design (Bayesian optimisation with BoTorch, the ``optimize`` extra).
 The search space is the study's training sources' amounts: whole examples of each source, its
 proportions on a grid over the simplex times a few totals up to the budget (the grid's smallest
 and largest totals, or ``--budget``), each within its source's training pool. Every
-configuration is one multitask run of the study's base config with those amounts; its
+configuration is one multitask run of the study's base config with those amounts. In a DMT study
+(paper §3.4) a configuration is a DMT run: its specialised sources' amounts in stage 1, its general
+source's in stage 2 with the replayed fraction ``k``, and ``k`` is a dimension of the space too,
+over the values the study's runs use (``strategy.k`` in its grid); each stage gets one optimizer
+batch (``train.batch_size``) of examples at least (a stage 2 of one ShareGPT conversation, say,
+may have no row left to train on once truncated). Its
 objective is the weighted held-out loss ``sum_a w_a·L_a / sum_a w_a`` (``L_a``: the mean of the
 ability's held-out sources), with optional ``--max-loss`` limits on single abilities.
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +74,7 @@ class Choice(_Value):
     design) and, once its runs are done, what was observed (the objective and each ability's loss)."""
 
     amounts: dict[str, int]
+    k: float | None = None  # DMT's replayed fraction (a DMT space only)
     label: str
     run_ids: list[str]
     acquisition: float | None = None
@@ -113,7 +120,8 @@ class Settings(_Value):
 
 class Space(_Value):
     """The search space: training sources (each with its ability and training pool), the totals,
-    which held-out sources measure each ability, and every candidate's amounts."""
+    which held-out sources measure each ability, and every candidate: its amounts per source and,
+    in a DMT space (``general`` set), the index of its ``k`` in ``k`` as the row's last number."""
 
     sources: list[str]
     abilities: dict[str, str]
@@ -121,10 +129,35 @@ class Space(_Value):
     totals: list[int]
     heldout: dict[str, list[str]]
     candidates: list[list[int]]
+    general: str | None = None  # DMT: the stage-2 source (the others are stage 1's specialised ones)
+    k: list[float] = []  # DMT: the replayed fractions searched
 
-    def features(self, budget: int) -> np.ndarray:
-        """The candidates as the surrogate sees them (``features``)."""
-        return features(np.array(self.candidates), budget)
+    @property
+    def dmt(self) -> bool:
+        """Whether a configuration is a DMT run (its last dimension k)."""
+        return self.general is not None
+
+    def amounts(self, row: list[int]) -> list[int]:
+        """A candidate's amounts, in the order of ``sources``."""
+        return list(row[:len(self.sources)])
+
+    def k_of(self, row: list[int]) -> float | None:
+        """A candidate's k (DMT), else None."""
+        return self.k[row[-1]] if self.dmt else None
+
+    def row(self, c: Choice) -> tuple[int, ...]:
+        """The candidate a choice is."""
+        amounts = tuple(c.amounts[s] for s in self.sources)
+        return (*amounts, self.k.index(c.k)) if self.dmt else amounts
+
+    def features(self, budget: int, rows: list | None = None) -> np.ndarray:
+        """Candidates (all, or ``rows``) as the surrogate sees them: ``features`` of the amounts,
+        and, where the space has several k, ``k_feature`` of k."""
+        R = np.array(self.candidates if rows is None else rows, dtype=float).reshape(-1, len(self.candidates[0]))
+        X = features(R[:, :len(self.sources)], budget)
+        if len(self.k) > 1:
+            X = np.c_[X, k_feature(np.array(self.k)[R[:, -1].astype(int)], self.k)]
+        return X
 
 
 class OptimizeLog(_Value):
@@ -171,7 +204,17 @@ def save_log(path: Path, log: OptimizeLog) -> None:
 
 def _amounts(strategy, pools: dict[str, int]) -> dict[str, int]:
     frac = strategy.fraction
-    return {s: round_half_up((frac.get(s, 1.0) if isinstance(frac, dict) else frac) * pools[s]) for s in strategy.sources}
+    return {s: round_half_up((frac.get(s, 1.0) if isinstance(frac, dict) else frac) * pools[s]) for s in strategy.used_sources()}
+
+
+def _dmt_parts(runs: list[PlannedRun], where: str) -> tuple[list[str], str]:
+    """A DMT study's specialised sources and general source (every run's the same)."""
+    parts = {(tuple(r.config.strategy.specialised), r.config.strategy.general) for r in runs}
+    if len(parts) > 1:
+        raise SftmixError(f"{where}: optimize searches one DMT design's amounts and k; the study's runs split their sources "
+                          f"into stages in {len(parts)} ways ({'; '.join(f'{list(s)} then {g}' for s, g in sorted(parts))})")
+    specialised, general = parts.pop()
+    return list(specialised), general
 
 
 def search_space(runs: list[PlannedRun], budget: int | None, where: str) -> tuple[Space, int]:
@@ -179,12 +222,18 @@ def search_space(runs: list[PlannedRun], budget: int | None, where: str) -> tupl
     largest total of the study's runs unless given)."""
     from sftmix.train.strategies import training_pools  # loads data pools; a cycle through study.runner otherwise
 
-    other = sorted({"custom stages" if r.config.stages is not None else r.config.strategy.name for r in runs
-                    if r.config.stages is not None or r.config.strategy.name not in ONE_STAGE})
+    names = {"custom stages" if r.config.stages is not None else r.config.strategy.name for r in runs}
+    dmt = "dmt" in names
+    other = sorted(names - {"dmt"} if dmt else names - set(ONE_STAGE))
     if other:
-        raise SftmixError(f"{where}: optimize searches the amounts of a one-stage mixture (multitask); the study's runs use "
-                          f"strategy {', '.join(other)}")
-    sources = list(dict.fromkeys(s for r in runs for s in r.config.strategy.sources))
+        raise SftmixError(f"{where}: optimize searches the amounts of a one-stage mixture (multitask), or a DMT design's "
+                          f"amounts and k; the study's runs use strategy {', '.join(sorted(names))}")
+    general = None
+    if dmt:
+        specialised, general = _dmt_parts(runs, where)
+        sources = [*specialised, general]
+    else:
+        sources = list(dict.fromkeys(s for r in runs for s in r.config.strategy.used_sources()))
     cfg = runs[0].config
     if "loss" not in cfg.eval.tasks or not cfg.heldout.sources:
         raise SftmixError(f"{where}: optimize minimises held-out loss: the study's runs need `loss` in eval.tasks and their "
@@ -207,12 +256,20 @@ def search_space(runs: list[PlannedRun], budget: int | None, where: str) -> tupl
     props = simplex_grid(len(sources), 1000) if len(sources) > 1 else np.ones((1, 1))  # one source: one proportion
     cands = np.floor(props[:, None, :] * np.array(totals)[None, :, None] + 0.5).reshape(-1, len(sources))
     cands = cands[(cands <= caps).all(1) & (cands.sum(1) >= 1)]
+    ks: list[float] = []
+    if dmt:  # both stages train, each on one optimizer batch of examples at least
+        least = cfg.train.batch_size
+        cands = cands[(cands[:, -1] >= least) & (cands[:, :-1].sum(1) >= least)]
+        ks = sorted({float(r.config.strategy.k) for r in runs})
+        cands = np.array([[*row, i] for row in cands for i in range(len(ks))]).reshape(-1, len(sources) + 1)
     cands = np.unique(cands, axis=0).astype(int)
     space = Space(sources=sources, abilities=abilities, pools=pools, totals=totals, heldout=heldout,
-                  candidates=cands.tolist())
+                  candidates=cands.tolist(), general=general, k=ks)
     if len(space.candidates) < 2:
         raise SftmixError(f"{where}: the search space has {len(space.candidates)} point(s) ({len(sources)} source(s), totals "
-                          f"{totals}): nothing to choose between; optimize needs several sources or totals")
+                          f"{totals}{f', k {ks}' if dmt else ''}): nothing to choose between; optimize needs several sources "
+                          "or totals" + (f" (the study's runs train on whole pools, {hi} examples: give --budget N to search "
+                                         "mixtures of N examples)" if totals == [sum(pools.values())] else ""))
     return space, hi
 
 
@@ -393,6 +450,20 @@ def features(amounts: np.ndarray, budget: int) -> np.ndarray:
     return np.log1p(np.asarray(amounts, float)) / np.log1p(budget)
 
 
+def k_feature(k: np.ndarray, ks: list[float]) -> np.ndarray:
+    """DMT's k as the surrogate sees it: log(1 + k/k0) / log(1 + 1/k0), k0 the smallest positive k
+    searched, so 0 -> 0, 1 -> 1 and the paper's geometric grid (1/256 ... 1) spreads evenly, while
+    a linear grid stays about linear."""
+    k0 = min([x for x in ks if x > 0] or [1.0])
+    return np.log1p(np.asarray(k, float) / k0) / np.log1p(1 / k0)
+
+
+def k_text(k: float) -> str:
+    """k as the paper writes it (1/256) where it is such a fraction."""
+    f = Fraction(k).limit_denominator(1 << 16)
+    return str(f) if float(f) == k else f"{k:g}"
+
+
 # ---------------------------------------------------------------- observing
 
 
@@ -461,9 +532,21 @@ def incumbent(choices: list[Choice], max_loss: dict[str, float]) -> Choice | Non
 # ---------------------------------------------------------------- the loop
 
 
-def label(space: Space, amounts: list[int]) -> str:
-    """A configuration's label: its amounts per source."""
-    return ",".join(f"{s}:{n}" for s, n in zip(space.sources, amounts))
+def label(space: Space, row: list[int]) -> str:
+    """A configuration's label: its amounts per source, and its k in a DMT space."""
+    text = ",".join(f"{s}:{n}" for s, n in zip(space.sources, space.amounts(row)))
+    return f"{text},k:{k_text(space.k_of(row))}" if space.dmt else text
+
+
+def _strategy(space: Space, c: Choice) -> dict:
+    """The strategy a choice runs: multitask over its sources at their amounts, or DMT with its k."""
+    # in the space's order of sources, never the log's (its keys come back sorted): the order is part of the run id
+    used = [s for s in space.sources if c.amounts[s] > 0]
+    fraction = {s: f"{c.amounts[s]}/{space.pools[s]}" for s in used}
+    if space.dmt:
+        return {"name": "dmt", "specialised": [s for s in used if s != space.general], "general": space.general, "k": c.k,
+                "fraction": fraction}
+    return {"name": "multitask", "sources": used, "fraction": fraction}
 
 
 def fixed_axes(study: StudyConfig, profile: str | None, where: str) -> dict[str, list]:
@@ -489,11 +572,7 @@ def _study_of(study: StudyConfig, profile: str | None, choices: list[Choice], sp
               where: str) -> tuple[StudyConfig, list[PlannedRun]]:
     """The study that runs ``choices``: the base config (the profile's), one configuration per
     choice (multitask over its sources, each at its amount), ``replicates`` seeds each."""
-    z = {AXIS: [c.label for c in choices],
-         # in the space's order of sources, never the log's (its keys come back sorted): the order is part of the run id
-         "strategy": [{"name": "multitask", "sources": [s for s in space.sources if c.amounts[s] > 0],
-                       "fraction": {s: f"{c.amounts[s]}/{space.pools[s]}" for s in space.sources if c.amounts[s] > 0}}
-                      for c in choices]}
+    z = {AXIS: [c.label for c in choices], "strategy": [_strategy(space, c) for c in choices]}
     prof = {k: v for k, v in study.profiles.get(profile or "", {}).items() if k not in ("grid", "zip")}
     fixed = fixed_axes(study, profile, where)
     profiles = {**study.profiles, profile: {**prof, "zip": z, "grid": fixed}} if profile else study.profiles
@@ -509,8 +588,9 @@ def _new_step(log: OptimizeLog, picks: list[tuple[int, Pick | None]], kind: str,
     space, s = log.space, log.settings
     choices = []
     for i, p in picks:
-        amounts = space.candidates[i]
-        choices.append(Choice(amounts=dict(zip(space.sources, amounts)), label=label(space, amounts), run_ids=[],
+        row = space.candidates[i]
+        choices.append(Choice(amounts=dict(zip(space.sources, space.amounts(row))), k=space.k_of(row), label=label(space, row),
+                              run_ids=[],
                               acquisition=p.acquisition if p else None,
                               predicted=Interval(estimate=p.predicted[0], low=p.predicted[1], high=p.predicted[2]) if p else None))
     _, runs = _study_of(study, profile, choices, space, s.replicates, where)
@@ -538,22 +618,27 @@ def _observations(log: OptimizeLog) -> tuple[np.ndarray, np.ndarray, set[int]]:
     index = {tuple(c): i for i, c in enumerate(space.candidates)}
     done = [c for c in log.choices() if c.observed is not None]
     names, _, _ = outputs(s)
-    X = features(np.array([[c.amounts[src] for src in space.sources] for c in done]), s.budget)
+    X = space.features(s.budget, [space.row(c) for c in done])
     L = np.array([[c.by_ability[a].estimate for a in names] for c in done])
-    taken = {index[tuple(c.amounts[src] for src in space.sources)] for c in log.choices()}
+    taken = {index[space.row(c)] for c in log.choices()}
     return X, L, taken
+
+
+def dimensions(space: Space) -> int:
+    """The space's dimensions: the simplex's (sources - 1), the total, and k where several are searched."""
+    return len(space.sources) + (len(space.k) > 1)
 
 
 def design(study: StudyConfig, profile: str | None, runs: list[PlannedRun], where: str, weights: dict[str, float],
            runs_max: int, max_loss: dict[str, float] | None = None,
            budget: int | None = None, batch: int = 1, initial: int | None = None, replicates: int = 1, seed: int = 0,
            stop_below: float | None = None) -> tuple[Settings, Space]:
-    """The settings (defaults filled in: the budget, an initial design of sources + 1) and the
+    """The settings (defaults filled in: the budget, an initial design of dimensions + 1) and the
     search space of a design over the study's ``runs``, checked before anything is written."""
     fixed_axes(study, profile, where)
     space, used = search_space(runs, budget, where)
     s = Settings(weights=weights, max_loss=max_loss or {}, budget=used, runs=runs_max, batch=batch,
-                 initial=initial if initial is not None else len(space.sources) + 1, replicates=replicates, seed=seed,
+                 initial=initial if initial is not None else dimensions(space) + 1, replicates=replicates, seed=seed,
                  stop_below=stop_below)
     check_settings(s, space)
     return s, space
