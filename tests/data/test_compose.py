@@ -38,14 +38,14 @@ def test_k_arithmetic_on_the_papers_full_sizes():
     pools = {k: pool(k, n) for k, n in sizes.items()}
     out = compose(mix({"source": "sharegpt", "fraction": 1}, {"source": "gsm8k_rft", "k": "1/256", "relative_to": "sharegpt"},
                       {"source": "code_alpaca", "k": "1/256", "relative_to": "sharegpt"}), pools, seed=0)
-    assert [p["count"] for p in out.manifest["parts"]] == [86_060, 430, 78]
+    assert [p.count for p in out.manifest.parts] == [86_060, 430, 78]
 
 
 def test_normalised_ratio_relative_to_a_partial_anchor():
     pools = {"g": pool("g", 1000), "s": pool("s", 400)}
     out = compose(mix({"source": "g", "fraction": "1/4"}, {"source": "s", "k": 1, "relative_to": "g"}), pools, 0)
     # k = 1 keeps the natural ratio: s_used / g_used == s_all / g_all
-    assert [p["count"] for p in out.manifest["parts"]] == [250, 100]
+    assert [p.count for p in out.manifest.parts] == [250, 100]
 
 
 def test_nested_subsets_for_every_source(toy_dir):
@@ -54,7 +54,7 @@ def test_nested_subsets_for_every_source(toy_dir):
     pools = {n: load_pool(n, cfg.sources.get(n), cfg.data_dir) for n in ("gsm8k", "code_alpaca", "sharegpt")}
     for name in pools:
         for seed in (0, 1):
-            sets = [set(compose(mix({"source": name, "fraction": f}), pools, seed).manifest["parts"][0]["ids"]) for f in FRACTIONS]
+            sets = [set(compose(mix({"source": name, "fraction": f}), pools, seed).manifest.parts[0].ids) for f in FRACTIONS]
             for small, big in zip(sets[1:], sets[:-1]):
                 assert small < big, (name, seed)
             assert len(sets[-1]) >= 1
@@ -82,12 +82,12 @@ def test_replay_draws_k_of_each_earlier_part():
     pools = {"math": pool("math", 512, "math"), "code": pool("code", 256, "code"), "gen": pool("gen", 100, "general")}
     s1 = compose(mix({"source": "math", "fraction": 1}, {"source": "code", "fraction": 1}, name="s1"), pools, 0)
     s2 = compose(mix({"source": "gen", "fraction": 1}, {"replay": "s1", "k": "1/16"}, name="s2"), pools, 0, {"s1": s1})
-    parts = s2.manifest["parts"]
-    assert [(p["source"], p["count"]) for p in parts] == [("gen", 100), ("math", 32), ("code", 16)]
-    s1_ids = {p["source"]: p["ids"] for p in s1.manifest["parts"]}
-    assert parts[1]["ids"] == s1_ids["math"][:32]  # a prefix of stage 1's sampling order
+    parts = s2.manifest.parts
+    assert [(p.source, p.count) for p in parts] == [("gen", 100), ("math", 32), ("code", 16)]
+    s1_ids = {p.source: p.ids for p in s1.manifest.parts}
+    assert parts[1].ids == s1_ids["math"][:32]  # a prefix of stage 1's sampling order
     s2k0 = compose(mix({"source": "gen", "fraction": 1}, {"replay": "s1", "k": 0}, name="s2"), pools, 0, {"s1": s1})
-    assert s2k0.manifest["total"] == 100
+    assert s2k0.manifest.total == 100
 
 
 @pytest.mark.parametrize("part,msg", [
@@ -108,7 +108,7 @@ def test_count_larger_than_pool_and_empty_mixture():
     with pytest.raises(SftmixError, match="asks for 11 rows but the pool has only 10"):
         compose(mix({"source": "a", "count": 11}), pools, 0)
     out = compose(mix({"source": "a", "count": 25, "allow_repeat": True}), pools, 0)
-    assert out.manifest["total"] == 25
+    assert out.manifest.total == 25
     with pytest.raises(SftmixError, match="empty"):
         compose(mix({"source": "a", "k": 0}), pools, 0)
 
@@ -194,7 +194,7 @@ def test_interrupted_compose_leaves_no_manifest(tmp_path, target):
         read_composed(out)
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert read_composed(out).manifest["total"] == 2000 and not list(out.glob("*.tmp"))
+    assert read_composed(out).manifest.total == 2000 and not list(out.glob("*.tmp"))
 
 
 def test_manifest_is_the_same_whether_composed_now_or_read_back(tmp_path):

@@ -13,12 +13,12 @@ from sftmix.study.ingest import (
     DoneRecord,
     ErrorRecord,
     EvalResults,
-    Manifest,
-    StageMeta,
     curve_rows,
     data_rows,
-    read_record,
 )
+from sftmix.data.compose import Manifest
+from sftmix.io import read_record
+from sftmix.train.meta import StageMeta
 
 GOOD = {
     DoneRecord: ({"checkpoint": "/r/stage1_x/final", "eval_dir": "/r/eval", "finished": 1.5}, {"checkpoint": "/r"}, "eval_dir"),
@@ -27,8 +27,8 @@ GOOD = {
                  "curve": [{"stage": "1_x", "step": 0, "run_step": 0, "run_tokens": 0, "loss": {"math": 2.5}}]},
                 {"stage": "stage1_x", "curve": [{"stage": "1_x", "step": "first", "run_step": 0, "run_tokens": 0, "loss": {}}]},
                 "curve.0.step"),
-    Manifest: ({"parts": [{"source": "gsm8k", "ability": "math", "count": 2, "ids": ["a", "b"], "pool_size": 10}]},
-               {"parts": [{"source": "gsm8k", "count": 2, "ids": []}]}, "parts.0.ability"),
+    Manifest: ({"name": "m", "parts": [{"source": "gsm8k", "ability": "math", "count": 2, "ids": ["a", "b"], "pool_size": 10}]},
+               {"name": "m", "parts": [{"source": "gsm8k", "count": 2, "ids": []}]}, "parts.0.ability"),
     EvalResults: ({"tasks": {"loss": {"gsm8k": {"loss": 1.0}}}}, {"task": {}}, "tasks"),
 }
 
@@ -59,7 +59,7 @@ def test_rows_come_from_the_stages_in_training_order(tmp_path):
         layout.meta(layout.final_dir(stage)).write_text(json.dumps(
             {"stage": stage.name, "curve": [{"stage": name, "step": 4, "run_step": 4 * i, "run_tokens": 10.0 * i, "loss": {"math": 1.0 / i}}]}))
         layout.manifest(layout.data_dir(stage)).write_text(json.dumps(
-            {"parts": [{"source": "gsm8k", "ability": "math", "count": i, "ids": [], "approx_tokens": 7, "pool_size": 9,
+            {"name": name, "parts": [{"source": "gsm8k", "ability": "math", "count": i, "ids": [], "approx_tokens": 7, "pool_size": 9,
                         "origin": {"kind": "generated"}, **({"replay_of": "specialised"} if i == 2 else {})}]}))
     assert curve_rows(tmp_path) == [CurveRow("specialised", 1, 4, 4, 10.0, "math", 1.0), CurveRow("general", 2, 4, 8, 20.0, "math", 0.5),
                                     CurveRow("late", 10, 4, 40, 100.0, "math", 0.1)]

@@ -19,7 +19,7 @@ def test_a_run_is_started_finished_and_read_back(tmp_path):
     assert s.status("a") == "done"
     assert s.metrics() == [{"run_id": "a", "task": "loss", "metric": "math", "value": 1.5}]
     assert [(r["item"], r["value"], r["weight"]) for r in s.samples("loss", "math")] == [("r1", 3.0, 2.0)]
-    assert s.data()[0]["examples"] == 8.0 and s.curves()[0]["loss"] == 2.0
+    assert s.data()[0]["examples"] == 8.0 and s.curves()[0].loss == 2.0
     # finishing again replaces, never duplicates
     s.finish("a", "/ckpt", "/eval", [("loss", "math", 1.25)], 1000.0, 10.0)
     assert [m["value"] for m in s.metrics()] == [1.25] and s.samples() == []
@@ -77,4 +77,41 @@ def test_the_engine_of_a_run_is_kept_and_a_version_1_store_gains_the_column(tmp_
     con.close()
     v1 = Store(old)
     assert [(r["id"], r["status"], r["engine"]) for r in v1.runs()] == [("b", "done", None)]
-    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_a_version_2_store_keeps_its_curves_under_the_source_column(tmp_path):
+    """Up to version 2 the curves' column of held-out source names was called ``ability``; opening
+    such a store renames it, keeps every point, and the report's readers see the source."""
+    old = tmp_path / "v2.sqlite"
+    con = sqlite3.connect(old)
+    con.executescript("""CREATE TABLE runs (id TEXT PRIMARY KEY, label TEXT, point TEXT, config TEXT, status TEXT, error TEXT,
+        checkpoint TEXT, eval_dir TEXT, started REAL, finished REAL, train_tokens REAL, params REAL, engine TEXT);
+        CREATE TABLE metrics (run_id TEXT, task TEXT, metric TEXT, value REAL, PRIMARY KEY (run_id, task, metric));
+        CREATE TABLE samples (run_id TEXT, task TEXT, metric TEXT, item TEXT, value REAL, weight REAL,
+          PRIMARY KEY (run_id, task, metric, item));
+        CREATE TABLE data (run_id TEXT, stage_index INTEGER, stage TEXT, source TEXT, ability TEXT, replay INTEGER,
+          examples REAL, tokens REAL, pool_size REAL, origin TEXT, PRIMARY KEY (run_id, stage_index, source, replay));
+        CREATE TABLE curves (run_id TEXT, stage TEXT, stage_index INTEGER, step INTEGER, run_step INTEGER, run_tokens REAL,
+          ability TEXT, loss REAL, PRIMARY KEY (run_id, stage, step, ability));
+        INSERT INTO runs (id, label, status) VALUES ('b', 'y', 'done');
+        INSERT INTO curves VALUES ('b', '1_s', 1, 0, 0, 0.0, 'gsm8k', 2.5), ('b', '1_s', 1, 4, 4, 10.0, 'gsm8k', 1.5),
+          ('b', '1_s', 1, 4, 4, 10.0, 'sharegpt', 3.0);
+        PRAGMA application_id = 1936094317; PRAGMA user_version = 2;""")
+    con.commit()
+    con.close()
+    s = Store(old)
+    assert [(c.run_id, c.step, c.source, c.loss) for c in s.curves()] == [
+        ("b", 0, "gsm8k", 2.5), ("b", 4, "gsm8k", 1.5), ("b", 4, "sharegpt", 3.0)]
+    raw = sqlite3.connect(old)
+    assert "source" in {c[1] for c in raw.execute("PRAGMA table_info('curves')")}
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    # the renamed column keeps the key: the same point twice is still refused
+    with pytest.raises(sqlite3.IntegrityError):
+        raw.execute("INSERT INTO curves VALUES ('b', '1_s', 1, 4, 4, 10.0, 'gsm8k', 9.9)")
+    raw.rollback()
+    raw.close()
+    # and a new point lands beside the old ones
+    s.start("c", "z", {}, {})
+    s.finish("c", "/ck", "/ev", [], 0.0, 0.0, curves=[("1_s", 1, 0, 0, 0.0, "gsm8k", 2.0)])
+    assert [c.source for c in Store(old).curves() if c.run_id == "c"] == ["gsm8k"]

@@ -398,10 +398,10 @@ def dmt_design(store) -> DmtDesign:
     curves: dict[str, list[float]] = {}
     ends: dict[tuple, tuple] = {}
     for c in store.curves():
-        if c["stage_index"] == 1:
-            key = (c["run_id"], c["ability"])
-            if key not in ends or c["step"] > ends[key][0]:
-                ends[key] = (c["step"], c["loss"])
+        if c.stage_index == 1:
+            key = (c.run_id, c.source)
+            if key not in ends or c.step > ends[key][0]:
+                ends[key] = (c.step, c.loss)
     ids = {r["id"] for g in gs for r in g.runs}
     for (rid, source), (_, loss) in ends.items():
         if rid in ids:

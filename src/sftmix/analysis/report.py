@@ -1,6 +1,6 @@
 """The study report: Table-1-style tables (markdown, CSV, LaTeX) with a 95% interval on every
 value and the best two per column marked, the Findings (the study's claims tested pairwise, with
-verdicts), forgetting curves (held-out loss per ability during training, stage boundaries
+verdicts), forgetting curves (held-out loss per held-out source during training, stage boundaries
 marked), figures (metric against each numeric grid axis with error bars, one line per other
 setting), FLOPs, and an HTML page that embeds everything (no server needed), plus the configs
 and versions behind it. Replicates (seeds) are one configuration throughout."""
@@ -28,7 +28,7 @@ from sftmix.io import atomic_write, pid_alive
 from sftmix.provenance import provenance
 from sftmix.study.grid import short_value
 from sftmix.study.optimize import OptimizeLog, load_log
-from sftmix.study.store import Store
+from sftmix.study.store import CurvePoint, Store
 
 
 def table(store: Store) -> tuple[list[str], list[list]]:
@@ -166,7 +166,7 @@ def figures(store: Store, header: list[str] | None = None, rows: list[list] | No
 
 
 def curve_figures(store: Store) -> dict[str, bytes]:
-    """Forgetting curves: per ability, held-out loss against optimizer steps since the run began,
+    """Forgetting curves: per held-out source, its loss against optimizer steps since the run began,
     one line per configuration (mean over seeds, band = min..max over seeds); dotted verticals in
     the line's colour mark where its next stage starts."""
     import matplotlib
@@ -178,21 +178,21 @@ def curve_figures(store: Store) -> dict[str, bytes]:
     pts = store.curves()
     if not pts:
         return {}
-    by_run: dict[str, list[dict]] = {}
+    by_run: dict[str, list[CurvePoint]] = {}
     for c in pts:
-        by_run.setdefault(c["run_id"], []).append(c)
+        by_run.setdefault(c.run_id, []).append(c)
     out = {}
-    for ability in sorted({c["ability"] for c in pts}):
+    for source in sorted({c.source for c in pts}):
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         for g in groups(store):
             per_step: dict[int, list[float]] = {}
             starts: set[int] = set()
             for r in g.runs:
                 for c in by_run.get(r["id"], []):
-                    if c["ability"] == ability:
-                        per_step.setdefault(c["run_step"], []).append(c["loss"])
-                        if c["step"] == 0 and c["stage_index"] > 1:
-                            starts.add(c["run_step"])
+                    if c.source == source:
+                        per_step.setdefault(c.run_step, []).append(c.loss)
+                        if c.step == 0 and c.stage_index > 1:
+                            starts.add(c.run_step)
             if not per_step:
                 continue
             xs = sorted(per_step)
@@ -203,11 +203,11 @@ def curve_figures(store: Store) -> dict[str, bytes]:
             for s in sorted(starts):
                 ax.axvline(s, color=line.get_color(), linestyle=":", alpha=0.7)
         ax.set_xlabel("optimizer steps since the run began (dotted: a stage starts)")
-        ax.set_ylabel(f"held-out loss: {ability}")
-        ax.set_title(f"forgetting curve: {ability}")
+        ax.set_ylabel(f"held-out loss: {source}")
+        ax.set_title(f"forgetting curve: {source}")
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
-        out[f"curve__{ability}.png"] = png(fig)
+        out[f"curve__{source}.png"] = png(fig)
     return out
 
 

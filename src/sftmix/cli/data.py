@@ -41,13 +41,13 @@ def cmd_data_compose(args) -> None:
     composed = compose_all(cfg, output_dir(args.output, "-o/--output"), progress=not args.quiet)
     rows = []
     for c in composed:
-        for p in c.manifest["parts"]:
-            rows.append([c.name, p["source"] + (f" (replay of {p['replay_of']})" if p.get("replay_of") else ""),
-                         p["ability"], p["pool_size"], p["count"], p["approx_tokens"]])
-        rows.append([c.name, "= total", "", "", c.manifest["total"], c.manifest["total_approx_tokens"]])
+        for p in c.manifest.parts:
+            rows.append([c.name, p.source + (f" (replay of {p.replay_of})" if p.replay_of else ""),
+                         p.ability, p.pool_size, p.count, p.approx_tokens])
+        rows.append([c.name, "= total", "", "", c.manifest.total, c.manifest.total_approx_tokens])
     table(f"composed into {args.output}", ["mixture", "part", "ability", "pool", "rows", "≈tokens"], rows)
     for c in composed:
-        print(f"{c.name}: content sha256 {c.manifest['content_sha256']}")
+        print(f"{c.name}: content sha256 {c.manifest.content_sha256}")
 
 
 def cmd_data_tag(args) -> None:

@@ -29,13 +29,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from sftmix import __version__, layout
 from sftmix.config import MixtureConfig, PartConfig
 from sftmix.data.clean import approx_tokens
 from sftmix.data.records import Conversation
 from sftmix.data.sources import BUILTINS, Pool, load_pool, resolve_config
 from sftmix.errors import SftmixError, unknown
-from sftmix.io import atomic_write, read_json, read_jsonl, write_json
+from sftmix.io import atomic_write, read_jsonl, read_record, write_json
 from sftmix.progress import track
 
 
@@ -63,16 +65,61 @@ def take(order: list[Conversation], n: int, allow_repeat: bool, where: str) -> l
     return order * reps + order[:rest]
 
 
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ManifestPart(_Value):
+    """One part of a composed mixture: which source (or earlier mixture, ``replay_of``) it drew
+    from, how much was asked (``amount``) and taken (``count`` rows, their ``ids`` in sampling
+    order), and the part's size in characters and approximate tokens."""
+
+    source: str
+    ability: str
+    origin: dict | str | None = None  # where the source's rows came from (``Pool.origin``)
+    pool_stats: dict | None = None  # the source pool's cleaning counts (a fresh part only)
+    replay_of: str | None = None  # the earlier mixture a replayed part was drawn from
+    amount: dict = {}
+    pool_size: int = 0
+    count: int
+    ids: list[str]
+    chars: int = 0
+    approx_tokens: int = 0
+    mean_chars: float = 0.0
+    max_approx_tokens: int = 0
+
+
+class Manifest(_Value):
+    """A composed mixture's ``manifest.json``: what it was composed from and of, with the sha256
+    of its rows in training order."""
+
+    name: str
+    seed: int = 0
+    sftmix_version: str = ""
+    config: dict = {}  # the mixture's config
+    parts: list[ManifestPart]
+    total: int = 0
+    abilities: dict[str, int] = {}
+    content_sha256: str = ""
+    total_chars: int = 0
+    total_approx_tokens: int = 0
+    data_file: str | None = None  # set when written (data.jsonl or data.arrow)
+
+    def dump(self) -> dict:
+        """The manifest as JSON writes it (fields without a value left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 @dataclass
 class Composed:
     """A composed mixture: its conversations (in training order) and its manifest."""
 
     name: str
     conversations: list[Conversation]
-    manifest: dict
+    manifest: Manifest
 
 
-def _part_stats(convs: list[Conversation]) -> dict:
+def _part_stats(convs: list[Conversation]) -> dict[str, int | float]:
     chars = [c.n_chars for c in convs]
     toks = [sum(approx_tokens(m["content"]) for m in c.messages) for c in convs]
     return {
@@ -102,7 +149,7 @@ def compose(
     where = f"mixture {mixture.name!r}"
     orders = {name: sampling_order(pool.conversations, seed) for name, pool in pools.items()}
     counts: dict[str, int] = {}
-    parts_out: list[dict] = []
+    parts_out: list[ManifestPart] = []
     rows: list[Conversation] = []
 
     # A k-part with relative_to uses the count of an anchor part listed before it.
@@ -128,16 +175,14 @@ def compose(
             source_mix = earlier[part.replay]
             by_id = {c.id: c for c in source_mix.conversations}
             factor = part.k if part.k is not None else part.fraction
-            for sub in source_mix.manifest["parts"]:
-                want = part.count if part.count is not None else round_half_up(factor * sub["count"])
-                ids = list(dict.fromkeys(sub["ids"]))  # unique, in sampling order
+            for sub in source_mix.manifest.parts:
+                want = part.count if part.count is not None else round_half_up(factor * sub.count)
+                ids = list(dict.fromkeys(sub.ids))  # unique, in sampling order
                 chosen = [by_id[x] for x in take(ids, want, part.allow_repeat, pwhere)]
                 rows += chosen
-                parts_out.append({
-                    "source": sub["source"], "ability": sub["ability"], "origin": sub["origin"],
-                    "replay_of": part.replay, "amount": _amount_doc(part), "pool_size": len(ids),
-                    "count": len(chosen), "ids": [c.id for c in chosen], **_part_stats(chosen),
-                })
+                parts_out.append(ManifestPart(source=sub.source, ability=sub.ability, origin=sub.origin, replay_of=part.replay,
+                                              amount=_amount_doc(part), pool_size=len(ids), count=len(chosen),
+                                              ids=[c.id for c in chosen], **_part_stats(chosen)))
             continue
         if part.source not in pools:
             raise SftmixError(f"{pwhere}: source {part.source!r} is not loaded")
@@ -146,11 +191,9 @@ def compose(
         counts[part.source] = len(chosen)
         rows += chosen
         pool = pools[part.source]
-        parts_out.append({
-            "source": pool.name, "ability": pool.ability, "origin": pool.origin, "pool_stats": pool.stats,
-            "amount": _amount_doc(part), "pool_size": len(pool), "count": len(chosen),
-            "ids": [c.id for c in chosen], **_part_stats(chosen),
-        })
+        parts_out.append(ManifestPart(source=pool.name, ability=pool.ability, origin=pool.origin, pool_stats=pool.stats,
+                                      amount=_amount_doc(part), pool_size=len(pool), count=len(chosen),
+                                      ids=[c.id for c in chosen], **_part_stats(chosen)))
 
     if not rows:
         raise SftmixError(f"{where}: the mixture is empty (every part has 0 rows)")
@@ -159,17 +202,10 @@ def compose(
         # Seeded by the run seed alone: equal mixtures get equal orders (multitask on one source == individual).
         random.Random(f"sftmix-shuffle-{seed}").shuffle(rows)
     content = hashlib.sha256(b"".join(_jsonl_lines(rows))).hexdigest()
-    manifest = {
-        "name": mixture.name,
-        "seed": seed,
-        "sftmix_version": __version__,
-        "config": mixture.model_dump(),
-        "parts": parts_out,
-        "total": len(rows),
-        "abilities": _count_by(rows, "ability"),
-        "content_sha256": content,
-        **{f"total_{k}": v for k, v in _part_stats(rows).items() if k in ("chars", "approx_tokens")},
-    }
+    stats = _part_stats(rows)
+    manifest = Manifest(name=mixture.name, seed=seed, sftmix_version=__version__, config=mixture.model_dump(mode="json"),
+                        parts=parts_out, total=len(rows), abilities=_count_by(rows, "ability"), content_sha256=content,
+                        total_chars=stats["chars"], total_approx_tokens=stats["approx_tokens"])
     return Composed(mixture.name, rows, manifest)
 
 
@@ -180,9 +216,9 @@ def _count_by(rows: list[Conversation], attr: str) -> dict:
     return dict(sorted(out.items()))
 
 
-def manifest_hash(manifest: dict) -> str:
+def manifest_hash(manifest: Manifest) -> str:
     """The sha256 of a manifest's canonical JSON."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(manifest.dump(), sort_keys=True).encode()).hexdigest()
 
 
 def write_composed(composed: Composed, out_dir: str | Path, fmt: str = "jsonl") -> Path:
@@ -204,8 +240,8 @@ def write_composed(composed: Composed, out_dir: str | Path, fmt: str = "jsonl") 
             f.writelines(_jsonl_lines(composed.conversations))
     # Recorded in the in-memory manifest too, so that a stage composed now and one read back
     # from disk after a restart carry the same manifest.
-    composed.manifest["data_file"] = f"data.{fmt}"
-    write_json(layout.manifest(out), composed.manifest)
+    composed.manifest.data_file = f"data.{fmt}"
+    write_json(layout.manifest(out), composed.manifest.dump())
     return out
 
 
@@ -215,8 +251,8 @@ def read_composed(out_dir: str | Path) -> Composed:
     mpath = layout.manifest(out)
     if not mpath.exists():
         raise SftmixError(f"{out}: no manifest.json (not a composed mixture, or its compose was interrupted)")
-    manifest = read_json(mpath)
-    data = out / manifest.get("data_file", "data.jsonl")
+    manifest = read_record(mpath, Manifest)
+    data = out / (manifest.data_file or "data.jsonl")
     if data.suffix == ".arrow":
         import pyarrow as pa
 
@@ -225,7 +261,7 @@ def read_composed(out_dir: str | Path) -> Composed:
     else:
         rows = read_jsonl(data)
     convs = [Conversation.from_dict(r) for r in rows]
-    return Composed(manifest["name"], convs, manifest)
+    return Composed(manifest.name, convs, manifest)
 
 
 def needed_sources(mixtures: list[MixtureConfig]) -> list[str]:

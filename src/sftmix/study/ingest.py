@@ -2,7 +2,7 @@
 
 The files a run leaves (``sftmix.layout``) are read through typed records, each checked when
 read: ``DoneRecord`` (``done.json``), ``ErrorRecord`` (``error.json``), ``StageMeta`` (a stage's
-``final/meta.json``, ``sftmix.train.meta``), ``Manifest`` (a stage's ``data/manifest.json``) and ``EvalResults`` (the
+``final/meta.json``, ``sftmix.train.meta``), ``Manifest`` (a stage's ``data/manifest.json``, ``sftmix.data.compose``) and ``EvalResults`` (the
 evaluation's ``results.json``). ``read_run`` turns a finished run's folder into a ``RunRecord``,
 whose rows are the store's rows (``MetricRow``, ``SampleRow``, ``CurveRow``, ``DataRow``). A
 malformed file is an error naming it and its field.
@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout
+from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
 from sftmix.eval.tasks import stored_values
 from sftmix.io import read_jsonl, read_record
@@ -44,14 +45,14 @@ class SampleRow(NamedTuple):
 
 
 class CurveRow(NamedTuple):
-    """A forgetting-curve point: held-out loss of one ability at one step."""
+    """A forgetting-curve point: held-out loss on one held-out source at one step."""
 
     stage: str
     stage_index: int
     step: int
     run_step: int
     run_tokens: float
-    ability: str
+    source: str
     loss: float
 
 
@@ -89,25 +90,6 @@ class ErrorRecord(_Record):
 
     error: str
     traceback: str = ""
-
-
-class ManifestPart(_Record):
-    """One part of a composed mixture."""
-
-    source: str
-    ability: str
-    count: float
-    ids: list[str]
-    approx_tokens: float = 0.0
-    pool_size: float = 0.0
-    replay_of: str | None = None
-    origin: dict | str | None = None
-
-
-class Manifest(_Record):
-    """A composed mixture's ``manifest.json`` (the fields ingest and training read)."""
-
-    parts: list[ManifestPart]
 
 
 class Engine(_Record):
@@ -170,7 +152,7 @@ def curve_rows(run_out: Path) -> list[CurveRow]:
     for path in layout.stage_metas(run_out):
         index = layout.stage_index(path.parent.parent)
         for pt in read_record(path, StageMeta).curve:
-            out += [CurveRow(pt.stage, index, pt.step, pt.run_step, pt.run_tokens, ability, loss) for ability, loss in pt.loss.items()]
+            out += [CurveRow(pt.stage, index, pt.step, pt.run_step, pt.run_tokens, source, loss) for source, loss in pt.loss.items()]
     return out
 
 

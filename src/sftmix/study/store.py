@@ -6,7 +6,7 @@ held-out sample's summed token loss and token count, a problem's pass or a judgm
 as value and weight, so that intervals come from data), ``data`` (what each stage trained on:
 examples and approximate tokens per source and ability, replayed parts apart, from the stages'
 manifests; the amounts that scaling and mixture laws are fitted on) and ``curves`` (held-out
-loss per ability during training). Every write is one transaction, so a kill at any time leaves the database
+loss per held-out source during training). Every write is one transaction, so a kill at any time leaves the database
 consistent (SQLite's journal rolls back a half-done write).
 """
 
@@ -17,6 +17,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from sftmix.errors import SftmixError
 
@@ -36,19 +37,33 @@ CREATE TABLE IF NOT EXISTS data (
   pool_size REAL, origin TEXT, PRIMARY KEY (run_id, stage_index, source, replay)
 );
 CREATE TABLE IF NOT EXISTS curves (
-  run_id TEXT, stage TEXT, stage_index INTEGER, step INTEGER, run_step INTEGER, run_tokens REAL, ability TEXT, loss REAL,
-  PRIMARY KEY (run_id, stage, step, ability)
+  run_id TEXT, stage TEXT, stage_index INTEGER, step INTEGER, run_step INTEGER, run_tokens REAL, source TEXT, loss REAL,
+  PRIMARY KEY (run_id, stage, step, source)
 );
 """
 
 
 SCHEMA_TABLES = ("runs", "metrics", "samples", "data", "curves")
 APPLICATION_ID = 0x7366746D  # "sftm": SQLite's application_id of an sftmix store
-SCHEMA_VERSION = 2  # SQLite's user_version: the layout of SCHEMA (2: runs.engine)
+SCHEMA_VERSION = 3  # SQLite's user_version: the layout of SCHEMA (2: runs.engine; 3: curves.source, named ability before)
 # the columns an sftmix store's tables hold (a store made before the stamp is recognised by them)
 COLUMNS = {"runs": {"id", "label", "point", "config", "status", "error", "checkpoint", "eval_dir", "started", "finished",
                     "train_tokens", "params"},
            "metrics": {"run_id", "task", "metric", "value"}}
+
+
+class CurvePoint(NamedTuple):
+    """A stored forgetting-curve point: one run's held-out loss on one held-out source at one step
+    of one stage, with where that step lies on the run's axes."""
+
+    run_id: str
+    stage: str
+    stage_index: int
+    step: int
+    run_step: int
+    run_tokens: float
+    source: str
+    loss: float
 
 
 def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
@@ -95,6 +110,8 @@ class Store:
                     self.conn.executescript(SCHEMA)
                     if "engine" not in _tables(self.conn)["runs"]:  # version 1: which engine answered was not kept
                         self.conn.execute("ALTER TABLE runs ADD COLUMN engine TEXT")
+                    if "ability" in _tables(self.conn)["curves"]:  # up to version 2: it held the held-out source's name
+                        self.conn.execute("ALTER TABLE curves RENAME COLUMN ability TO source")
                     self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.conn.execute("SELECT id, status FROM runs LIMIT 1").fetchall()
@@ -178,6 +195,7 @@ class Store:
         """What each run trained on: a row per stage, source and replay part."""
         return self._keep(self.conn.execute("SELECT * FROM data ORDER BY run_id, stage_index, replay, source"))
 
-    def curves(self) -> list[dict]:
+    def curves(self) -> list[CurvePoint]:
         """The forgetting-curve points of the runs."""
-        return self._keep(self.conn.execute("SELECT * FROM curves ORDER BY run_id, run_step, ability"))
+        rows = self.conn.execute(f"SELECT {', '.join(CurvePoint._fields)} FROM curves ORDER BY run_id, run_step, source")
+        return [CurvePoint(*r) for r in rows if self.only is None or r["run_id"] in self.only]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout
 from sftmix.config import TrainSettings
+from sftmix.data.compose import Manifest
 from sftmix.io import read_record
 
 
@@ -69,7 +70,7 @@ class StageMeta(_Value):
     total_params: int = 0
     gradient_checkpointing: bool = False  # as the Trainer turned it on, not only as asked
     kernels: Kernels | None = None
-    manifest: dict = {}  # the stage's data manifest (``data.compose``)
+    manifest: Manifest | None = None  # the stage's data manifest
     tokenize: dict = {}  # tokenisation counts (``train.tokenize``)
     parent: Parent | None = None
     run_config: dict | None = None

@@ -279,7 +279,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     state = PartialState()
     tokenizer = load_tokenizer(model_path)
     with state.main_process_first():
-        dataset, tok_stats = tokenize_mixture(composed.conversations, composed.manifest["content_sha256"], tokenizer,
+        dataset, tok_stats = tokenize_mixture(composed.conversations, composed.manifest.content_sha256, tokenizer,
                                               template, settings.max_length, settings.packing,
                                               cache_dir() / "tokenized", progress=progress and state.is_main_process)
     if len(dataset) == 0:

@@ -20,6 +20,7 @@ from sftmix.config import (
 )
 from sftmix.data.compose import (
     Composed,
+    Manifest,
     check_mixtures,
     compose,
     read_composed,
@@ -28,7 +29,7 @@ from sftmix.data.compose import (
 from sftmix.data.heldout import HeldoutRows, choose, has_test_split, read_or_choose
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError, unknown
-from sftmix.io import read_json, stable_hash
+from sftmix.io import read_record, stable_hash
 from sftmix.models import resolve_model
 from sftmix.train.meta import Parent, read_meta
 
@@ -157,7 +158,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
                                      seed=settings.seed if settings.seed is not None else cfg.seed,
                                      parent=parent, run_config=cfg.model_dump(), progress=progress, callbacks=callbacks))
         meta = read_meta(Path(checkpoint))
-        parent = Parent(stage=stage_dir.name, checkpoint=checkpoint, content_sha256=mixture.manifest["content_sha256"],
+        parent = Parent(stage=stage_dir.name, checkpoint=checkpoint, content_sha256=mixture.manifest.content_sha256,
                         run_step=meta.run_step_end, run_tokens=meta.run_tokens_end)
     return Path(checkpoint)
 
@@ -261,6 +262,6 @@ def training_ids(cfg: RunConfig) -> set[str]:
     """Ids of every row any stage of the run trained on (from the stages' manifests)."""
     ids: set[str] = set()
     for m in layout.stage_manifests(run_dir(cfg)):
-        for part in read_json(m)["parts"]:
-            ids.update(part["ids"])
+        for part in read_record(m, Manifest).parts:
+            ids.update(part.ids)
     return ids
