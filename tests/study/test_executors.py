@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, study_file, study_metrics
+from sftmix.study.executors.slurm import read_job
 
 pytestmark = pytest.mark.cluster
 
@@ -166,7 +167,7 @@ def test_two_workers_never_train_the_same_run(tmp_path):
     run_out = tmp_path / "run"
     with worker.RunLock(run_out):
         assert worker.is_running(run_out)
-        assert worker.holder(run_out)["pid"] == os.getpid()  # what `study status` shows as "running on"
+        assert worker.holder(run_out).pid == os.getpid()  # what `study status` shows as "running on"
         assert worker.execute({}, str(run_out)) == "running elsewhere"
     assert not worker.is_running(run_out)
 
@@ -334,11 +335,9 @@ def test_slurm_runs_the_study_with_the_local_results(tmp_path, slurm, local_refe
     f = study_file(tmp_path, "onslurm", executor="slurm")
     cmd = [sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--quiet"]
     check_same_results_and_trained_once(f, tmp_path / "onslurm", cmd, local_reference)
-    import json
-
-    jobs = [json.loads(p.read_text()) for p in (tmp_path / "onslurm").glob("runs/*/job.json")]
-    assert len(jobs) == 4 and all(j["executor"] == "slurm" for j in jobs)  # every run went through sbatch
-    assert all(list((tmp_path / "onslurm" / "jobs" / j["job_id"]).glob("*_log.out")) for j in jobs)
+    jobs = [read_job(p.parent) for p in (tmp_path / "onslurm").glob("runs/*/job.json")]
+    assert len(jobs) == 4 and all(j.executor == "slurm" for j in jobs)  # every run went through sbatch
+    assert all(list((tmp_path / "onslurm" / "jobs" / j.job_id).glob("*_log.out")) for j in jobs)
 
 
 def long_study(tmp: Path, name: str, executor: str) -> Path:
@@ -389,7 +388,7 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
         try:
             wait_for("a complete checkpoint", lambda: [c for c in root.glob("runs/*/stage*/checkpoints/checkpoint-*")
                                                         if checkpoint_complete(c)], proc=proc, log=log)
-            job_id = json.loads(next(root.glob("runs/*/job.json")).read_text())["job_id"]
+            job_id = read_job(next(root.glob("runs/*/job.json")).parent).job_id
             subprocess.run(["scancel", job_id, "--signal", "SIGTERM"], check=True)
             subprocess.run(["scancel", job_id, "--signal", "USR2"], check=True)
             # Slurm holds a requeued job until a begin time a few minutes away; start it now
@@ -425,7 +424,7 @@ def test_a_slurm_job_killed_without_a_result_is_recorded_not_waited_for(tmp_path
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for("training under way", lambda: list(root.glob("runs/*/stage*/checkpoints/checkpoint-*")), proc=proc, log=log)
-            job_id = json.loads(next(root.glob("runs/*/job.json")).read_text())["job_id"]
+            job_id = read_job(next(root.glob("runs/*/job.json")).parent).job_id
             subprocess.run(["scancel", job_id, "--signal", "KILL"], check=True)
             rc = proc.wait(timeout=180)
         finally:

@@ -10,19 +10,22 @@ from sftmix.errors import SftmixError
 from sftmix.study.ingest import (
     CurveRow,
     DataRow,
-    DoneRecord,
-    ErrorRecord,
     EvalResults,
     curve_rows,
     data_rows,
 )
 from sftmix.data.compose import Manifest
 from sftmix.io import read_record
+from sftmix.study.executors.slurm import JobRecord
+from sftmix.study.worker import DoneRecord, ErrorRecord, LockHolder
 from sftmix.train.meta import StageMeta
 
 GOOD = {
     DoneRecord: ({"checkpoint": "/r/stage1_x/final", "eval_dir": "/r/eval", "finished": 1.5}, {"checkpoint": "/r"}, "eval_dir"),
     ErrorRecord: ({"error": "ValueError: no", "traceback": "Traceback ..."}, {"traceback": "x"}, "error"),
+    LockHolder: ({"pid": 12, "host": "n1", "since": 1.5}, {"pid": "twelve", "host": "n1", "since": 1.5}, "pid"),
+    JobRecord: ({"executor": "slurm", "job_id": "5", "folder": "jobs", "submitted": 1.5}, {"executor": "slurm", "folder": "jobs",
+                                                                                         "submitted": 1.5}, "job_id"),
     StageMeta: ({"stage": "stage1_x", "real_tokens": 120,
                  "curve": [{"stage": "1_x", "step": 0, "run_step": 0, "run_tokens": 0, "loss": {"math": 2.5}}]},
                 {"stage": "stage1_x", "curve": [{"stage": "1_x", "step": "first", "run_step": 0, "run_tokens": 0, "loss": {}}]},

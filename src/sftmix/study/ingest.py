@@ -1,7 +1,7 @@
 """A run folder as a typed record: what the study store keeps of one finished run.
 
 The files a run leaves (``sftmix.layout``) are read through typed records, each checked when
-read: ``DoneRecord`` (``done.json``), ``ErrorRecord`` (``error.json``), ``StageMeta`` (a stage's
+read: ``DoneRecord`` (``done.json``, ``sftmix.study.worker``), ``StageMeta`` (a stage's
 ``final/meta.json``, ``sftmix.train.meta``), ``Manifest`` (a stage's ``data/manifest.json``, ``sftmix.data.compose``) and ``EvalResults`` (the
 evaluation's ``results.json``). ``read_run`` turns a finished run's folder into a ``RunRecord``,
 whose rows are the store's rows (``MetricRow``, ``SampleRow``, ``CurveRow``, ``DataRow``). A
@@ -21,6 +21,7 @@ from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
 from sftmix.eval.tasks import stored_values
 from sftmix.io import read_jsonl, read_record
+from sftmix.study.worker import DoneRecord
 from sftmix.train.meta import StageMeta
 
 # ---------------------------------------------------------------- the store's rows
@@ -75,21 +76,6 @@ class DataRow(NamedTuple):
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")  # the fields readers rely on are checked; others are kept
-
-
-class DoneRecord(_Record):
-    """``done.json``: the run trained and evaluated."""
-
-    checkpoint: str
-    eval_dir: str
-    finished: float
-
-
-class ErrorRecord(_Record):
-    """``error.json``: the run failed, with its error and traceback."""
-
-    error: str
-    traceback: str = ""
 
 
 class Engine(_Record):
@@ -185,7 +171,3 @@ def read_run(run_out: Path) -> RunRecord:
                      results.engine.describe() if results.engine else None)
 
 
-def read_error(run_out: Path) -> ErrorRecord | None:
-    """A failed run's ``error.json``, where there is one."""
-    path = Path(run_out) / layout.ERROR
-    return read_record(path, ErrorRecord) if path.exists() else None

@@ -18,9 +18,9 @@ from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
 from sftmix.io import write_json
 from sftmix.study import worker
-from sftmix.study.executors import make_executor, queued_job
+from sftmix.study.executors import make_executor, queued_job, read_job
 from sftmix.study.grid import PlannedRun, check_metrics, expand
-from sftmix.study.ingest import read_error, read_run
+from sftmix.study.ingest import read_run
 from sftmix.study.store import Store
 
 
@@ -134,7 +134,7 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
         store.finish(run.id, record.checkpoint, record.eval_dir, record.metrics, record.train_tokens, record.params,
                      record.samples, record.curves, record.data, record.engine)
         return True
-    err = read_error(run_out)
+    err = worker.read_error(run_out)
     if err is not None:
         if store.status(run.id) is None:
             store.start(run.id, run.label, run.point, run.config.model_dump())
@@ -158,19 +158,19 @@ def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = 
         state, detail = row.get("status") or "pending", (row.get("error") or "").splitlines()[0][:300] if row.get("error") else ""
         if out is not None and state != "done":
             run_out = run_path(out, r)
-            job = json.loads((run_out / worker.JOB).read_text()) if (run_out / worker.JOB).exists() else None
-            where = f"{job['executor']} job {job['job_id']}" if job else "local"
+            job = read_job(run_out)
+            where = f"{job.executor} job {job.job_id}" if job else "local"
             if (run_out / worker.DONE).exists():
                 state, detail = "done", "finished; ingested at the next `study run`"
             elif worker.is_running(run_out):
                 holder = worker.holder(run_out)
-                on = f"host {holder['host']}, pid {holder['pid']}" if holder else "a worker"
+                on = f"host {holder.host}, pid {holder.pid}" if holder else "a worker"
                 state, detail = "running", f"on {where + ', ' if job else ''}{on}"
             elif q := queued_job(run_out):
-                state, detail = "queued", f"{where} ({q['state']})"
-            elif (run_out / worker.ERROR).exists():
+                state, detail = "queued", f"{where} ({q.state})"
+            elif err := worker.read_error(run_out):
                 state = "failed"
-                detail = json.loads((run_out / worker.ERROR).read_text())["error"].splitlines()[0][:300]
+                detail = err.error.splitlines()[0][:300]
             elif state == "running":
                 state, detail = "interrupted", "its worker is gone; `study run` resumes it"
         rows.append([r.id, r.label, state, detail])

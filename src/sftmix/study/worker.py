@@ -11,7 +11,6 @@ tell a running run from a pending one.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 import time
@@ -19,11 +18,46 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from sftmix import layout, pipeline
 from sftmix.config import RunConfig
-from sftmix.io import write_json
+from sftmix.io import read_record, write_json
 
 LOCK, DONE, ERROR, JOB = layout.LOCK, layout.DONE, layout.ERROR, layout.JOB
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the fields readers rely on are checked; others are kept
+
+
+class DoneRecord(_Record):
+    """``done.json``: the run trained and evaluated."""
+
+    checkpoint: str
+    eval_dir: str
+    finished: float
+
+
+class ErrorRecord(_Record):
+    """``error.json``: the run failed, with its error and traceback."""
+
+    error: str
+    traceback: str = ""
+
+
+class LockHolder(_Record):
+    """What a worker writes into the run's ``.lock`` it holds: where it runs and since when."""
+
+    pid: int
+    host: str
+    since: float
+
+
+def read_error(run_out: Path) -> ErrorRecord | None:
+    """A failed run's ``error.json``, where there is one."""
+    path = Path(run_out) / ERROR
+    return read_record(path, ErrorRecord) if path.exists() else None
 
 
 class AlreadyRunning(Exception):
@@ -52,7 +86,7 @@ class RunLock:
                     raise AlreadyRunning(str(self.path)) from None
                 time.sleep(0.05)
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "since": time.time()}).encode())
+        os.write(self.fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time()).model_dump_json().encode())
         return self
 
     def __exit__(self, *exc) -> None:
@@ -77,11 +111,11 @@ def is_running(run_out: Path) -> bool:
         os.close(fd)
 
 
-def holder(run_out: Path) -> dict | None:
-    """Who holds (or last held) the run's lock: ``{"pid", "host", "since"}`` as its worker wrote it."""
+def holder(run_out: Path) -> LockHolder | None:
+    """Who holds (or last held) the run's lock, as its worker wrote it (None: not known)."""
     try:
-        return json.loads((Path(run_out) / LOCK).read_text() or "null")
-    except (OSError, ValueError):
+        return LockHolder.model_validate_json((Path(run_out) / LOCK).read_text())
+    except (OSError, ValueError):  # no lock file, or one a worker is writing now
         return None
 
 
@@ -119,12 +153,14 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
             try:
                 cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
                 p, _ = pipeline.run(cfg, progress, launcher)
-                write_json(run_out_p / DONE, {"checkpoint": str(p.final), "eval_dir": str(p.eval_dir), "finished": time.time()})
+                write_json(run_out_p / DONE, DoneRecord(checkpoint=str(p.final), eval_dir=str(p.eval_dir),
+                                                        finished=time.time()).model_dump())
                 return "done"
             except Exception as e:  # noqa: BLE001 - recorded for the driver, which reports it
                 if stopped is not None and stopped(e):
                     raise
-                write_json(run_out_p / ERROR, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]})
+                write_json(run_out_p / ERROR, ErrorRecord(error=f"{type(e).__name__}: {e}",
+                                                          traceback=traceback.format_exc()[-4000:]).model_dump())
                 return "failed"
     except AlreadyRunning:
         return "running elsewhere"

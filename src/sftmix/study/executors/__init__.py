@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sftmix.config import ExecutorConfig, Resources
 from sftmix.study.executors.local import Executor, Handle
-from sftmix.study.executors.slurm import SubmititExecutor, queued_job
+from sftmix.study.executors.slurm import SubmititExecutor, queued_job, read_job
 
 
 def _ray(cfg: ExecutorConfig, resources: Resources, out: Path, progress: bool) -> Executor:
@@ -34,4 +34,4 @@ def make_executor(cfg: ExecutorConfig, resources: Resources, out: Path, progress
     return EXECUTORS[cfg.name](cfg, resources, out, progress)
 
 
-__all__ = ["EXECUTORS", "Executor", "Handle", "make_executor", "queued_job"]
+__all__ = ["EXECUTORS", "Executor", "Handle", "make_executor", "queued_job", "read_job"]

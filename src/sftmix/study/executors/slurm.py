@@ -14,10 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from sftmix import pipeline
 from sftmix.config import Resources, RunConfig, minutes
 from sftmix.errors import SftmixError
-from sftmix.io import read_json, write_json
+from sftmix.io import read_record, write_json
 from sftmix.study import worker
 from sftmix.study.executors.local import Executor, Handle
 
@@ -143,8 +145,8 @@ class SubmititExecutor(Executor):
             said = str(e).strip().splitlines()
             raise SftmixError(f"{self.name}: the job for run {run_id} was refused: "
                               + " | ".join(line.strip() for line in said[-4:] if line.strip())) from None
-        write_json(run_out / worker.JOB, {"executor": self.name, "job_id": str(job.job_id), "folder": str(self.folder),
-                                          "submitted": time.time()})
+        write_json(run_out / worker.JOB, JobRecord(executor=self.name, job_id=str(job.job_id), folder=str(self.folder),
+                                                   submitted=time.time()).model_dump())
         return Handle(run_id, run_out, job)
 
     def finished(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, str | None]]:
@@ -227,22 +229,45 @@ def slurm_queue_state(job_id: str) -> str | None:
     return next((st for st in states if st in ACTIVE_STATES), states[0] if states else None)
 
 
-def queued_job(run_out: Path) -> dict | None:
+class JobRecord(BaseModel):
+    """``job.json``: the job a run was submitted as."""
+
+    model_config = ConfigDict(extra="allow")  # the fields readers rely on are checked; others are kept
+
+    executor: str  # slurm, or slurm-local
+    job_id: str
+    folder: str
+    submitted: float
+
+
+class QueuedJob(BaseModel):
+    """A run's job that is still in Slurm's queue, with its state there (UNKNOWN, and why, when the
+    controller did not answer)."""
+
+    job: JobRecord
+    state: str
+    why: str | None = None
+
+
+def read_job(run_out: Path) -> JobRecord | None:
+    """The job a run was submitted as (``job.json``), where it was submitted as one."""
+    path = Path(run_out) / worker.JOB
+    return read_record(path, JobRecord) if path.exists() else None
+
+
+def queued_job(run_out: Path) -> QueuedJob | None:
     """The Slurm job a run was submitted as (``job.json``), if it is still queued or running.
 
     When this machine has Slurm but its controller does not answer, the job counts as queued
     (state ``UNKNOWN``): the driver waits and asks again rather than submit the run a second time.
     Without Slurm here (a study folder copied elsewhere) it does not."""
-    path = Path(run_out) / worker.JOB
-    if not path.exists():
-        return None
-    info = read_json(path)
-    if info.get("executor") != "slurm":
+    job = read_job(run_out)
+    if job is None or job.executor != "slurm":
         return None
     if shutil.which("squeue") is None:
         return None
     try:
-        state = slurm_queue_state(info["job_id"])
+        state = slurm_queue_state(job.job_id)
     except SftmixError as e:
-        return {**info, "state": "UNKNOWN", "why": str(e)}
-    return {**info, "state": state} if state in ACTIVE_STATES else None
+        return QueuedJob(job=job, state="UNKNOWN", why=str(e))
+    return QueuedJob(job=job, state=state) if state in ACTIVE_STATES else None
