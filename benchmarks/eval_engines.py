@@ -79,7 +79,7 @@ def main() -> None:
         tokens = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for t in tasks for o in outs[t])
         rows[name] = {"backend": backend, "batch": extra.get("batch_size", default_batch if backend == "hf" else "engine"),
                       "problems": limit * len(tasks), "wall_s": wall, "tokens": tokens,
-                      "tokens_per_s": tokens / wall, "outs": outs, "engine": (doc.get("engine") or {}).get("engine", "")}
+                      "tokens_per_s": tokens / wall, "outs": outs, "engine": doc.engine.engine if doc.engine else ""}
         print(f"{name}: {wall:.1f} s, {tokens} tokens", flush=True)
     base = rows.get("hf")
     print(f"\n{args.model}, GSM8K{' + HumanEval' if args.humaneval else ''}, {args.problems} problems each, fp32 greedy, "

@@ -64,7 +64,7 @@ def train(p: Plan, progress: bool = True, launcher: list[str] | None = None) -> 
     return p.final
 
 
-def evaluate(p: Plan, progress: bool = True) -> dict:
+def evaluate(p: Plan, progress: bool = True) -> EvalResults:
     """Evaluate the final checkpoint with the run's ``eval`` section. The held-out loss scores the
     rows training chose and left out (the run's ``heldout.json``), and counts any row a stage
     trained on."""
@@ -77,7 +77,7 @@ def evaluate(p: Plan, progress: bool = True) -> dict:
                      progress=progress, heldout=held, heldout_cfg=cfg.heldout)
 
 
-def run(cfg: RunConfig, progress: bool = True, launcher: list[str] | None = None) -> tuple[Plan, dict]:
+def run(cfg: RunConfig, progress: bool = True, launcher: list[str] | None = None) -> tuple[Plan, EvalResults]:
     """Plan, train and evaluate one run; return the plan and the evaluation."""
     p = plan(cfg)
     train(p, progress, launcher)

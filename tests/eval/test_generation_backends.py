@@ -99,8 +99,8 @@ def test_gsm8k_and_humaneval_score_the_same_through_both_backends(server, smollm
         out = tmp_path / b
         docs[b] = evaluate(smollm2, EvalConfig(**common, backend=b, **extra), out, progress=False)
         samples[b] = {t: [json.loads(x) for x in (out / f"samples_{t}.jsonl").read_text().splitlines()] for t in ("gsm8k", "humaneval")}
-    assert docs["hf"]["tasks"]["gsm8k"]["accuracy"] == docs[backend]["tasks"]["gsm8k"]["accuracy"]
-    assert docs["hf"]["tasks"]["humaneval"]["pass@1"] == docs[backend]["tasks"]["humaneval"]["pass@1"]
+    assert docs["hf"].tasks["gsm8k"]["accuracy"] == docs[backend].tasks["gsm8k"]["accuracy"]
+    assert docs["hf"].tasks["humaneval"]["pass@1"] == docs[backend].tasks["humaneval"]["pass@1"]
     for t in ("gsm8k", "humaneval"):
         outs = {b: [r.get("output", r.get("completion")) for r in samples[b][t]] for b in samples}
         assert outs["hf"] == outs[backend] and len(outs["hf"]) == 2, t

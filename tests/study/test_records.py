@@ -10,11 +10,11 @@ from sftmix.errors import SftmixError
 from sftmix.study.ingest import (
     CurveRow,
     DataRow,
-    EvalResults,
     curve_rows,
     data_rows,
 )
 from sftmix.data.compose import Manifest
+from sftmix.eval.runner import EvalResults
 from sftmix.io import read_record
 from sftmix.study.executors.slurm import JobRecord
 from sftmix.study.worker import DoneRecord, ErrorRecord, LockHolder

@@ -50,16 +50,14 @@ def cmd_eval(args) -> None:
     out = output_dir(args.out, "--out")
     model = resolve_model(args.model)
     doc = evaluate(model, cfg, out, template=args.template, progress=not args.quiet, heldout_cfg=held)
-    print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
-    if doc.get("engine"):
-        e = doc["engine"]
-        print(f"engine: {e['backend']}: {e['engine']}" + (f", {e['dtype']}" if e.get("dtype") else ""))
+    print(json.dumps({t: headline(doc.spec(t), m) for t, m in doc.tasks.items()}, indent=1))
+    if doc.engine:
+        print(f"engine: {doc.engine.describe()}")
     print(f"results: {out}/results.json")
 
 
-def headline(task: str, m: dict, info: dict | None = None):
-    """The few numbers of a task's metrics worth printing (``info``: results.json's task_info)."""
-    spec = (info or {}).get(task, {}).get("spec", task)
+def headline(spec: str, m: dict):
+    """The few numbers of a task's metrics worth printing (``spec``: the task as configured)."""
     return tasks.get(spec).headline_of(m)
 
 

@@ -23,7 +23,7 @@ def cmd_run(args) -> None:
     from sftmix.cli.eval import headline
 
     _, doc = pipeline.run(load_run(args), progress=not args.quiet)
-    print(json.dumps({t: headline(t, m, doc.get("task_info")) for t, m in doc["tasks"].items()}, indent=1))
+    print(json.dumps({t: headline(doc.spec(t), m) for t, m in doc.tasks.items()}, indent=1))
 
 
 def add_commands(sub) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout
 from sftmix.config import EvalConfig, HeldoutConfig, SourceConfig
@@ -23,9 +26,54 @@ def _data_dir(cfg: EvalConfig, run_data_dir: str | None) -> Path | None:
     return Path(d) if d else None
 
 
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the fields readers rely on are checked; others (provenance) are kept
+
+
+class Engine(_Record):
+    """Which engine answered an evaluation's generation tasks (``Generator.engine``)."""
+
+    backend: str
+    engine: str
+    dtype: str | None = None
+
+    def describe(self) -> str:
+        """One line: backend, engine and version, dtype."""
+        return f"{self.backend}: {self.engine}" + (f", {self.dtype}" if self.dtype else "")
+
+
+class TaskInfo(_Record):
+    """What a task of the evaluation was: its spec as configured, the ability it measures, its
+    version, its headline metrics and whether they are pass/fail per item."""
+
+    spec: str
+    ability: str | None = None
+    version: int = 1
+    metrics: dict[str, str] = {}
+    binary: bool = False
+
+
+class EvalResults(_Record):
+    """An evaluation's ``results.json``: each task's metrics (as the task computed them), what each
+    task was, the evaluation's config and which engine answered."""
+
+    model: str = ""
+    template: str = ""
+    tasks: dict[str, dict[str, Any]]
+    task_info: dict[str, TaskInfo] = {}
+    config: dict = {}
+    engine: Engine | None = None  # None: no task generated (or an evaluation from before engines were recorded)
+    engines: dict[str, Engine] = {}
+
+    def spec(self, task: str) -> str:
+        """The task's spec as configured (its name where not recorded)."""
+        info = self.task_info.get(task)
+        return info.spec if info else task
+
+
 def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: str = "vicuna", run_data_dir: str | None = None,
              sources: dict[str, SourceConfig] | None = None, seed: int = 0, training_ids: set[str] | None = None,
-             progress: bool = True, heldout=None, heldout_cfg: HeldoutConfig | None = None) -> dict:
+             progress: bool = True, heldout=None, heldout_cfg: HeldoutConfig | None = None) -> EvalResults:
     """Run every task in ``cfg.tasks`` (``sftmix.eval.tasks``) on ``model_path``; return and write
     the results. Per task: ``task_<name>.json`` (its metrics), ``samples_<name>.jsonl`` (its rows)
     and ``items_<name>.jsonl`` (the per-item values behind its headline metrics)."""
@@ -51,19 +99,20 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
     ctx = tasks.Context(model_path, cfg, template, _data_dir(cfg, run_data_dir), out, progress, get_generator,
                         sources or {}, seed, training_ids, [t.name for t in todo], heldout,
                         heldout_cfg or HeldoutConfig())
-    results, info = {}, {}
+    results: dict[str, dict] = {}
+    info: dict[str, TaskInfo] = {}
     try:
         for spec, task in zip(cfg.tasks, todo):
-            info[task.name] = {"spec": spec, "ability": task.ability, "version": task.version, "metrics": task.metrics,
-                               "binary": task.binary}
+            info[task.name] = TaskInfo(spec=spec, ability=task.ability, version=task.version, metrics=task.metrics,
+                                       binary=task.binary)
             results[task.name] = _run_task(task, spec, ctx, out, lambda: generator)
     finally:  # a managed engine is stopped on success, on an error and on Ctrl-C
         if generator is not None:
             generator.close()
     engines = {name: m["engine"] for name, m in results.items() if isinstance(m.get("engine"), dict)}
-    doc = {"model": model_path, "template": template, "tasks": results, "task_info": info, "config": cfg.model_dump(),
-           "engine": next(iter(engines.values()), None), "engines": engines, **provenance()}
-    write_json(out / "results.json", doc)
+    doc = EvalResults(model=model_path, template=template, tasks=results, task_info=info, config=cfg.model_dump(mode="json"),
+                      engine=next(iter(engines.values()), None), engines=engines, **provenance())
+    write_json(out / "results.json", doc.model_dump(mode="json"))
     return doc
 
 

@@ -3,7 +3,7 @@
 The files a run leaves (``sftmix.layout``) are read through typed records, each checked when
 read: ``DoneRecord`` (``done.json``, ``sftmix.study.worker``), ``StageMeta`` (a stage's
 ``final/meta.json``, ``sftmix.train.meta``), ``Manifest`` (a stage's ``data/manifest.json``, ``sftmix.data.compose``) and ``EvalResults`` (the
-evaluation's ``results.json``). ``read_run`` turns a finished run's folder into a ``RunRecord``,
+evaluation's ``results.json``, ``sftmix.eval.runner``). ``read_run`` turns a finished run's folder into a ``RunRecord``,
 whose rows are the store's rows (``MetricRow``, ``SampleRow``, ``CurveRow``, ``DataRow``). A
 malformed file is an error naming it and its field.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout
 from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
+from sftmix.eval.runner import EvalResults
 from sftmix.eval.tasks import stored_values
 from sftmix.io import read_jsonl, read_record
 from sftmix.study.worker import DoneRecord
@@ -76,25 +77,6 @@ class DataRow(NamedTuple):
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")  # the fields readers rely on are checked; others are kept
-
-
-class Engine(_Record):
-    """Which engine answered an evaluation's generation tasks (``Generator.engine``)."""
-
-    backend: str
-    engine: str
-    dtype: str | None = None
-
-    def describe(self) -> str:
-        """One line: backend, engine and version, dtype."""
-        return f"{self.backend}: {self.engine}" + (f", {self.dtype}" if self.dtype else "")
-
-
-class EvalResults(_Record):
-    """An evaluation's ``results.json``."""
-
-    tasks: dict[str, dict[str, Any]]
-    engine: Engine | None = None  # None: no task generated (or an evaluation from before engines were recorded)
 
 
 # ---------------------------------------------------------------- a run as a record
