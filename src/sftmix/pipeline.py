@@ -19,6 +19,10 @@ import yaml
 
 from sftmix import layout
 from sftmix.config import RunConfig, StageConfig
+from sftmix.eval.runner import EvalResults
+from sftmix.eval.runner import evaluate as run_tasks
+from sftmix.train.strategies import heldout_rows, run_strategy, training_ids
+from sftmix.train.strategies import plan as stages_of
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,12 @@ class Plan:
 
 def plan(cfg: RunConfig) -> Plan:
     """The run's stages, checked as a whole before any work (``sftmix.train.strategies.plan``)."""
-    from sftmix.train.strategies import plan as stages_of
-
     return Plan(cfg, stages_of(cfg))
 
 
 def train(p: Plan, progress: bool = True, launcher: list[str] | None = None) -> Path:
     """Train every stage; return the final checkpoint."""
     if not launcher:
-        from sftmix.train.strategies import run_strategy
-
         return run_strategy(p.cfg, progress=progress)
     p.out.mkdir(parents=True, exist_ok=True)  # a node other than the first may get here before it
     path = p.out / "run.yaml"
@@ -68,9 +68,6 @@ def evaluate(p: Plan, progress: bool = True) -> EvalResults:
     """Evaluate the final checkpoint with the run's ``eval`` section. The held-out loss scores the
     rows training chose and left out (the run's ``heldout.json``), and counts any row a stage
     trained on."""
-    from sftmix.eval.runner import evaluate as run_tasks
-    from sftmix.train.strategies import heldout_rows, training_ids
-
     cfg = p.cfg
     held = heldout_rows(cfg, p.stages, {}) if "loss" in cfg.eval.tasks else None
     return run_tasks(str(p.final), cfg.eval, p.eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),

@@ -13,6 +13,7 @@ def track(items: Iterable[T], description: str, enabled: bool = True, total: int
     if not enabled:
         yield from items
         return
+    # imported here: rich is only needed when something is printed
     from rich.console import Console
     from rich.progress import track as rich_track
 

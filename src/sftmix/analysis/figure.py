@@ -7,6 +7,7 @@ import io
 
 def png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
+    # imported here: matplotlib is heavy and only needed to draw figures
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

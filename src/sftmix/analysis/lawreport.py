@@ -30,6 +30,7 @@ def _validation_words(d: LawFit) -> str:
 def figures(fit: Fit) -> dict[str, bytes]:
     """One PNG per held-out loss: left, observed (95% CI) against the ability's own amount with the
     selected law's fit and band; right, leave-one-out predicted (95% predictive) against observed."""
+    # imported here: matplotlib is heavy and only needed to draw figures
     import matplotlib
 
     matplotlib.use("Agg")

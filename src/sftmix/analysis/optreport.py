@@ -54,6 +54,7 @@ def grid_best(log: OptimizeLog, store: Store) -> dict | None:
 def figures(log: OptimizeLog) -> dict[str, bytes]:
     """The objective against the run number (with the incumbent), the chosen configurations'
     proportions on the simplex, and in a DMT design with several k the objective against k."""
+    # imported here: matplotlib is heavy and only needed to draw figures
     import matplotlib
 
     matplotlib.use("Agg")

@@ -208,6 +208,7 @@ class Evidence:
 def propose_mixture(evidence: Evidence, weights: dict[str, float], budget: float | None = None,
                     max_loss: dict[str, float] | None = None) -> MixtureProposal:
     """The recommended mixture (see the module docstring) and the best tried configuration."""
+    # imported here: scipy is heavy and only needed here
     from scipy.optimize import minimize
 
     doc = evidence.fit

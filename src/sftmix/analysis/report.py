@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 from sftmix import layout
@@ -111,11 +112,10 @@ def latex(header, rows, known: dict = tasks.BUILTIN) -> str:
 def figures(store: Store, header: list[str] | None = None, rows: list[list] | None = None) -> dict[str, bytes]:
     """One PNG per (numeric axis, metric): metric against the axis (log2) with 95% error bars,
     a line per setting of the other axes."""
+    # imported here: matplotlib is heavy and only needed to draw figures
     import matplotlib
 
     matplotlib.use("Agg")
-    from fractions import Fraction
-
     import matplotlib.pyplot as plt
 
 
@@ -169,6 +169,7 @@ def curve_figures(store: Store) -> dict[str, bytes]:
     """Forgetting curves: per held-out source, its loss against optimizer steps since the run began,
     one line per configuration (mean over seeds, band = min..max over seeds); dotted verticals in
     the line's colour mark where its next stage starts."""
+    # imported here: matplotlib is heavy and only needed to draw figures
     import matplotlib
 
     matplotlib.use("Agg")

@@ -209,6 +209,7 @@ def _seeds(x: Items, seeds: list[int]) -> Items:
 def mcnemar(a: Items, b: Items) -> tuple[int, int, float]:
     """Exact McNemar test on pass/fail items (value > 0 = pass) paired by item and shared seed:
     (A passes and B fails, A fails and B passes, two-sided p-value)."""
+    # imported here: scipy is heavy and only needed here
     from scipy.stats import binomtest
 
     shared = sorted(set(a.items) & set(b.items))

@@ -60,6 +60,7 @@ def mean_hidden(model_path: str, queries: list[dict], layer: int, template: str,
 def tsne(models: dict[str, str], sources: list[str], out_dir: str | Path, n: int = 100, layer: int = 15,
          template: str = "vicuna", seed: int = 0, data_dir: str | None = None, cfgs: dict | None = None) -> Path:
     """Fit t-SNE per model on the same queries; write ``tsne.png`` and ``tsne.json``."""
+    # imported here: matplotlib is heavy and only needed to draw figures
     import matplotlib
 
     matplotlib.use("Agg")

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sftmix.cli import data, eval, study, train
 from sftmix.errors import SftmixError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sftmix`` argument parser with every subcommand."""
-    from sftmix.cli import data, eval, study, train
-
     p = argparse.ArgumentParser(prog="sftmix", description="SFT data composition: mixtures, strategies (DMT), evaluation, studies.")
     sub = p.add_subparsers(dest="command", required=True)
     for group in (data, train, eval, study):

@@ -12,6 +12,7 @@ from sftmix.errors import SftmixError
 
 def table(title: str, columns: list[str], rows: list[list]) -> None:
     """Print a titled table (rich) to the terminal."""
+    # imported here: rich is only needed when something is printed
     from rich.console import Console
     from rich.table import Table
 
@@ -49,6 +50,7 @@ def add_config_flags(parser, model, flags: dict[str, str]) -> None:
     """One flag per config field (``flags``: dotted field path -> flag): its help, default and
     choices are the field's own, so the command line and the config file cannot drift apart. An
     unset flag leaves the field to the config's default (argparse's default is None)."""
+    # imported here: pydantic_core is only needed to show defaults
     from pydantic_core import PydanticUndefined
 
     for path, flag in flags.items():
@@ -127,11 +129,12 @@ def output_dir(path: str | os.PathLike, what: str) -> Path:
 
 def load_run(args):
     """The run config of ``args.config`` with ``args.overrides`` applied, validated."""
+    # imported here, as the commands import their machinery: `--help` and argument errors answer
+    # without loading pydantic, the data modules or the model modules
     from sftmix.config import RunConfig, apply_overrides, read_yaml, validate
+    from sftmix.train.strategies import run_dir
 
     data = apply_overrides(read_yaml(args.config), args.overrides, args.config)
     cfg = validate(RunConfig, data, args.config)
-    from sftmix.train.strategies import run_dir
-
     output_dir(run_dir(cfg), "output_dir")
     return cfg

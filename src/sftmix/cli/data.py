@@ -1,14 +1,19 @@
-"""``sftmix data``: show, tag and compose SFT data."""
+"""``sftmix data``: show, tag and compose SFT data.
+
+Each command imports its machinery inside its function, as every command group does: argument
+errors and ``--help`` answer without loading pydantic, datasets or torch."""
 
 from __future__ import annotations
 
 import json
+import os
 
 from sftmix.cli.common import output_dir, positive_int, table
 
 
 def cmd_data_show(args) -> None:
     """``sftmix data show``: a source's size, stats and first rows."""
+    # per command: see the module docstring
     from sftmix.config import SourceConfig
     from sftmix.data.sources import load_pool
 
@@ -33,6 +38,7 @@ def cmd_data_show(args) -> None:
 
 def cmd_data_compose(args) -> None:
     """``sftmix data compose``: build the mixtures of a compose file and write them with manifests."""
+    # per command: see the module docstring
     from sftmix.config import DataConfig, apply_overrides, read_yaml, validate
     from sftmix.data.compose import compose_all
 
@@ -52,6 +58,7 @@ def cmd_data_compose(args) -> None:
 
 def cmd_data_tag(args) -> None:
     """``sftmix data tag``: tag a source's rows code/math with an LLM and save the tags."""
+    # per command: see the module docstring
     from sftmix.config import SourceConfig
     from sftmix.data.sources import load_pool
     from sftmix.data.tag import LLMTagger
@@ -59,8 +66,6 @@ def cmd_data_tag(args) -> None:
     tagger = None
     cfg = SourceConfig(limit=args.limit, tagger="rules")
     if args.llm_base_url:
-        import os
-
         cfg = cfg.model_copy(update={"tagger": "llm"})
         tagger = LLMTagger(args.llm_base_url, args.llm_model, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"))
     pool = load_pool(args.source, cfg, args.data_dir, tagger=tagger)

@@ -1,4 +1,7 @@
-"""``sftmix eval`` and ``sftmix tsne``: measure a model's abilities, look at its hidden states."""
+"""``sftmix eval`` and ``sftmix tsne``: measure a model's abilities, look at its hidden states.
+
+Each command imports its machinery inside its function, as every command group does: argument
+errors and ``--help`` answer without loading transformers, torch or scikit-learn."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ GENERATING = ("gsm8k", "humaneval", "mtbench")  # the benchmarks --max-new-token
 
 def cmd_eval(args) -> None:
     """``sftmix eval``: evaluate a model on the given tasks and print the headline metrics."""
+    # per command: see the module docstring
     from sftmix.config import validate
     from sftmix.eval.runner import evaluate
     from sftmix.models import resolve_model
@@ -63,6 +67,7 @@ def headline(spec: str, m: dict):
 
 def cmd_tsne(args) -> None:
     """``sftmix tsne``: the t-SNE figure of two models' hidden states on the same queries."""
+    # per command: see the module docstring
     from sftmix.analysis.tsne import tsne
     from sftmix.models import resolve_model
 

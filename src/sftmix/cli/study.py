@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 def cmd_study(args) -> None:
     """``sftmix study run|status|report``: run a study's grid, show where it stands, or write its report."""
+    # per command: see the module docstring
     from sftmix.analysis.report import write_report
     from sftmix.study.runner import load_study, run_study, status_rows, study_dir
     from sftmix.study.store import Store
@@ -68,6 +69,7 @@ def study_doc(study, profile: str | None) -> dict:
 
 def _results(args):
     """The study, its planned runs, output folder and store (which must exist)."""
+    # per command: see the module docstring
     from sftmix.study.runner import load_study, study_dir
     from sftmix.study.store import Store
 
@@ -91,6 +93,7 @@ def _counts(store, runs) -> dict:
 
 def _fit(args, study, runs, out, store, quiet: bool = False) -> Fit:
     """fit.json for the study's done runs: reused when it was made from the same runs and settings."""
+    # per command: see the module docstring
     from sftmix.analysis.lawfit import fit_key, load_fit, run_fit
 
     counts = _counts(store, runs)
@@ -110,6 +113,7 @@ def _fit(args, study, runs, out, store, quiet: bool = False) -> Fit:
 
 def cmd_fit(args) -> None:
     """``sftmix study fit``: fit the scaling and mixture laws to a study's done runs (fit.json) and report them."""
+    # per command: see the module docstring
     from sftmix.analysis.lawfit import SUMMARY_COLUMNS, summary_rows
     from sftmix.analysis.report import write_report
 
@@ -127,6 +131,7 @@ def cmd_fit(args) -> None:
 
 def cmd_propose(args) -> None:
     """``sftmix study propose``: a mixture (or a DMT k) from the fitted laws, written as a study to run."""
+    # per command: see the module docstring
     from sftmix.analysis.propose import Evidence, proposal_study, propose_k, propose_mixture
 
     args.weights = _arg("--weights", _weights, args.weights)
@@ -161,6 +166,7 @@ def cmd_propose(args) -> None:
 
 def cmd_optimize(args) -> None:
     """``sftmix study optimize``: a sequential design over the study's mixture (Bayesian optimisation)."""
+    # per command: see the module docstring
     from sftmix.analysis.report import write_report
     from sftmix.study.optimize import design, optimize
     from sftmix.study.runner import load_study
@@ -233,6 +239,7 @@ def _k(v) -> str:
 
 def cmd_export(args) -> None:
     """``sftmix study export``: the study's mixtures and metrics as olmix CSV files."""
+    # per command: see the module docstring
     from sftmix.analysis.lawfit import export_olmix
 
     study, runs, out, store = _results(args)
@@ -308,6 +315,7 @@ def _max_losses(pairs: list[tuple[str, float]]) -> dict[str, float]:
 
 def cmd_demo(args) -> None:
     """``sftmix demo``: the paper's training strategies compared on real data, with a report."""
+    # per command: see the module docstring
     from sftmix.demo import run_demo
 
     out = output_dir(args.out, "--out")

@@ -1,4 +1,7 @@
-"""``sftmix train`` and ``sftmix run``: train a run config (then evaluate it)."""
+"""``sftmix train`` and ``sftmix run``: train a run config (then evaluate it).
+
+Each command imports its machinery inside its function, as every command group does: argument
+errors and ``--help`` answer without loading transformers or torch."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from sftmix.cli.common import load_run
 
 def cmd_train(args) -> None:
     """``sftmix train``: train every stage of a run config (no evaluation)."""
+    # per command: see the module docstring
     from sftmix import pipeline
 
     p = pipeline.plan(load_run(args))
@@ -19,6 +23,7 @@ def cmd_train(args) -> None:
 
 def cmd_run(args) -> None:
     """``sftmix run``: train and evaluate a run config, then print its headline metrics."""
+    # per command: see the module docstring
     from sftmix import pipeline
     from sftmix.cli.eval import headline
 

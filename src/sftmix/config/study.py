@@ -10,6 +10,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field
 
 from sftmix.config.executor import ExecutorConfig, Resources
 from sftmix.config.run import RunConfig, SourceConfig, Strict
+from sftmix.errors import closest
 
 # a grid or zip axis: a dotted run-config path (or a "_name" label axis) -> its values, at least one
 Axes = dict[str, Annotated[list[Any], Field(min_length=1)]]
@@ -162,8 +163,6 @@ class StudyConfig(Strict):
                         raise ValueError(f"{where}.fallbacks: expected a mapping of source name -> source config, got {value!r}")
                     _check_fallbacks(value, f"{where}.fallbacks")
                 elif key not in run_fields:
-                    from sftmix.errors import closest
-
                     valid = [*PROFILE_AXES, *run_fields]
                     raise ValueError(f"{where}.{key}: unknown field{closest(str(key), valid)}; a profile holds run-config fields "
                                      f"({', '.join(sorted(run_fields))}) and grid, zip, fallbacks")

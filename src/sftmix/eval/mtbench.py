@@ -109,6 +109,7 @@ class Judge:
 
     def __init__(self, base_url: str | None, model: str, api_key: str | None, cache_file: Path,
                  parallel: int = 4, max_retries: int = 6, reask: int = 2, timeout: float = 120.0):
+        # imported here: openai is only needed when an OpenAI-compatible endpoint is called
         from openai import OpenAI
 
         if not api_key:
@@ -127,6 +128,7 @@ class Judge:
         self.stats = {"requests": 0, "retries": 0, "reasked": 0, "cached": 0}
 
     def _call(self, messages: list[dict]) -> str:
+        # imported here: openai is only needed when an OpenAI-compatible endpoint is called
         import openai
 
         delay = 1.0

@@ -16,6 +16,7 @@ sftmix is edited. Its rows must carry an ``item`` id and a value for each headli
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,8 +269,6 @@ def resolve(specs: list[str], where: str = "eval.tasks") -> list[Task]:
 def check_rows(task: Task, metrics: dict, items: list[tuple]) -> None:
     """A user task's results are evidence: every headline metric it returns, and every item
     value behind one, must be a finite number; the error names the task, the item and the metric."""
-    import math
-
     for metric in task.metrics:
         if metric == "*":
             continue

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftmix.config import RunConfig, SourceConfig, StudyConfig, validate
-from sftmix.data.sources import SourceNotFound, load_pool
-from sftmix.errors import SftmixError
+from sftmix.data.sources import BUILTINS, SourceNotFound, load_pool
+from sftmix.errors import SftmixError, unknown
+from sftmix.eval.tasks import BUILTIN, resolve
 from sftmix.io import stable_hash
 from sftmix.train.strategies import run_id
 
@@ -178,8 +179,6 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
 def measured_metrics(runs: list[PlannedRun]) -> tuple[set[str], dict]:
     """Every ``task/metric`` key the runs measure, and their tasks by name (user tasks imported
     and checked here, before any run starts)."""
-    from sftmix.eval.tasks import BUILTIN, resolve
-
     keys: set[str] = set()
     found = dict(BUILTIN)
     seen: dict[tuple, list] = {}
@@ -198,8 +197,6 @@ def check_metrics(study: StudyConfig, runs: list[PlannedRun], where: str = "stud
     """Claims name metrics of known tasks (``task/metric``, a headline metric; for held-out loss
     a source); predictions name metrics these runs measure. Checked when the study is read, so a
     typo never reaches a half-written report."""
-    from sftmix.data.sources import BUILTINS
-
     measured, found = measured_metrics(runs)
     sources = set(BUILTINS) | {s for r in runs for s in (*r.config.sources, *r.config.heldout.sources)}
 
@@ -233,6 +230,4 @@ def check_metrics(study: StudyConfig, runs: list[PlannedRun], where: str = "stud
 
 def unknown_in(where: str, at: str, kind: str, name: str, valid) -> SftmixError:
     """An error for an unknown name at ``where``: ``at``, with the valid names."""
-    from sftmix.errors import unknown
-
     return SftmixError(f"{where}: {at}: {unknown(kind, name, valid)}")

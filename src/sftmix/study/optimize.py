@@ -335,6 +335,7 @@ def _gp(X: np.ndarray, y: np.ndarray, seed: int, prior=None):
     Y = torch.tensor(y, dtype=torch.float64)[:, None]
     mean = None
     if prior is not None:
+        # imported here: BoTorch is an optional extra (optimize) and heavy
         from gpytorch.means import Mean
 
         mu, sd = float(Y.mean()), float(Y.std().clamp_min(1e-8)) if len(y) > 1 else 1.0
@@ -371,6 +372,7 @@ class Surrogate:
             priors: list | None = None) -> Surrogate:
         """Fit to the observed losses ``L`` (configurations x abilities) at features ``X``;
         ``priors[j]`` (or None): ability j's prior mean as a function of the features."""
+        # imported here: BoTorch is an optional extra (optimize) and heavy
         from botorch.models import ModelListGP
 
         priors = priors or [None] * L.shape[1]
@@ -379,6 +381,7 @@ class Surrogate:
 
     def predict(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The predictive mean and standard deviation of the objective (observation noise included)."""
+        # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
         import torch
 
         with torch.no_grad():
@@ -388,6 +391,7 @@ class Surrogate:
 
     def feasibility(self, C: np.ndarray) -> np.ndarray:
         """The probability that every limit holds at each row of ``C`` (1 without limits)."""
+        # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
         import torch
         from scipy.stats import norm
 
@@ -404,6 +408,7 @@ class Surrogate:
     def expected_improvement(self, C: np.ndarray, best: float) -> np.ndarray:
         """The expected improvement of the objective over ``best`` (in its units) at each row of
         ``C``, times the probability that every limit holds there."""
+        # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
         import torch
         from botorch.acquisition.analytic import LogExpectedImprovement
         from botorch.acquisition.objective import ScalarizedPosteriorTransform
@@ -418,6 +423,7 @@ class Surrogate:
         """The next ``q`` rows of ``C`` not in ``taken`` by noisy expected improvement of the
         minimised objective over the observed ``X`` (BoTorch's qLogNEI, sequentially greedy within
         the batch, limits through their probability)."""
+        # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
         import torch
         from botorch.acquisition.logei import qLogNoisyExpectedImprovement
         from botorch.acquisition.objective import GenericMCObjective

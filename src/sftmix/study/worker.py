@@ -125,6 +125,7 @@ def limit_threads(cpus: int | None) -> None:
         return
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cpus)
+    # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
     import torch
 
     torch.set_num_threads(cpus)

@@ -74,6 +74,7 @@ def enable_fsdp_on_cpu(trainer) -> None:
     ``configs/accelerate/fsdp.yaml``), with the launch's mixed precision. accelerate's own FSDP2
     code then shards the model, gathers the full state dict and saves and loads checkpoints. This
     is what lets the FSDP path be tested on a machine without GPUs."""
+    # imported here: accelerate loads torch; only training needs it
     from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
@@ -249,6 +250,7 @@ def check_launch(distributed_type) -> None:
     """``accelerate launch`` with an FSDP or DeepSpeed config must train that way. Where accelerate
     does not enable it (as FSDP on CPU processes before ``enable_fsdp_on_cpu``), it trains plain
     DDP without a word, and a config that was never exercised would look tested. Refuse."""
+    # imported here: accelerate loads torch; only training needs it
     from accelerate.utils import DistributedType
 
     for env, want, name in (("ACCELERATE_USE_FSDP", DistributedType.FSDP, "an FSDP"),
@@ -274,6 +276,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     final = layout.final_dir(out_dir)
     if stage_done(out_dir):
         return final
+    # imported here: accelerate loads torch; only training needs it
     from accelerate import PartialState
 
     state = PartialState()
@@ -287,6 +290,7 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     kernels = resolve_kernels(settings.kernels, settings.packing)
     model = load_model(model_path, attention=kernels.attention)
     if settings.lora is not None:
+        # imported here: peft loads torch and is only needed for LoRA
         from peft import LoraConfig as PeftLora
         from peft import get_peft_model
 

@@ -29,6 +29,7 @@ from sftmix.data.compose import (
 from sftmix.data.heldout import HeldoutRows, choose, has_test_split, read_or_choose
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError, unknown
+from sftmix.eval.tasks import resolve
 from sftmix.io import read_record, stable_hash
 from sftmix.models import resolve_model
 from sftmix.train.meta import Parent, read_meta
@@ -94,8 +95,6 @@ def stages_from_strategy(st) -> list[StageConfig]:
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
     """The stages of a run, checked as a whole before any work: sources, replays, settings."""
-    from sftmix.eval.tasks import resolve
-
     resolve(cfg.eval.tasks)  # a user task that cannot be imported fails now, not after training
     stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
     check_mixtures([st.mixture for st in stages], cfg.sources, where="stages")

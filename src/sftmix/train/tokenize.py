@@ -54,6 +54,7 @@ def pack(rows: list[dict], max_length: int) -> list[dict]:
 def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, template: str, max_length: int,
                      packing: bool = False, cache_root: Path | None = None, progress: bool = True):
     """Tokenised rows as a ``datasets.Dataset`` plus statistics; cached by the key above."""
+    # imported here: datasets is heavy and only needed where rows are tokenised or fetched
     import datasets
 
     key = stable_hash([MASK_VERSION, tokenizer_fingerprint(tokenizer), template, max_length, packing, content_sha])

@@ -44,6 +44,7 @@ good one fails (e.g. the interpreter is not visible inside the sandbox) evaluati
 
 from __future__ import annotations
 
+import builtins
 import functools
 import secrets
 import subprocess
@@ -143,8 +144,6 @@ def run_candidate(program: str, entry_point: str, check_source: str, limits: Lim
 
 def _exception(reply: dict) -> BaseException:
     """The candidate's exception as the builtin type of that name (a test may expect one)."""
-    import builtins
-
     cls = getattr(builtins, str(reply.get("raised")), None)
     msg = str(reply.get("message", ""))
     if isinstance(cls, type) and issubclass(cls, Exception):

@@ -37,6 +37,7 @@ class Executor:
         """Raise, before any run starts, when the resources asked for are not there."""
         want = self.resources.gpus
         if want:
+            # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
             import torch
 
             have = torch.cuda.device_count()

@@ -24,6 +24,7 @@ class RayExecutor(Executor):
 
     def check(self) -> None:
         try:
+            # imported here: ray is an optional extra
             import ray
         except ImportError:
             raise SftmixError("executor ray needs Ray: pip install 'sftmix[ray]'") from None
@@ -56,6 +57,7 @@ class RayExecutor(Executor):
     def parallel(self) -> int:
         if self.resources.parallel:
             return self.resources.parallel
+        # imported here: ray is an optional extra
         import ray
 
         total = ray.cluster_resources()
@@ -72,6 +74,7 @@ class RayExecutor(Executor):
         return Handle(run_id, run_out, ref)
 
     def finished(self, handles: list[Handle], timeout: float) -> list[tuple[Handle, str | None]]:
+        # imported here: ray is an optional extra
         import ray
 
         by_ref = {h.ref: h for h in handles}
@@ -89,6 +92,7 @@ class RayExecutor(Executor):
         return f"ray ({self.address or 'local cluster'})"
 
     def close(self) -> None:
+        # imported here: ray is an optional extra
         import ray
 
         if ray.is_initialized() and not self.address:
@@ -124,6 +128,7 @@ def _ray_init_error(address: str | None, err: BaseException) -> str:
 
 def _gpu_count() -> int:
     try:
+        # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
         import torch
 
         return torch.cuda.device_count()

@@ -46,6 +46,7 @@ class Job:
         launcher = None
         rank = 0
         if self.gpus > 1 or self.nodes > 1:
+            # imported here: submitit is an optional extra
             import submitit
 
             env = submitit.JobEnvironment()
@@ -70,6 +71,7 @@ class Job:
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on preemption or timeout, just before it runs ``scontrol requeue``:
         requeue the same job; it resumes."""
+        # imported here: submitit is an optional extra
         import submitit
 
         self.requeuing = True
@@ -104,6 +106,7 @@ class SubmititExecutor(Executor):
 
     def check(self) -> None:
         try:
+            # imported here: submitit is an optional extra
             import submitit
         except ImportError:
             raise SftmixError("executor slurm needs submitit: pip install 'sftmix[slurm]'") from None
