@@ -10,6 +10,9 @@ Paths, each in a process of its own (its peak memory is its own):
 - ``sftmix``: sftmix's default (``train.kernels`` auto: fused AdamW, sdpa, Liger where installed
   on CUDA; length-grouped batches of ``--batch`` rows);
 - ``sftmix_unfused``: the same with every kernel plain (AdamW per tensor, sdpa, no Liger);
+- ``sftmix_loss_full``, ``sftmix_loss_chunked``: the default without Liger, the loss over all
+  supervised positions' logits at once, or 2,048 positions at a time (the CUDA default without
+  Liger): what the loss's logits cost in memory and speed;
 - ``sftmix_packed``: packed rows (``--pack-rows`` x ``--pack-len``; flex_attention on CUDA: no
   dense mask), ``sftmix_packed_sdpa`` the same through sdpa's dense block-diagonal mask;
 - ``sftmix_compile``: the default with ``torch.compile`` (CUDA only unless ``--paths`` names it);
@@ -43,7 +46,8 @@ SHAPES = {  # SmolLM2's configs (vocabulary 49152, tied embeddings)
     "smoke": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 4},
 }
-PATHS = ("sftmix", "sftmix_unfused", "sftmix_packed", "sftmix_packed_sdpa", "sftmix_compile", "trl", "trl_nockpt", "trl_packed")
+PATHS = ("sftmix", "sftmix_unfused", "sftmix_packed", "sftmix_packed_sdpa", "sftmix_compile", "trl", "trl_nockpt", "trl_packed",
+         "sftmix_loss_full", "sftmix_loss_chunked")  # last: a spent time budget skips them before the comparison with TRL
 FIXED = 8  # rows of the fixed batch
 
 
@@ -117,7 +121,7 @@ def run_path(path: str, args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from sftmix.config import KernelSettings, TrainSettings
-    from sftmix.train.stage import StageTrainer, liger_linear_loss, resolve_kernels, training_arguments
+    from sftmix.train.stage import StageTrainer, linear_loss, resolve_kernels, training_arguments
     from sftmix.train.tokenize import Collator
 
     cuda = torch.cuda.is_available()
@@ -139,6 +143,8 @@ def run_path(path: str, args) -> dict:
     n_fixed = (fixed["labels"][:, 1:] != -100).sum()
     if path.startswith("sftmix"):
         kernels = {"sftmix_unfused": KernelSettings(optimizer="adamw_torch", attention="sdpa", liger="off"),
+                   "sftmix_loss_full": KernelSettings(liger="off", loss="full"),
+                   "sftmix_loss_chunked": KernelSettings(liger="off", loss="chunked"),
                    "sftmix_packed_sdpa": KernelSettings(attention="sdpa"),
                    "sftmix_compile": KernelSettings(compile=True)}.get(path, KernelSettings())
         s = TrainSettings(epochs=1, max_steps=args.steps, batch_size=batch_rows, per_device_batch_size=batch_rows,
@@ -149,7 +155,7 @@ def run_path(path: str, args) -> dict:
         model.load_state_dict(init)
         clock = Clock(Collator(tok.pad_token_id))
         trainer = StageTrainer(model=model, args=training_arguments(s, out_dir, 0, 1, progress=False, kernels=k), train_dataset=ds,
-                               data_collator=clock, processing_class=tok, linear_loss=liger_linear_loss() if k.liger else None)
+                               data_collator=clock, processing_class=tok, linear_loss=linear_loss(k))
         how = {"kernels": k.model_dump()}
     else:
         from trl import SFTConfig, SFTTrainer
@@ -292,6 +298,11 @@ def main() -> int:
         ours_gb, theirs_gb = done["sftmix"]["peak_memory_gb"], done["trl"]["peak_memory_gb"]
         print(f"memory, defaults at equal batch: sftmix {ours_gb:.2f} GB, TRL {theirs_gb:.2f} GB "
               f"({done['sftmix']['memory_kind']})")
+    if "sftmix_loss_full" in done and "sftmix_loss_chunked" in done:
+        full, chunked = done["sftmix_loss_full"], done["sftmix_loss_chunked"]
+        print(f"RATIO the loss 2,048 positions at a time / all at once: memory {chunked['peak_memory_gb'] / full['peak_memory_gb']:.2f}x "
+              f"({chunked['peak_memory_gb']:.2f} / {full['peak_memory_gb']:.2f} GB), real tokens/s "
+              f"{chunked['tokens_per_s'] / full['tokens_per_s']:.2f}x")
     if args.out:
         args.out.write_text(json.dumps({"device": device, "peaks": peaks, "batch_shapes": shapes, "results": results}, indent=1))
     return 0 if all("failed" not in r for r in results) else 1

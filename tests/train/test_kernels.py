@@ -15,13 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sftmix.config import KernelSettings, TrainSettings
 from sftmix.data.sources import load_pool
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash
 from sftmix.models import load_model, load_tokenizer, resolve_model
-from sftmix.train.stage import Kernels, StageTrainer, liger_linear_loss, resolve_kernels, training_arguments
+from sftmix.train.stage import (
+    Kernels,
+    StageTrainer,
+    chunked_linear_loss,
+    liger_linear_loss,
+    loss_for_model,
+    resolve_kernels,
+    training_arguments,
+)
 from sftmix.train.tokenize import Collator, tokenize_mixture
 
 CUDA = torch.cuda.is_available()
@@ -70,20 +80,93 @@ def reference_linear_loss(weight, hidden, targets):
     return F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
 
 
+CHUNK = 16  # supervised positions per chunk in the tests: several chunks per batch, the last one short
+
+
 @pytest.mark.parametrize("fast,linear", [
-    (Kernels(optimizer="adamw_torch_fused", attention="eager", liger=False, compile=False), False),
-    (Kernels(optimizer="adamw_torch", attention="sdpa", liger=False, compile=False), False),
-    (Kernels(optimizer="adamw_torch", attention="eager", liger=False, compile=False), True),
-], ids=["fused AdamW", "sdpa attention", "loss from hidden states and weight"])
+    (Kernels(optimizer="adamw_torch_fused", attention="eager", liger=False, compile=False), None),
+    (Kernels(optimizer="adamw_torch", attention="sdpa", liger=False, compile=False), None),
+    (Kernels(optimizer="adamw_torch", attention="eager", liger=False, compile=False), reference_linear_loss),
+    (Kernels(optimizer="adamw_torch", attention="eager", liger=False, compile=False, loss="chunked"), chunked_linear_loss(CHUNK)),
+], ids=["fused AdamW", "sdpa attention", "loss from hidden states and weight", "loss in chunks"])
 def test_each_fast_path_trains_to_the_plain_losses(rows, tmp_path, fast, linear):
     """Same initial weights, same batches, 6 steps at lr 1e-3: every step's loss within 1e-4
     (relative) of the plain path's and the final weights within 1e-4; fp32 rounding stays far
     below that, a wrong loss or update far above (the steps move the loss by ~1e-1)."""
     base, w0 = train(rows, tmp_path / "plain", PLAIN)
     assert abs(base[0] - base[-1]) > 1e-2  # the steps train: a path that did nothing would not match
-    got, w1 = train(rows, tmp_path / "fast", fast, linear_loss=reference_linear_loss if linear else None)
+    got, w1 = train(rows, tmp_path / "fast", fast, linear_loss=linear)
     assert max(abs(a - b) / abs(a) for a, b in zip(base, got)) < 1e-4, (base, got)
     assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) < 1e-4
+
+
+class LargestLogits(TorchDispatchMode):
+    """Every tensor an operation returns, forward and backward: the most rows of ``vocab``-wide
+    values (logits, their softmax, their gradient) any one of them holds (``rows``); and the rows
+    of such values kept from the forward for the backward, all together (``kept``)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.rows, self.kept = vocab, 0, 0
+
+    def keep(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() >= 2 and t.shape[-1] == self.vocab:
+            self.kept += t.numel() // self.vocab
+        return t
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab:
+                self.rows = max(self.rows, t.numel() // self.vocab)
+        return out
+
+
+def test_the_chunked_loss_never_holds_more_than_a_chunk_of_logits(rows, tmp_path):
+    """One forward and backward through the trainer's loss: in full, some operation returns the
+    logits of every supervised position at once (the negative control); in chunks, none returns
+    more than a chunk's (or the output layer's own hidden-size-by-vocabulary weight), and the loss
+    and the output layer's gradient are the full path's."""
+    path, tok, plain, _ = rows
+    batch = Collator(tok.pad_token_id)([plain[i] for i in range(4)])
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    seen = {}
+    for name, linear in (("full", None), ("chunked", chunked_linear_loss(CHUNK))):
+        model = load_model(path, attention="sdpa")
+        hidden, vocab = model.config.hidden_size, model.get_output_embeddings().weight.shape[0]
+        args = training_arguments(TrainSettings(report_to=[], precision="fp32"), tmp_path / name, 0, 1, False, PLAIN)
+        trainer = StageTrainer(model=model, args=args, data_collator=Collator(tok.pad_token_id), processing_class=tok, linear_loss=linear)
+        watch = LargestLogits(vocab)
+        with watch, torch.autograd.graph.saved_tensors_hooks(watch.keep, lambda t: t):
+            loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(supervised))
+        with watch:
+            loss.backward()
+        seen[name] = (watch.rows, watch.kept, float(loss), model.get_output_embeddings().weight.grad.clone())
+    assert supervised > 2 * max(CHUNK, hidden), "the batch must hold several chunks' worth of supervised positions"
+    assert seen["full"][0] >= supervised and seen["full"][1] >= supervised
+    assert seen["chunked"][0] <= max(CHUNK, hidden)
+    assert seen["chunked"][1] <= hidden  # recomputed in the backward, not kept: at most the output layer's weight
+    assert seen["chunked"][2] == pytest.approx(seen["full"][2], rel=1e-6)
+    assert float((seen["chunked"][3] - seen["full"][3]).abs().max()) < 1e-6
+
+
+def test_the_loss_resolves_per_device_and_falls_back_where_the_weight_is_not_whole():
+    """auto: chunked on CUDA, full on the CPU, Liger's where Liger runs. Where the weights are
+    sharded (FSDP, ZeRO-3) or the output layer has a bias, a loss from the weight outside the layer
+    would be wrong: auto falls back to full and says so in the kernels recorded; chunked asked for
+    is an error naming the field."""
+    k = resolve_kernels(KernelSettings(), packing=False)
+    assert k.loss == ("liger" if k.liger else "chunked" if CUDA else "full")
+    assert resolve_kernels(KernelSettings(liger="off", loss="chunked"), False).loss == "chunked"
+    assert resolve_kernels(KernelSettings(liger="off", loss="full"), False).loss == "full"
+    chunked = Kernels(optimizer="adamw_torch_fused", attention="sdpa", liger=False, compile=False, loss="chunked")
+    assert loss_for_model(chunked, KernelSettings(), sharded=False, output_bias=False) == chunked
+    for sharded, bias in ((True, False), (False, True)):
+        assert loss_for_model(chunked, KernelSettings(), sharded, bias).loss == "full"
+        liger = chunked.model_copy(update={"liger": True, "loss": "liger"})
+        assert loss_for_model(liger, KernelSettings(), sharded, bias) == liger.model_copy(update={"loss": "full"})
+        with pytest.raises(SftmixError, match="train.kernels.loss: chunked computes the loss from the output layer's weight"):
+            loss_for_model(chunked, KernelSettings(loss="chunked"), sharded, bias)
 
 
 def test_packed_rows_train_to_the_unpacked_losses_sample_by_sample(rows, tmp_path):

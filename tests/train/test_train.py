@@ -26,7 +26,9 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
-    cfg = tiny_run(tmp_path, name, strategy={**STRATEGIES[name], "fraction": "1/2"})
+    chunked = name == "sequential"  # one strategy computes its loss in chunks, through the whole stage machinery
+    cfg = tiny_run(tmp_path, name, strategy={**STRATEGIES[name], "fraction": "1/2"},
+                   **({"train": {"kernels": {"loss": "chunked"}}} if chunked else {}))
     final = run_strategy(cfg, progress=False)
     meta = json.loads((final / "meta.json").read_text())
     n_stages = len(plan(cfg))
@@ -39,7 +41,8 @@ def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
     typed = read_meta(final)  # the file is one typed value: every field written is one the reader knows
     assert set(meta) == set(StageMeta.model_fields) and typed.model_dump(mode="json") == meta
     if not torch.cuda.is_available():  # what the fast paths resolved to here, recorded
-        assert meta["kernels"] == {"optimizer": "adamw_torch_fused", "attention": "sdpa", "liger": False, "compile": False}
+        assert meta["kernels"] == {"optimizer": "adamw_torch_fused", "attention": "sdpa", "liger": False, "compile": False,
+                                   "loss": "chunked" if chunked else "full"}
     if n_stages > 1:
         assert meta["parent"]["stage"].startswith(f"stage{n_stages - 1}_")
     if name == "dmt":

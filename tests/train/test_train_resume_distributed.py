@@ -228,6 +228,19 @@ def test_zero3_that_cannot_save_the_model_stops_before_training(tmp_path):
 
 
 @needs_launcher
+def test_a_chunked_loss_under_fsdp_stops_before_training(tmp_path):
+    """The chunked loss reads the output layer's weight outside its forward; under FSDP each process
+    holds a shard of it. Asked for there, it is refused before the first step, the field named;
+    ``auto`` computes the loss in full there (tests/train/test_kernels.py)."""
+    cfg = write_cfg(tmp_path, "chunked", STRATEGY, **SHARDED_TRAIN, kernels={"loss": "chunked"})
+    r = accelerate_train("fsdp.yaml", cfg, 29557)
+    assert r.returncode != 0
+    assert "train.kernels.loss: chunked computes the loss from the output layer's weight" in r.stderr, r.stderr[-3000:]
+    stage = tmp_path / "chunked" / "stage1_generated_math"
+    assert not list(stage.glob("checkpoints/checkpoint-*")) and not (stage / "final").exists()
+
+
+@needs_launcher
 @needs_deepspeed
 def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_zero3_resumes(tmp_path, one_process):
     """DeepSpeed runs on CPU processes (its CPU accelerator, gloo). ZeRO-2 with the shipped config.

@@ -176,6 +176,11 @@ class KernelSettings(Strict):
     liger: Literal["auto", "on", "off"] = Field("auto",
         description="Liger-Kernel's fused RMSNorm, SwiGLU, RoPE and fused linear cross-entropy on the supervised positions "
                     "(the gpu extra); auto = on where it is installed and CUDA is there, on = an error where it cannot run")
+    loss: Literal["auto", "full", "chunked"] = Field("auto",
+        description="the output layer's loss over the supervised positions where Liger's fused one is not in use: full = "
+                    "all their logits at once; chunked = 2,048 positions at a time, each chunk's logits recomputed in the "
+                    "backward pass (at most 2,048 x vocabulary logits held; one more output-layer matmul); auto = chunked "
+                    "on CUDA, full on the CPU, and full where the weights are sharded (FSDP, ZeRO-3)")
     compile: bool = Field(False, description="torch.compile the model (pays on long runs; the first steps compile)")
 
 

@@ -10,6 +10,7 @@ longer knows are ignored, so a study keeps reading its older run folders.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,6 +31,7 @@ class Kernels(_Value):
     attention: str
     liger: bool
     compile: bool
+    loss: Literal["liger", "chunked", "full"] = "full"  # a stage of an earlier sftmix computed it in full
 
 
 class CurvePoint(_Value):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sftmix import layout
@@ -107,8 +108,56 @@ def resolve_kernels(k: KernelSettings, packing: bool) -> Kernels:
         raise SftmixError("train.kernels.liger: on, but " + ("Liger-Kernel is not installed (pip install 'sftmix[gpu]')"
                                                              if not installed else "its kernels run on CUDA and this machine has none")
                           + "; use auto (on where it can run) or off")
+    liger = k.liger == "on" or (k.liger == "auto" and installed and cuda)
+    loss = "liger" if liger else k.loss if k.loss != "auto" else ("chunked" if cuda else "full")
     return Kernels(optimizer="adamw_torch_fused" if k.optimizer == "auto" else k.optimizer, attention=attention,
-                   liger=k.liger == "on" or (k.liger == "auto" and installed and cuda), compile=k.compile)
+                   liger=liger, compile=k.compile, loss=loss)
+
+
+def loss_for_model(kernels: Kernels, asked: KernelSettings, sharded: bool, output_bias: bool) -> Kernels:
+    """``kernels`` with the loss this model can take. A loss from the output layer's weight outside
+    that layer's forward (Liger's fused one, the chunked one) reads a shard of it where each process
+    holds one (FSDP, ZeRO-3), and leaves out an output bias: there the loss is computed in full, and
+    ``loss: chunked`` asked for is an error."""
+    if kernels.loss == "full" or not (sharded or output_bias):
+        return kernels
+    if asked.loss == "chunked":
+        why = ("under FSDP or DeepSpeed ZeRO-3 each process holds a shard of it" if sharded
+               else "and this model's output layer adds a bias it leaves out")
+        raise SftmixError(f"train.kernels.loss: chunked computes the loss from the output layer's weight outside its forward, {why}; "
+                          "use auto (full here) or full")
+    return kernels.model_copy(update={"loss": "full"})
+
+
+LOSS_CHUNK = 2048  # supervised positions per chunk: 2,048 x 49,152 logits (SmolLM2's vocabulary) are 0.4 GB in fp32
+
+
+def chunked_linear_loss(chunk: int = LOSS_CHUNK) -> Callable:
+    """The summed cross-entropy of the supervised positions, ``chunk`` positions at a time, as
+    ``(weight, hidden, targets) -> summed loss``: each chunk's logits are built, reduced to its loss
+    and dropped, and built again in the backward pass (``torch.utils.checkpoint``), so no more than
+    ``chunk`` x vocabulary logits exist at once, against all supervised positions' in one piece. The
+    same matmul under the same autocast as the output layer's own forward."""
+
+    def piece(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+
+    def loss(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            part = slice(start, start + chunk)
+            total = total + checkpoint(piece, weight, hidden[part], targets[part], use_reentrant=False)
+        return total
+
+    return loss
+
+
+def linear_loss(kernels: Kernels) -> Callable | None:
+    """The loss from the supervised positions' hidden states and the output layer's weight that
+    ``kernels.loss`` names, or None: the output layer's own forward and a cross-entropy over its logits."""
+    if kernels.loss == "liger":
+        return liger_linear_loss()
+    return chunked_linear_loss() if kernels.loss == "chunked" else None
 
 
 def liger_linear_loss() -> Callable:
@@ -132,9 +181,8 @@ class StageTrainer(Trainer):
 
     def __init__(self, *args, linear_loss: Callable | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._linear_loss = linear_loss
         self._select = SelectSupervised()
-        self._select.capture = linear_loss is not None
+        self.set_linear_loss(linear_loss)
         self.model.get_output_embeddings().register_forward_pre_hook(self._select)
         self.loss_is_scaled_for_ga = True  # our loss is already divided by the accumulated token count
         self.tokens_before = 0  # all processes' real tokens before this run of the stage (a resume)
@@ -142,6 +190,11 @@ class StageTrainer(Trainer):
         self.weights_held: float | None = None
         self._tokens_at_log = 0
         self._time_at_log = time.perf_counter()
+
+    def set_linear_loss(self, linear_loss: Callable | None) -> None:
+        """Compute the loss with ``linear_loss`` (None: from the output layer's logits) from now on."""
+        self._linear_loss = linear_loss
+        self._select.capture = linear_loss is not None
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
@@ -303,8 +356,11 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     if settings.gradient_checkpointing:
         model.config.use_cache = False
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
-                           processing_class=tokenizer, linear_loss=liger_linear_loss() if kernels.liger else None)
+                           processing_class=tokenizer)
     check_launch(trainer.accelerator.distributed_type)
+    kernels = loss_for_model(kernels, settings.kernels, sharded_parameters(trainer),
+                             getattr(trainer.model.get_output_embeddings(), "bias", None) is not None)
+    trainer.set_linear_loss(linear_loss(kernels))
     if settings.lora is not None and sharded_parameters(trainer):
         raise SftmixError("train.lora under FSDP or DeepSpeed ZeRO-3 is not supported: the merged model is saved from "
                           "unsharded weights; train LoRA with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
