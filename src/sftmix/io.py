@@ -7,9 +7,11 @@ either the old file or the new one, never half a file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,6 +63,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def building(folder: str | os.PathLike, marker: str) -> Iterator[Path | None]:
+    """Build a cache folder once, however many processes ask for it at the same time (a study's
+    parallel workers, evaluations beside training). Under an exclusive ``flock`` on a lock file
+    beside ``folder``: yields None where ``folder`` is complete (it holds ``marker``), else an empty
+    temporary folder to fill, renamed to ``folder`` when the block ends without an error. A
+    waiting process then finds the folder complete and reuses it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if (folder / marker).exists():
+            yield None
+            return
+        tmp = folder.with_name(f"{folder.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)  # a builder killed midway; under the lock, nobody writes it now
+        tmp.mkdir()
+        yield tmp
+        shutil.rmtree(folder, ignore_errors=True)  # incomplete: no marker
+        os.replace(tmp, folder)
 
 
 def write_all(files: dict[Path, str | bytes]) -> None:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 from sftmix.data.generated import generate_code, generate_math
 from sftmix.errors import SftmixError
-from sftmix.io import stable_hash
+from sftmix.io import building, stable_hash
 from sftmix.layout import safetensors_damage
 
 CHATML_TEMPLATE = (
@@ -56,18 +55,16 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     # imported here: transformers is heavy and only needed where a model is loaded
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A GGUF-loaded model refuses save_pretrained and Trainer: copy into a fresh model instead.
-    config_dict = loaded.config.to_dict()
-    config_dict.pop("quantization_config", None)  # the dequantised copy is a plain model (trainable, saveable)
-    fresh = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config_dict))
-    fresh.load_state_dict(loaded.state_dict())
-    fresh.save_pretrained(tmp)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    with building(out, "config.json") as tmp:
+        if tmp is not None:
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            # A GGUF-loaded model refuses save_pretrained and Trainer: copy into a fresh model instead.
+            config_dict = loaded.config.to_dict()
+            config_dict.pop("quantization_config", None)  # the dequantised copy is a plain model (trainable, saveable)
+            fresh = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config_dict))
+            fresh.load_state_dict(loaded.state_dict())
+            fresh.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
     return out
 
 
@@ -99,11 +96,10 @@ def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0, heads: int = 4)
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    with building(out, "config.json") as tmp:
+        if tmp is not None:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
     return out
 
 

@@ -11,14 +11,13 @@ trained on with all labels masked: it is dropped and counted (``mask_failed``).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
 from sftmix.data.records import Conversation
 from sftmix.errors import SftmixError
-from sftmix.io import read_json, stable_hash, write_json
+from sftmix.io import building, read_json, stable_hash, write_json
 from sftmix.progress import track
 from sftmix.templates import IGNORE, MASK_VERSION, MaskError, tokenize_with_mask
 
@@ -83,12 +82,10 @@ def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, tem
                           f"(max_length {max_length}; {stats})")
     ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]})
     if cache is not None:
-        tmp = cache.with_name(cache.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.save_to_disk(str(tmp / "data"))
-        write_json(tmp / "stats.json", stats)
-        shutil.rmtree(cache, ignore_errors=True)
-        tmp.rename(cache)
+        with building(cache, "stats.json") as tmp:  # another process may save the same rows now: one writes, both read
+            if tmp is not None:
+                ds.save_to_disk(str(tmp / "data"))
+                write_json(tmp / "stats.json", stats)
         ds = datasets.load_from_disk(str(cache / "data"))
     return ds, {**stats, "cache": "miss", "key": key}
 
