@@ -12,17 +12,48 @@ token count, from which intervals and paired differences are computed (``sftmix.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 
 from sftmix.data.records import Conversation
-from sftmix.io import stable_hash
+from sftmix.io import read_record, stable_hash
 from sftmix.templates import IGNORE, MASK_VERSION, MaskError, tokenize_with_mask
 
 # A trained checkpoint's held-out loss at its last step, written by the forgetting curve and
-# reused by the final evaluation when its key matches.
+# reused by the final evaluation when its key matches (``SavedHeldout``).
 HELDOUT_FILE = "heldout_loss.json"
+
+
+class HeldoutLoss(BaseModel):
+    """One source's held-out measurement: the token-weighted mean loss over its supervised tokens,
+    the tokens and samples counted, and per sample ``(id, summed token loss, tokens)``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss: float
+    tokens: int
+    samples: int
+    per_sample: list[tuple[str, float, int]]
+
+
+class SavedHeldout(BaseModel):
+    """``heldout_loss.json`` of a trained checkpoint: its held-out losses at the last step, per
+    source, under the ``heldout_key`` of the rows and settings measured. Written by the forgetting
+    curve (``sftmix.train.curve``), read by the held-out loss evaluation (``sftmix.eval.loss``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    results: dict[str, HeldoutLoss]
+
+
+def read_saved_heldout(checkpoint: str | Path) -> SavedHeldout | None:
+    """The checkpoint's saved held-out losses, None where it has none; a damaged file names itself."""
+    path = Path(checkpoint) / HELDOUT_FILE
+    return read_record(path, SavedHeldout) if path.exists() else None
 
 # Part of every key under which a held-out measurement is reused: 2 = measured through the
 # model's own forward, never through a trainer's mixed-precision autocast (see plain_forward).
@@ -68,11 +99,9 @@ def plain_forward(model):
 
 
 @torch.no_grad()
-def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_length: int = 512, batch_size: int = 8) -> dict:
-    """Token-weighted mean loss over the supervised tokens of ``convs``.
-
-    Returns ``loss``, ``tokens``, ``samples`` and ``per_sample``: ``[id, summed loss, tokens]``
-    for each conversation that has supervised tokens. The model's train/eval mode is restored.
+def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_length: int = 512, batch_size: int = 8) -> HeldoutLoss:
+    """Token-weighted mean loss over the supervised tokens of ``convs``, with ``(id, summed loss,
+    tokens)`` for each conversation that has supervised tokens. The model's train/eval mode is restored.
     """
     rows = []
     for c in convs:
@@ -110,11 +139,11 @@ def mean_loss(model, tokenizer, convs: list[Conversation], template: str, max_le
             sums = torch.zeros(len(batch), dtype=token_loss.dtype, device=dev).index_add_(0, row, token_loss).tolist()
             counts = (tgt != IGNORE).sum(1).tolist()
             for r, s, k in zip(batch, sums, counts):
-                per_sample.append([r["id"], s, int(k)])
+                per_sample.append((r["id"], s, int(k)))
             total += sum(sums)
             count += sum(counts)
     finally:
         hook.remove()
         model.train(was_training)
     per_sample.sort()
-    return {"loss": total / count if count else math.nan, "tokens": count, "samples": len(rows), "per_sample": per_sample}
+    return HeldoutLoss(loss=total / count if count else math.nan, tokens=count, samples=len(rows), per_sample=per_sample)

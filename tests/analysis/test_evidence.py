@@ -39,7 +39,7 @@ def fresh_losses(cfg, folder) -> dict:
     out = {}
     for source in HELDOUT["sources"]:
         rows, _ = heldout(source, cfg.heldout.samples, cfg.heldout.seed, cfg.sources.get(source), None)
-        out[source] = mean_loss(model, tok, rows, cfg.template, cfg.heldout.max_length, cfg.eval.batch_size)["loss"]
+        out[source] = mean_loss(model, tok, rows, cfg.template, cfg.heldout.max_length, cfg.eval.batch_size).loss
     return out
 
 

@@ -18,6 +18,7 @@ from sftmix.eval.runner import EvalResults
 from sftmix.io import read_record
 from sftmix.study.executors.slurm import JobRecord
 from sftmix.study.worker import DoneRecord, ErrorRecord, LockHolder
+from sftmix.supervised import SavedHeldout
 from sftmix.train.meta import StageMeta
 
 GOOD = {
@@ -33,6 +34,9 @@ GOOD = {
     Manifest: ({"name": "m", "parts": [{"source": "gsm8k", "ability": "math", "count": 2, "ids": ["a", "b"], "pool_size": 10}]},
                {"name": "m", "parts": [{"source": "gsm8k", "count": 2, "ids": []}]}, "parts.0.ability"),
     EvalResults: ({"tasks": {"loss": {"gsm8k": {"loss": 1.0}}}}, {"task": {}}, "tasks"),
+    SavedHeldout: ({"key": "k1", "results": {"gsm8k": {"loss": 1.5, "tokens": 4, "samples": 2, "per_sample": [["a", 2.0, 1], ["b", 4.0, 3]]}}},
+                   {"key": "k1", "results": {"gsm8k": {"loss": 1.5, "tokens": 4, "samples": 2, "per_sample": [["a", 2.0]]}}},
+                   "results.gsm8k.per_sample.0"),
 }
 
 

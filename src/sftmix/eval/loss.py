@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sftmix.config import EvalConfig, HeldoutConfig
 from sftmix.data.heldout import HeldoutRows, choose
-from sftmix.io import read_json
 from sftmix.models import load_model, load_tokenizer
 
 
@@ -18,30 +15,26 @@ def heldout_loss(model_path, cfg: EvalConfig, hcfg: HeldoutConfig, template, dat
     training already measured exactly these rows the same way at its last step
     (``heldout_loss.json``, written by the forgetting curve) is not measured again: the numbers are
     the same by construction (tested)."""
-    from sftmix.supervised import HELDOUT_FILE, heldout_key, mean_loss  # torch: loaded when a loss is measured
+    from sftmix.supervised import heldout_key, mean_loss, read_saved_heldout  # torch: loaded when a loss is measured
 
     if held is None:
         held = choose(hcfg.sources, hcfg.samples, hcfg.seed, sources, str(data_dir) if data_dir else None)
     sets = {name: held.rows(name) for name in hcfg.sources}  # a source that could not be loaded: its error
     hows = {name: held.how[name] for name in hcfg.sources}
-    saved = Path(model_path) / HELDOUT_FILE
-    measured = {}
-    if saved.exists():
-        doc = read_json(saved)
-        if doc.get("key") == heldout_key(sets, template, hcfg.max_length, cfg.batch_size):
-            measured = doc["results"]
+    saved = read_saved_heldout(model_path)
+    measured = saved.results if saved and saved.key == heldout_key(sets, template, hcfg.max_length, cfg.batch_size) else {}
     model = tok = None
     metrics, rows = {}, []
     for name, convs in sets.items():
         how = hows[name]
         if name in measured:
-            m = dict(measured[name])
+            got = measured[name]
         else:
             if model is None:
                 tok, model = loaded or (load_tokenizer(model_path), load_model(model_path))
-            m = mean_loss(model, tok, convs, template, hcfg.max_length, cfg.batch_size)
-        per_sample = m.pop("per_sample")
-        m["heldout"] = how
+            got = mean_loss(model, tok, convs, template, hcfg.max_length, cfg.batch_size)
+        per_sample = got.per_sample
+        m = {**got.model_dump(exclude={"per_sample"}), "heldout": how}
         if training_ids is not None:
             m["overlap_with_training"] = sum(c.id in training_ids for c in convs)
         metrics[name] = m

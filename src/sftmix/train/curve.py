@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from sftmix.io import read_json, write_json
 from sftmix.models import cache_dir
-from sftmix.supervised import HELDOUT_FILE, heldout_key, mean_loss
+from sftmix.supervised import HELDOUT_FILE, HeldoutLoss, SavedHeldout, heldout_key, mean_loss
 
 
 @dataclass
@@ -48,14 +48,14 @@ class HeldoutCurve(TrainerCallback):
         self.spec = spec
         self.trainer = self.tokenizer = None  # the stage's, given by bind()
         self.logged_at: set[int] = set()
-        self.last: dict | None = None  # full results (per sample too) of the latest measurement
+        self.last: dict[str, HeldoutLoss] | None = None  # full results (per sample too) of the latest measurement
         self.last_step = -1
 
     def bind(self, trainer, tokenizer) -> None:
         """Called by the stage with its trainer (whose model it measures and whose log it writes)."""
         self.trainer, self.tokenizer = trainer, tokenizer
 
-    def final_results(self, state) -> dict | None:
+    def final_results(self, state) -> dict[str, HeldoutLoss] | None:
         """The measurement at the stage's last step, as ``mean_loss`` results: saved with
         the checkpoint so that its final evaluation need not measure the same rows again."""
         return self.last if self.last is not None and self.last_step == state.global_step else None
@@ -69,7 +69,7 @@ class HeldoutCurve(TrainerCallback):
         measured = self.final_results(self.trainer.state) if stands_in else None
         if measured:
             key = heldout_key(self.spec.sets, self.spec.template, self.spec.max_length, self.spec.batch_size)
-            write_json(Path(final) / HELDOUT_FILE, {"key": key, "results": measured})
+            write_json(Path(final) / HELDOUT_FILE, SavedHeldout(key=key, results=measured).model_dump(mode="json"))
         return {"run_step_end": self.spec.run_step + self.trainer.state.global_step,
                 "run_tokens_end": self.spec.run_tokens + tokens}
 
@@ -82,7 +82,7 @@ class HeldoutCurve(TrainerCallback):
             self.last = {name: mean_loss(self.trainer.model, self.tokenizer, convs, self.spec.template, self.spec.max_length,
                                          self.spec.batch_size) for name, convs in self.spec.sets.items()}
             self.last_step = state.global_step
-            known = {name: m["loss"] for name, m in self.last.items()}
+            known = {name: m.loss for name, m in self.last.items()}
         logs = {CURVE_KEY + name: v for name, v in known.items()}
         logs["run_step"] = self.spec.run_step + state.global_step
         logs["run_tokens"] = self.spec.run_tokens + self.trainer.real_tokens()
