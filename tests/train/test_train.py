@@ -12,6 +12,7 @@ from conftest import REPO
 from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
 from sftmix.config import RunConfig, validate
 from sftmix.errors import SftmixError
+from sftmix.train import stage
 from sftmix.train.meta import StageMeta, read_meta
 from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
 
@@ -25,10 +26,18 @@ STRATEGIES = {
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
-def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
+def test_each_paper_strategy_trains_end_to_end(name, tmp_path, monkeypatch):
     chunked = name == "sequential"  # one strategy computes its loss in chunks, through the whole stage machinery
     cfg = tiny_run(tmp_path, name, strategy={**STRATEGIES[name], "fraction": "1/2"},
                    **({"train": {"kernels": {"loss": "chunked"}}} if chunked else {}))
+    calls = []  # the loss each stage computes with: a chunked loss recorded but not used would pass otherwise
+    chosen = stage.linear_loss
+
+    def counted(kernels):
+        fn = chosen(kernels)
+        return None if fn is None else lambda *a: calls.append(kernels.loss) or fn(*a)
+
+    monkeypatch.setattr(stage, "linear_loss", counted)
     final = run_strategy(cfg, progress=False)
     meta = json.loads((final / "meta.json").read_text())
     n_stages = len(plan(cfg))
@@ -43,6 +52,7 @@ def test_each_paper_strategy_trains_end_to_end(name, tmp_path):
     if not torch.cuda.is_available():  # what the fast paths resolved to here, recorded
         assert meta["kernels"] == {"optimizer": "adamw_torch_fused", "attention": "sdpa", "liger": False, "compile": False,
                                    "loss": "chunked" if chunked else "full"}
+        assert set(calls) == ({"chunked"} if chunked else set())
     if n_stages > 1:
         assert meta["parent"]["stage"].startswith(f"stage{n_stages - 1}_")
     if name == "dmt":
