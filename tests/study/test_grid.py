@@ -67,13 +67,11 @@ def test_read_only_commands_take_the_recorded_fallbacks_and_load_no_pool(tmp_pat
     """`study run` decides which sources fall back by loading them and records it; status,
     report, fit, propose and export take the record and load no data pool (the same runs, ids
     and notes). A changed source or fallback config is decided again."""
-    import json
-
     import yaml
 
     import sftmix.study.grid as grid
     from sftmix import layout
-    from sftmix.io import write_json
+    from sftmix.study.grid import read_decisions, write_decisions
     from sftmix.study.runner import load_study, study_dir
 
     doc = {"name": "fb", "output_dir": str(tmp_path / "fb"),
@@ -84,8 +82,8 @@ def test_read_only_commands_take_the_recorded_fallbacks_and_load_no_pool(tmp_pat
     f.write_text(yaml.safe_dump(doc))
     notes: list[str] = []
     study, runs = load_study(str(f), notes=notes)  # as `study run` does
-    assert notes[0].startswith("gsm8k: FALLBACK") and study._fallback_decisions["gsm8k"]["fallback"] is True
-    write_json(layout.fallbacks_file(study_dir(study, None)), study._fallback_decisions)  # what run_study records
+    assert notes[0].startswith("gsm8k: FALLBACK") and study._fallback_decisions["gsm8k"].fallback is True
+    write_decisions(layout.fallbacks_file(study_dir(study, None)), study._fallback_decisions)  # what run_study records
 
     def no_pools(*a, **k):
         raise AssertionError("a read-only command loaded a data pool")
@@ -98,4 +96,6 @@ def test_read_only_commands_take_the_recorded_fallbacks_and_load_no_pool(tmp_pat
     f.write_text(yaml.safe_dump(doc))
     with pytest.raises(AssertionError, match="loaded a data pool"):
         load_study(str(f), read_only=True)
-    assert json.loads(layout.fallbacks_file(tmp_path / "fb").read_text())["gsm8k"]["fallback"] is True
+    assert read_decisions(layout.fallbacks_file(tmp_path / "fb"))["gsm8k"].fallback is True
+    layout.fallbacks_file(tmp_path / "fb").write_text('{"gsm8k": {"key": "k", "fallback": "perhaps"}}')
+    assert read_decisions(layout.fallbacks_file(tmp_path / "fb")) == {}  # a damaged record: decided again, by loading

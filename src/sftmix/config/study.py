@@ -144,7 +144,7 @@ class StudyConfig(Strict):
         "the report says so at the top. A profile may carry its own."))
     output_dir: str | None = Field(None, description="defaults to studies/<name>")
     # which fallback sources were used, as loading them decided (``sftmix.study.runner.load_study``)
-    _fallback_decisions: dict = PrivateAttr(default_factory=dict)
+    _fallback_decisions: dict = PrivateAttr(default_factory=dict)  # source -> study.grid.FallbackDecision
 
     @model_validator(mode="after")
     def _check_parts(self) -> StudyConfig:

@@ -29,13 +29,16 @@ import copy
 import itertools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from sftmix.config import RunConfig, SourceConfig, StudyConfig, validate
 from sftmix.data.sources import BUILTINS, SourceNotFound, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.eval.tasks import BUILTIN, resolve
-from sftmix.io import stable_hash
+from sftmix.io import stable_hash, write_json
 from sftmix.train.strategies import run_id
 
 REPLICATE_AXIS = "seed"
@@ -100,14 +103,43 @@ def _label(point: dict) -> str:
     return " ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in point.items()) or "base"
 
 
-def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None, decided: dict | None = None) -> dict:
+class FallbackDecision(BaseModel):
+    """Whether a source with a fallback used it, decided by loading the source: under ``key`` (its
+    config, its fallback and the data directory), with the note the report shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    fallback: bool
+    note: str
+
+
+DECISIONS = TypeAdapter(dict[str, FallbackDecision])  # the study folder's fallbacks.json: source -> decision
+
+
+def read_decisions(path: Path) -> dict[str, FallbackDecision]:
+    """The decisions ``study run`` recorded at ``path``; none where there is no readable record
+    (the sources are then loaded and decided again)."""
+    try:
+        return DECISIONS.validate_json(Path(path).read_bytes())
+    except (OSError, ValidationError):
+        return {}
+
+
+def write_decisions(path: Path, decided: dict[str, FallbackDecision]) -> None:
+    """Record the decisions in the study folder (atomically)."""
+    write_json(path, DECISIONS.dump_python(decided, mode="json"))
+
+
+def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None,
+                    decided: dict[str, FallbackDecision] | None = None) -> dict:
     """Each source named in ``fallbacks`` is loaded as the base config says (path, data
     directory, hub, package); one that none of them holds is replaced by its fallback config,
     and ``notes`` says which data each used and why.
 
-    ``decided`` (source -> {"fallback": bool, "note": str}): decisions made before (by ``study
-    run``, recorded in the study folder); a source decided there is not loaded again, so that
-    commands that only read the study need no data. Decisions made here are added to it."""
+    ``decided``: decisions made before (by ``study run``, recorded in the study folder); a source
+    decided there under the same key is not loaded again, so that commands that only read the
+    study need no data. Decisions made here are added to it."""
     if not fallbacks:
         return base
     base = copy.deepcopy(base)
@@ -116,8 +148,8 @@ def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None, decide
         cfg = (base.get("sources") or {}).get(name) or {}
         key = stable_hash([cfg, fb, data_dir])
         known = (decided or {}).get(name)
-        if known is not None and known.get("key") == key:
-            use, line = known["fallback"], known["note"]
+        if known is not None and known.key == key:
+            use, line = known.fallback, known.note
         else:
             try:
                 pool = load_pool(name, SourceConfig(**cfg), data_dir)
@@ -128,7 +160,7 @@ def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None, decide
                 use, line = True, (f"{name}: FALLBACK to {fb.get('builtin', fb)} because {reason}. Generated data is a toy: treat its "
                                    "numbers as a pipeline check, not evidence.")
             if decided is not None:
-                decided[name] = {"key": key, "fallback": use, "note": line}
+                decided[name] = FallbackDecision(key=key, fallback=use, note=line)
         if use:
             base.setdefault("sources", {})[name] = copy.deepcopy(fb)
         if notes is not None and line not in notes:
@@ -137,7 +169,7 @@ def apply_fallbacks(base: dict, fallbacks: dict, notes: list[str] | None, decide
 
 
 def expand(study: StudyConfig, profile: str | None = None, where: str = "study", notes: list[str] | None = None,
-           decided: dict | None = None) -> list[PlannedRun]:
+           decided: dict[str, FallbackDecision] | None = None) -> list[PlannedRun]:
     """All runs of a study (validated), in grid order. ``notes`` receives where sources with a
     fallback took their data from; ``decided``: fallback decisions recorded before, and where
     the new ones go (``apply_fallbacks``)."""

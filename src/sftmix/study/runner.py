@@ -8,18 +8,15 @@ started twice; a failed one is recorded with its error, the study goes on, and t
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from pathlib import Path
 
 from sftmix import layout
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
-from sftmix.io import write_json
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job, read_job
-from sftmix.study.grid import PlannedRun, check_metrics, expand
+from sftmix.study.grid import PlannedRun, check_metrics, expand, read_decisions, write_decisions
 from sftmix.study.ingest import read_run
 from sftmix.study.store import Store
 
@@ -38,10 +35,7 @@ def load_study(path: str, profile: str | None = None, notes: list[str] | None = 
     take the recorded decisions and so load no data pool. ``study run`` decides afresh."""
     study = load_config(path, StudyConfig)
     record = layout.fallbacks_file(study_dir(study, profile))
-    decided: dict = {}
-    if read_only and record.exists():
-        with contextlib.suppress(ValueError, OSError):
-            decided = json.loads(record.read_text())
+    decided = read_decisions(record) if read_only else {}
     runs = expand(study, profile, where=str(path), notes=notes, decided=decided)
     check_metrics(study, runs, str(path))
     study._fallback_decisions = decided  # recorded by run_study, once the study folder is known to be usable
@@ -55,7 +49,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     out = study_dir(study, profile).resolve()  # workers may run in another folder or on another machine
     store = Store(layout.store(out))
     if study._fallback_decisions:
-        write_json(layout.fallbacks_file(out), study._fallback_decisions)
+        write_decisions(layout.fallbacks_file(out), study._fallback_decisions)
     ecfg = study.executor.model_copy(update={k: v for k, v in {"name": executor, "address": address}.items() if v})
     ex = make_executor(ecfg, study.resources, out, progress)
     todo = []
