@@ -146,6 +146,19 @@ def test_the_config_package_imports_nothing_above_it():
     assert eval(loaded) == ["sftmix.config", "sftmix.config.executor", "sftmix.config.run", "sftmix.config.study", "sftmix.errors"]
 
 
+def test_the_study_driver_and_the_report_load_no_torch():
+    """A study's driver (status, ingest, the store) and its report read the typed records of run
+    folders (stage meta with its tokenisation counts, results, fits): none of them needs torch or
+    transformers, whose import costs seconds on every `study status`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sftmix.cli, sftmix.study.runner, sftmix.study.ingest, sftmix.analysis.report, sftmix.train.meta; "
+            "print([m for m in ('torch', 'transformers', 'datasets') if m in sys.modules])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(loaded) == []
+
+
 def test_every_config_field_says_what_it_is_for():
     """The field descriptions are what `--help` and the README's YAML reference show."""
     import inspect

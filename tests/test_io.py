@@ -34,7 +34,7 @@ load_model(path)
 convs = load_pool("generated_math", None).conversations[:40]
 ds, stats = tokenize_mixture(convs, stable_hash([c.id for c in convs]), load_tokenizer(path), "vicuna", 128,
                              cache_root=Path(os.environ["SFTMIX_CACHE"]) / "tokenized", progress=False)
-print("built", path, len(ds), stats["rows"])
+print("built", path, len(ds), stats.rows)
 """
 
 

@@ -44,7 +44,7 @@ def test_each_paper_strategy_trains_end_to_end(name, tmp_path, monkeypatch):
     assert meta["stage"].startswith(f"stage{n_stages}_")
     ls = losses(final)
     assert ls and all(math.isfinite(x) for x in ls)  # finite (no nan, no inf), logged every step
-    assert meta["manifest"]["total"] > 0 and meta["tokenize"]["rows"] > 0
+    assert meta["manifest"]["total"] > 0 and meta["tokenize"]["rows"] > 0 and meta["tokenize"]["cache"] in ("hit", "miss")
     assert meta["trainable_params"] == meta["total_params"] > 0 and meta["gradient_checkpointing"] is False
     assert meta["git_revision"] == checkout_revision()
     typed = read_meta(final)  # the file is one typed value: every field written is one the reader knows

@@ -18,6 +18,7 @@ from sftmix import layout
 from sftmix.config import TrainSettings
 from sftmix.data.compose import Manifest
 from sftmix.io import read_record
+from sftmix.train.tokenize import TokenizeStats
 
 
 class _Value(BaseModel):
@@ -73,7 +74,7 @@ class StageMeta(_Value):
     gradient_checkpointing: bool = False  # as the Trainer turned it on, not only as asked
     kernels: Kernels | None = None
     manifest: Manifest | None = None  # the stage's data manifest
-    tokenize: dict = {}  # tokenisation counts (``train.tokenize``)
+    tokenize: TokenizeStats | None = None
     parent: Parent | None = None
     run_config: dict | None = None
     resumed_from: str | None = None

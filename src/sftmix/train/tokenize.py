@@ -13,13 +13,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from pydantic import BaseModel, ConfigDict
 
 from sftmix.data.records import Conversation
 from sftmix.errors import SftmixError
-from sftmix.io import building, read_json, stable_hash, write_json
+from sftmix.io import building, read_record, stable_hash, write_json
 from sftmix.progress import track
 from sftmix.templates import IGNORE, MASK_VERSION, MaskError, tokenize_with_mask
+
+
+class TokenizeStats(BaseModel):
+    """What tokenising a stage's conversations gave (the counts of the module docstring): kept with
+    the cached rows (``stats.json``) and in the stage's ``meta.json`` (``tokenize``), with whether
+    the cache held the rows (``cache``: hit or miss) and under which key."""
+
+    model_config = ConfigDict(extra="ignore")  # a stage of an earlier sftmix may have counted more
+
+    conversations: int = 0
+    truncated: int = 0
+    dropped_no_labels: int = 0
+    mask_failed: int = 0
+    rows: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    packed_rows: int | None = None  # rows after packing (None: not packed)
+    cache: str = ""
+    key: str = ""
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -51,30 +70,34 @@ def pack(rows: list[dict], max_length: int) -> list[dict]:
 
 
 def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, template: str, max_length: int,
-                     packing: bool = False, cache_root: Path | None = None, progress: bool = True):
-    """Tokenised rows as a ``datasets.Dataset`` plus statistics; cached by the key above."""
+                     packing: bool = False, cache_root: Path | None = None, progress: bool = True) -> tuple[object, TokenizeStats]:
+    """Tokenised rows as a ``datasets.Dataset`` and what tokenising them gave; cached by the key above."""
     # imported here: datasets is heavy and only needed where rows are tokenised or fetched
     import datasets
 
     key = stable_hash([MASK_VERSION, tokenizer_fingerprint(tokenizer), template, max_length, packing, content_sha])
     cache = (cache_root / key) if cache_root else None
     if cache is not None and (cache / "stats.json").exists():
-        return datasets.load_from_disk(str(cache / "data")), {**read_json(cache / "stats.json"), "cache": "hit", "key": key}
-    rows, stats = [], {"conversations": len(convs), "truncated": 0, "dropped_no_labels": 0, "mask_failed": 0}
+        kept = read_record(cache / "stats.json", TokenizeStats)
+        return datasets.load_from_disk(str(cache / "data")), kept.model_copy(update={"cache": "hit", "key": key})
+    rows, stats = [], TokenizeStats(conversations=len(convs), key=key)
     for c in track(convs, "tokenising", enabled=progress):
         try:
             r = tokenize_with_mask(c.messages, template, tokenizer, max_length)
         except MaskError as e:
-            stats["dropped_no_labels" if "no supervised" in str(e) else "mask_failed"] += 1
+            if "no supervised" in str(e):
+                stats.dropped_no_labels += 1
+            else:
+                stats.mask_failed += 1
             continue
-        stats["truncated"] += r.pop("truncated")
+        stats.truncated += r.pop("truncated")
         rows.append(r)
-    stats["rows"] = len(rows)
-    stats["tokens"] = sum(len(r["input_ids"]) for r in rows)
-    stats["supervised_tokens"] = sum(sum(x != IGNORE for x in r["labels"]) for r in rows)
+    stats.rows = len(rows)
+    stats.tokens = sum(len(r["input_ids"]) for r in rows)
+    stats.supervised_tokens = sum(sum(x != IGNORE for x in r["labels"]) for r in rows)
     if packing:
         rows = pack(rows, max_length)
-        stats["packed_rows"] = len(rows)
+        stats.packed_rows = len(rows)
     for r in rows:
         r["length"] = len(r["input_ids"])  # read by the length-grouped sampler
     if not rows:
@@ -85,9 +108,9 @@ def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, tem
         with building(cache, "stats.json") as tmp:  # another process may save the same rows now: one writes, both read
             if tmp is not None:
                 ds.save_to_disk(str(tmp / "data"))
-                write_json(tmp / "stats.json", stats)
+                write_json(tmp / "stats.json", stats.model_dump(mode="json", exclude={"cache"}))
         ds = datasets.load_from_disk(str(cache / "data"))
-    return ds, {**stats, "cache": "miss", "key": key}
+    return ds, stats.model_copy(update={"cache": "miss"})
 
 
 class Collator:
@@ -105,6 +128,9 @@ class Collator:
         n = max(len(b["input_ids"]) for b in batch)
         if self.multiple:
             n = -(-n // self.multiple) * self.multiple
+        # imported here: a study's driver reads TokenizeStats (a stage's meta.json) and loads no torch for it
+        import torch
+
         ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(batch), n), dtype=torch.long)
