@@ -45,10 +45,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftmix import layout
 from sftmix.analysis import stats
-from sftmix.analysis.stats import Interval
 from sftmix.analysis.lawfit import source_ability
 from sftmix.analysis.propose import simplex_grid
 from sftmix.analysis.results import Group, group_items
+from sftmix.analysis.stats import Interval
 from sftmix.config import RunConfig, StudyConfig, validate
 from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError

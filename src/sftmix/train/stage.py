@@ -34,12 +34,12 @@ from sftmix.config import KernelSettings, TrainSettings
 from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
-from sftmix.train.meta import Kernels, Parent, StageMeta
 from sftmix.models import cache_dir, load_model, load_tokenizer
 from sftmix.provenance import provenance
 from sftmix.supervised import SelectSupervised
 from sftmix.train.checkpoints import last_complete_checkpoint
 from sftmix.train.curve import curve_points
+from sftmix.train.meta import Kernels, Parent, StageMeta
 from sftmix.train.tokenize import Collator, tokenize_mixture
 
 
