@@ -22,13 +22,15 @@ def test_killed_writers_leave_no_temp_files(tmp_path):
 RACE = """
 import os, sys, time
 from pathlib import Path
-start = Path(sys.argv[1])
-while not start.exists():  # every process is started and imported before any of them builds
-    time.sleep(0.005)
 from sftmix.data.sources import load_pool
 from sftmix.io import stable_hash
 from sftmix.models import load_model, load_tokenizer, resolve_model
 from sftmix.train.tokenize import tokenize_mixture
+import datasets, tokenizers, transformers
+start = Path(sys.argv[1])
+(start.parent / f"ready{os.getpid()}").touch()
+while not start.exists():  # every process is started and imported before any of them builds
+    time.sleep(0.005)
 path = resolve_model("tiny")
 load_model(path)
 convs = load_pool("generated_math", None).conversations[:40]
@@ -47,7 +49,10 @@ def test_processes_building_the_same_cache_folders_at_once_all_get_them_whole(tm
     start = tmp_path / "start"
     procs = [subprocess.Popen([sys.executable, "-c", RACE, str(start)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
-    time.sleep(8)  # the imports (torch, transformers) done in every process
+    deadline = time.time() + 240
+    while len(list(tmp_path.glob("ready*"))) < len(procs) and time.time() < deadline:  # all imported, none building yet
+        time.sleep(0.05)
+    assert len(list(tmp_path.glob("ready*"))) == len(procs), "the processes did not all start"
     start.touch()
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]

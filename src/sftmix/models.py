@@ -74,6 +74,14 @@ def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0, heads: int = 4)
     attention requires)."""
     if (out / "config.json").exists():
         return out
+    with building(out, "config.json") as tmp:
+        if tmp is not None:  # built here, once: a process that waited for the lock finds it done
+            _build_tiny(tmp, vocab_size, seed, heads)
+    return out
+
+
+def _build_tiny(out: Path, vocab_size: int, seed: int, heads: int) -> None:
+    """The tiny model and its tokenizer, written into ``out``."""
     # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -95,12 +103,8 @@ def build_tiny(out: Path, vocab_size: int = 2048, seed: int = 0, heads: int = 4)
                       num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=2048,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg)
-    with building(out, "config.json") as tmp:
-        if tmp is not None:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-    return out
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def _smollm2() -> str:

@@ -76,10 +76,27 @@ def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, tem
     import datasets
 
     key = stable_hash([MASK_VERSION, tokenizer_fingerprint(tokenizer), template, max_length, packing, content_sha])
-    cache = (cache_root / key) if cache_root else None
-    if cache is not None and (cache / "stats.json").exists():
-        kept = read_record(cache / "stats.json", TokenizeStats)
-        return datasets.load_from_disk(str(cache / "data")), kept.model_copy(update={"cache": "hit", "key": key})
+    if cache_root is None:
+        return _tokenize(convs, tokenizer, template, max_length, packing, key, progress)
+    cache, how = cache_root / key, "hit"
+    if not (cache / "stats.json").exists():
+        # another process may want the same rows now: one tokenises and saves them, the others wait and read
+        with building(cache, "stats.json") as tmp:
+            if tmp is not None:
+                ds, stats = _tokenize(convs, tokenizer, template, max_length, packing, key, progress)
+                ds.save_to_disk(str(tmp / "data"))
+                write_json(tmp / "stats.json", stats.model_dump(mode="json", exclude={"cache"}))
+                how = "miss"
+    kept = read_record(cache / "stats.json", TokenizeStats)
+    return datasets.load_from_disk(str(cache / "data")), kept.model_copy(update={"cache": how, "key": key})
+
+
+def _tokenize(convs: list[Conversation], tokenizer, template: str, max_length: int, packing: bool, key: str,
+              progress: bool) -> tuple[object, TokenizeStats]:
+    """Tokenise (and pack) ``convs`` into an in-memory ``datasets.Dataset``, counting as the module docstring says."""
+    # imported here: datasets is heavy and only needed where rows are tokenised or fetched
+    import datasets
+
     rows, stats = [], TokenizeStats(conversations=len(convs), key=key)
     for c in track(convs, "tokenising", enabled=progress):
         try:
@@ -103,14 +120,7 @@ def tokenize_mixture(convs: list[Conversation], content_sha: str, tokenizer, tem
     if not rows:
         raise SftmixError(f"no trainable rows after tokenising {len(convs)} conversations "
                           f"(max_length {max_length}; {stats})")
-    ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]})
-    if cache is not None:
-        with building(cache, "stats.json") as tmp:  # another process may save the same rows now: one writes, both read
-            if tmp is not None:
-                ds.save_to_disk(str(tmp / "data"))
-                write_json(tmp / "stats.json", stats.model_dump(mode="json", exclude={"cache"}))
-        ds = datasets.load_from_disk(str(cache / "data"))
-    return ds, stats.model_copy(update={"cache": "miss"})
+    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]}), stats.model_copy(update={"cache": "miss"})
 
 
 class Collator:
