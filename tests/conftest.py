@@ -119,3 +119,52 @@ def mini_study(tmp_path_factory) -> MiniStudy:
     proc.wait()
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     return MiniStudy(f, root, done, rerun, study_metrics(db))
+
+
+# ---- two workers (pytest-xdist; `-n 2` in pyproject.toml's addopts). About a third of a serial run
+# waits on other processes (servers starting, clusters, distributed training), so a second worker
+# fills that time. A test file runs whole on one worker, so its module fixtures are built once;
+# files that share a costly session fixture run on the same worker; the longest files are handed
+# out first, so that neither worker is left with a long file at the end. (xdist's own
+# `--dist loadgroup` cannot be used: with pytest 9.2 its xdist_group marks group nothing.)
+
+SAME_WORKER = {  # files sharing a costly session fixture
+    "study/test_study.py": "mini_study", "study/test_executors.py": "mini_study",
+    "eval/test_eval.py": "humaneval", "eval/test_sandbox.py": "humaneval", "eval/test_humaneval_extraction.py": "humaneval",
+}
+LONGEST_FIRST = [  # the serial run's slowest files (--durations=0 summed per file), longest first
+    "eval/test_engines.py", "study/test_optimize.py", "train/test_train_resume_distributed.py", "study/test_executors.py",
+    "eval/test_generation_backends.py", "analysis/test_laws.py", "eval/test_eval.py", "train/test_checkpoint_kill.py",
+    "train/test_kernels.py", "analysis/test_laws_e2e.py",
+]
+
+
+def worker_group(nodeid: str) -> str:
+    """The unit of work a test belongs to: its file, or the group of files it shares a fixture with."""
+    name = nodeid.split("::")[0].removeprefix("tests/")
+    return SAME_WORKER.get(name, name)
+
+
+def _rank(group: str) -> int:
+    ranks = [i for i, name in enumerate(LONGEST_FIRST) if SAME_WORKER.get(name, name) == group]
+    return ranks[0] if ranks else len(LONGEST_FIRST)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; the suite still runs without xdist (-p no:xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling  # imported here: an optional plugin's module
+
+    class ByTestFile(LoadScopeScheduling):
+        def __init__(self, config: pytest.Config, log=None) -> None:
+            super().__init__(config, log)
+            config.option.loadscopereorder = False  # keep the collection's order: longest first (below)
+
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return ByTestFile(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: the longest groups first (the serial run keeps the file order)
+        items.sort(key=lambda item: _rank(worker_group(item.nodeid)))

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def free_port() -> int:
 def ray_cluster(tmp_path_factory):
     """A local Ray cluster with 2 CPUs, started by the test (as a user would with `ray start`)."""
     port = free_port()
-    tmp = tmp_path_factory.mktemp("ray")
+    # a short folder of its own: Ray's socket paths below it must stay under 107 bytes, which
+    # pytest's temporary folders (deeper still under an xdist worker) can pass
+    tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0"}
     start = subprocess.run([RAY, "start", "--head", "--num-cpus=2", "--num-gpus=0", f"--port={port}", "--include-dashboard=false",
                             "--disable-usage-stats", "--object-store-memory=200000000"],
@@ -94,6 +97,7 @@ def ray_cluster(tmp_path_factory):
     assert start.returncode == 0, start.stderr[-2000:]
     yield f"127.0.0.1:{port}"
     subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def kill_after_first_done(cmd: list[str], db: Path, root: Path) -> None:

@@ -144,7 +144,7 @@ class Store:
                train_tokens: float, params: float, samples: list[tuple] = (), curves: list[tuple] = (),
                data: list[tuple] = (), engine: str | None = None) -> None:
         """Record a finished run: metrics, per-item samples ``(task, metric, item, value, weight)``,
-        curve points ``(stage, stage_index, step, run_step, run_tokens, ability, loss)`` and the
+        curve points ``(stage, stage_index, step, run_step, run_tokens, source, loss)`` and the
         data it trained on ``(stage_index, stage, source, ability, replay, examples, tokens,
         pool_size, origin)``; ``engine``: which engine answered its generation tasks."""
         with self.conn:  # metrics, samples, curves, data and the 'done' status land together or not at all
