@@ -3,14 +3,23 @@ checkpoint-N folders made every rerun fail)."""
 
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, max_weight_diff
+from sftmix.config import TrainSettings
+from sftmix.models import load_model, load_tokenizer, resolve_model
+from sftmix.train.checkpoints import checkpoint_complete, last_complete_checkpoint
+from sftmix.train.stage import Kernels, StageTrainer, training_arguments
+from sftmix.train.tokenize import Collator
 
 # Runs `sftmix train` with TrainerState.save_to_json replaced by a SIGKILL on its Nth call: the
 # weights and optimizer of that checkpoint are on disk, its trainer_state.json is not.
@@ -73,3 +82,50 @@ def test_kill_inside_checkpoint_save_resumes_to_the_same_weights(tmp_path, refer
         assert meta["resumed_from"].endswith("checkpoint-3")  # the last complete one, not the torn checkpoint-6
     assert max_weight_diff(stage / "final", reference) < 1e-5
     assert meta["manifest"]["data_file"] == "data.jsonl"
+
+
+def whole_checkpoint(folder: Path, world: int) -> Path:
+    """A checkpoint folder as Trainer leaves it with ``world`` processes, written by the libraries
+    that write the real one (safetensors, torch.save)."""
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(4, 4)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text("{}")
+    torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+    for rank in range(world):
+        torch.save({"cpu": torch.random.get_rng_state(), "python": random.getstate()}, folder / f"rng_state_{rank}.pth")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": int(folder.name.split("-")[1])}))
+    return folder
+
+
+def test_a_checkpoint_whose_rng_state_of_one_process_is_cut_short_is_incomplete(tmp_path):
+    """Seen after a kill under FSDP on 2 processes: trainer_state.json written, rng_state_1.pth of
+    0 bytes; taken as complete, the resume crashed on it."""
+    older, torn = whole_checkpoint(tmp_path / "checkpoint-2", 2), whole_checkpoint(tmp_path / "checkpoint-4", 2)
+    assert checkpoint_complete(torn)
+    rng = torn / "rng_state_1.pth"
+    whole = rng.read_bytes()
+    for cut in (0, len(whole) // 2, len(whole) - 1):
+        rng.write_bytes(whole[:cut])
+        assert not checkpoint_complete(torn), cut
+    assert last_complete_checkpoint(tmp_path) == str(older) and not torn.exists() and checkpoint_complete(older)
+
+
+def test_every_process_has_written_its_rng_state_before_the_checkpoint_is_marked(tmp_path):
+    """Trainer's own save waits for no one between each process's RNG file and process 0's
+    trainer_state.json; sftmix's trainer waits there. A real save of the tiny model, watching what
+    is on disk at each wait."""
+    s = TrainSettings(epochs=1, max_steps=1, batch_size=4, per_device_batch_size=4, max_length=128, precision="fp32",
+                      report_to=[], save_steps=1, group_by_length=False)
+    kernels = Kernels(optimizer="adamw_torch", attention="eager", liger=False, compile=False)
+    path = resolve_model("tiny")
+    tok = load_tokenizer(path)
+    trainer = StageTrainer(model=load_model(path), args=training_arguments(s, tmp_path, 0, 1, progress=False, kernels=kernels),
+                           data_collator=Collator(tok.pad_token_id), processing_class=tok)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    ckpt = tmp_path / "checkpoints" / "checkpoint-0"
+    seen = []
+    trainer.accelerator.wait_for_everyone = lambda: seen.append(((ckpt / "rng_state.pth").exists(),
+                                                                 (ckpt / "trainer_state.json").exists()))
+    trainer._save_checkpoint(trainer.model, None)
+    assert checkpoint_complete(ckpt)
+    assert (True, False) in seen, seen  # a wait after the RNG file and before the marker

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 from sftmix.layout import safetensors_damage
@@ -35,12 +36,15 @@ def checkpoint_complete(folder: Path) -> bool:
     DeepSpeed write it), and the weights were finished: FSDP's sharded weights (a sharded state
     dict; such a checkpoint holds no config.json), or a model folder whose ``config.json`` parses
     (an adapter config with LoRA) and whose every safetensors file is as long as its header says.
+    Each process's RNG state file present must be whole, too (one cut short crashes the resume).
     """
     try:
         json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not any((folder / name).exists() for name in OPTIMIZER_STATES) and not deepspeed_state_complete(folder):
+        return False
+    if not all(zipfile.is_zipfile(f) for f in folder.glob("rng_state*.pth")):  # torch.save's zip ends with its directory
         return False
     if (folder / SHARDED_MODEL).exists():
         return True

@@ -214,6 +214,14 @@ class StageTrainer(Trainer):
         super().create_accelerator_and_postprocess()
         enable_fsdp_on_cpu(self)
 
+    def _save_rng_state(self, output_dir: str) -> None:
+        # Each process writes its own rng_state_N.pth, and process 0 then writes trainer_state.json,
+        # which marks the checkpoint finished; Trainer keeps no barrier between the two. Without
+        # this one a kill just after the marker could leave another process's RNG file empty (seen
+        # under FSDP on 2 loaded CPU processes: rng_state_1.pth of 0 bytes), and the resume crashed.
+        super()._save_rng_state(output_dir)
+        self.accelerator.wait_for_everyone()
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         self._local_tokens += int(inputs.pop("num_real_tokens", torch.zeros(1)).sum())
