@@ -175,8 +175,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # An xdist worker gets its share of the cores for torch's (OpenMP's) threads, and so do the
     # processes it starts. Left at every core each, two workers' thread pools contend for the same
     # cores and spin: on 2 cores the train/laws/mask-parity files (54 tests) took 81 s with one
-    # thread a worker against 96 s (same tests, same results). Set here, before any test module
-    # imports torch (this conftest imports none); a value the user set stays.
+    # thread a worker against 96 s, and the whole suite 16:22 (cold caches) against 25:39 (warm).
+    # Set here, before any test module imports torch (this conftest imports none); a value the
+    # user set stays.
     if hasattr(config, "workerinput"):
         threads = max(1, len(os.sched_getaffinity(0)) // int(config.workerinput["workercount"]))
         for var in THREAD_VARS:
