@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from sftmix.threads import thread_env
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"  # the suite's helpers and the user-task package live here (test files sit in folders mirroring the package)
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -168,17 +170,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: GROUP_RANK.get(worker_group(item.nodeid), len(LONGEST_FIRST)))
 
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # An xdist worker gets its share of the cores for torch's (OpenMP's) threads, and so do the
     # processes it starts. Left at every core each, two workers' thread pools contend for the same
     # cores and spin: on 2 cores the train/laws/mask-parity files (54 tests) took 81 s with one
     # thread a worker against 96 s, and the whole suite 16:22 (cold caches) against 25:39 (warm).
-    # Set here, before any test module imports torch (this conftest imports none); a value the
-    # user set stays.
+    # Set here, before any test module imports torch (this conftest and sftmix.threads import
+    # none); a value the user set stays.
     if hasattr(config, "workerinput"):
         threads = max(1, len(os.sched_getaffinity(0)) // int(config.workerinput["workercount"]))
-        for var in THREAD_VARS:
-            os.environ.setdefault(var, str(threads))
+        for var, value in thread_env(threads).items():
+            os.environ.setdefault(var, value)

@@ -1,10 +1,13 @@
 """The suite's own two-worker schedule (tests/conftest.py): every file it names exists, and a real
 xdist run keeps each file on one worker (xdist's loadgroup once grouped nothing without a word)."""
 
+import os
 import re
 import subprocess
 import sys
 from collections import defaultdict
+
+import pytest
 
 from conftest import LONGEST_FIRST, SAME_WORKER, TESTS, worker_group
 
@@ -27,3 +30,13 @@ def test_two_workers_run_each_file_whole_on_one():
     assert set(workers) == set(files), r.stdout[-3000:]
     assert all(len(w) == 1 for w in workers.values()), dict(workers)
     assert len(set().union(*workers.values())) == 2, dict(workers)  # both workers had work: a real parallel run
+
+
+def test_a_worker_s_torch_uses_its_share_of_the_cores():
+    """The thread count reaches torch: set after torch was imported (by a plugin, say), it would
+    not, and torch would start a thread per core in every worker."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        pytest.skip("runs in an xdist worker (the suite's default -n 2); this run is serial")
+    import torch
+
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])  # the conftest's share, or the user's

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from sftmix import layout, pipeline
 from sftmix.config import RunConfig
 from sftmix.io import read_record, write_json
+from sftmix.threads import thread_env
 
 LOCK, DONE, ERROR, JOB = layout.LOCK, layout.DONE, layout.ERROR, layout.JOB
 
@@ -123,8 +124,7 @@ def limit_threads(cpus: int | None) -> None:
     """Keep a worker's torch (and BLAS) threads to the CPUs it was given."""
     if not cpus:
         return
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(cpus)
+    os.environ.update(thread_env(cpus))
     # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
     import torch
 

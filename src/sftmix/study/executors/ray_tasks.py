@@ -11,6 +11,7 @@ from sftmix.config import Resources
 from sftmix.errors import SftmixError
 from sftmix.study import worker
 from sftmix.study.executors.local import Executor, Handle
+from sftmix.threads import thread_env
 
 
 class RayExecutor(Executor):
@@ -67,9 +68,8 @@ class RayExecutor(Executor):
 
     def submit(self, run_id: str, config: dict, run_out: Path) -> Handle:
         cpus = self.resources.cpus
-        env = {v: str(cpus) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         ref = self._remote.options(num_cpus=cpus, num_gpus=self.resources.gpus, name=f"sftmix-{run_id}",
-                                   runtime_env={"env_vars": env}).remote(config, str(run_out), cpus, False, self._launcher(),
+                                   runtime_env={"env_vars": thread_env(cpus)}).remote(config, str(run_out), cpus, False, self._launcher(),
                                                                          os.getcwd())
         return Handle(run_id, run_out, ref)
 
