@@ -23,7 +23,9 @@ prepare)
     ${PIP:-.venv/bin/pip} download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl "$w"
   done
-  TOK=$(.venv/bin/python -c "from sftmix.models import resolve_model; print(resolve_model('smollm2'))")
+  # the path is the last line: converting the GGUF on a fresh machine can print library warnings first
+  TOK=$(.venv/bin/python -c "from sftmix.models import resolve_model; print(resolve_model('smollm2'))" | tail -n 1)
+  [ -f "$TOK/tokenizer.json" ] || { echo "prepare: no tokenizer.json in '$TOK'" >&2; exit 1; }
   cp "$TOK"/{tokenizer.json,tokenizer_config.json,config.json} .gpu/tok/
   [ -f "$TOK/chat_template.jinja" ] && cp "$TOK/chat_template.jinja" .gpu/tok/
   DATA=${DATA:-../shared/data}

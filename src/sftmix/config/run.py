@@ -172,7 +172,8 @@ class KernelSettings(Strict):
         description="auto = PyTorch's fused AdamW (one kernel for every parameter's update; CUDA and CPU)")
     attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = Field("auto",
         description="auto = flex_attention for packed rows on CUDA (each sample attends within itself through a block-sparse "
-                    "mask, never a dense one), else sdpa; flash_attention_2 needs the flash-attn package and CUDA")
+                    "mask, never a dense one), else sdpa; flex_attention trains on CUDA only (it has no backward pass on the CPU); "
+                    "flash_attention_2 needs the flash-attn package and CUDA")
     liger: Literal["auto", "on", "off"] = Field("auto",
         description="Liger-Kernel's fused RMSNorm, SwiGLU, RoPE and fused linear cross-entropy on the supervised positions "
                     "(the gpu extra); auto = on where it is installed and CUDA is there, on = an error where it cannot run")

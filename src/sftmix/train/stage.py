@@ -103,6 +103,9 @@ def resolve_kernels(k: KernelSettings, packing: bool) -> Kernels:
     if attention == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
         raise SftmixError("train.kernels.attention: flash_attention_2 needs CUDA and the flash-attn package "
                           f"({'not installed' if cuda else 'this machine has no CUDA device'}); use auto, sdpa or flex_attention")
+    if attention == "flex_attention" and not cuda:
+        raise SftmixError(f"train.kernels.attention: flex_attention has no backward pass on the CPU (torch {torch.__version__}), "
+                          "and this machine has no CUDA device; use auto (sdpa here) or sdpa, which keep packed samples apart too")
     installed = importlib.util.find_spec("liger_kernel") is not None
     if k.liger == "on" and not (installed and cuda):
         raise SftmixError("train.kernels.liger: on, but " + ("Liger-Kernel is not installed (pip install 'sftmix[gpu]')"
