@@ -186,3 +186,19 @@ def test_overrides_after_options_as_the_readme_writes_them(tmp_path):
     cfg = compose_cfg(tmp_path)
     assert main(["data", "compose", str(cfg), "-o", str(tmp_path / "o"), "seed=1", "--quiet"]) == 0
     assert json.loads((tmp_path / "o" / "m" / "manifest.json").read_text())["seed"] == 1
+
+
+def test_a_kernel_a_later_stage_cannot_run_here_fails_before_the_first_stage(tmp_path, capsys):
+    """Stage two asks for FlexAttention, which has no backward pass on the CPU: the run stops with
+    the stage and field named before stage one composes or trains anything."""
+    import torch  # only to know whether this machine can run it
+
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA FlexAttention trains: nothing to refuse")
+    stages = [{"name": "one", "mixture": {"name": "one", "parts": [{"source": "generated_math", "count": 8}]}},
+              {"name": "two", "mixture": {"name": "two", "parts": [{"source": "generated_code", "count": 8}]},
+               "train": {"kernels": {"attention": "flex_attention"}}}]
+    assert main(["train", str(run_cfg(tmp_path, strategy=None, stages=stages))]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'two': train.kernels.attention: flex_attention has no backward pass on the CPU" in err, err
+    assert not list(tmp_path.rglob("stage*")), "stage one started before the kernels were checked"

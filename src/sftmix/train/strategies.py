@@ -128,9 +128,15 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     """
     from sftmix.supervised import heldout_key  # torch and transformers: loaded when training starts
     from sftmix.train.curve import CurveSpec, HeldoutCurve
-    from sftmix.train.stage import train_stage
+    from sftmix.train.stage import resolve_kernels, train_stage
 
     stages = plan(cfg)
+    for stage in stages:  # a kernel asked for that cannot run on this machine fails before any stage trains
+        settings = stage_settings(cfg, stage)
+        try:
+            resolve_kernels(settings.kernels, settings.packing)
+        except SftmixError as e:
+            raise SftmixError(f"stage {stage.name!r}: {e}") from None
     checkpoint = resolve_model(cfg.model)  # a model that is not there fails before any data is read
     out = run_dir(cfg)
     pools: dict[str, Pool] = {}
