@@ -6,7 +6,8 @@
 #   here, small:     SMOKE=1 PY=.venv/bin/python OUT=/tmp/g bash benchmarks/gpu_train_lent.sh run
 #
 # prepare: wheels for the machine's Python 3.12 of what its image lacks (pinned as constraints.txt
-# and the GPU notes say, Liger-Kernel included), the embedded model's tokenizer files, GSM8K and Code
+# and the GPU notes say, Liger-Kernel included; xxhash, which datasets imports, in case the image
+# lacks it: an environment of only the image's listed packages did), the tokenizer files, GSM8K and Code
 # Alpaca from the data folder. run: the wheels into /tmp/site, then gpu_train.py with its results in
 # $OUT/gpu_train.json and its output in $OUT/log.
 set -euo pipefail
@@ -18,7 +19,7 @@ prepare)
   mkdir -p .gpu/whl .gpu/tok .gpu/data
   WHEELS="transformers==5.24.0 tokenizers==0.23.3 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
           fsspec==2026.9.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-          typing_extensions==4.16.0 gguf==0.19.0 peft==0.21.2 liger-kernel==0.8.5"
+          typing_extensions==4.16.0 gguf==0.19.0 peft==0.21.2 liger-kernel==0.8.5 xxhash==4.1.0"
   for w in $WHEELS; do
     ${PIP:-.venv/bin/pip} download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl "$w"
