@@ -26,7 +26,10 @@ batch at the initial weights (the same loss semantics give the same number in ev
 what the length-grouped sampler does to the largest batch, from the rows alone.
 
     python benchmarks/gpu_train.py --smoke                  # CPU, about a minute
-    python benchmarks/gpu_train.py --out gpu_train.json     # one GPU, within 5 minutes
+    python benchmarks/gpu_train.py --out gpu_train.json     # one GPU: no path starts after --budget-s
+
+Each path's result is printed and written to ``--out`` as soon as it is measured, so a run cut
+short keeps what it measured; the paths run in the order of ``PATHS`` (the goals' comparisons first).
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ SHAPES = {  # SmolLM2's configs (vocabulary 49152, tied embeddings)
     "smoke": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 4},
 }
-PATHS = ("sftmix", "sftmix_unfused", "sftmix_packed", "sftmix_packed_sdpa", "sftmix_compile", "trl", "trl_nockpt", "trl_packed",
-         "sftmix_loss_full", "sftmix_loss_chunked")  # last: a spent time budget skips them before the comparison with TRL
+# in the order they run: the goals' comparisons first (the defaults, then each trainer's packed path),
+# so that a spent time budget skips the side measurements, the compiled path (minutes of compiling) last
+PATHS = ("sftmix", "trl", "sftmix_packed", "trl_packed", "trl_nockpt", "sftmix_packed_sdpa", "sftmix_unfused",
+         "sftmix_loss_full", "sftmix_loss_chunked", "sftmix_compile")
 FIXED = 8  # rows of the fixed batch
 
 
@@ -126,14 +131,20 @@ def run_path(path: str, args) -> dict:
 
     cuda = torch.cuda.is_available()
     if path == "sftmix_compile" and not cuda and path not in (args.paths or []):
-        return {"path": path, "skipped": "torch.compile is measured on CUDA (on the CPU it compiles for minutes)"}
+        return {"path": path, "skipped": "torch.compile is measured on CUDA (name it in --paths to measure it here)"}
     tok, plain, packed = rows(args)
     bf16 = cuda or args.bf16
     cfg = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, max_position_embeddings=max(args.pack_len, args.max_length),
                       rope_theta=130000, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       **SHAPES["smoke" if args.smoke else "1.7b"])
-    torch.manual_seed(0)
-    init = LlamaForCausalLM(cfg).state_dict()
+    device = "cuda" if cuda else "cpu"
+
+    def build(attention: str) -> LlamaForCausalLM:
+        """The same random weights in every path: one seed, one device, one order of creation
+        (built on the device itself: 1.7 B parameters initialised on a CPU take tens of seconds)."""
+        torch.manual_seed(0)
+        with torch.device(device):
+            return LlamaForCausalLM._from_config(cfg, attn_implementation=attention)
     is_packed = path in ("sftmix_packed", "sftmix_packed_sdpa", "trl_packed")
     ds = packed if is_packed and path != "trl_packed" else plain
     batch_rows = args.pack_rows if is_packed else args.batch
@@ -151,8 +162,7 @@ def run_path(path: str, args) -> dict:
                           max_length=args.pack_len if is_packed else args.max_length, lr=2e-5, precision="bf16" if bf16 else "fp32",
                           report_to=[], logging_steps=1, save_steps=10 ** 6, packing=is_packed, kernels=kernels)
         k = resolve_kernels(kernels, is_packed)
-        model = LlamaForCausalLM._from_config(cfg, attn_implementation=k.attention)
-        model.load_state_dict(init)
+        model = build(k.attention)
         clock = Clock(Collator(tok.pad_token_id))
         trainer = StageTrainer(model=model, args=training_arguments(s, out_dir, 0, 1, progress=False, kernels=k), train_dataset=ds,
                                data_collator=clock, processing_class=tok, linear_loss=linear_loss(k))
@@ -160,8 +170,7 @@ def run_path(path: str, args) -> dict:
     else:
         from trl import SFTConfig, SFTTrainer
 
-        model = LlamaForCausalLM(cfg)
-        model.load_state_dict(init)
+        model = build("sdpa")  # what LlamaForCausalLM chooses by default
         conf = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=batch_rows, max_steps=args.steps, learning_rate=2e-5,
                          logging_steps=1, save_strategy="no", report_to="none", seed=0, disable_tqdm=True, use_cpu=not cuda,
                          bf16=bf16, max_length=args.pack_len if is_packed else args.max_length, packing=is_packed,
@@ -170,7 +179,6 @@ def run_path(path: str, args) -> dict:
         clock = Clock(trainer.data_collator)
         trainer.data_collator = clock
         how = {"gradient_checkpointing": bool(conf.gradient_checkpointing), "packing": is_packed}
-    device = "cuda" if cuda else "cpu"
     with torch.no_grad():
         batch = {k: v.to(device) for k, v in fixed.items()}
         loss_fixed = float(trainer.compute_loss(trainer.model.to(device), batch, num_items_in_batch=n_fixed.to(device)))
@@ -218,6 +226,14 @@ def batch_shapes(args) -> dict:
             "mean_row": float(np.mean(lengths)), "longest_row": max(lengths)}
 
 
+def row_text(r: dict) -> str:
+    """One path's line of the table."""
+    if "tokens_per_s" not in r:
+        return f"{r['path']:20s} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['failed'][-400:]}"
+    how = r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
+    return f"{r['path']:20s} {r['tokens_per_s']:10.1f} {r['mfu']:7.1%} {r['peak_memory_gb']:10.2f} {r['loss_fixed_batch']:17.5f}  {how}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="a 2-layer model and few rows and steps: the CPU size CI runs")
@@ -234,7 +250,8 @@ def main() -> int:
     ap.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer files (default: the embedded model's)")
     ap.add_argument("--work", default="/tmp/sftmix-gpu-train")
     ap.add_argument("--out", type=Path, help="write every result as JSON here")
-    ap.add_argument("--budget-s", type=int, default=280, help="stop starting paths after this many seconds")
+    ap.add_argument("--budget-s", type=int, default=280, help="start no path after this many seconds")
+    ap.add_argument("--path-limit-s", type=int, default=180, help="stop a path that runs longer than this")
     ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     small = {"rows": 48, "steps": 4, "warmup": 1, "batch": 8, "pack_rows": 2, "pack_len": 512}
@@ -248,7 +265,9 @@ def main() -> int:
     if not (args.data / "gsm8k" / "train.jsonl").exists():
         print(f"skip: no GSM8K under {args.data} (give --data)")
         return 0
-    import torch
+    import torch  # here, as in each function: `--help` and a missing data folder answer without loading torch
+
+    from sftmix.io import write_json
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peaks = {"bf16": matmul_peak("bfloat16", device), "fp32": matmul_peak("float32", device)}
@@ -265,26 +284,32 @@ def main() -> int:
         i = argv.index("--out")
         del argv[i:i + 2]
     argv = [a for a in argv if not a.startswith("--out=")]
+
+    def save():  # after every path, whole or not at all: a run cut short keeps what it measured
+        if args.out:
+            write_json(args.out, {"device": device, "peaks": peaks, "batch_shapes": shapes, "results": results})
+
+    header = f"{'path':20s} {'tokens/s':>10s} {'MFU':>7s} {'memory GB':>10s} {'fixed-batch loss':>17s}  how"
+    print(header, flush=True)
     for path in args.paths or PATHS:
         if time.perf_counter() - start > args.budget_s:
-            results.append({"path": path, "skipped": f"the {args.budget_s}-second budget was spent"})
-            continue
-        try:
-            out = subprocess.run([sys.executable, __file__, *argv, "--only", path], capture_output=True, text=True,
-                                 timeout=max(60, args.budget_s))
-        except subprocess.TimeoutExpired:
-            results.append({"path": path, "failed": f"ran past {max(60, args.budget_s)} s"})
-            continue
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        results.append(json.loads(line[0][7:]) if line else {"path": path, "failed": out.stderr[-1500:]})
-    print(f"{'path':20s} {'tokens/s':>10s} {'MFU':>7s} {'memory GB':>10s} {'fixed-batch loss':>17s}  how")
+            r = {"path": path, "skipped": f"the {args.budget_s}-second budget was spent"}
+        else:
+            try:
+                out = subprocess.run([sys.executable, __file__, *argv, "--only", path], capture_output=True, text=True,
+                                     timeout=max(60, args.path_limit_s))
+                line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+                r = json.loads(line[0][7:]) if line else {"path": path, "failed": out.stderr[-1500:]}
+            except subprocess.TimeoutExpired:
+                r = {"path": path, "failed": f"ran past {max(60, args.path_limit_s)} s"}
+        if "tokens_per_s" in r:
+            r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peaks["bf16" if r["bf16"] else "fp32"]
+        results.append(r)
+        print(row_text(r), flush=True)
+        save()
+    print(header)
     for r in results:
-        if "tokens_per_s" not in r:
-            print(f"{r['path']:20s} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['failed'][-400:]}")
-            continue
-        r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peaks["bf16" if r["bf16"] else "fp32"]
-        how = r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
-        print(f"{r['path']:20s} {r['tokens_per_s']:10.1f} {r['mfu']:7.1%} {r['peak_memory_gb']:10.2f} {r['loss_fixed_batch']:17.5f}  {how}")
+        print(row_text(r))
     done = {r["path"]: r for r in results if "tokens_per_s" in r}
     ours = [r for p, r in done.items() if p.startswith("sftmix")]
     theirs = [r for p, r in done.items() if p.startswith("trl")]
@@ -303,8 +328,6 @@ def main() -> int:
         print(f"RATIO the loss 2,048 positions at a time / all at once: memory {chunked['peak_memory_gb'] / full['peak_memory_gb']:.2f}x "
               f"({chunked['peak_memory_gb']:.2f} / {full['peak_memory_gb']:.2f} GB), real tokens/s "
               f"{chunked['tokens_per_s'] / full['tokens_per_s']:.2f}x")
-    if args.out:
-        args.out.write_text(json.dumps({"device": device, "peaks": peaks, "batch_shapes": shapes, "results": results}, indent=1))
     return 0 if all("failed" not in r for r in results) else 1
 
 

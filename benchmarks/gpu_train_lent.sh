@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# benchmarks/gpu_train.py on a lent GPU machine that reaches no package index (one call, < 5 min).
+# benchmarks/gpu_train.py on a lent GPU machine that reaches no package index (one call of at most 7 min).
 #
 #   here:            bash benchmarks/gpu_train_lent.sh prepare     # fills .gpu/ (ignored by git; carry it)
-#   on the machine:  OUT=$OUT bash benchmarks/gpu_train_lent.sh run
+#   on the machine:  OUT=$OUT bash benchmarks/gpu_train_lent.sh run   (device tool: carry .gpu, timeout_s 450)
 #   here, small:     SMOKE=1 PY=.venv/bin/python OUT=/tmp/g bash benchmarks/gpu_train_lent.sh run
 #
 # prepare: wheels for the machine's Python 3.12 of what its image lacks (pinned as constraints.txt
@@ -40,12 +40,12 @@ run)
   if [ -z "${SMOKE:-}" ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl 2>&1 | tail -3
     export PYTHONPATH=/tmp/site:$PWD/src
-    ARGS=(--tokenizer .gpu/tok --data .gpu/data --budget-s "${BUDGET:-230}")
+    ARGS=(--tokenizer .gpu/tok --data .gpu/data --budget-s "${BUDGET:-270}" --path-limit-s 150)
   else
     ARGS=(--smoke --data "${DATA:-../shared/data}")
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/log" || true
-  timeout "${LIMIT:-280}" $PY benchmarks/gpu_train.py "${ARGS[@]}" --out "$OUT/gpu_train.json" 2>&1 \
+  timeout "${LIMIT:-420}" $PY benchmarks/gpu_train.py "${ARGS[@]}" --out "$OUT/gpu_train.json" 2>&1 \
     | grep -vE 'it/s\]|s/it\]|Warning' | tee -a "$OUT/log"
   ;;
 *)

@@ -8,8 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +272,23 @@ def test_gpu_benchmark_smoke_measures_both_trainers_on_the_same_loss(tmp_path):
     shapes = doc["batch_shapes"]
     assert shapes["grouped_padded"] >= shapes["batch_rows"] * shapes["longest_row"] - 8  # the longest row's batch is padded to it
     assert "RATIO sftmix best" in r.stdout and doc["peaks"]["fp32"] > 0
+
+
+@pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").exists(), reason=f"the GPU benchmark reads GSM8K and Code Alpaca from {DATA}")
+def test_gpu_benchmark_cut_short_keeps_what_it_measured(tmp_path):
+    """A lent GPU's time runs out mid-run: each path's result is in --out as soon as it is measured.
+    The run is killed as soon as the file appears, and it holds the first of three paths (a
+    benchmark that wrote its results only at the end would show all three, or none)."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--smoke", "--paths",
+                             "sftmix,sftmix_unfused,sftmix_loss_full", "--work", str(tmp_path / "work"), "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    doc = json.loads(out.read_text())
+    assert [r["path"] for r in doc["results"]] == ["sftmix"] and doc["results"][0]["tokens_per_s"] > 0
