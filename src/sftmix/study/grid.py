@@ -39,7 +39,7 @@ from sftmix.data.sources import BUILTINS, SourceNotFound, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.eval.tasks import BUILTIN, resolve
 from sftmix.io import stable_hash, write_json
-from sftmix.train.strategies import run_id
+from sftmix.train.strategies import NOT_IN_ID, run_id
 
 REPLICATE_AXIS = "seed"
 
@@ -185,6 +185,11 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
     base = apply_fallbacks(base, fallbacks, notes, decided)
     if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in zips:
         grid[REPLICATE_AXIS] = list(range(study.replicates))
+    for axis in (*grid, *zips):
+        outside = next((n for n in NOT_IN_ID if axis == n or axis.startswith(n + ".")), None)
+        if outside is not None and len(grid[axis] if axis in grid else zips[axis]) > 1:
+            raise SftmixError(f"{where}: axis {axis!r} is not part of a run's id ({outside} says how a run is named, placed or computed, "
+                              "not what it trains): all its values would be one run; set it in base or in a profile")
     zlens = {len(v) for v in zips.values()}
     if len(zlens) > 1:  # the study model checks each zip; a profile's grid may still meet the study's zip
         raise SftmixError(f"{where}: zip axes must have equal lengths, got {sorted(zlens)}")
