@@ -121,10 +121,11 @@ def run_dir(cfg: RunConfig) -> Path:
 def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     """Run every stage of ``cfg`` in order; return the final checkpoint of the last stage.
 
-    Reads top to bottom: plan the stages and check that their kernels run here; pick the held-out rows the forgetting curves measure;
-    for each stage, compose its mixture (replay parts draw from earlier stages' manifests), train
-    it from the previous checkpoint while measuring the curves, record it. Finished stages are
-    skipped and an interrupted stage resumes, so rerunning is always safe.
+    Reads top to bottom: plan the stages and check that their kernels run here; pick the held-out
+    rows the forgetting curves measure; for each stage, compose its mixture (replay parts draw from
+    earlier stages' manifests), train it from the previous checkpoint while measuring the curves,
+    record it. Finished stages are skipped and an interrupted stage resumes, so rerunning is always
+    safe.
     """
     from sftmix.supervised import heldout_key  # torch and transformers: loaded when training starts
     from sftmix.train.curve import CurveSpec, HeldoutCurve
