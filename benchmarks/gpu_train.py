@@ -27,6 +27,7 @@ what the length-grouped sampler does to the largest batch, from the rows alone.
 
     python benchmarks/gpu_train.py --smoke                  # CPU, about a minute
     python benchmarks/gpu_train.py --out gpu_train.json     # one GPU: no path starts after --budget-s
+    python benchmarks/gpu_train.py --markdown gpu_train.json  # its results as the README's table
 
 Each path's result is printed and written to ``--out`` as soon as it is measured, so a run cut
 short keeps what it measured; the paths run in the order of ``PATHS`` (the goals' comparisons first).
@@ -196,7 +197,7 @@ def run_path(path: str, args) -> dict:
             "peak_memory_gb": (torch.cuda.max_memory_allocated() if cuda else
                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9,
             "memory_kind": "CUDA max allocated" if cuda else "peak RSS", "loss_fixed_batch": loss_fixed,
-            "rows_per_batch": batch_rows, **how}
+            "rows_per_batch": batch_rows, "packed_row_tokens": args.pack_len if is_packed else None, **how}
 
 
 def batch_shapes(args) -> dict:
@@ -234,6 +235,23 @@ def row_text(r: dict) -> str:
     return f"{r['path']:20s} {r['tokens_per_s']:10.1f} {r['mfu']:7.1%} {r['peak_memory_gb']:10.2f} {r['loss_fixed_batch']:17.5f}  {how}"
 
 
+def markdown(doc: dict) -> str:
+    """A results file as the README's table: one row a path, measured or not."""
+    lines = [f"{doc.get('device_name', doc['device'])}, bf16 matmul peak {doc['peaks']['bf16'] / 1e12:.3g} TFLOP/s measured in the "
+             "same run", "",
+             "| path | batch | real tokens/s | MFU | peak memory GB | fixed-batch loss | how |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in doc["results"]:
+        if "tokens_per_s" not in r:
+            lines.append(f"| {r['path']} | | | | | | {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed'} |")
+            continue
+        how = r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
+        how = ", ".join(f"{k} {v}" for k, v in how.items())
+        batch = f"{r['rows_per_batch']} x {r['packed_row_tokens']}" if r.get("packed_row_tokens") else f"{r['rows_per_batch']} rows"
+        lines.append(f"| {r['path']} | {batch} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['peak_memory_gb']:.1f} "
+                     f"| {r['loss_fixed_batch']:.5f} | {how} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="a 2-layer model and few rows and steps: the CPU size CI runs")
@@ -253,7 +271,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=int, default=280, help="start no path after this many seconds")
     ap.add_argument("--path-limit-s", type=int, default=180, help="stop a path that runs longer than this")
     ap.add_argument("--only", help=argparse.SUPPRESS)
+    ap.add_argument("--markdown", type=Path, help="print a results file (--out of an earlier run) as a Markdown table, and stop")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     small = {"rows": 48, "steps": 4, "warmup": 1, "batch": 8, "pack_rows": 2, "pack_len": 512}
     full = {"rows": 3200, "steps": 35, "warmup": 5, "batch": 32, "pack_rows": 4, "pack_len": 2048}
     for k, v in (small if args.smoke else full).items():
@@ -270,8 +292,9 @@ def main() -> int:
     from sftmix.io import write_json
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     peaks = {"bf16": matmul_peak("bfloat16", device), "fp32": matmul_peak("float32", device)}
-    print(f"{device}: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; matmul peak bf16 {peaks['bf16'] / 1e12:.1f} "
+    print(f"{device}: {device_name}; matmul peak bf16 {peaks['bf16'] / 1e12:.1f} "
           f"TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
     shapes = batch_shapes(args)
     print(f"largest batch of {shapes['batch_rows']} rows: length-grouped {shapes['grouped_padded']} padded / "
@@ -287,7 +310,7 @@ def main() -> int:
 
     def save():  # after every path, whole or not at all: a run cut short keeps what it measured
         if args.out:
-            write_json(args.out, {"device": device, "peaks": peaks, "batch_shapes": shapes, "results": results})
+            write_json(args.out, {"device": device, "device_name": device_name, "peaks": peaks, "batch_shapes": shapes, "results": results})
 
     header = f"{'path':20s} {'tokens/s':>10s} {'MFU':>7s} {'memory GB':>10s} {'fixed-batch loss':>17s}  how"
     print(header, flush=True)

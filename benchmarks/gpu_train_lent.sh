@@ -45,8 +45,12 @@ run)
     ARGS=(--smoke --data "${DATA:-../shared/data}")
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/log" || true
+  rc=0
   timeout "${LIMIT:-420}" $PY benchmarks/gpu_train.py "${ARGS[@]}" --out "$OUT/gpu_train.json" 2>&1 \
-    | grep -vE 'it/s\]|s/it\]|Warning' | tee -a "$OUT/log"
+    | grep -vE 'it/s\]|s/it\]|Warning' | tee -a "$OUT/log" || rc=$?
+  # what was measured, cut short or not, as the README's table
+  [ -f "$OUT/gpu_train.json" ] && $PY benchmarks/gpu_train.py --markdown "$OUT/gpu_train.json" | tee "$OUT/table.md"
+  exit $rc
   ;;
 *)
   echo "usage: bash benchmarks/gpu_train_lent.sh prepare|run" >&2; exit 2 ;;
