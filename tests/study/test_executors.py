@@ -364,11 +364,14 @@ def slow_scontrol(folder: Path) -> dict:
     """An environment whose ``scontrol`` lingers after a requeue, as a loaded machine's may: Slurm
     then kills it while it is still running, since it is one of the requeued job's processes, and
     submitit's handler raises ``CalledProcessError`` (died with SIGTERM) into the training. Left to
-    chance, that race failed this test once in CI; here it happens every time."""
+    chance, that race failed this test once in CI; here it happens every time. The lingering is
+    ``exec sleep``, so the one process Slurm kills is the one submitit waits on: with a shell
+    around a child ``sleep``, Slurm's SIGTERM could reach the sleep first, the shell said
+    "Terminated" and exited 0, and the requeue looked clean (a CI run failed that way)."""
     folder.mkdir()
     wrapper = folder / "scontrol"
-    wrapper.write_text(f"#!/bin/sh\n{shutil.which('scontrol')} \"$@\"\nrc=$?\n"
-                       '[ "$1" = requeue ] && sleep 30\nexit $rc\n')
+    wrapper.write_text(f"#!/bin/sh\n{shutil.which('scontrol')} \"$@\" || exit $?\n"
+                       '[ "$1" = requeue ] && exec sleep 30\nexit 0\n')
     wrapper.chmod(0o755)
     return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
 
