@@ -58,11 +58,14 @@ def test_bad_axes_name_the_axis_and_the_value():
         expand(study(grid={"model.size": [1]}))
     with pytest.raises(SftmixError, match=r"run 'name=dmtt': invalid config\n  strategy.name: .*got 'dmtt'"):
         expand(study(grid={"strategy.name": ["dmtt"]}))  # each run validated like any run config, named
-    # an axis outside the run's id would fold its points into one run, silently
-    with pytest.raises(SftmixError, match=r"axis 'train.kernels.loss' is not part of a run's id \(train.kernels .*set it in base"):
+    # points apart only outside the run's id would be folded into one run, silently: at any depth
+    with pytest.raises(SftmixError, match=r"runs 'loss=full' and 'loss=chunked' differ only in "
+                                          r"train.kernels.loss, .*not part of a run's id.*set it in base"):
         expand(study(grid={"train.kernels.loss": ["full", "chunked"]}))
-    with pytest.raises(SftmixError, match=r"axis 'eval.vllm_server.concurrency' is not part of a run's id"):
-        expand(study(zip={"strategy.fraction": [1, 0.5], "eval.vllm_server.concurrency": [4, 8]}))
+    with pytest.raises(SftmixError, match=r"differ only in train.kernels.compile, train.kernels.loss, "):  # the axis two levels up
+        expand(study(grid={"train": [{"kernels": {"loss": "full"}}, {"kernels": {"loss": "chunked", "compile": True}}]}))
+    with pytest.raises(SftmixError, match=r"differ only in eval.vllm_server.concurrency, "):
+        expand(study(zip={"strategy.fraction": [1, 1.0], "eval.vllm_server.concurrency": [4, 8]}))
     (one,) = expand(study(grid={"train.kernels.loss": ["chunked"]}))  # one value is a setting, not an axis
     assert one.config.train.kernels.loss == "chunked"
     d = {"a": 1}

@@ -39,7 +39,7 @@ from sftmix.data.sources import BUILTINS, SourceNotFound, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.eval.tasks import BUILTIN, resolve
 from sftmix.io import stable_hash, write_json
-from sftmix.train.strategies import NOT_IN_ID, run_id
+from sftmix.train.strategies import run_id
 
 REPLICATE_AXIS = "seed"
 
@@ -185,17 +185,12 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
     base = apply_fallbacks(base, fallbacks, notes, decided)
     if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in zips:
         grid[REPLICATE_AXIS] = list(range(study.replicates))
-    for axis in (*grid, *zips):
-        outside = next((n for n in NOT_IN_ID if axis == n or axis.startswith(n + ".")), None)
-        if outside is not None and len(grid[axis] if axis in grid else zips[axis]) > 1:
-            raise SftmixError(f"{where}: axis {axis!r} is not part of a run's id ({outside} says how a run is named, placed or computed, "
-                              "not what it trains): all its values would be one run; set it in base or in a profile")
     zlens = {len(v) for v in zips.values()}
     if len(zlens) > 1:  # the study model checks each zip; a profile's grid may still meet the study's zip
         raise SftmixError(f"{where}: zip axes must have equal lengths, got {sorted(zlens)}")
     zipped = [dict(zip(zips, vals)) for vals in zip(*zips.values())] if zips else [{}]
     product = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
-    runs, seen = [], set()
+    runs, seen = [], {}
     for p in product:
         for z in zipped:
             point = {**p, **z}
@@ -206,11 +201,29 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
             data.setdefault("name", study.name)
             cfg = validate(RunConfig, data, f"{where} run {_label(point)!r}")
             rid = run_id(cfg)
-            if rid in seen:
+            if rid in seen:  # one config spelt twice (fraction 1 and "1/1") is one run ...
+                first = seen[rid]
+                apart = differing_fields(first.config.model_dump(), cfg.model_dump())
+                if apart:  # ... but points apart only where the id does not look would be folded without a word
+                    raise SftmixError(f"{where}: runs {first.label!r} and {_label(point)!r} differ only in {', '.join(apart)}, which "
+                                      "says how a run is named, placed or computed, not what it trains (not part of a run's id): they "
+                                      "would be one run; set it in base or in a profile")
                 continue
-            seen.add(rid)
-            runs.append(PlannedRun(rid, _label(point), point, cfg))
+            seen[rid] = PlannedRun(rid, _label(point), point, cfg)
+            runs.append(seen[rid])
     return runs
+
+
+def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted paths where two nested dicts hold different values."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differing_fields(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def measured_metrics(runs: list[PlannedRun]) -> tuple[set[str], dict]:
