@@ -227,11 +227,16 @@ def batch_shapes(args) -> dict:
             "mean_row": float(np.mean(lengths)), "longest_row": max(lengths)}
 
 
+def how_of(r: dict) -> dict:
+    """What a measured path ran with: sftmix's resolved kernels, or TRL's checkpointing and packing."""
+    return r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
+
+
 def row_text(r: dict) -> str:
     """One path's line of the table."""
     if "tokens_per_s" not in r:
         return f"{r['path']:20s} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['failed'][-400:]}"
-    how = r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
+    how = how_of(r)
     return f"{r['path']:20s} {r['tokens_per_s']:10.1f} {r['mfu']:7.1%} {r['peak_memory_gb']:10.2f} {r['loss_fixed_batch']:17.5f}  {how}"
 
 
@@ -242,10 +247,10 @@ def markdown(doc: dict) -> str:
              "| path | batch | real tokens/s | MFU | peak memory GB | fixed-batch loss | how |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["results"]:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['path']} | | | | | | {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed'} |")
+            why = "skipped: " + r["skipped"] if "skipped" in r else "FAILED: " + (r["failed"].strip().splitlines() or ["no output"])[-1][-200:]
+            lines.append(f"| {r['path']} | | | | | | {why.replace('|', '/')} |")
             continue
-        how = r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
-        how = ", ".join(f"{k} {v}" for k, v in how.items())
+        how = ", ".join(f"{k} {v}" for k, v in how_of(r).items())
         batch = f"{r['rows_per_batch']} x {r['packed_row_tokens']}" if r.get("packed_row_tokens") else f"{r['rows_per_batch']} rows"
         lines.append(f"| {r['path']} | {batch} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['peak_memory_gb']:.1f} "
                      f"| {r['loss_fixed_batch']:.5f} | {how} |")
