@@ -244,10 +244,12 @@ def markdown(doc: dict) -> str:
     """A results file as the README's table: one row a path, measured or not."""
     lines = [f"{doc.get('device_name', doc['device'])}, bf16 matmul peak {doc['peaks']['bf16'] / 1e12:.3g} TFLOP/s measured in the "
              "same run", "",
-             "| path | batch | real tokens/s | MFU | peak memory GB | fixed-batch loss | how |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| path | batch | real tokens/s | MFU | peak memory GB | fixed-batch loss | how |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["results"]:
         if "tokens_per_s" not in r:
-            why = "skipped: " + r["skipped"] if "skipped" in r else "FAILED: " + (r["failed"].strip().splitlines() or ["no output"])[-1][-200:]
+            last = (r.get("failed", "").strip().splitlines() or ["no output"])[-1][-200:]
+            why = "skipped: " + r["skipped"] if "skipped" in r else "FAILED: " + last
             lines.append(f"| {r['path']} | | | | | | {why.replace('|', '/')} |")
             continue
         how = ", ".join(f"{k} {v}" for k, v in how_of(r).items())

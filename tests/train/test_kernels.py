@@ -274,7 +274,7 @@ def test_gpu_benchmark_smoke_measures_both_trainers_on_the_same_loss(tmp_path):
     assert "RATIO sftmix best" in r.stdout and doc["peaks"]["fp32"] > 0
     table = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--markdown", str(out)], capture_output=True,
                            text=True, cwd=REPO, timeout=120).stdout.splitlines()
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table if line.startswith("| sftmix") or line.startswith("| trl")}
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table if line.startswith(("| sftmix", "| trl"))}
     assert set(rows) == {"sftmix", "trl_packed"} and rows["sftmix"][1] == "8 rows" and rows["trl_packed"][1] == "2 x 512"
     assert rows["sftmix"][3] == f"{res['sftmix']['mfu']:.1%}"  # the MFU the run computed, not recomputed apart
 
