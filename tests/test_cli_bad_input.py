@@ -202,3 +202,20 @@ def test_a_kernel_a_later_stage_cannot_run_here_fails_before_the_first_stage(tmp
     err = capsys.readouterr().err
     assert "stage 'two': train.kernels.attention: flex_attention has no backward pass on the CPU" in err, err
     assert not list(tmp_path.rglob("stage*")), "stage one started before the kernels were checked"
+
+
+@pytest.mark.parametrize("fields,line", [
+    # the validator's message names the value: it is not repeated
+    ({"strategy": {"name": "dmt", "specialised": ["generated_math"], "general": "generated_code", "k": "1/0"}},
+     "  strategy.k: Value error, expected a number or a fraction like '1/256', got '1/0'"),
+    # an unknown field is reported on the mapping that holds it: the mapping is not dumped
+    ({"nosuch": 1}, "  (top level): Value error, unknown field 'nosuch'; valid fields: name, model,"),
+    # a bare type or range error shows the value it got
+    ({"sources": ["a", "b"]}, "  sources: Input should be a valid dictionary (got ['a', 'b'])"),
+])
+def test_a_config_error_line_shows_the_bad_value_once(fields, line, tmp_path, capsys):
+    assert main(["train", str(run_cfg(tmp_path, **fields))]) == 2
+    err = capsys.readouterr().err
+    bad = [x for x in err.splitlines() if x.startswith(line)]
+    assert len(bad) == 1, err
+    assert bad[0].count("got") <= 1 and "{'" not in bad[0], bad[0]

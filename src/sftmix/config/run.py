@@ -562,6 +562,11 @@ def format_validation_error(err: ValidationError, where: str) -> str:
             e = {**e, "input": tag}
         loc = ".".join(str(p) for p in steps) or "(top level)"
         value = e.get("input")
+        if "got " in msg or isinstance(value, dict):
+            # the message names the value already, or the value is the mapping that holds the bad
+            # field (a whole config's dump would bury the message)
+            lines.append(f"  {loc}: {msg}")
+            continue
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
