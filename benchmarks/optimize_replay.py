@@ -96,7 +96,7 @@ def objectives(f: Path, weights: dict[str, float]) -> tuple[np.ndarray, np.ndarr
         raise SystemExit(f"{f}: the pool's study failed")
     study, runs = load_study(str(f), read_only=True)
     store = Store(layout.store(study_dir(study, None)))
-    rows = {r["id"]: r for r in store.runs()}
+    rows = {r.id: r for r in store.runs()}
     heldout = {a: [s] for s, a in ABILITIES.items()}
     space = Space(sources=SOURCES, abilities=ABILITIES, pools=POOL, totals=[], heldout=heldout, candidates=[])
     s = Settings(weights=weights, budget=1, runs=1, initial=1)

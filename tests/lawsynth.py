@@ -16,7 +16,7 @@ import yaml
 from helpers import TINY_TRAIN
 from sftmix.config import StudyConfig
 from sftmix.study.grid import expand
-from sftmix.study.store import Store
+from sftmix.study.store import CurvePoint, DataPart, Metric, Sample, Store
 
 SOURCES = {"generated_math": "math", "generated_code": "code", "sharegpt": "general"}
 POOLS = {"generated_math": 400, "generated_code": 400, "sharegpt": 300}
@@ -64,10 +64,10 @@ def fill(study_file: Path, truth: dict, n_items: int = 32, sd_item: float = 0.3,
         for s, law in truth.items():
             w = tokens[s]
             per_token = float(law(x)[0]) + difficulty[s] + rng.normal(0, sd_noise, n_items)
-            samples += [("loss", s, f"{s}-{i}", per_token[i] * w[i], w[i]) for i in range(n_items)]
-            metrics.append(("loss", s, float((per_token * w).sum() / w.sum())))
-        data = [(1, "stage1_multitask", s, SOURCES[s], 0, float(ex[SOURCES[s]]), 100.0 * ex[SOURCES[s]], float(POOLS[s]), "generated")
-                for s in ORDER if ex[SOURCES[s]] > 0]
+            samples += [Sample(run.id, "loss", s, f"{s}-{i}", per_token[i] * w[i], w[i]) for i in range(n_items)]
+            metrics.append(Metric(run.id, "loss", s, float((per_token * w).sum() / w.sum())))
+        data = [DataPart(run.id, 1, "stage1_multitask", s, SOURCES[s], 0, float(ex[SOURCES[s]]), 100.0 * ex[SOURCES[s]],
+                         float(POOLS[s]), "generated") for s in ORDER if ex[SOURCES[s]] > 0]
         store.finish(run.id, "ck", "ev", metrics, 1e4, 1e6, samples, (), data)
     rest = runs[len(todo):]
     for run in rest[:fail]:
@@ -137,13 +137,14 @@ def fill_dmt(study_file: Path, truth: dict, stage1: dict, n_items: int = 32, sd_
             per_token = law(r) + difficulty[s] + rng.normal(0, sd_noise, n_items)
             # the estimate is L + the weighted mean difficulty: centre it so the estimate is L itself
             per_token -= float((difficulty[s] * w).sum() / w.sum())
-            samples += [("loss", s, f"{s}-{i}", per_token[i] * w[i], w[i]) for i in range(n_items)]
-            metrics.append(("loss", s, float((per_token * w).sum() / w.sum())))
-        data = [(1, "stage1_1_specialised", s, SOURCES[s], 0, float(n), 100.0 * n, float(n), "generated") for s, n in DMT_PARTS.items()]
-        data.append((2, "stage2_2_general", "sharegpt", "general", 0, float(DMT_NEW), 100.0 * DMT_NEW, 300.0, "package"))
-        data += [(2, "stage2_2_general", s, SOURCES[s], 1, float(n), 100.0 * n, float(DMT_PARTS[s]), "generated")
+            samples += [Sample(run.id, "loss", s, f"{s}-{i}", per_token[i] * w[i], w[i]) for i in range(n_items)]
+            metrics.append(Metric(run.id, "loss", s, float((per_token * w).sum() / w.sum())))
+        data = [DataPart(run.id, 1, "stage1_1_specialised", s, SOURCES[s], 0, float(n), 100.0 * n, float(n), "generated")
+                for s, n in DMT_PARTS.items()]
+        data.append(DataPart(run.id, 2, "stage2_2_general", "sharegpt", "general", 0, float(DMT_NEW), 100.0 * DMT_NEW, 300.0, "package"))
+        data += [DataPart(run.id, 2, "stage2_2_general", s, SOURCES[s], 1, float(n), 100.0 * n, float(DMT_PARTS[s]), "generated")
                  for s, n in replay.items() if n]
-        curves = [("1_specialised", 1, 25, 25, 1e4, s, v) for s, v in stage1.items()]
-        curves += [("1_specialised", 1, 0, 0, 0.0, s, v + 1.0) for s, v in stage1.items()]  # the start: not the end
+        curves = [CurvePoint(run.id, "1_specialised", 1, 25, 25, 1e4, s, v) for s, v in stage1.items()]
+        curves += [CurvePoint(run.id, "1_specialised", 1, 0, 0, 0.0, s, v + 1.0) for s, v in stage1.items()]  # the start: not the end
         store.finish(run.id, "ck", "ev", metrics, 1e4, 1e6, samples, curves, data)
     return store

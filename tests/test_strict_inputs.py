@@ -363,7 +363,7 @@ def test_a_failed_study_run_keeps_its_real_error(tmp_path, capsys):
     from sftmix.study.store import Store
 
     (row,) = Store(tmp_path / "study" / "results.sqlite").runs()
-    assert row["status"] == "failed" and "gone.jsonl" in row["error"].splitlines()[0]
+    assert row.status == "failed" and "gone.jsonl" in row.first_error_line
     from sftmix.study.runner import load_study, status_rows
 
     _, runs = load_study(str(f))

@@ -118,7 +118,7 @@ def run_demo(model: str = "smollm2", data_dir: str | None = None, out: str = "de
     store = run_study(study, runs, progress=progress)
     report_dir = layout.report_dir(study_dir(study, None))
     extra = _tsne_figure(study, store, report_dir, n=10 if quick else 20)
-    done = [r for r in store.runs() if r["status"] == "done"]
+    done = [r for r in store.runs() if r.status == "done"]
     top.append(f"{len(done)} runs; this invocation took {(time.perf_counter() - t0) / 60:.1f} minutes (runs already done "
                "are reused, so a rerun is quick).")
     return write_report(store, report_dir, "sftmix demo: training strategies (paper Table 1)", study.model_dump(), None, extra, top)
@@ -128,11 +128,11 @@ def _tsne_figure(study: StudyConfig, store, report_dir: Path, n: int) -> dict[st
     """Paper Fig. 5a/b at demo scale: base vs the DMT model on the same queries."""
     from sftmix.analysis.tsne import tsne  # torch and the models: loaded only for the figure
 
-    dmt = next((r for r in store.runs() if r["status"] == "done" and r["label"].startswith("strategy=dmt")), None)
+    dmt = next((r for r in store.runs() if r.status == "done" and r.label.startswith("strategy=dmt")), None)
     if dmt is None:
         return {}
     base = study.base
-    png = tsne({"base": resolve_model(base["model"]), "DMT": dmt["checkpoint"]}, base["heldout"]["sources"],
+    png = tsne({"base": resolve_model(base["model"]), "DMT": dmt.checkpoint}, base["heldout"]["sources"],
                report_dir / "tsne", n=n, layer=15, template=base["template"], data_dir=base.get("data_dir"),
                cfgs={k: SourceConfig(**v) for k, v in base["sources"].items()})
     return {"tsne_base_vs_dmt.png": png.read_bytes()}

@@ -31,6 +31,7 @@ from sftmix.analysis.laws import LAWS, Target, bootstrap, fit, fit_target
 from sftmix.analysis.propose import KProposal, MixtureProposal, load_proposal
 from sftmix.cli import main
 from sftmix.errors import SftmixError
+from sftmix.study.store import DataPart, Metric, Sample
 
 X = np.array([[d[1], d[2], d[0]] for d in DESIGN], float)  # (code, general, math), as the fit orders abilities
 MATH = ABILITIES.index("math")
@@ -229,10 +230,11 @@ def test_fit_propose_export_on_a_synthetic_study(tmp_path, capsys):
     # a run an earlier version of the study file left behind, under a current configuration's label:
     # it must enter neither the fit nor the report
     first = store.runs()[0]
-    store.start("stale0000000", first["label"], json.loads(first["point"]), json.loads(first["config"]))
-    store.finish("stale0000000", "ck", "ev", [("loss", "generated_math", 9.0)], 1e4, 1e6,
-                 [("loss", "generated_math", f"generated_math-{i}", 9.0 * 100, 100.0) for i in range(32)], (),
-                 [(1, "stage1_multitask", "generated_code", "code", 0, 5.0, 500.0, 400.0, "generated")])
+    stale = "stale0000000"
+    store.start(stale, first.label, first.point, first.config)
+    store.finish(stale, "ck", "ev", [Metric(stale, "loss", "generated_math", 9.0)], 1e4, 1e6,
+                 [Sample(stale, "loss", "generated_math", f"generated_math-{i}", 9.0 * 100, 100.0) for i in range(32)], (),
+                 [DataPart(stale, 1, "stage1_multitask", "generated_code", "code", 0, 5.0, 500.0, 400.0, "generated")])
     assert main(["study", "fit", str(f), "--draws", "40", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "26 of 28 runs done (1 failed, 1 running); fitting on the done ones" in out
@@ -369,7 +371,7 @@ def test_a_run_restarted_under_a_new_label_takes_it(tmp_path):
     store.start("r1", "seed=1 _mix=64-0-0", {"_mix": "64-0-0", "seed": 1}, {})
     store.start("r1", "seed=1 _mix=6:0:0", {"_mix": "6:0:0", "seed": 1}, {})
     row = store.runs()[0]
-    assert row["label"] == "seed=1 _mix=6:0:0" and json.loads(row["point"])["_mix"] == "6:0:0"
+    assert row.label == "seed=1 _mix=6:0:0" and row.point["_mix"] == "6:0:0"
 
 
 def test_a_fallback_stands_in_for_missing_data_only(tmp_path):

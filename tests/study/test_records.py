@@ -7,16 +7,12 @@ import pytest
 
 from sftmix import layout
 from sftmix.errors import SftmixError
-from sftmix.study.ingest import (
-    CurveRow,
-    DataRow,
-    curve_rows,
-    data_rows,
-)
+from sftmix.study.ingest import curve_rows, data_rows
 from sftmix.data.compose import Manifest
 from sftmix.eval.runner import EvalResults
 from sftmix.io import read_record
 from sftmix.study.executors.slurm import JobRecord
+from sftmix.study.store import CurvePoint, DataPart
 from sftmix.study.worker import DoneRecord, ErrorRecord, LockHolder
 from sftmix.supervised import SavedHeldout
 from sftmix.train.meta import StageMeta
@@ -68,7 +64,8 @@ def test_rows_come_from_the_stages_in_training_order(tmp_path):
         layout.manifest(layout.data_dir(stage)).write_text(json.dumps(
             {"name": name, "parts": [{"source": "gsm8k", "ability": "math", "count": i, "ids": [], "approx_tokens": 7, "pool_size": 9,
                         "origin": {"kind": "generated"}, **({"replay_of": "specialised"} if i == 2 else {})}]}))
-    assert curve_rows(tmp_path) == [CurveRow("specialised", 1, 4, 4, 10.0, "math", 1.0), CurveRow("general", 2, 4, 8, 20.0, "math", 0.5),
-                                    CurveRow("late", 10, 4, 40, 100.0, "math", 0.1)]
-    assert data_rows(tmp_path)[1] == DataRow(2, "stage2_general", "gsm8k", "math", 1, 2.0, 7.0, 9.0, "generated")
-    assert [d.stage_index for d in data_rows(tmp_path)] == [1, 2, 10]
+    assert curve_rows("r", tmp_path) == [CurvePoint("r", "specialised", 1, 4, 4, 10.0, "math", 1.0),
+                                         CurvePoint("r", "general", 2, 4, 8, 20.0, "math", 0.5),
+                                         CurvePoint("r", "late", 10, 4, 40, 100.0, "math", 0.1)]
+    assert data_rows("r", tmp_path)[1] == DataPart("r", 2, "stage2_general", "gsm8k", "math", 1, 2.0, 7.0, 9.0, "generated")
+    assert [d.stage_index for d in data_rows("r", tmp_path)] == [1, 2, 10]

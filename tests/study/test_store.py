@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from sftmix.errors import SftmixError
-from sftmix.study.store import Store
+from sftmix.study.store import CurvePoint, DataPart, Metric, Run, Sample, Store
 
 
 def test_a_run_is_started_finished_and_read_back(tmp_path):
@@ -14,37 +14,55 @@ def test_a_run_is_started_finished_and_read_back(tmp_path):
     assert s.status("a") is None
     s.start("a", "x=1", {"x": 1}, {"seed": 0})
     assert s.status("a") == "running"
-    s.finish("a", "/ckpt", "/eval", [("loss", "math", 1.5)], 1000.0, 10.0, samples=[("loss", "math", "r1", 3.0, 2.0)],
-             curves=[("stage1_x", 1, 0, 0, 0, "math", 2.0)], data=[(1, "stage1_x", "gsm8k", "math", 0, 8.0, 80.0, 100.0, "file")])
+    sample = Sample("a", "loss", "math", "r1", 3.0, 2.0)
+    curve = CurvePoint("a", "stage1_x", 1, 0, 0, 0.0, "math", 2.0)
+    part = DataPart("a", 1, "stage1_x", "gsm8k", "math", 0, 8.0, 80.0, 100.0, "file")
+    s.finish("a", "/ckpt", "/eval", [Metric("a", "loss", "math", 1.5)], 1000.0, 10.0, samples=[sample], curves=[curve], data=[part])
     assert s.status("a") == "done"
-    assert s.metrics() == [{"run_id": "a", "task": "loss", "metric": "math", "value": 1.5}]
-    assert [(r["item"], r["value"], r["weight"]) for r in s.samples("loss", "math")] == [("r1", 3.0, 2.0)]
-    assert s.data()[0]["examples"] == 8.0 and s.curves()[0].loss == 2.0
+    # each table reads back as its row type, every field in its place
+    assert s.metrics() == [Metric("a", "loss", "math", 1.5)] and s.metrics()[0].key == "loss/math"
+    assert s.samples("loss", "math") == [sample] and s.samples("loss", "other") == [] and s.samples() == [sample]
+    assert s.data() == [part] and s.curves() == [curve]
+    (run,) = s.runs()
+    assert isinstance(run, Run) and (run.id, run.label, run.point, run.config, run.seed) == ("a", "x=1", {"x": 1}, {"seed": 0}, 0)
+    assert (run.status, run.checkpoint, run.eval_dir, run.train_tokens, run.params) == ("done", "/ckpt", "/eval", 1000.0, 10.0)
     # finishing again replaces, never duplicates
-    s.finish("a", "/ckpt", "/eval", [("loss", "math", 1.25)], 1000.0, 10.0)
-    assert [m["value"] for m in s.metrics()] == [1.25] and s.samples() == []
+    s.finish("a", "/ckpt", "/eval", [Metric("a", "loss", "math", 1.25)], 1000.0, 10.0)
+    assert [m.value for m in s.metrics()] == [1.25] and s.samples() == []
+
+
+def test_finish_takes_rows_of_its_own_run_alone(tmp_path):
+    """A row of another run, or a bare tuple in the old column order, is refused before anything
+    is written: the run stays as it was."""
+    s = Store(tmp_path / "r.sqlite")
+    s.start("a", "a", {}, {"seed": 3})
+    for metrics, samples in (([Metric("b", "loss", "math", 1.0)], []), ([("loss", "math", 1.0)], []),
+                             ([], [("loss", "math", "r1", 3.0, 2.0)])):
+        with pytest.raises(ValueError, match="of this run"):
+            s.finish("a", "", "", metrics, 0.0, 0.0, samples=samples)
+    assert s.status("a") == "running" and s.metrics() == [] and s.runs()[0].seed == 3
 
 
 def test_a_failed_run_restarts_and_takes_its_current_label(tmp_path):
     s = Store(tmp_path / "r.sqlite")
     s.start("a", "old", {"x": 1}, {})
     s.fail("a", "boom")
-    assert s.status("a") == "failed" and s.runs()[0]["error"] == "boom"
+    assert s.status("a") == "failed" and s.runs()[0].error == "boom" and s.runs()[0].first_error_line == "boom"
     s.start("a", "new", {"x": 2}, {})
     row = s.runs()[0]
-    assert (row["status"], row["error"], row["label"]) == ("running", None, "new")
+    assert (row.status, row.error, row.label, row.point) == ("running", None, "new", {"x": 2})
     s.relabel("a", "newer", {"x": 3})
-    assert s.runs()[0]["label"] == "newer"
+    assert (s.runs()[0].label, s.runs()[0].point) == ("newer", {"x": 3})
 
 
 def test_a_restricted_view_reads_its_runs_alone(tmp_path):
     s = Store(tmp_path / "r.sqlite")
     for rid in ("a", "b"):
         s.start(rid, rid, {}, {})
-        s.finish(rid, "", "", [("loss", "m", 1.0)], 0.0, 0.0, samples=[("loss", "m", "i", 1.0, 1.0)])
+        s.finish(rid, "", "", [Metric(rid, "loss", "m", 1.0)], 0.0, 0.0, samples=[Sample(rid, "loss", "m", "i", 1.0, 1.0)])
     view = s.restricted(["b"])
-    assert [r["id"] for r in view.runs()] == ["b"] and [m["run_id"] for m in view.metrics()] == ["b"]
-    assert [r["run_id"] for r in view.samples()] == ["b"]
+    assert [r.id for r in view.runs()] == ["b"] and [m.run_id for m in view.metrics()] == ["b"]
+    assert [r.run_id for r in view.samples()] == ["b"]
     assert len(s.runs()) == 2  # the store itself is unchanged
 
 
@@ -64,8 +82,8 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
 def test_the_engine_of_a_run_is_kept_and_a_version_1_store_gains_the_column(tmp_path):
     s = Store(tmp_path / "r.sqlite")
     s.start("a", "x", {}, {})
-    s.finish("a", "/ckpt", "/eval", [("gsm8k", "accuracy", 50.0)], 0.0, 0.0, engine="vllm_server: vllm 0.32.0, float32")
-    assert s.runs()[0]["engine"] == "vllm_server: vllm 0.32.0, float32"
+    s.finish("a", "/ckpt", "/eval", [Metric("a", "gsm8k", "accuracy", 50.0)], 0.0, 0.0, engine="vllm_server: vllm 0.32.0, float32")
+    assert s.runs()[0].engine == "vllm_server: vllm 0.32.0, float32"
     old = tmp_path / "v1.sqlite"  # a store as version 1 wrote it: runs without the engine column
     con = sqlite3.connect(old)
     con.executescript("""CREATE TABLE runs (id TEXT PRIMARY KEY, label TEXT, point TEXT, config TEXT, status TEXT, error TEXT,
@@ -76,7 +94,7 @@ def test_the_engine_of_a_run_is_kept_and_a_version_1_store_gains_the_column(tmp_
     con.commit()
     con.close()
     v1 = Store(old)
-    assert [(r["id"], r["status"], r["engine"]) for r in v1.runs()] == [("b", "done", None)]
+    assert [(r.id, r.status, r.engine) for r in v1.runs()] == [("b", "done", None)]
     assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 3
 
 
@@ -113,5 +131,5 @@ def test_a_version_2_store_keeps_its_curves_under_the_source_column(tmp_path):
     raw.close()
     # and a new point lands beside the old ones
     s.start("c", "z", {}, {})
-    s.finish("c", "/ck", "/ev", [], 0.0, 0.0, curves=[("1_s", 1, 0, 0, 0.0, "gsm8k", 2.0)])
+    s.finish("c", "/ck", "/ev", [], 0.0, 0.0, curves=[CurvePoint("c", "1_s", 1, 0, 0, 0.0, "gsm8k", 2.0)])
     assert [c.source for c in Store(old).curves() if c.run_id == "c"] == ["gsm8k"]

@@ -27,7 +27,7 @@ from sftmix.data.sources import BUILTINS
 from sftmix.errors import SftmixError
 from sftmix.io import stable_hash, write_all, write_json
 from sftmix.progress import track
-from sftmix.study.store import Store
+from sftmix.study.store import DataPart, Store
 
 FIT_VERSION = 1
 DRAWS = 200
@@ -75,14 +75,14 @@ def design(store: Store, unit: str = "examples") -> Design:
     gs = groups(store)
     if not gs:
         raise SftmixError("fit: the study has no done runs yet (run `sftmix study run` first)")
-    by_run: dict[str, list[dict]] = {}
+    by_run: dict[str, list[DataPart]] = {}
     for d in store.data():
-        by_run.setdefault(d["run_id"], []).append(d)
-    missing = [g.label for g in gs if not all(r["id"] in by_run for r in g.runs)]
+        by_run.setdefault(d.run_id, []).append(d)
+    missing = [g.label for g in gs if not all(r.id in by_run for r in g.runs)]
     if missing:
         raise SftmixError(f"fit: the store does not say what {len(missing)} configuration(s) trained on (e.g. {missing[0]!r}): "
                           "rerun them")
-    abilities = sorted({d["ability"] for rows in by_run.values() for d in rows})
+    abilities = sorted({d.ability for rows in by_run.values() for d in rows})
     sources: dict[str, list[str]] = {}
     pools: dict[str, float] = {}
     origins: dict[str, set] = {}
@@ -91,17 +91,17 @@ def design(store: Store, unit: str = "examples") -> Design:
     stages = []
     for i, g in enumerate(gs):
         for r in g.runs:
-            for d in by_run[r["id"]]:
-                j = abilities.index(d["ability"])
-                ex[i, j] += d["examples"] / len(g.runs)
-                tok[i, j] += d["tokens"] / len(g.runs)
-                if not d["replay"]:
-                    sources.setdefault(d["ability"], [])
-                    if d["source"] not in sources[d["ability"]]:
-                        sources[d["ability"]].append(d["source"])
-                    pools[d["source"]] = max(pools.get(d["source"], 0.0), d["pool_size"])
-                    origins.setdefault(d["source"], set()).add(d["origin"])
-        stages.append(max(d["stage_index"] for r in g.runs for d in by_run[r["id"]]))
+            for d in by_run[r.id]:
+                j = abilities.index(d.ability)
+                ex[i, j] += d.examples / len(g.runs)
+                tok[i, j] += d.tokens / len(g.runs)
+                if not d.replay:
+                    sources.setdefault(d.ability, [])
+                    if d.source not in sources[d.ability]:
+                        sources[d.ability].append(d.source)
+                    pools[d.source] = max(pools.get(d.source, 0.0), d.pool_size)
+                    origins.setdefault(d.source, set()).add(d.origin)
+        stages.append(max(d.stage_index for r in g.runs for d in by_run[r.id]))
     return Design(abilities, gs, ex, tok, unit, sources, pools, stages, origins)
 
 
@@ -121,13 +121,13 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
             seed: int = 0) -> tuple[list[Target], list[str]]:
     """One ``Target`` per held-out loss measured on every configuration of ``gs`` (in that order),
     and notes on those left out."""
-    names = sorted({s["metric"] for s in store.samples("loss")})
+    names = sorted({s.metric for s in store.samples("loss")})
     if not names:
         raise SftmixError("fit: the study measured no held-out loss per item (add `loss` to eval.tasks, with the abilities' "
                           "sources in heldout.sources); laws are fitted to held-out loss")
     out, notes = [], []
     cache: dict = {}
-    trained = {d["source"]: d["ability"] for d in store.data()}
+    trained = {d.source: d.ability for d in store.data()}
     for k, source in enumerate(names):
         metric = f"loss/{source}"
         items = [group_items(store, g, metric, cache) for g in gs]
@@ -155,7 +155,8 @@ def targets(store: Store, gs: list[Group], abilities: list[str], sources: dict |
 def fit_key(store: Store, unit: str, n_boot: int, seed: int) -> str:
     """What a fit depends on: the done runs with their labels and grid points (a relabelled or
     regrouped study is another fit), the unit, the draws and the seed."""
-    done = sorted((r["id"], r["label"], r["point"]) for r in store.runs() if r["status"] == "done")
+    # the point as the store writes it (JSON text), so that fits made before keep their key
+    done = sorted((r.id, r.label, json.dumps(r.point)) for r in store.runs() if r.status == "done")
     return stable_hash([FIT_VERSION, done, unit, n_boot, seed])
 
 
@@ -312,30 +313,30 @@ def export_olmix(store: Store, folder: str | Path) -> tuple[Path, Path]:
     proportion of the examples trained on) and ``metrics.csv`` (the run column, then every
     metric), joined on the run id."""
     folder = Path(folder)
-    runs = [r for r in store.runs() if r["status"] == "done"]
+    runs = [r for r in store.runs() if r.status == "done"]
     if not runs:
         raise SftmixError("export: the study has no done runs yet")
     data: dict[str, dict[str, float]] = {}
     for d in store.data():
-        data.setdefault(d["run_id"], {})
-        data[d["run_id"]][d["ability"]] = data[d["run_id"]].get(d["ability"], 0.0) + d["examples"]
-    unknown = [r["label"] for r in runs if not data.get(r["id"])]
+        amounts = data.setdefault(d.run_id, {})
+        amounts[d.ability] = amounts.get(d.ability, 0.0) + d.examples
+    unknown = [r.label for r in runs if not data.get(r.id)]
     if unknown:  # a row of zeros would be a mixture of nothing
         raise SftmixError(f"export: the store does not say what {len(unknown)} run(s) trained on (e.g. {unknown[0]!r}): "
                           "rerun them")
     abilities = sorted({a for v in data.values() for a in v})
     keys = metric_keys(store)
-    vals = {(m["run_id"], f"{m['task']}/{m['metric']}"): m["value"] for m in store.metrics()}
+    vals = {(m.run_id, m.key): m.value for m in store.metrics()}
     ratios, metrics = io.StringIO(), io.StringIO()
     w = csv.writer(ratios)
     w.writerow(["run", *abilities])
     for r in runs:
-        amounts = data[r["id"]]
+        amounts = data[r.id]
         total = sum(amounts.values())
-        w.writerow([r["id"], *[amounts.get(a, 0.0) / total for a in abilities]])
+        w.writerow([r.id, *[amounts.get(a, 0.0) / total for a in abilities]])
     w = csv.writer(metrics)
     w.writerow(["run", *keys])
     for r in runs:
-        w.writerow([r["id"], *[vals.get((r["id"], k), "") for k in keys]])
+        w.writerow([r.id, *[vals.get((r.id, k), "") for k in keys]])
     write_all({folder / "ratios.csv": ratios.getvalue(), folder / "metrics.csv": metrics.getvalue()})  # both or neither
     return folder / "ratios.csv", folder / "metrics.csv"

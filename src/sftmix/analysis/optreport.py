@@ -23,8 +23,8 @@ def grid_best(log: OptimizeLog, store: Store) -> dict | None:
     if rec is None:
         return None
     full = Store(store.path)  # the whole store: a report may be given only some of its runs
-    rows = {r["id"]: r for r in full.runs()}
-    if any(rows.get(rid, {}).get("status") != "done" for rid in rec.run_ids):
+    rows = {r.id: r for r in full.runs()}
+    if any(rid not in rows or rows[rid].status != "done" for rid in rec.run_ids):
         return None
     cache: dict = {}  # the store's samples, read once per held-out source for every configuration
     rec_parts, _ = objective_parts(full, Group(rec.label, {}, {}, [rows[rid] for rid in rec.run_ids]), log.space, log.settings,

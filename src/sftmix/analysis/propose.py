@@ -44,7 +44,7 @@ from sftmix.analysis.stats import Interval, percentile_interval
 from sftmix.config.run import upgrade
 from sftmix.data.compose import round_half_up
 from sftmix.errors import SftmixError
-from sftmix.study.store import Store
+from sftmix.study.store import DataPart, Store
 
 
 class _Value(BaseModel):
@@ -378,22 +378,22 @@ def dmt_design(store) -> DmtDesign:
     gs = [g for g in groups(store) if (g.config.get("strategy") or {}).get("name") in ("dmt", "mixed_sequential")]
     if not gs:
         raise SftmixError("--dmt-k: the study has no done DMT runs (strategy dmt over several k, e.g. configs/studies/dmt_k.yaml)")
-    by_run: dict[str, list[dict]] = {}
+    by_run: dict[str, list[DataPart]] = {}
     for d in store.data():
-        by_run.setdefault(d["run_id"], []).append(d)
+        by_run.setdefault(d.run_id, []).append(d)
     ks, X, stage1, new = [], [], {}, []
     for g in gs:
-        rows = by_run.get(g.runs[0]["id"], [])
+        rows = by_run.get(g.runs[0].id, [])
         if not rows:
             raise SftmixError(f"--dmt-k: the store does not say what {g.label!r} trained on")
         ks.append(float((g.config.get("strategy") or {}).get("k", 0.0)))
-        replay = sum(d["examples"] for d in rows if d["stage_index"] == 2 and d["replay"])
-        fresh = sum(d["examples"] for d in rows if d["stage_index"] == 2 and not d["replay"])
+        replay = sum(d.examples for d in rows if d.stage_index == 2 and d.replay)
+        fresh = sum(d.examples for d in rows if d.stage_index == 2 and not d.replay)
         X.append([replay, fresh])
         new.append(fresh)
         for d in rows:
-            if d["stage_index"] == 1:
-                stage1[(d["source"], d["ability"])] = d["examples"]
+            if d.stage_index == 1:
+                stage1[(d.source, d.ability)] = d.examples
     if len(set(ks)) < 2:
         raise SftmixError(f"--dmt-k: the study's DMT runs all use k = {ks[0]:g}; a law over k needs a study that varies it")
     curves: dict[str, list[float]] = {}
@@ -403,7 +403,7 @@ def dmt_design(store) -> DmtDesign:
             key = (c.run_id, c.source)
             if key not in ends or c.step > ends[key][0]:
                 ends[key] = (c.step, c.loss)
-    ids = {r["id"] for g in gs for r in g.runs}
+    ids = {r.id for g in gs for r in g.runs}
     for (rid, source), (_, loss) in ends.items():
         if rid in ids:
             curves.setdefault(source, []).append(loss)
@@ -435,7 +435,7 @@ def propose_k(evidence: Evidence, eps: float, n_boot: int = 200, seed: int = 0) 
     if eps < 0:
         raise SftmixError(f"--dmt-k {eps:g}: EPS is a loss margin, >= 0")
     des = dmt_design(store)
-    abilities = sorted({d["ability"] for d in store.data()})
+    abilities = sorted({d.ability for d in store.data()})
     doc_targets, _ = targets(store, des.groups, abilities, None, n_boot, seed)
     specialised = {ability for (_, ability) in des.stage1_parts}
     X = des.X

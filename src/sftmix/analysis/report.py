@@ -189,7 +189,7 @@ def curve_figures(store: Store) -> dict[str, bytes]:
             per_step: dict[int, list[float]] = {}
             starts: set[int] = set()
             for r in g.runs:
-                for c in by_run.get(r["id"], []):
+                for c in by_run.get(r.id, []):
                     if c.source == source:
                         per_step.setdefault(c.run_step, []).append(c.loss)
                         if c.step == 0 and c.stage_index > 1:
@@ -306,9 +306,9 @@ PREDICTIONS_INTRO = ("What the fitted laws predicted for these configurations, b
 def _sections(store, runs, header, rows, known, found, sentences, predicted, pred_sentences, notes, top, curves, figs,
               laws, law_figs, stale, study_doc, optimization=None, opt_figs=None) -> list[Section]:
     """The report's sections, once, for both renderings."""
-    status = {s: sum(r["status"] == s for r in runs) for s in ("done", "running", "failed")}
-    vals = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
-    totals = [flops(r, vals, r["id"]) for r in runs if r["status"] == "done"]
+    status = {s: sum(r.status == s for r in runs) for s in ("done", "running", "failed")}
+    metrics = store.metrics()
+    totals = [flops(r, metrics) for r in runs if r.status == "done"]
     out = [Section(None, [*(Text(t, "top") for t in top or []), Text(
         f"runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
         f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs")])]
@@ -331,11 +331,11 @@ def _sections(store, runs, header, rows, known, found, sentences, predicted, pre
     out.append(Section("Runs", [Text("Each run, and which engine answered its generation tasks (backend: engine and "
                                      "version, dtype); a run with no generation task shows none."),
                                 Table(["label", "run", "status", "engine"],
-                                      [[r["label"], r["id"], r["status"], r["engine"] or "none"] for r in runs])]))
-    failed = [r for r in runs if r["status"] == "failed"]
+                                      [[r.label, r.id, r.status, r.engine or "none"] for r in runs])]))
+    failed = [r for r in runs if r.status == "failed"]
     if failed:
-        out.append(Section("Failed runs", [Details(r["label"], (r["error"] or "")[:500]) for r in failed]))
-    configs = [{k: r[k] for k in ("id", "label", "status", "checkpoint", "engine", "config")} for r in runs]
+        out.append(Section("Failed runs", [Details(r.label, (r.error or "")[:500]) for r in failed]))
+    configs = [{k: getattr(r, k) for k in ("id", "label", "status", "checkpoint", "engine", "config")} for r in runs]
     out.append(Section("Configs and provenance", [Details("study", json.dumps(study_doc or {}, indent=1)),
                                                   Details("runs", json.dumps(configs, indent=1)[:200000]),
                                                   Details("versions", json.dumps(provenance(), indent=1))]))

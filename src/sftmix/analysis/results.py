@@ -4,22 +4,21 @@ behind each, and the results table (an estimate with a 95% interval per metric) 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from sftmix.analysis import stats
 from sftmix.eval import tasks
 from sftmix.study.grid import REPLICATE_AXIS, group_label
-from sftmix.study.store import Store
+from sftmix.study.store import Metric, Run, Store
 
 
-def flops(run: dict, vals: dict, rid: str) -> tuple[float, float]:
+def flops(run: Run, metrics: list[Metric]) -> tuple[float, float]:
     """Training FLOPs 6·N·D over the real tokens trained on (all stages and epochs); evaluation
     FLOPs 2·N per prompt or generated token of the generation tasks (held-out loss excluded)."""
-    n = run["params"] or 0
-    eval_tokens = sum(v for (r, _t, m), v in vals.items() if r == rid and m == "tokens_processed")
-    return 6 * n * (run["train_tokens"] or 0), 2 * n * eval_tokens
+    n = run.params or 0
+    eval_tokens = sum(m.value for m in metrics if m.run_id == run.id and m.metric == "tokens_processed")
+    return 6 * n * (run.train_tokens or 0), 2 * n * eval_tokens
 
 
 def lower_is_better(metric: str, known: dict[str, tasks.Task] = tasks.BUILTIN) -> bool:
@@ -31,7 +30,7 @@ def lower_is_better(metric: str, known: dict[str, tasks.Task] = tasks.BUILTIN) -
 def study_tasks(store: Store) -> dict[str, tasks.Task]:
     """Every task the study's runs evaluated, by name: the built-ins and the user tasks their
     configs name (imported here, so a task module that is gone is a clear error)."""
-    return tasks.known([json.loads(r["config"]) for r in store.runs() if r["config"]])
+    return tasks.known([r.config for r in store.runs() if r.config])
 
 
 @dataclass
@@ -41,23 +40,22 @@ class Group:
     label: str
     point: dict
     config: dict
-    runs: list[dict] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
         """The seed of each run of the configuration, in run order."""
-        return [json.loads(r["config"]).get("seed", 0) for r in self.runs]
+        return [r.seed for r in self.runs]
 
 
 def groups(store: Store) -> list[Group]:
     """Done runs grouped by configuration, in the order the runs were first recorded."""
     out: dict[str, Group] = {}
     for r in store.runs():
-        if r["status"] != "done":
+        if r.status != "done":
             continue
-        point = json.loads(r["point"] or "{}")
-        label = group_label(point) if REPLICATE_AXIS in point else r["label"]
-        g = out.setdefault(label, Group(label, {k: v for k, v in point.items() if k != REPLICATE_AXIS}, json.loads(r["config"])))
+        label = group_label(r.point) if REPLICATE_AXIS in r.point else r.label
+        g = out.setdefault(label, Group(label, {k: v for k, v in r.point.items() if k != REPLICATE_AXIS}, r.config))
         g.runs.append(r)
     return list(out.values())
 
@@ -65,8 +63,7 @@ def groups(store: Store) -> list[Group]:
 def metric_keys(store: Store) -> list[str]:
     """The headline metrics present: benchmarks first, then held-out loss per source."""
     known = study_tasks(store)
-    keys = {f"{m['task']}/{m['metric']}" for m in store.metrics()
-            if m["task"] in known and known[m["task"]].direction(m["metric"]) is not None}
+    keys = {m.key for m in store.metrics() if m.task in known and known[m.task].direction(m.metric) is not None}
     order = {"gsm8k": 0, "humaneval": 1, "mtbench": 2, "loss": 4}  # a user's own tasks between the benchmarks and loss
     return sorted(keys, key=lambda k: (order.get(k.split("/")[0], 3), k))
 
@@ -82,14 +79,14 @@ def group_items(store: Store, g: Group, metric: str, cache: dict | None = None) 
         rows = store.samples(task, name)
         if cache is not None:
             cache[key] = rows
-    ids = {r["id"] for r in g.runs}
+    ids = {r.id for r in g.runs}
     per_run: dict[str, dict] = {}
     for s in rows:
-        if s["run_id"] in ids:
-            per_run.setdefault(s["run_id"], {})[s["item"]] = (s["value"], s["weight"])
+        if s.run_id in ids:
+            per_run.setdefault(s.run_id, {})[s.item] = (s.value, s.weight)
     if len(per_run) != len(g.runs):
         return None
-    seeds = {r["id"]: json.loads(r["config"]).get("seed", 0) for r in g.runs}
+    seeds = {r.id: r.seed for r in g.runs}
     return stats.items_of([(seeds[rid], per_run[rid]) for rid in sorted(per_run, key=lambda x: seeds[x])])
 
 
@@ -97,8 +94,8 @@ def summary(store: Store) -> tuple[list[str], list[list]]:
     """Table rows: one per configuration, a cell per metric: (estimate, low, high) or a plain
     value when no per-item results exist; plus the number of seeds and FLOPs."""
     keys = metric_keys(store)
-    vals = {(m["run_id"], f"{m['task']}/{m['metric']}"): m["value"] for m in store.metrics()}
-    flat = {(m["run_id"], m["task"], m["metric"]): m["value"] for m in store.metrics()}
+    metrics = store.metrics()
+    vals = {(m.run_id, m.key): m.value for m in metrics}
     header = ["run", "seeds"] + keys + ["train PFLOPs", "eval PFLOPs"]
     rows, cache = [], {}
     for g in groups(store):
@@ -108,9 +105,9 @@ def summary(store: Store) -> tuple[list[str], list[list]]:
             if items is not None and items.values.size:
                 cells.append(stats.interval(items))
             else:
-                present = [vals[(r["id"], k)] for r in g.runs if (r["id"], k) in vals]
+                present = [vals[(r.id, k)] for r in g.runs if (r.id, k) in vals]
                 cells.append(sum(present) / len(present) if present else None)
-        fl = [flops(r, flat, r["id"]) for r in g.runs]
+        fl = [flops(r, metrics) for r in g.runs]
         cells += [round(sum(t for t, _ in fl) / len(fl) / 1e15, 6), round(sum(e for _, e in fl) / len(fl) / 1e15, 6)]
         rows.append(cells)
     return header, rows

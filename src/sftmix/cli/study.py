@@ -41,10 +41,10 @@ def cmd_study(args) -> None:
         store = run_study(study, runs, args.profile, progress=not args.quiet, executor=args.executor, address=args.address)
         store = store.restricted(r.id for r in runs)
         print(f"report: {write_report(store, layout.report_dir(out), study.name, doc, top=notes)}")
-        failed = [r for r in store.runs() if r["status"] == "failed"]
+        failed = [r for r in store.runs() if r.status == "failed"]
         if failed:
             raise SftmixError(f"{len(failed)} of {len(runs)} runs failed (see `sftmix study status {args.file}`): "
-                              + "; ".join(f"{r['label']}: {(r['error'] or '').splitlines()[0][:120]}" for r in failed[:5]))
+                              + "; ".join(f"{r.label}: {r.first_error_line[:120]}" for r in failed[:5]))
     elif args.study_command == "status":
         rows = status_rows(Store(db).restricted(r.id for r in runs) if db.exists() else None, runs, out)
         table(f"study {study.name}{' (' + args.profile + ')' if args.profile else ''}: {len(runs)} runs",
@@ -84,7 +84,7 @@ def _results(args):
 
 
 def _counts(store, runs) -> dict:
-    rows = {r["id"]: r["status"] for r in store.runs()}
+    rows = {r.id: r.status for r in store.runs()}
     c = {s: sum(rows.get(r.id) == s for r in runs) for s in ("done", "failed", "running")}
     c["pending"] = sum(r.id not in rows for r in runs)
     c["planned"] = len(runs)

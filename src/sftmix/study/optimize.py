@@ -493,14 +493,14 @@ def _interval(parts: list[tuple[float, stats.Items]], seed: int) -> Interval:
 def observe(store: Store, run_ids: list[str], space: Space, s: Settings) -> tuple[Interval, dict[str, Interval]]:
     """A configuration's weighted held-out loss and each weighted or constrained ability's loss,
     with 95% intervals (items and seeds bootstrapped)."""
-    rows = {r["id"]: r for r in store.runs()}
-    missing = [rid for rid in run_ids if (rows.get(rid) or {}).get("status") != "done"]
+    rows = {r.id: r for r in store.runs()}
+    missing = [rid for rid in run_ids if rid not in rows or rows[rid].status != "done"]
     if missing:
-        r = rows.get(missing[0]) or {}
-        raise SftmixError(f"optimize: run {missing[0]} is {r.get('status') or 'not recorded'}"
-                          + (f": {(r.get('error') or '').splitlines()[0][:300]}" if r.get("error") else "")
+        r = rows.get(missing[0])
+        raise SftmixError(f"optimize: run {missing[0]} is {r.status if r else 'not recorded'}"
+                          + (f": {r.first_error_line[:300]}" if r and r.error else "")
                           + "; run `sftmix study optimize` again to retry it")
-    g = Group(rows[run_ids[0]]["label"], {}, {}, [rows[rid] for rid in run_ids])
+    g = Group(rows[run_ids[0]].label, {}, {}, [rows[rid] for rid in run_ids])
     parts, by = objective_parts(store, g, space, s)
     for a, xs in by.items():
         if any(x is None or not x.items for x in xs):
@@ -521,7 +521,7 @@ def resolution(store: Store, log: OptimizeLog) -> float | None:
                   key=lambda c: c.observed.estimate)
     if len(seen) < 2:
         return None
-    rows = {r["id"]: r for r in store.runs()}
+    rows = {r.id: r for r in store.runs()}
     cache: dict = {}
     a, b = (objective_parts(store, Group(c.label, {}, {}, [rows[rid] for rid in c.run_ids]), log.space, log.settings, cache)[0]
             for c in seen[:2])

@@ -122,7 +122,7 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
         return True
     run_out = run_path(out, run)
     if (run_out / layout.DONE).exists():
-        record = read_run(run_out)  # a malformed file in the folder is an error naming it
+        record = read_run(run.id, run_out)  # a malformed file in the folder is an error naming it
         if store.status(run.id) is None:
             store.start(run.id, run.label, run.point, run.config.model_dump())
         store.finish(run.id, record.checkpoint, record.eval_dir, record.metrics, record.train_tokens, record.params,
@@ -145,11 +145,11 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
 def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = None) -> list[list[str]]:
     """[id, label, state, detail] per run: done / running (on which executor) / queued / failed /
     pending, from the store and, where given, the run folders."""
-    by_id = {r["id"]: r for r in store.runs()} if store else {}
+    by_id = {r.id: r for r in store.runs()} if store else {}
     rows = []
     for r in runs:
-        row = by_id.get(r.id) or {}
-        state, detail = row.get("status") or "pending", (row.get("error") or "").splitlines()[0][:300] if row.get("error") else ""
+        stored = by_id.get(r.id)
+        state, detail = (stored.status, stored.first_error_line[:300]) if stored else ("pending", "")
         if out is not None and state != "done":
             run_out = run_path(out, r)
             job = read_job(run_out)

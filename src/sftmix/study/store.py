@@ -52,9 +52,65 @@ COLUMNS = {"runs": {"id", "label", "point", "config", "status", "error", "checkp
            "metrics": {"run_id", "task", "metric", "value"}}
 
 
+class Run(NamedTuple):
+    """A stored run (``runs``): its id, label, grid point and resolved config (as JSON), where it
+    stands (running, done, failed, with the error) and, once done, its checkpoint, evaluation
+    folder, trained tokens, parameter count and the engine that answered its generation tasks."""
+
+    id: str
+    label: str
+    point: dict
+    config: dict
+    status: str
+    error: str | None
+    checkpoint: str | None
+    eval_dir: str | None
+    started: float | None
+    finished: float | None
+    train_tokens: float | None
+    params: float | None
+    engine: str | None
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (its config's; 0 where the config has none)."""
+        return self.config.get("seed", 0)
+
+    @property
+    def first_error_line(self) -> str:
+        """The first line of a failed run's error, '' for none."""
+        return (self.error or "").splitlines()[0] if self.error else ""
+
+
+class Metric(NamedTuple):
+    """A run's headline value of one task's metric (``metrics``)."""
+
+    run_id: str
+    task: str
+    metric: str
+    value: float
+
+    @property
+    def key(self) -> str:
+        """``task/metric``, the column a study's tables and claims name."""
+        return f"{self.task}/{self.metric}"
+
+
+class Sample(NamedTuple):
+    """One item behind a run's headline metric (``samples``): a held-out sample's summed token loss
+    with its token count as weight, a problem's pass (weight 1), a judgment's score."""
+
+    run_id: str
+    task: str
+    metric: str
+    item: str
+    value: float
+    weight: float
+
+
 class CurvePoint(NamedTuple):
-    """A stored forgetting-curve point: one run's held-out loss on one held-out source at one step
-    of one stage, with where that step lies on the run's axes."""
+    """A stored forgetting-curve point (``curves``): one run's held-out loss on one held-out source
+    at one step of one stage, with where that step lies on the run's axes."""
 
     run_id: str
     stage: str
@@ -64,6 +120,23 @@ class CurvePoint(NamedTuple):
     run_tokens: float
     source: str
     loss: float
+
+
+class DataPart(NamedTuple):
+    """What one part of one stage's mixture of a run trained on (``data``; replay = 1 for a
+    replayed part): examples, approximate tokens, the source's pool size and where its rows came
+    from (``origin``: a data file, the hub, generated)."""
+
+    run_id: str
+    stage_index: int
+    stage: str
+    source: str
+    ability: str
+    replay: int
+    examples: float
+    tokens: float
+    pool_size: float
+    origin: str
 
 
 def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
@@ -140,20 +213,21 @@ class Store:
                 "point = excluded.point",
                 (run_id, label, json.dumps(point), json.dumps(config), time.time()))
 
-    def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[tuple[str, str, float]],
-               train_tokens: float, params: float, samples: list[tuple] = (), curves: list[tuple] = (),
-               data: list[tuple] = (), engine: str | None = None) -> None:
-        """Record a finished run: metrics, per-item samples ``(task, metric, item, value, weight)``,
-        curve points ``(stage, stage_index, step, run_step, run_tokens, source, loss)`` and the
-        data it trained on ``(stage_index, stage, source, ability, replay, examples, tokens,
-        pool_size, origin)``; ``engine``: which engine answered its generation tasks."""
+    def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[Metric], train_tokens: float, params: float,
+               samples: list[Sample] = (), curves: list[CurvePoint] = (), data: list[DataPart] = (),
+               engine: str | None = None) -> None:
+        """Record a finished run: its metrics, per-item samples, curve points and the data it
+        trained on (each row of this run); ``engine``: which engine answered its generation tasks."""
+        rows = {"metrics": metrics, "samples": samples, "curves": curves, "data": data}
+        for table, kind in (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart)):
+            bad = next((r for r in rows[table] if not isinstance(r, kind) or r.run_id != run_id), None)
+            if bad is not None:
+                raise ValueError(f"finish({run_id!r}): a {table} row must be a {kind.__name__} of this run, got {bad!r}")
         with self.conn:  # metrics, samples, curves, data and the 'done' status land together or not at all
-            for table in ("metrics", "samples", "curves", "data"):
+            for table, kind in (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart)):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            self.conn.executemany("INSERT INTO data VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *d) for d in data])
-            self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", [(run_id, t, m, v) for t, m, v in metrics])
-            self.conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)", [(run_id, *s) for s in samples])
-            self.conn.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(run_id, *c) for c in curves])
+                self.conn.executemany(f"INSERT INTO {table} ({', '.join(kind._fields)}) VALUES ({', '.join('?' * len(kind._fields))})",
+                                      rows[table])
             self.conn.execute("UPDATE runs SET status = 'done', checkpoint = ?, eval_dir = ?, finished = ?, train_tokens = ?, "
                               "params = ?, engine = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, engine, run_id))
 
@@ -171,31 +245,31 @@ class Store:
         view.only = frozenset(run_ids)
         return view
 
-    def _keep(self, rows, key: str = "run_id") -> list[dict]:
-        return [dict(r) for r in rows if self.only is None or r[key] in self.only]
+    def _read(self, kind, table: str, where: str = "", args: tuple = (), order: str = "") -> list:
+        """The rows of ``table`` (of this view's runs) as ``kind``, its columns read by name."""
+        key = "id" if kind is Run else "run_id"
+        rows = self.conn.execute(f"SELECT {', '.join(kind._fields)} FROM {table} {where} {order}", args)
+        return [kind(*r) for r in rows if self.only is None or r[key] in self.only]
 
-    def runs(self) -> list[dict]:
-        """Every run (of this view), as dicts."""
-        return self._keep(self.conn.execute("SELECT * FROM runs"), "id")
+    def runs(self) -> list[Run]:
+        """Every run (of this view), in the order they were first recorded."""
+        return [r._replace(point=json.loads(r.point or "{}"), config=json.loads(r.config or "{}"))
+                for r in self._read(Run, "runs", order="ORDER BY rowid")]
 
-    def metrics(self) -> list[dict]:
+    def metrics(self) -> list[Metric]:
         """Every metric value of the runs."""
-        return self._keep(self.conn.execute("SELECT * FROM metrics"))
+        return self._read(Metric, "metrics")
 
-    def samples(self, task: str | None = None, metric: str | None = None) -> list[dict]:
+    def samples(self, task: str | None = None, metric: str | None = None) -> list[Sample]:
         """Per-item values, optionally of one task and metric."""
-        q, args = "SELECT * FROM samples WHERE 1 = 1", []
-        if task is not None:
-            q, args = q + " AND task = ?", [*args, task]
-        if metric is not None:
-            q, args = q + " AND metric = ?", [*args, metric]
-        return self._keep(self.conn.execute(q + " ORDER BY run_id, item", args))
+        where = [(c, v) for c, v in (("task", task), ("metric", metric)) if v is not None]
+        return self._read(Sample, "samples", "WHERE " + " AND ".join(f"{c} = ?" for c, _ in where) if where else "",
+                          tuple(v for _, v in where), "ORDER BY run_id, item")
 
-    def data(self) -> list[dict]:
+    def data(self) -> list[DataPart]:
         """What each run trained on: a row per stage, source and replay part."""
-        return self._keep(self.conn.execute("SELECT * FROM data ORDER BY run_id, stage_index, replay, source"))
+        return self._read(DataPart, "data", order="ORDER BY run_id, stage_index, replay, source")
 
     def curves(self) -> list[CurvePoint]:
         """The forgetting-curve points of the runs."""
-        rows = self.conn.execute(f"SELECT {', '.join(CurvePoint._fields)} FROM curves ORDER BY run_id, run_step, source")
-        return [CurvePoint(*r) for r in rows if self.only is None or r["run_id"] in self.only]
+        return self._read(CurvePoint, "curves", order="ORDER BY run_id, run_step, source")
