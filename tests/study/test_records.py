@@ -69,3 +69,27 @@ def test_rows_come_from_the_stages_in_training_order(tmp_path):
                                          CurvePoint("r", "late", 10, 4, 40, 100.0, "math", 0.1)]
     assert data_rows("r", tmp_path)[1] == DataPart("r", 2, "stage2_general", "gsm8k", "math", 1, 2.0, 7.0, 9.0, "generated")
     assert [d.stage_index for d in data_rows("r", tmp_path)] == [1, 2, 10]
+
+
+def test_an_evaluation_s_items_read_back_and_a_bad_line_is_named(tmp_path):
+    """``items_<task>.jsonl`` is written and read as ``Item`` lines; the store's samples come from
+    them, and a malformed line stops the ingest with its file and line number."""
+    from sftmix.eval.runner import Item, items_file, read_items
+    from sftmix.io import write_jsonl
+    from sftmix.study.ingest import sample_rows
+    from sftmix.study.store import Sample
+
+    items = [Item(metric="pass@1", item="HumanEval/0", value=100.0, weight=1.0), Item(metric="pass@1", item="HumanEval/1", value=0, weight=1)]
+    write_jsonl(items_file(tmp_path, "humaneval"), [i.model_dump() for i in items])
+    assert read_items(tmp_path, "humaneval") == items
+    assert sample_rows("r", tmp_path, {"humaneval": {}}) == [Sample("r", "humaneval", "pass@1", "HumanEval/0", 100.0, 1.0),
+                                                            Sample("r", "humaneval", "pass@1", "HumanEval/1", 0.0, 1.0)]
+    with items_file(tmp_path, "humaneval").open("a") as f:
+        f.write("\n" + json.dumps({"metric": "pass@1", "item": "HumanEval/2", "value": "passed", "weight": 1}) + "\n")
+    with pytest.raises(SftmixError, match=r"items_humaneval.jsonl:4: not a Item \(value: "):
+        sample_rows("r", tmp_path, {"humaneval": {}})
+    items_file(tmp_path, "humaneval").write_text('{"metric": "pass@1", "item": "x", "value": 1, "weight": 1, "extra": 2}\n')
+    with pytest.raises(SftmixError, match=r"items_humaneval.jsonl:1: not a Item \(extra"):
+        read_items(tmp_path, "humaneval")
+    with pytest.raises(SftmixError, match="items_loss.jsonl: missing; the evaluation of task 'loss' wrote no per-item"):
+        sample_rows("r", tmp_path, {"loss": {}})

@@ -17,7 +17,7 @@ from sftmix import layout
 from sftmix.config import EvalConfig, HeldoutConfig, SourceConfig
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
-from sftmix.io import read_json, write_json, write_jsonl
+from sftmix.io import read_json, read_records, write_json, write_jsonl
 from sftmix.provenance import provenance
 
 
@@ -51,6 +51,29 @@ class TaskInfo(_Record):
     version: int = 1
     metrics: dict[str, str] = {}
     binary: bool = False
+
+
+class Item(BaseModel):
+    """A line of ``items_<task>.jsonl``: one item behind a task's headline metric, with its weight
+    (a held-out sample: its summed token loss, weighted by its token count; a problem's pass or a
+    judgment's score: weight 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    item: str
+    value: float
+    weight: float
+
+
+def items_file(eval_dir: str | Path, task: str) -> Path:
+    """Where an evaluation keeps the items behind a task's headline metrics."""
+    return Path(eval_dir) / f"items_{task}.jsonl"
+
+
+def read_items(eval_dir: str | Path, task: str) -> list[Item]:
+    """The items behind a task's headline metrics, each line checked (a bad one names its line)."""
+    return read_records(items_file(eval_dir, task), Item)
 
 
 class EvalResults(_Record):
@@ -144,7 +167,7 @@ def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
         metrics["engine"] = gen.engine()
     metrics["wall_s"] = round(time.perf_counter() - t0, 2)
     write_jsonl(out / f"samples_{task.name}.jsonl", rows)
-    write_jsonl(out / f"items_{task.name}.jsonl", [{"metric": m, "item": i, "value": v, "weight": w} for m, i, v, w in items])
+    write_jsonl(items_file(out, task.name), [Item(metric=m, item=i, value=v, weight=w).model_dump() for m, i, v, w in items])
     write_json(done, metrics)
     return metrics
 

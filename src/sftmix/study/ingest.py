@@ -16,9 +16,9 @@ from pathlib import Path
 from sftmix import layout
 from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
-from sftmix.eval.runner import EvalResults
+from sftmix.eval.runner import EvalResults, items_file, read_items
 from sftmix.eval.tasks import stored_values
-from sftmix.io import read_jsonl, read_record
+from sftmix.io import read_record
 from sftmix.study.store import CurvePoint, DataPart, Metric, Sample
 from sftmix.study.worker import DoneRecord
 from sftmix.train.meta import StageMeta
@@ -51,11 +51,10 @@ def sample_rows(run_id: str, eval_dir: Path, tasks: dict) -> list[Sample]:
     """Every item behind a headline metric, from the evaluation's ``items_<task>.jsonl``."""
     out: list[Sample] = []
     for task in tasks:
-        items = Path(eval_dir) / f"items_{task}.jsonl"
-        if not items.exists():
-            raise SftmixError(f"{items}: missing; the evaluation of task {task!r} wrote no per-item results (rerun the run's "
-                              "evaluation: delete its eval folder and `study run` again)")
-        out += [Sample(run_id, task, r["metric"], r["item"], r["value"], r["weight"]) for r in read_jsonl(items)]
+        if not items_file(eval_dir, task).exists():
+            raise SftmixError(f"{items_file(eval_dir, task)}: missing; the evaluation of task {task!r} wrote no per-item results "
+                              "(rerun the run's evaluation: delete its eval folder and `study run` again)")
+        out += [Sample(run_id, task, i.metric, i.item, i.value, i.weight) for i in read_items(eval_dir, task)]
     return out
 
 
