@@ -9,6 +9,7 @@ import yaml
 
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix.analysis import stats
+from sftmix.analysis.findings import Finding
 
 LOSS_EVAL = {"tasks": ["loss"]}
 HELDOUT = {"sources": ["generated_code", "generated_math", "sharegpt"], "samples": 12}
@@ -188,6 +189,10 @@ def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
     shutil.rmtree(study_dir(cfg, None) / "runs")  # the report needs nothing but results.sqlite
     page = write_report(store, tmp_path / "report", "evidence", cfg.model_dump())
     found = json.loads((tmp_path / "report" / "findings.json").read_text())
+    # the file is a list of Findings, each row with every field (None where it does not apply)
+    typed = [Finding.model_validate(x) for x in found]
+    assert all(set(x) == set(Finding.model_fields) for x in found) and [f.tested for f in typed] == [True, True, False]
+    assert typed[2].diff is None and typed[2].note and typed[0].mcnemar is None  # held-out loss is not pass/fail
     assert [x["verdict"] != "not tested" for x in found] == [True, True, False]
     for x, expect in zip(found[:2], ["better", "worse"]):
         # held-out loss: lower is better, so "A is better" claims A - B < 0. The verdict must follow

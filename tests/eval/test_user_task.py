@@ -63,6 +63,7 @@ def test_a_user_task_runs_in_a_study_with_intervals_mcnemar_a_claim_and_a_column
     rows = findings if isinstance(findings, list) else findings.get("claims", findings.get("findings", []))
     (row,) = [x for x in rows if x.get("metric") == "arithmetic/accuracy"]
     assert row["items"] == 8 and row["mcnemar"] is not None and "verdict" in row and row["low"] <= row["diff"] <= row["high"]
+    assert set(row["mcnemar"]) == {"a_only", "b_only", "p"} and 0 <= row["mcnemar"]["p"] <= 1
     assert "arithmetic/accuracy" in (root / "report" / "report.md").read_text()
 
 

@@ -3,7 +3,10 @@ computed from the data) and its predictions checked against what was observed. T
 configurations and their per-item values come from ``sftmix.analysis.results``.
 
 Everything here reads the database alone (``runs``, ``metrics``, ``samples``), so a report can be
-rebuilt at any time from ``results.sqlite``.
+rebuilt at any time from ``results.sqlite``. A tested claim is a ``Finding`` (the report's
+``findings.json``: a list of them), a checked prediction a ``CheckedPrediction``
+(``predictions.json``); every row has every field, None where it does not apply (a claim not
+tested has no interval).
 """
 
 from __future__ import annotations
@@ -11,12 +14,84 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from sftmix.analysis import stats
 from sftmix.analysis.results import Group, group_items, groups, lower_is_better, metric_keys, study_tasks
 from sftmix.config import Claim
 from sftmix.eval import tasks
 from sftmix.study.grid import short_value
 from sftmix.study.store import Store
+
+# ---------------------------------------------------------------- the checked rows
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class McNemar(_Row):
+    """McNemar's exact test on a pass/fail metric: items only A passed, only B passed, p-value."""
+
+    a_only: int
+    b_only: int
+    p: float
+
+
+class Finding(_Row):
+    """A claim tested on one pair of configurations and one metric (or a weighted mean of metrics):
+    A - B with its paired 95% interval over the compared items and seeds, and the verdict."""
+
+    claim: str
+    expect: str
+    a: str
+    b: str
+    metric: str
+    verdict: str
+    note: str | None = None  # why it was not tested
+    weights: dict[str, float] | None = None  # a weighted claim's metrics and weights
+    seeds_a: int | None = None
+    seeds_b: int | None = None
+    diff: float | None = None
+    low: float | None = None
+    high: float | None = None
+    items: int | None = None
+    mcnemar: McNemar | None = None
+    a_value: float | None = None
+    b_value: float | None = None
+    seeds_compared: list[int] | None = None
+
+    @property
+    def tested(self) -> bool:
+        """Whether the claim could be tested (else ``note`` says why)."""
+        return self.verdict != NOT_TESTED
+
+
+class CheckedPrediction(_Row):
+    """A fitted law's prediction for a configuration beside what the study observed there."""
+
+    configuration: str
+    metric: str
+    predicted: float
+    low: float
+    high: float
+    law_low: float | None = None
+    law_high: float | None = None
+    law: str = ""
+    verdict: str
+    note: str | None = None
+    observed: float | None = None
+    observed_low: float | None = None
+    observed_high: float | None = None
+    seeds: int | None = None
+
+    @property
+    def tested(self) -> bool:
+        """Whether the configuration was observed (else ``note`` says why)."""
+        return self.verdict != NOT_TESTED
+
+
+NOT_TESTED = "not tested"
 
 # ---------------------------------------------------------------- claims
 
@@ -97,7 +172,7 @@ def pairs(gs: list[Group], claim: Claim, zipped: tuple[str, ...] = ()) -> tuple[
     return out, ""
 
 
-def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()) -> list[dict]:
+def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()) -> list[Finding]:
     """Each claim (per pair of configurations and per measured metric): A - B with a paired 95%
     interval, McNemar for pass/fail metrics, and the verdict. Claims whose configurations or
     data are missing say so."""
@@ -106,7 +181,7 @@ def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()
     known = study_tasks(store)
     out = []
     for c in claims:
-        out += [_own_words(row, c) for row in _claim_rows(store, gs, c, zipped, measured, known)]
+        out += [Finding(**_own_words(row, c)) for row in _claim_rows(store, gs, c, zipped, measured, known)]
     return out
 
 
@@ -119,7 +194,7 @@ def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured
     found, why = pairs(gs, c, zipped)
     usable = [m for m in metrics if m in measured]
     if not found or not usable:
-        return [{**base, "verdict": "not tested", "note": why or f"the study measured none of {', '.join(metrics)}"}]
+        return [{**base, "verdict": NOT_TESTED, "note": why or f"the study measured none of {', '.join(metrics)}"}]
     return [_test(store, base, a, b, ctx, metric, known) for a, b, ctx in found for metric in usable]
 
 
@@ -138,7 +213,7 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str, k
            "seeds_a": len(a.runs), "seeds_b": len(b.runs)}
     ia, ib = group_items(store, a, metric), group_items(store, b, metric)
     if ia is None or ib is None or not ia.items or not ib.items:
-        return {**row, "verdict": "not tested", "note": f"no per-item results for {metric}"}
+        return {**row, "verdict": NOT_TESTED, "note": f"no per-item results for {metric}"}
     diff, lo, hi, n = stats.paired_difference(ia, ib)
     # a claim that A is better: A - B < 0 for loss, > 0 otherwise; "worse" flips it
     expect_positive = (not lower_is_better(metric, known)) == (base["expect"] == "better")
@@ -162,14 +237,14 @@ def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, meas
     found, why = pairs(gs, c, zipped)
     missing = [m for m in c.weights if m not in measured]
     if not found or missing:
-        return [{**base, "verdict": "not tested", "note": why or f"the study did not measure {', '.join(missing)}"}]
+        return [{**base, "verdict": NOT_TESTED, "note": why or f"the study did not measure {', '.join(missing)}"}]
     out = []
     for a, b, ctx in found:
         row = {**base, "claim": base["claim"] + (f" ({ctx})" if ctx else ""), "a": a.label, "b": b.label,
                "seeds_a": len(a.runs), "seeds_b": len(b.runs)}
         parts = [(w, group_items(store, a, m), group_items(store, b, m)) for m, w in c.weights.items()]
         if any(x is None or y is None or not x.items or not y.items for _, x, y in parts):
-            out.append({**row, "verdict": "not tested", "note": "no per-item results for every weighted metric"})
+            out.append({**row, "verdict": NOT_TESTED, "note": "no per-item results for every weighted metric"})
             continue
         va, vb, diff, lo, hi = stats.paired_weighted_difference(parts)
         lower = all(lower_is_better(m, known) for m in c.weights)
@@ -184,7 +259,7 @@ def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, meas
 INSIDE, OUTSIDE_LOW, OUTSIDE_HIGH = "inside the predicted interval", "below the predicted interval", "above the predicted interval"
 
 
-def check_predictions(store: Store, predictions: list) -> list[dict]:
+def check_predictions(store: Store, predictions: list) -> list[CheckedPrediction]:
     """Each prediction beside what was observed (estimate and 95% interval over items and seeds)
     and whether the observed estimate lies in the predictive interval."""
     gs = groups(store)
@@ -194,46 +269,46 @@ def check_predictions(store: Store, predictions: list) -> list[dict]:
                "law_low": p.law_low, "law_high": p.law_high, "law": p.law}
         match = [g for g in gs if _matches(g, p.a)]
         if len(match) != 1:
-            out.append({**row, "verdict": "not tested", "note": f"{len(match)} configurations match {short_value(p.a)}"})
+            out.append(CheckedPrediction(**row, verdict=NOT_TESTED, note=f"{len(match)} configurations match {short_value(p.a)}"))
             continue
         g = match[0]
         weights = p.weights or {p.metric: 1.0}
         parts = [(w, group_items(store, g, m)) for m, w in weights.items()]
         if any(x is None or not x.items for _, x in parts):
-            out.append({**row, "verdict": "not tested", "note": f"{g.label}: no per-item results for {p.metric}"})
+            out.append(CheckedPrediction(**row, verdict=NOT_TESTED, note=f"{g.label}: no per-item results for {p.metric}"))
             continue
         est, lo, hi = stats.weighted_interval(parts)
         v = INSIDE if p.low <= est <= p.high else OUTSIDE_LOW if est < p.low else OUTSIDE_HIGH
-        out.append({**row, "configuration": g.label, "observed": est, "observed_low": lo, "observed_high": hi,
-                    "seeds": len(g.runs), "verdict": v})
+        out.append(CheckedPrediction(**{**row, "configuration": g.label}, observed=est, observed_low=lo, observed_high=hi,
+                                     seeds=len(g.runs), verdict=v))
     return out
 
 
-def prediction_sentence(p: dict) -> str:
+def prediction_sentence(p: CheckedPrediction) -> str:
     """One sentence for a checked prediction: predicted interval, observed value and verdict."""
-    if p["verdict"] == "not tested":
-        return f"Prediction for {p['configuration']}, {p['metric']}: not tested ({p['note']})."
-    return (f"Prediction for {p['configuration']}, {p['metric']} ({p['law']} law): predicted {p['predicted']:.4g} [95% predictive "
-            f"{p['low']:.4g}, {p['high']:.4g}], observed {p['observed']:.4g} [95% CI {p['observed_low']:.4g}, "
-            f"{p['observed_high']:.4g}] over {p['seeds']} seed(s): {p['verdict']}.")
+    if not p.tested:
+        return f"Prediction for {p.configuration}, {p.metric}: not tested ({p.note})."
+    return (f"Prediction for {p.configuration}, {p.metric} ({p.law} law): predicted {p.predicted:.4g} [95% predictive "
+            f"{p.low:.4g}, {p.high:.4g}], observed {p.observed:.4g} [95% CI {p.observed_low:.4g}, "
+            f"{p.observed_high:.4g}] over {p.seeds} seed(s): {p.verdict}.")
 
 
-def finding_sentence(f: dict) -> str:
+def finding_sentence(f: Finding) -> str:
     """One line per claim, for the report and the demo's notes."""
-    if f["verdict"] == "not tested":
-        return f"{f['claim']}: not tested ({f['note']})."
-    test = f"; McNemar {f['mcnemar']['a_only']} vs {f['mcnemar']['b_only']} discordant, p = {f['mcnemar']['p']:.3g}" \
-        if f.get("mcnemar") else ""
-    return (f"{f['claim']} — {f['metric']}: {f['a']} {f['a_value']:.4g} vs {f['b']} {f['b_value']:.4g}, "
-            f"difference {f['diff']:+.4g} [95% CI {f['low']:+.4g}, {f['high']:+.4g}] over {f['items']} items and "
-            f"{_seed_words(f)}{test}: {f['verdict']}.")
+    if not f.tested:
+        return f"{f.claim}: not tested ({f.note})."
+    m = f.mcnemar
+    test = f"; McNemar {m.a_only} vs {m.b_only} discordant, p = {m.p:.3g}" if m else ""
+    return (f"{f.claim} — {f.metric}: {f.a} {f.a_value:.4g} vs {f.b} {f.b_value:.4g}, "
+            f"difference {f.diff:+.4g} [95% CI {f.low:+.4g}, {f.high:+.4g}] over {f.items} items and "
+            f"{_seed_words(f)}{test}: {f.verdict}.")
 
 
-def _seed_words(f: dict) -> str:
-    shared = f.get("seeds_compared") or []
+def _seed_words(f: Finding) -> str:
+    shared = f.seeds_compared or []
     if shared:
         return f"seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))} (paired)"
-    return f"{f['seeds_a']} vs {f['seeds_b']} seed(s), unpaired"
+    return f"{f.seeds_a} vs {f.seeds_b} seed(s), unpaired"
 
 
 METHOD = ("Intervals are 95% percentile bootstrap intervals (2,000 draws) over the evaluation items (held-out samples, "

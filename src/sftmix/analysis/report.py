@@ -266,12 +266,12 @@ def _write_report(store: Store, out: Path, title: str, study_doc: dict | None, n
     claims = [Claim(**c) for c in (study_doc or {}).get("compare", [])]
     found = check_claims(store, claims, tuple((study_doc or {}).get("zip", {})))
     with atomic_write(out / "findings.json") as f:
-        json.dump(found, f, indent=1)
+        json.dump([x.model_dump() for x in found], f, indent=1)
     sentences = [finding_sentence(x) for x in found]
     predicted = check_predictions(store, [Prediction(**p) for p in (study_doc or {}).get("predictions", [])])
     if predicted:
         with atomic_write(out / "predictions.json") as f:
-            json.dump(predicted, f, indent=1)
+            json.dump([p.model_dump() for p in predicted], f, indent=1)
     pred_sentences = [prediction_sentence(p) for p in predicted]
     laws = laws if laws is not None else load_fit(store.path.parent)
     if laws is None and (ignored := other_version(store.path.parent)):
@@ -313,9 +313,9 @@ def _sections(store, runs, header, rows, known, found, sentences, predicted, pre
         f"runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
         f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs")])]
     if found:
-        out.append(Section("Findings", [Bullets(sentences, [x["verdict"].split()[0] for x in found])]))
+        out.append(Section("Findings", [Bullets(sentences, [x.verdict.split()[0] for x in found])]))
     if predicted:
-        classes = ["as" if p["verdict"].startswith("inside") else "the" if p["verdict"] != "not tested" else "not" for p in predicted]
+        classes = ["as" if p.verdict.startswith("inside") else "the" if p.tested else "not" for p in predicted]
         out.append(Section("Predictions", [Text(PREDICTIONS_INTRO), Bullets(pred_sentences, classes)]))
     out.append(Section("Results", [*(Text(n, "note") for n in notes or []), results_table(header, rows, known),
                                    Text(TABLE_LEGEND), Text(METHOD, "method", "Method.")]))
