@@ -80,3 +80,28 @@ def test_the_html_and_markdown_reports_render_the_same_sections():
     assert "<li class='as'>" in page and "![f.png](f.png)" in md and "data:image/png;base64," in page
     with pytest.raises(TypeError, match="not a report block"):
         to_html("T", [Section("x", ["a bare string"])])
+
+
+def test_flops_are_6nd_for_training_and_2n_per_generation_token_averaged_over_seeds(tmp_path):
+    """The table's compute columns from the store alone: training 6·N·D over the real tokens a run
+    trained on, evaluation 2·N per prompt or generated token of its generation tasks (summed over
+    tasks); a configuration's value is the mean over its seeds, and a failed run counts nowhere."""
+    from sftmix.analysis.results import summary
+    from sftmix.study.store import Metric, Store
+
+    s = Store(tmp_path / "results.sqlite")
+    cfg = {"eval": {"tasks": ["gsm8k", "humaneval"]}}
+    runs = [("a", {"x": 1, "seed": 0}, 1e8, 1e6, {"gsm8k": 3e5, "humaneval": 2e5}),
+            ("b0", {"x": 2, "seed": 0}, 1e8, 2e6, {"gsm8k": 1e5}),
+            ("b1", {"x": 2, "seed": 1}, 1e8, 4e6, {"gsm8k": 3e5})]
+    for rid, point, n, d, generated in runs:
+        s.start(rid, f"x={point['x']} seed={point['seed']}", point, {**cfg, "seed": point["seed"]})
+        metrics = [Metric(rid, "gsm8k", "accuracy", 50.0)] + [Metric(rid, t, "tokens_processed", v) for t, v in generated.items()]
+        s.finish(rid, "", "", metrics, d, n)
+    s.start("c", "x=3 seed=0", {"x": 3, "seed": 0}, {**cfg, "seed": 0})
+    s.fail("c", "boom")
+    header, rows = summary(s)
+    cols = header.index("train PFLOPs"), header.index("eval PFLOPs")
+    got = {r[0]: (r[1], r[cols[0]], r[cols[1]]) for r in rows}
+    assert got == {"x=1": (1, 0.6, 0.1),                 # 6·1e8·1e6 / 1e15; 2·1e8·(3e5 + 2e5) / 1e15
+                   "x=2": (2, 1.8, 0.04)}, got          # mean of 1.2 and 2.4; mean of 0.02 and 0.06

@@ -21,7 +21,7 @@ from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, 
 from sftmix.analysis.figure import png
 from sftmix.analysis.findings import METHOD, check_claims, check_predictions, finding_sentence, prediction_sentence
 from sftmix.analysis.lawfit import Fit, fit_key, load_fit, other_version
-from sftmix.analysis.results import flops, groups, lower_is_better, study_tasks, summary
+from sftmix.analysis.results import eval_tokens, flops, groups, lower_is_better, study_tasks, summary
 from sftmix.config import Claim, Prediction
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
@@ -307,8 +307,8 @@ def _sections(store, runs, header, rows, known, found, sentences, predicted, pre
               laws, law_figs, stale, study_doc, optimization=None, opt_figs=None) -> list[Section]:
     """The report's sections, once, for both renderings."""
     status = {s: sum(r.status == s for r in runs) for s in ("done", "running", "failed")}
-    metrics = store.metrics()
-    totals = [flops(r, metrics) for r in runs if r.status == "done"]
+    tokens = eval_tokens(store.metrics())
+    totals = [flops(r, tokens) for r in runs if r.status == "done"]
     out = [Section(None, [*(Text(t, "top") for t in top or []), Text(
         f"runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
         f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs")])]

@@ -13,12 +13,20 @@ from sftmix.study.grid import REPLICATE_AXIS, group_label
 from sftmix.study.store import Metric, Run, Store
 
 
-def flops(run: Run, metrics: list[Metric]) -> tuple[float, float]:
+def eval_tokens(metrics: list[Metric]) -> dict[str, float]:
+    """Per run, the prompt and generated tokens its generation tasks processed (held-out loss excluded)."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        if m.metric == "tokens_processed":
+            out[m.run_id] = out.get(m.run_id, 0.0) + m.value
+    return out
+
+
+def flops(run: Run, tokens: dict[str, float]) -> tuple[float, float]:
     """Training FLOPs 6·N·D over the real tokens trained on (all stages and epochs); evaluation
-    FLOPs 2·N per prompt or generated token of the generation tasks (held-out loss excluded)."""
+    FLOPs 2·N per prompt or generated token of the generation tasks (``tokens``: ``eval_tokens``)."""
     n = run.params or 0
-    eval_tokens = sum(m.value for m in metrics if m.run_id == run.id and m.metric == "tokens_processed")
-    return 6 * n * (run.train_tokens or 0), 2 * n * eval_tokens
+    return 6 * n * (run.train_tokens or 0), 2 * n * tokens.get(run.id, 0.0)
 
 
 def lower_is_better(metric: str, known: dict[str, tasks.Task] = tasks.BUILTIN) -> bool:
@@ -96,6 +104,7 @@ def summary(store: Store) -> tuple[list[str], list[list]]:
     keys = metric_keys(store)
     metrics = store.metrics()
     vals = {(m.run_id, m.key): m.value for m in metrics}
+    tokens = eval_tokens(metrics)
     header = ["run", "seeds"] + keys + ["train PFLOPs", "eval PFLOPs"]
     rows, cache = [], {}
     for g in groups(store):
@@ -107,7 +116,7 @@ def summary(store: Store) -> tuple[list[str], list[list]]:
             else:
                 present = [vals[(r.id, k)] for r in g.runs if (r.id, k) in vals]
                 cells.append(sum(present) / len(present) if present else None)
-        fl = [flops(r, metrics) for r in g.runs]
+        fl = [flops(r, tokens) for r in g.runs]
         cells += [round(sum(t for t, _ in fl) / len(fl) / 1e15, 6), round(sum(e for _, e in fl) / len(fl) / 1e15, 6)]
         rows.append(cells)
     return header, rows
