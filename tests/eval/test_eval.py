@@ -50,6 +50,9 @@ def test_batched_greedy_equals_batch_one():
     four = HFGenerator(path, batch_size=4, progress=False).generate(prompts, max_new_tokens=12)
     assert all(a.strip() for a in one) and len(set(one)) == 4, one
     assert four == one
+    # what the answers cost (evaluation FLOPs): every prompt token read and every answer token written
+    written = sum(len(g1.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in one)
+    assert g1.tokens_processed == sum(lengths) + written and sum(lengths) > written
 
 
 def test_stop_strings_cut_output():

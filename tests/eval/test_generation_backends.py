@@ -91,7 +91,9 @@ def test_stop_strings_and_sampling_through_the_server(server, smollm2):
 def test_gsm8k_and_humaneval_score_the_same_through_both_backends(server, smollm2, shared_data, tmp_path, backend):
     from sftmix.config import EvalConfig
     from sftmix.eval.runner import evaluate
+    from sftmix.models import load_tokenizer
 
+    tok = load_tokenizer(smollm2)
     common = {"tasks": ["gsm8k", "humaneval"], "limit": 2, "gsm8k": {"max_new_tokens": 48}, "humaneval": {"max_new_tokens": 48},
               "data_dir": str(shared_data), "batch_size": 8}
     docs, samples = {}, {}
@@ -104,6 +106,10 @@ def test_gsm8k_and_humaneval_score_the_same_through_both_backends(server, smollm
     for t in ("gsm8k", "humaneval"):
         outs = {b: [r.get("output", r.get("completion")) for r in samples[b][t]] for b in samples}
         assert outs["hf"] == outs[backend] and len(outs["hf"]) == 2, t
+        # the evaluation's tokens: the prompts read as well as the answers written, the same whichever engine answered
+        tokens = {b: docs[b].tasks[t]["tokens_processed"] for b in docs}
+        written = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in outs["hf"])
+        assert tokens["hf"] == tokens[backend] > written + 2 * 20, (t, tokens, written)  # two prompts of 20+ tokens
 
 
 def test_a_killed_evaluation_resumes_without_regenerating(server, smollm2, shared_data, tmp_path):

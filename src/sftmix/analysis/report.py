@@ -311,7 +311,7 @@ def _sections(store, runs, header, rows, known, found, sentences, predicted, pre
     totals = [flops(r, tokens) for r in runs if r.status == "done"]
     out = [Section(None, [*(Text(t, "top") for t in top or []), Text(
         f"runs: {status}; study compute: training (6·N·D over real tokens) {sum(t for t, _ in totals):.3e} FLOPs, "
-        f"evaluation (2·N per generation token) {sum(e for _, e in totals):.3e} FLOPs")])]
+        f"evaluation (2·N per prompt and answer token of the generation tasks) {sum(e for _, e in totals):.3e} FLOPs")])]
     if found:
         out.append(Section("Findings", [Bullets(sentences, [x.verdict.split()[0] for x in found])]))
     if predicted:

@@ -82,6 +82,8 @@ class Generator:
     identity: tuple = ()  # what, besides the prompt and settings, decides an answer (backend, dtype)
     cache: AnswerCache | None = None
     progress = True
+    tokenizer = None  # each backend's own: it counts the tokens an answer costs
+    tokens_processed = 0  # prompt and answer tokens of every answer given, cached ones too (2·N FLOPs each)
 
     def use_cache(self, path: str | Path) -> None:
         """Serve and keep answers in the JSONL file at ``path`` (a rerun generates only what is missing)."""
@@ -101,7 +103,17 @@ class Generator:
                 out[i] = cut_at_stop(text, stop)
                 if self.cache:
                     self.cache.add(keys[i], out[i])
+        self.tokens_processed += self.count_tokens(prompts, out)
         return out  # type: ignore[return-value]
+
+    def count_tokens(self, prompts: list[str], answers: list[str]) -> int:
+        """The tokens of the prompts as the model reads them (special tokens included) plus those of
+        the answers: what generating them costs, a forward pass over each."""
+        if not prompts or self.tokenizer is None:
+            return 0
+        read = self.tokenizer(list(prompts))["input_ids"]
+        written = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+        return sum(map(len, read)) + sum(map(len, written))
 
     def _answers(self, prompts, max_new_tokens, temperature, stop, seed, desc) -> Iterator[tuple[int, str]]:
         raise NotImplementedError

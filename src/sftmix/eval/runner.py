@@ -147,6 +147,7 @@ def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
     if done.exists():
         return read_json(done)
     t0 = time.perf_counter()
+    before = generator().tokens_processed if generator() is not None else 0  # the generator is shared by the tasks
     try:
         metrics, rows = task.run(ctx)
     except SftmixError:
@@ -163,22 +164,10 @@ def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
         tasks.check_rows(task, metrics, items)
     gen = generator()
     if task.generates and gen is not None:
-        metrics["tokens_processed"] = _count_tokens(rows, gen.tokenizer)
+        metrics["tokens_processed"] = gen.tokens_processed - before
         metrics["engine"] = gen.engine()
     metrics["wall_s"] = round(time.perf_counter() - t0, 2)
     write_jsonl(out / f"samples_{task.name}.jsonl", rows)
     write_jsonl(items_file(out, task.name), [Item(metric=m, item=i, value=v, weight=w).model_dump() for m, i, v, w in items])
     write_json(done, metrics)
     return metrics
-
-
-def _count_tokens(rows: list[dict], tokenizer) -> int:
-    """Prompt plus generated tokens of a generation task (for evaluation FLOPs, 2 N per token)."""
-    n = 0
-    for r in rows:
-        for key in ("prompt", "output", "completion"):
-            if isinstance(r.get(key), str):
-                n += len(tokenizer(r[key], add_special_tokens=False)["input_ids"])
-        for a in r.get("answers", []) if r.get("turn") == 2 else []:
-            n += len(tokenizer(a, add_special_tokens=False)["input_ids"])
-    return n
