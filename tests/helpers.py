@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sftmix.config import RunConfig, validate
+from sftmix.train.meta import read_meta
 
 TINY_TRAIN = {"epochs": 1, "batch_size": 8, "per_device_batch_size": 4, "max_length": 256, "lr": 1e-3,
               "precision": "fp32", "report_to": [], "logging_steps": 1, "group_by_length": False}
@@ -45,8 +45,7 @@ def max_weight_diff(a, b) -> float:
 
 
 def losses(final) -> list[float]:
-    meta = json.loads((Path(final) / "meta.json").read_text())
-    return [h["loss"] for h in meta["log_history"] if "loss" in h]
+    return [h["loss"] for h in read_meta(Path(final)).log_history if "loss" in h]
 
 
 def study_file(tmp: Path, name: str, **extra) -> Path:

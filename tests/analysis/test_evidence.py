@@ -10,6 +10,7 @@ import yaml
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix.analysis import stats
 from sftmix.analysis.findings import Finding
+from sftmix.train.meta import read_meta
 
 LOSS_EVAL = {"tasks": ["loss"]}
 HELDOUT = {"sources": ["generated_code", "generated_math", "sharegpt"], "samples": 12}
@@ -26,7 +27,7 @@ def sequential_run(tmp_path_factory):
     cfg = tiny_run(tmp, "seq", strategy={"name": "sequential", "sources": ["generated_code", "sharegpt"]}, eval=LOSS_EVAL,
                    heldout=HELDOUT, curve=CURVE)
     _, doc = pipeline.run(cfg, progress=False)
-    metas = [json.loads(m.read_text()) for m in sorted(run_dir(cfg).glob("stage*/final/meta.json"))]
+    metas = [read_meta(m.parent) for m in sorted(run_dir(cfg).glob("stage*/final/meta.json"))]
     return cfg, metas, doc
 
 
@@ -46,29 +47,29 @@ def fresh_losses(cfg, folder) -> dict:
 
 def test_the_curve_ends_at_the_final_heldout_loss(sequential_run):
     cfg, metas, doc = sequential_run
-    last = metas[-1]["curve"][-1]
-    assert last["run_step"] == metas[-1]["run_step_end"]  # the stage's end point
+    last = metas[-1].curve[-1]
+    assert last.run_step == metas[-1].run_step_end  # the stage's end point
     fresh = fresh_losses(cfg, doc.model)
     for source in HELDOUT["sources"]:
-        assert abs(last["loss"][source] - fresh[source]) < 1e-5, source
+        assert abs(last.loss[source] - fresh[source]) < 1e-5, source
         assert abs(doc.tasks["loss"][source]["loss"] - fresh[source]) < 1e-5, source
 
 
 def test_the_curve_spans_stages(sequential_run):
     _, (first, second), _ = sequential_run
-    assert [p["step"] for p in first["curve"]][0] == 0 and len(first["curve"]) >= 4  # start, 2 between, end
-    assert second["curve"][0]["step"] == 0
-    assert second["curve"][0]["run_step"] == first["curve"][-1]["run_step"] > 0
-    assert second["curve"][0]["run_tokens"] == first["curve"][-1]["run_tokens"] > 0
+    assert [p.step for p in first.curve][0] == 0 and len(first.curve) >= 4  # start, 2 between, end
+    assert second.curve[0].step == 0
+    assert second.curve[0].run_step == first.curve[-1].run_step > 0
+    assert second.curve[0].run_tokens == first.curve[-1].run_tokens > 0
     # the second stage starts from the first stage's final weights: measure them afresh, they must
     # give the point the curve carries over (it is not measured twice during training)
     cfg = sequential_run[0]
-    fresh = fresh_losses(cfg, first["run_config"]["output_dir"] + "/stage1_1_generated_code/final")
+    fresh = fresh_losses(cfg, first.run_config["output_dir"] + "/stage1_1_generated_code/final")
     for source in HELDOUT["sources"]:
-        assert abs(second["curve"][0]["loss"][source] - fresh[source]) < 1e-5
-        assert abs(first["curve"][-1]["loss"][source] - fresh[source]) < 1e-5
+        assert abs(second.curve[0].loss[source] - fresh[source]) < 1e-5
+        assert abs(first.curve[-1].loss[source] - fresh[source]) < 1e-5
     # forgetting is visible: stage 2 (general) moves code loss up from where stage 1 left it
-    code = [p["loss"]["generated_code"] for p in second["curve"]]
+    code = [p.loss["generated_code"] for p in second.curve]
     assert code[-1] > code[0]
 
 
@@ -79,8 +80,8 @@ def test_heldout_rows_are_never_trained_on(sequential_run):
     assert set(losses) == set(HELDOUT["sources"])
     for source, m in losses.items():
         assert m["overlap_with_training"] == 0, source
-    sharegpt_part = metas[1]["manifest"]["parts"][0]
-    assert sharegpt_part["pool_stats"]["heldout_excluded"] == HELDOUT["samples"]
+    sharegpt_part = metas[1].manifest.parts[0]
+    assert sharegpt_part.pool_stats["heldout_excluded"] == HELDOUT["samples"]
 
 
 def test_training_and_evaluation_use_the_rows_kept_in_heldout_json(sequential_run, tmp_path):
@@ -101,7 +102,7 @@ def test_training_and_evaluation_use_the_rows_kept_in_heldout_json(sequential_ru
     assert {n: sorted(v) for n, v in scored.items()} == {n: sorted(c.id for c in v) for n, v in held.sets.items()}
     # the sharegpt rows training left out of its pool are exactly the file's
     pool = {c.id for c in load_pool("sharegpt", cfg.sources["sharegpt"], cfg.data_dir).conversations}
-    trained = {i for p in metas[1]["manifest"]["parts"] for i in p["ids"]}
+    trained = {i for p in metas[1].manifest.parts for i in p.ids}
     assert pool - trained == {c.id for c in held.sets["sharegpt"]}
 
     # a copy of the run whose file keeps only 3 sharegpt rows: its evaluation scores those 3
@@ -266,12 +267,12 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
                    eval=LOSS_EVAL, heldout=HELDOUT, curve={"points": 1},
                    train={"precision": "bf16"})
     final = run_strategy(cfg, progress=False)
-    meta = json.loads((final / "meta.json").read_text())
-    assert meta["bf16"] and any(wrapped_seen)  # the curve really was measured on an autocast-wrapped model
+    meta = read_meta(final)
+    assert meta.bf16 and any(wrapped_seen)  # the curve really was measured on an autocast-wrapped model
     doc = pipeline.evaluate(pipeline.plan(cfg), progress=False)
     fresh = fresh_losses(cfg, str(final))
     for source in HELDOUT["sources"]:
-        assert abs(meta["curve"][-1]["loss"][source] - fresh[source]) < 1e-6, source
+        assert abs(meta.curve[-1].loss[source] - fresh[source]) < 1e-6, source
         assert abs(doc.tasks["loss"][source]["loss"] - fresh[source]) < 1e-6, source
 
 

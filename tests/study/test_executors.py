@@ -20,6 +20,7 @@ import yaml
 
 from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, study_file, study_metrics
 from sftmix.study.executors.slurm import read_job
+from sftmix.train.meta import read_meta
 
 pytestmark = pytest.mark.cluster
 
@@ -267,13 +268,13 @@ def test_two_slurm_nodes_train_as_one_run(tmp_path):
         assert p.returncode == 0, out[-3000:]
     assert "node result: done" in outs[0] and "node result: trained" in outs[1]
     final = run_out / "stage1_generated_math" / "final"
-    meta = json.loads((final / "meta.json").read_text())
-    assert (meta["distributed_type"], meta["processes"]) == ("MULTI_CPU", 2)  # one run over both nodes, not two runs
+    meta = read_meta(final)
+    assert (meta.distributed_type, meta.processes) == ("MULTI_CPU", 2)  # one run over both nodes, not two runs
     l1, l2 = losses(tmp_path / "one" / "stage1_generated_math" / "final"), losses(final)
     assert len(l1) == len(l2) > 3 and max(abs(a - b) / abs(a) for a, b in zip(l1, l2)) < 1e-5
     # the tokens of both nodes are counted (the forgetting curves' token axis)
-    meta1 = json.loads((tmp_path / "one" / "stage1_generated_math" / "final" / "meta.json").read_text())
-    assert meta["real_tokens"] == meta1["real_tokens"] > 0
+    meta1 = read_meta(tmp_path / "one" / "stage1_generated_math" / "final")
+    assert meta.real_tokens == meta1.real_tokens > 0
     assert (run_out / "done.json").exists() and (run_out / "eval" / "results.json").exists()
 
 
@@ -344,11 +345,12 @@ def test_slurm_runs_the_study_with_the_local_results(tmp_path, slurm, local_refe
     assert all(list((tmp_path / "onslurm" / "jobs" / j.job_id).glob("*_log.out")) for j in jobs)
 
 
-def long_study(tmp: Path, name: str, executor: str) -> Path:
-    """One run long enough (200 optimizer steps, a checkpoint every 10) to be interrupted mid-stage."""
+def long_study(tmp: Path, name: str, executor: str, size: int = 1600) -> Path:
+    """One run long enough (``size`` / 8 optimizer steps, 200 by default, a checkpoint every 10) to
+    be interrupted mid-stage."""
     study = {
         "name": name, "output_dir": str(tmp / name), "executor": executor,
-        "base": {"model": "tiny", "sources": {"generated_math": {"size": 1600}},
+        "base": {"model": "tiny", "sources": {"generated_math": {"size": size}},
                  "strategy": {"name": "individual", "sources": ["generated_math"]},
                  "train": {**TINY_TRAIN, "save_steps": 10},
                  "eval": {"tasks": ["loss"]}, "heldout": {"sources": ["generated_math"], "samples": 8},
@@ -382,7 +384,6 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
     returns, see ``slow_scontrol``), runs again and resumes from the newest complete checkpoint; its
     result equals an uninterrupted run's."""
     from sftmix.train.checkpoints import checkpoint_complete
-    from sftmix.train.meta import read_meta
 
     ref = sftmix("study", "run", str(long_study(tmp_path, "ref", "local")), "--quiet", timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -420,11 +421,11 @@ def test_a_slurm_job_killed_without_a_result_is_recorded_not_waited_for(tmp_path
     """A job that dies before it can write anything (here SIGKILL, as the OOM killer would) is
     seen leaving the queue through squeue; submitit alone would wait for ever here, since it
     asks sacct and this cluster, like many, keeps no accounting database."""
-    import json
-    import sqlite3
 
     root = tmp_path / "killed"
-    f = long_study(tmp_path, "killed", "slurm")
+    # 1,000 steps: 200 (5 s here) ended once before a kill sent at the first checkpoint landed, on
+    # two loaded cores; the kill ends the run, so the length costs nothing when it lands
+    f = long_study(tmp_path, "killed", "slurm", size=8000)
     log = tmp_path / "killed-driver.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "sftmix.cli", "study", "run", str(f)],
@@ -438,6 +439,7 @@ def test_a_slurm_job_killed_without_a_result_is_recorded_not_waited_for(tmp_path
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     said = log.read_text(errors="replace")
+    assert not list(root.glob("runs/*/done.json")), "the run finished before the kill landed: nothing was tested"
     assert rc == 2, said[-3000:]
     assert f"slurm job {job_id} left the queue" in said, said[-3000:]
     status, error = sqlite3.connect(root / "results.sqlite").execute("SELECT status, error FROM runs").fetchone()

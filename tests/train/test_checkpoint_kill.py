@@ -18,6 +18,7 @@ from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, max_weight_diff
 from sftmix.config import TrainSettings
 from sftmix.models import load_model, load_tokenizer, resolve_model
 from sftmix.train.checkpoints import checkpoint_complete, last_complete_checkpoint
+from sftmix.train.meta import read_meta
 from sftmix.train.stage import Kernels, StageTrainer, training_arguments
 from sftmix.train.tokenize import Collator
 
@@ -75,13 +76,13 @@ def test_kill_inside_checkpoint_save_resumes_to_the_same_weights(tmp_path, refer
     assert ckpts and not (ckpts[-1] / "trainer_state.json").exists(), "the kill did not land inside a save"
     r = train(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
-    meta = json.loads((stage / "final" / "meta.json").read_text())
+    meta = read_meta(stage / "final")
     if kill_at == 1:
-        assert meta["resumed_from"] is None  # no complete checkpoint: the stage restarts
+        assert meta.resumed_from is None  # no complete checkpoint: the stage restarts
     else:
-        assert meta["resumed_from"].endswith("checkpoint-3")  # the last complete one, not the torn checkpoint-6
+        assert meta.resumed_from.endswith("checkpoint-3")  # the last complete one, not the torn checkpoint-6
     assert max_weight_diff(stage / "final", reference) < 1e-5
-    assert meta["manifest"]["data_file"] == "data.jsonl"
+    assert meta.manifest.data_file == "data.jsonl"
 
 
 def whole_checkpoint(folder: Path, world: int) -> Path:

@@ -11,7 +11,9 @@ import torch
 from conftest import REPO
 from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
 from sftmix.config import RunConfig, validate
+from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
+from sftmix.io import read_record
 from sftmix.train import stage
 from sftmix.train.meta import StageMeta, read_meta
 from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
@@ -57,9 +59,9 @@ def test_each_paper_strategy_trains_end_to_end(name, tmp_path, monkeypatch):
         assert meta["parent"]["stage"].startswith(f"stage{n_stages - 1}_")
     if name == "dmt":
         replay = [p for p in meta["manifest"]["parts"] if p.get("replay_of")]
-        s1 = json.loads((tmp_path / name / "stage1_1_specialised" / "data" / "manifest.json").read_text())
-        assert [p["count"] for p in replay] == [round(p["count"] / 4) for p in s1["parts"]]
-        s1_ids = {p["source"]: p["ids"] for p in s1["parts"]}
+        s1 = read_record(tmp_path / name / "stage1_1_specialised" / "data" / "manifest.json", Manifest)
+        assert [p["count"] for p in replay] == [round(p.count / 4) for p in s1.parts]
+        s1_ids = {p.source: p.ids for p in s1.parts}
         assert all(set(p["ids"]) <= set(s1_ids[p["source"]]) for p in replay)
 
 
@@ -102,10 +104,10 @@ def test_bf16_and_lora_and_packing_options_train(tmp_path):
     cfg = tiny_run(tmp_path, "opts", strategy=st, train={"precision": "auto", "packing": True, "lora": {"r": 4, "alpha": 8},
                                                           "gradient_checkpointing": True})
     final = run_strategy(cfg, progress=False)
-    meta = json.loads((final / "meta.json").read_text())
-    assert meta["tokenize"]["packed_rows"] < meta["tokenize"]["rows"]
-    assert meta["gradient_checkpointing"] is True  # the trainer had it on, not only the config
-    assert 0 < meta["trainable_params"] < meta["total_params"] / 10  # only the adapters trained
+    meta = read_meta(final)
+    assert meta.tokenize.packed_rows < meta.tokenize.rows
+    assert meta.gradient_checkpointing is True  # the trainer had it on, not only the config
+    assert 0 < meta.trainable_params < meta.total_params / 10  # only the adapters trained
     # LoRA on all linear layers, merged into the saved weights: the projections moved, nothing else did
     base, tuned = weights(cfg_base_model()), weights(final)
     assert base.keys() == tuned.keys()
@@ -124,9 +126,8 @@ def test_tokenisation_is_cached(tmp_path):
     st = {"name": "individual", "sources": ["generated_math"]}
     a = run_strategy(tiny_run(tmp_path, "c1", strategy=st), progress=False)
     b = run_strategy(tiny_run(tmp_path, "c2", strategy=st), progress=False)
-    ma = json.loads((a / "meta.json").read_text())["tokenize"]
-    mb = json.loads((b / "meta.json").read_text())["tokenize"]
-    assert mb["cache"] == "hit" and ma["key"] == mb["key"]
+    ma, mb = read_meta(a).tokenize, read_meta(b).tokenize
+    assert mb.cache == "hit" and ma.key == mb.key
 
 
 def test_packing_keeps_samples_apart():

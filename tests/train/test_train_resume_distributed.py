@@ -15,8 +15,11 @@ import pytest
 import yaml
 
 from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, losses, max_weight_diff, weights
+from sftmix.eval.runner import EvalResults
+from sftmix.io import read_record
 from sftmix.supervised import HELDOUT_FILE
 from sftmix.train.checkpoints import checkpoint_complete
+from sftmix.train.meta import StageMeta, read_meta
 
 
 def write_cfg(tmp: Path, name: str, strategy: dict, **train) -> Path:
@@ -51,8 +54,8 @@ def test_sigkill_then_restart_resumes_stage_and_skips_finished_ones(tmp_path):
     r = sftmix("train", str(cfg), "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert stage1_meta.stat().st_mtime_ns == before  # finished stage skipped
-    meta = json.loads((stage2 / "final" / "meta.json").read_text())
-    assert meta["resumed_from"] and "checkpoint-" in meta["resumed_from"]
+    meta = read_meta(stage2 / "final")
+    assert meta.resumed_from and "checkpoint-" in meta.resumed_from
     # The resumed run continues the same trajectory as the uninterrupted one.
     ref_losses = losses(tmp_path / "ref" / "stage2_2_generated_math" / "final")
     got = losses(stage2 / "final")
@@ -61,8 +64,8 @@ def test_sigkill_then_restart_resumes_stage_and_skips_finished_ones(tmp_path):
     assert len(got) == len(ref_losses) and max(abs(a - b) for a, b in zip(got, ref_losses)) < 1e-5, (got, ref_losses)
     assert max_weight_diff(stage2 / "final", tmp_path / "ref" / "stage2_2_generated_math" / "final") < 1e-5
     # the tokens trained on before the kill are counted on, not lost
-    ref_meta = json.loads((tmp_path / "ref" / "stage2_2_generated_math" / "final" / "meta.json").read_text())
-    assert meta["real_tokens"] == ref_meta["real_tokens"] > 0 and meta["run_tokens_end"] == ref_meta["run_tokens_end"]
+    ref_meta = read_meta(tmp_path / "ref" / "stage2_2_generated_math" / "final")
+    assert meta.real_tokens == ref_meta.real_tokens > 0 and meta.run_tokens_end == ref_meta.run_tokens_end
     assert not (stage2 / "checkpoints").exists()  # resume state removed once the stage is done
 
 
@@ -79,11 +82,11 @@ def test_two_processes_gloo_match_one_process(tmp_path):
     r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "sftmix.cli", "train", str(two), "--quiet"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    meta = json.loads((tmp_path / "two" / "stage1_generated_math" / "final" / "meta.json").read_text())
-    assert meta["processes"] == 2
+    meta = read_meta(tmp_path / "two" / "stage1_generated_math" / "final")
+    assert meta.processes == 2
     # the tokens of both processes are counted (the forgetting curves' token axis)
-    meta1 = json.loads((tmp_path / "one" / "stage1_generated_math" / "final" / "meta.json").read_text())
-    assert meta["real_tokens"] == meta1["real_tokens"] > 0
+    meta1 = read_meta(tmp_path / "one" / "stage1_generated_math" / "final")
+    assert meta.real_tokens == meta1.real_tokens > 0
     l1, l2 = losses(tmp_path / "one" / "stage1_generated_math" / "final"), losses(tmp_path / "two" / "stage1_generated_math" / "final")
     assert len(l1) == len(l2) > 3
     # Same global batch of 8 (1 x 4 x accumulation 2 vs 2 processes x 4): same trajectory
@@ -126,15 +129,15 @@ def one_process(tmp_path_factory) -> Path:
     return final_of(tmp, "one")
 
 
-def assert_trains_as_one_process(final: Path, one: Path, distributed_type: str) -> dict:
+def assert_trains_as_one_process(final: Path, one: Path, distributed_type: str) -> StageMeta:
     """Per-step losses, real tokens and the saved tensors equal the single-process run's; the final
     folder is an ordinary model (plain architecture, the tied output layer stored once)."""
-    meta, meta1 = (json.loads((f / "meta.json").read_text()) for f in (final, one))
-    assert (meta["distributed_type"], meta["processes"]) == (distributed_type, 2)  # not DDP under another name
+    meta, meta1 = (read_meta(f) for f in (final, one))
+    assert (meta.distributed_type, meta.processes) == (distributed_type, 2)  # not DDP under another name
     l1, l2 = losses(one), losses(final)
     assert len(l1) == len(l2) == 24
     assert max(abs(a - b) / abs(a) for a, b in zip(l1, l2)) < SHARDED_TOLERANCE
-    assert meta["real_tokens"] == meta1["real_tokens"] > 0
+    assert meta.real_tokens == meta1.real_tokens > 0
     w1, w2 = weights(one), weights(final)
     assert w1.keys() == w2.keys()
     assert max(((w1[k] - w2[k]).abs().max() / w1[k].abs().max()).item() for k in w1) < SHARDED_TOLERANCE
@@ -159,8 +162,8 @@ def killed_and_resumed(tmp: Path, config: str | Path, port: int, launch: tuple[s
     assert not (stage / "final" / "meta.json").exists(), "the kill came too late to test resume"
     r = accelerate_train(config, killed, port + 1, launch=launch)
     assert r.returncode == 0, r.stderr[-3000:]
-    meta = json.loads((stage / "final" / "meta.json").read_text())
-    assert meta["resumed_from"] and Path(meta["resumed_from"]).name.startswith("checkpoint-"), meta["resumed_from"]
+    meta = read_meta(stage / "final")
+    assert meta.resumed_from and Path(meta.resumed_from).name.startswith("checkpoint-"), meta.resumed_from
     return stage / "final"
 
 
@@ -180,7 +183,7 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_re
     port = 29531 if state_dict == "FULL_STATE_DICT" else 29535
     final = killed_and_resumed(tmp_path, "fsdp.yaml", port, launch=("--fsdp_state_dict_type", state_dict))
     meta = assert_trains_as_one_process(final, one_process, "FSDP")
-    assert 0.5 <= meta["weights_held"] < 0.51  # each process held half (the odd vocabulary row on rank 0)
+    assert 0.5 <= meta.weights_held < 0.51  # each process held half (the odd vocabulary row on rank 0)
     if state_dict != "FULL_STATE_DICT":
         return
     measured = []
@@ -189,7 +192,7 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_re
         r = sftmix("eval", str(model), "--tasks", "loss", "--loss-sources", "generated_math", "--loss-samples", "8",
                    "--out", str(out), "--quiet")
         assert r.returncode == 0, r.stderr[-3000:]
-        measured.append(json.loads((out / "results.json").read_text())["tasks"]["loss"]["generated_math"]["loss"])
+        measured.append(read_record(out / "results.json", EvalResults).tasks["loss"]["generated_math"]["loss"])
     assert abs(measured[0] - measured[1]) / measured[0] < SHARDED_TOLERANCE
 
 
@@ -251,11 +254,11 @@ def test_deepspeed_zero2_and_zero3_on_two_cpu_processes_match_one_process_and_ze
     r = accelerate_train("deepspeed_zero2.yaml", write_cfg(tmp_path, "zero2", STRATEGY, **SHARDED_TRAIN), 29541)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = assert_trains_as_one_process(final_of(tmp_path, "zero2"), one_process, "DEEPSPEED")
-    assert meta["weights_held"] == 1.0  # ZeRO-2 shards optimizer state and gradients, not weights
+    assert meta.weights_held == 1.0  # ZeRO-2 shards optimizer state and gradients, not weights
 
     zero3 = partitioned_zero3(tmp_path)
     meta = assert_trains_as_one_process(killed_and_resumed(tmp_path, zero3, 29543), one_process, "DEEPSPEED")
-    assert meta["weights_held"] < 0.51  # partitioned: each process held about half
+    assert meta.weights_held < 0.51  # partitioned: each process held about half
 
 
 BF16_TRAIN = """
@@ -280,6 +283,6 @@ def test_fsdp_in_bf16_leaves_the_final_heldout_loss_to_the_evaluation(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     final = final_of(tmp_path, "bf16")
-    meta = json.loads((final / "meta.json").read_text())
-    assert (meta["distributed_type"], meta["bf16"]) == ("FSDP", True) and len(meta["curve"]) >= 2
+    meta = read_meta(final)
+    assert (meta.distributed_type, meta.bf16) == ("FSDP", True) and len(meta.curve) >= 2
     assert not (final / HELDOUT_FILE).exists()
