@@ -16,6 +16,8 @@ import yaml
 
 from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN
 from sftmix.cli import main
+from sftmix.data.compose import Manifest
+from sftmix.io import read_record
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(5)]
 
@@ -185,7 +187,7 @@ def test_bad_input_exits_2_with_one_clear_message(case, build, expected, tmp_pat
 def test_overrides_after_options_as_the_readme_writes_them(tmp_path):
     cfg = compose_cfg(tmp_path)
     assert main(["data", "compose", str(cfg), "-o", str(tmp_path / "o"), "seed=1", "--quiet"]) == 0
-    assert json.loads((tmp_path / "o" / "m" / "manifest.json").read_text())["seed"] == 1
+    assert read_record(tmp_path / "o" / "m" / "manifest.json", Manifest).seed == 1
 
 
 def test_a_kernel_a_later_stage_cannot_run_here_fails_before_the_first_stage(tmp_path, capsys):

@@ -21,6 +21,7 @@ import yaml
 
 from lawsynth import DESIGN, amount_truth, fill, mixture_study
 from sftmix.cli import main
+from sftmix.analysis.propose import load_proposal
 from sftmix.errors import SftmixError
 from test_cli_bad_input import run_cfg, study_cfg
 
@@ -315,7 +316,7 @@ def test_a_relabelled_study_is_refitted_not_crashed(fitted, tmp_path, capsys):
     code, out, err = run(["study", "propose", str(f), "--weights", "math=1,code=1", "--draws", "20", "--quiet"], capsys)
     assert code == 0, err
     assert "was fitted on other runs, configurations (labels, grid points) or settings; refitting" in out
-    assert json.loads((tmp_path / "syn" / "proposal.json").read_text())["best_tried"]["label"].startswith("_mix=mix")
+    assert load_proposal(tmp_path / "syn" / "proposal.json").best_tried.label.startswith("_mix=mix")
 
 
 def test_a_refused_store_is_left_untouched_and_nothing_is_created_in_it(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from sftmix.config import DataConfig, MixtureConfig, PartConfig, load_config, validate
 from sftmix.data.compose import (
+    Manifest,
     compose,
     compose_all,
     manifest_hash,
@@ -18,6 +19,7 @@ from sftmix.data.compose import (
 from sftmix.data.records import Conversation
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError
+from sftmix.io import read_record
 
 FRACTIONS = [1, 1 / 4, 1 / 16, 1 / 64, 1 / 256]
 
@@ -151,7 +153,7 @@ def test_cli_compose_and_errors(tmp_path, toy_dir):
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "data", "compose", str(cfg), "-o", str(tmp_path / "o"), "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "o" / "m" / "manifest.json").read_text())["total"] == 110
+    assert read_record(tmp_path / "o" / "m" / "manifest.json", Manifest).total == 110
     cfg.write_text("mixtures:\n  - parts:\n      - {source: gsm8kk, fraction: 1}\n")
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "data", "compose", str(cfg), "-o", str(tmp_path / "o2")],
                        capture_output=True, text=True)

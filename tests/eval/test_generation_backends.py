@@ -26,6 +26,8 @@ import pytest
 from conftest import TESTS
 from sftmix.cli import main
 from sftmix.errors import SftmixError
+from sftmix.eval.runner import EvalResults
+from sftmix.io import read_record
 
 pytestmark = pytest.mark.vllm
 
@@ -134,7 +136,7 @@ def test_a_killed_evaluation_resumes_without_regenerating(server, smollm2, share
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert server.requests_served() - before == 3 - answered  # only what was not answered was asked again
-    assert json.loads((out / "results.json").read_text())["tasks"]["gsm8k"]["n"] == 3
+    assert read_record(out / "results.json", EvalResults).tasks["gsm8k"]["n"] == 3
 
 
 def test_the_answer_cache_serves_what_was_answered(tmp_path):
