@@ -105,3 +105,20 @@ def test_flops_are_6nd_for_training_and_2n_per_generation_token_averaged_over_se
     got = {r[0]: (r[1], r[cols[0]], r[cols[1]]) for r in rows}
     assert got == {"x=1": (1, 0.6, 0.1),                 # 6·1e8·1e6 / 1e15; 2·1e8·(3e5 + 2e5) / 1e15
                    "x=2": (2, 1.8, 0.04)}, got          # mean of 1.2 and 2.4; mean of 0.02 and 0.06
+
+
+def test_the_latex_table_escapes_every_special_character_of_a_label():
+    """A configuration's label holds the study's own values (a ``_config`` name, a path): in
+    ``table.tex`` each LaTeX special character stands for itself, and each row keeps its columns."""
+    import re
+
+    from sftmix.analysis.report import latex
+
+    label = "a_b%c$d^e~f\\g{h}&#"
+    tex = latex(["run", "loss/x_y", "train PFLOPs", "eval PFLOPs"], [[label, (1.0, 0.5, 1.5), 0.1, 0.0], ["b", (2.0, 1.5, 2.5), 0.1, 0.0]])
+    lines = tex.splitlines()
+    assert lines[2] == r"run & loss/x\_y & train PFLOPs & eval PFLOPs \\"
+    row = lines[4]
+    assert row.startswith(r"a\_b\%c\$d\textasciicircum{}e\textasciitilde{}f\textbackslash{}g\{h\}\&\# & ")
+    assert [len(re.findall(r"(?<!\\)&", x)) for x in lines[2:6] if x != r"\midrule"] == [3, 3, 3]  # 4 columns each
+    assert r"\textbf{1.0000 [0.5000, 1.5000]}" in row  # lower loss: best

@@ -93,15 +93,23 @@ TABLE_LEGEND = ("Estimate [95% interval]; best per column in bold, second underl
                 "Intervals: see Method.")
 
 
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
+                  "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}"}
+
+
+def latex_text(s: str) -> str:
+    """``s`` as LaTeX text: each of LaTeX's special characters as the character itself."""
+    return "".join(LATEX_SPECIALS.get(c, c) for c in s)
+
+
 def latex(header, rows, known: dict = tasks.BUILTIN) -> str:
     """``table.tex``: the results table as a booktabs LaTeX tabular, best in bold, second underlined."""
     marks = _marks(header, rows, known)
-    esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")  # noqa: E731
-    out = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    out = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(latex_text(h) for h in header) + r" \\", r"\midrule"]
     for i, r in enumerate(rows):
         cells = []
         for j, v in enumerate(r):
-            s = esc(_fmt(v))
+            s = latex_text(_fmt(v))
             m = marks.get((i, j))
             cells.append(rf"\textbf{{{s}}}" if m == "best" else rf"\underline{{{s}}}" if m == "second" else s)
         out.append(" & ".join(cells) + r" \\")
