@@ -358,22 +358,20 @@ def predict_loo(law: Law | None, thetas: list, X: np.ndarray, a: int) -> np.ndar
 
 
 def loo(law: Law | None, X: np.ndarray, t: Target, theta: np.ndarray | None, rng: np.random.Generator,
-        intervals: bool = True) -> dict:
+        intervals: bool = True) -> Loo:
     """Leave one configuration out: fit on the others, predict it. ``law`` None is the constant
     baseline. The left-out fits and their errors are kept (they give new configurations their
     prediction intervals, ``jackknife_interval``). With ``intervals``, ``add_coverage``."""
     n = len(t.y)
     thetas, pred = _loo_fits(law, X, t.y, t.a, t.noise, theta, rng, np.arange(n))
-    out = _errors(pred, t.y)
-    out["predicted"], out["pred_low"], out["pred_high"] = pred.tolist(), [float("nan")] * n, [float("nan")] * n
-    out["thetas"] = [np.asarray(th).tolist() for th in thetas]
-    out["residuals"] = (t.y - pred).tolist()
+    out = Loo(**_errors(pred, t.y), predicted=pred.tolist(), pred_low=[float("nan")] * n, pred_high=[float("nan")] * n,
+              thetas=[np.asarray(th).tolist() for th in thetas], residuals=(t.y - pred).tolist())
     if intervals:
         add_coverage(out, law, X, t, rng)
     return out
 
 
-def add_coverage(res: dict, law: Law | None, X: np.ndarray, t: Target, rng: np.random.Generator) -> None:
+def add_coverage(res: Loo, law: Law | None, X: np.ndarray, t: Target, rng: np.random.Generator) -> None:
     """To a leave-one-out result: each configuration's prediction interval built from the other
     configurations alone (leaving out two at a time, warm-started at that configuration's
     leave-one-out fit), and the share of configurations inside theirs."""
@@ -384,14 +382,14 @@ def add_coverage(res: dict, law: Law | None, X: np.ndarray, t: Target, rng: np.r
     lo, hi = np.full(n, np.nan), np.full(n, np.nan)
     for g in range(n):
         keep = allc[allc != g]
-        th2, p2 = _loo_fits(law, X, t.y, t.a, t.noise, np.array(res["thetas"][g]), rng, keep, extra=0)
+        th2, p2 = _loo_fits(law, X, t.y, t.a, t.noise, np.array(res.thetas[g]), rng, keep, extra=0)
         at_g = predict_loo(law, th2, X[g][None, :], t.a)[:, 0]
         lo[g], hi[g] = jackknife_interval(at_g, t.y[keep] - p2)
-    res["pred_low"], res["pred_high"] = lo.tolist(), hi.tolist()
-    res["coverage"] = float(np.mean((t.y >= lo) & (t.y <= hi)))
+    res.pred_low, res.pred_high = lo.tolist(), hi.tolist()
+    res.coverage = float(np.mean((t.y >= lo) & (t.y <= hi)))
 
 
-def extrapolation(law: Law | None, X: np.ndarray, t: Target, rng: np.random.Generator, need: int) -> dict | None:
+def extrapolation(law: Law | None, X: np.ndarray, t: Target, rng: np.random.Generator, need: int) -> Extrapolation | None:
     """Fit without the configurations at the largest amount of the target's ability, predict
     them; None when fewer than ``need`` configurations would remain."""
     top = X[:, t.a].max()
@@ -405,8 +403,8 @@ def extrapolation(law: Law | None, X: np.ndarray, t: Target, rng: np.random.Gene
         th = _fit_many(law, X[keep], t.y[keep], t.a, t.noise, rng)
         pred = law.predict(th, X[held], t.a)
     err = pred - t.y[held]
-    return {"held_out_amount": float(top), "configurations": held.tolist(), "predicted": pred.tolist(),
-            "mae": float(np.mean(np.abs(err))), "mre": float(np.mean(np.abs(err) / np.abs(t.y[held])))}
+    return Extrapolation(held_out_amount=float(top), configurations=held.tolist(), predicted=pred.tolist(),
+                         mae=float(np.mean(np.abs(err))), mre=float(np.mean(np.abs(err) / np.abs(t.y[held]))))
 
 
 class _Value(BaseModel):
@@ -529,60 +527,55 @@ def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, lo
     rng = np.random.default_rng(seed)
     laws = CANDIDATES if laws is None else laws
     m = X.shape[1]
-    res: dict = {"ability": t.ability, "noise": t.noise,
-                 "constant": {"formula": "L = mean of the configurations", "params": {"mean": float(t.y.mean())},
-                              "loo": loo(None, X, t, None, rng, False),
-                              "extrapolation": extrapolation(None, X, t, rng, 1)},
-                 "laws": {}}
+    constant = ConstantFit(formula="L = mean of the configurations", params={"mean": float(t.y.mean())},
+                           loo=loo(None, X, t, None, rng, False), extrapolation=extrapolation(None, X, t, rng, 1))
+    fits: dict[str, LawFit] = {}
     for name, law in laws.items():
         why = law.cannot(X, t.a)
         if why is None and len(t.y) < law.min_configs(m):
             why = (f"the {name} law has {law.n_params(m)} parameters and needs at least {law.min_configs(m)} configurations "
                    f"(one more, so every leave-one-out fit is determined); the study has {len(t.y)} done")
         if why:
-            res["laws"][name] = {"formula": law.formula, "status": "not fitted", "why": why, "min_configs": law.min_configs(m)}
+            fits[name] = LawFit(formula=law.formula, status="not fitted", why=why, min_configs=law.min_configs(m))
             continue
         theta = _fit_many(law, X, t.y, t.a, t.noise, rng)
-        res["laws"][name] = {"formula": law.formula, "status": "fitted", "theta": theta.tolist(),
-                             "param_names": law.param_names(abilities, t.a), "min_configs": law.min_configs(m),
-                             "fitted": law.predict(theta, X, t.a).tolist(),
-                             "loo": loo(law, X, t, theta, rng, False), "extrapolation": extrapolation(law, X, t, rng, law.min_configs(m) - 1)}
-    const = res["constant"]["loo"]["mae"]
-    fitted = {n: d for n, d in res["laws"].items() if d["status"] == "fitted"}
-    good = {n: d for n, d in fitted.items() if d["loo"]["mae"] < const}
+        fits[name] = LawFit(formula=law.formula, status="fitted", theta=theta.tolist(), param_names=law.param_names(abilities, t.a),
+                            min_configs=law.min_configs(m), fitted=law.predict(theta, X, t.a).tolist(),
+                            loo=loo(law, X, t, theta, rng, False),
+                            extrapolation=extrapolation(law, X, t, rng, law.min_configs(m) - 1))
+    const = constant.loo.mae
+    fitted = {n: d for n, d in fits.items() if d.status == "fitted"}
+    good = {n: d for n, d in fitted.items() if d.loo.mae < const}
+    selected = None
     if not fitted:
-        res["selected"], res["why"] = None, "no law could be fitted: " + "; ".join(
-            f"{n}: {d['why']}" for n, d in res["laws"].items())
+        why = "no law could be fitted: " + "; ".join(f"{n}: {d.why}" for n, d in fits.items())
     elif not good:
-        best = min(fitted, key=lambda n: fitted[n]["loo"]["mae"])
-        res["selected"], res["why"] = None, (
-            f"no law fits at this scale: the best leave-one-out error ({best}: {fitted[best]['loo']['mae']:.4g}) does not "
-            f"beat the constant's ({const:.4g})")
+        best = min(fitted, key=lambda n: fitted[n].loo.mae)
+        why = (f"no law fits at this scale: the best leave-one-out error ({best}: {fitted[best].loo.mae:.4g}) does not "
+               f"beat the constant's ({const:.4g})")
     else:
         # parsimony: among laws within 0.1% of the best error, the one with fewest parameters
-        top = min(d["loo"]["mae"] for d in good.values())
-        near = [n for n in good if good[n]["loo"]["mae"] <= top * 1.001 + 1e-12]
-        best = min(near, key=lambda n: (CANDIDATES[n].n_params(m), good[n]["loo"]["mae"]))
-        res["selected"] = best
-        lead = ("the log-linear baseline predicts best, so no law beats a plain regression here: " if best in BASELINES else "")
-        res["why"] = (lead + f"lowest leave-one-out error ({good[best]['loo']['mae']:.4g}) of the models that beat the constant "
-                      f"({const:.4g}): " + ", ".join(f"{n} {d['loo']['mae']:.4g}" for n, d in sorted(fitted.items(),
-                                                                                       key=lambda kv: kv[1]['loo']['mae'])))
+        top = min(d.loo.mae for d in good.values())
+        near = [n for n in good if good[n].loo.mae <= top * 1.001 + 1e-12]
+        selected = min(near, key=lambda n: (CANDIDATES[n].n_params(m), good[n].loo.mae))
+        lead = ("the log-linear baseline predicts best, so no law beats a plain regression here: " if selected in BASELINES else "")
+        why = (lead + f"lowest leave-one-out error ({good[selected].loo.mae:.4g}) of the models that beat the constant "
+               f"({const:.4g}): " + ", ".join(f"{n} {d.loo.mae:.4g}" for n, d in sorted(fitted.items(), key=lambda kv: kv[1].loo.mae)))
     for name, d in fitted.items():  # parameter intervals from the bootstrap
         law = laws[name]
-        theta = np.array(d["theta"])
+        theta = np.array(d.theta)
         draws = bootstrap(law, X, t, theta)
         lo, hi = percentile_interval(draws, axis=0)
-        d["params"] = {p: [float(v), float(a_), float(b_)] for p, v, a_, b_ in zip(d["param_names"], theta, lo, hi)}
+        d.params = {p: (float(v), float(a_), float(b_)) for p, v, a_, b_ in zip(d.param_names, theta, lo, hi)}
         fl, fh = percentile_interval(np.array([law.predict(th, X, t.a) for th in draws]), axis=0)
-        d["fitted_low"], d["fitted_high"] = fl.tolist(), fh.tolist()
-        d["draws"] = draws.tolist()
-        if loo_intervals and name == res["selected"]:
-            add_coverage(d["loo"], law, X, t, rng)
-    if loo_intervals and res["selected"] is None:
-        add_coverage(res["constant"]["loo"], None, X, t, rng)
-    res.update(observed=t.y.tolist(), observed_low=np.asarray(t.low).tolist(), observed_high=np.asarray(t.high).tolist())
-    return TargetFit.model_validate(res)
+        d.fitted_low, d.fitted_high = fl.tolist(), fh.tolist()
+        d.draws = draws.tolist()
+        if loo_intervals and name == selected:
+            add_coverage(d.loo, law, X, t, rng)
+    if loo_intervals and selected is None:
+        add_coverage(constant.loo, None, X, t, rng)
+    return TargetFit(ability=t.ability, noise=t.noise, constant=constant, laws=fits, selected=selected, why=why,
+                     observed=t.y.tolist(), observed_low=np.asarray(t.low).tolist(), observed_high=np.asarray(t.high).tolist())
 
 
 def predict_with(law_name: str, d: LawFit, x: np.ndarray, a: int) -> PredictionDraws:
