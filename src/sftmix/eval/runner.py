@@ -147,7 +147,8 @@ def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
     if done.exists():
         return read_json(done)
     t0 = time.perf_counter()
-    before = generator().tokens_processed if generator() is not None else 0  # the generator is shared by the tasks
+    shared = generator()  # one generator serves every task: this task's tokens are what it adds
+    before = shared.tokens_processed if shared is not None else 0
     try:
         metrics, rows = task.run(ctx)
     except SftmixError:

@@ -139,6 +139,9 @@ class DataPart(NamedTuple):
     origin: str
 
 
+ROW_TABLES = (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart))  # a finished run's rows
+
+
 def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return {n: {c[1] for c in conn.execute(f"PRAGMA table_info('{n}')")} for n in names}
@@ -219,12 +222,12 @@ class Store:
         """Record a finished run: its metrics, per-item samples, curve points and the data it
         trained on (each row of this run); ``engine``: which engine answered its generation tasks."""
         rows = {"metrics": metrics, "samples": samples, "curves": curves, "data": data}
-        for table, kind in (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart)):
+        for table, kind in ROW_TABLES:
             bad = next((r for r in rows[table] if not isinstance(r, kind) or r.run_id != run_id), None)
             if bad is not None:
                 raise ValueError(f"finish({run_id!r}): a {table} row must be a {kind.__name__} of this run, got {bad!r}")
         with self.conn:  # metrics, samples, curves, data and the 'done' status land together or not at all
-            for table, kind in (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart)):
+            for table, kind in ROW_TABLES:
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
                 self.conn.executemany(f"INSERT INTO {table} ({', '.join(kind._fields)}) VALUES ({', '.join('?' * len(kind._fields))})",
                                       rows[table])
