@@ -217,3 +217,17 @@ def test_eval_flags_come_from_the_config_fields():
     assert f"(default: {HeldoutConfig().samples})" in helps["--loss-samples"]
     assert EvalConfig.model_fields["dtype"].description in helps["--dtype"]
     assert set(EVAL_FLAGS.values()) | set(HELDOUT_FLAGS.values()) <= helps.keys()
+
+
+def test_a_generator_that_cannot_count_its_tokens_says_so():
+    """Evaluation FLOPs come from the generator's count: one without a tokenizer is an error, not
+    a count of 0 that would pass for an evaluation that cost nothing."""
+    from sftmix.eval.generate import Generator
+
+    class Echo(Generator):
+        def _answers(self, prompts, *args):
+            yield from enumerate(prompts)
+
+    with pytest.raises(SftmixError, match="Echo has no tokenizer to count the tokens its answers cost"):
+        Echo().generate(["a prompt"])
+    assert Echo().generate([]) == []

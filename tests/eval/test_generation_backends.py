@@ -68,10 +68,14 @@ def test_greedy_outputs_through_vllm_serve_equal_hf_generate(server, smollm2):
     hf = HFGenerator(smollm2, batch_size=8, dtype="float32", progress=False)
     prompts = [generation_prompt([{"role": "user", "content": q}], "vicuna", hf.tokenizer) for q in QUESTIONS]
     want = hf.generate(prompts, max_new_tokens=48)
-    got = OpenAIGenerator(smollm2, openai_cfg(server.url), progress=False).generate(prompts, max_new_tokens=48)
+    served = OpenAIGenerator(smollm2, openai_cfg(server.url), progress=False)
+    got = served.generate(prompts, max_new_tokens=48)
     first = [(i, a, b) for i, (a, b) in enumerate(zip(got, want)) if a != b][:1]
     assert got == want, f"{sum(a == b for a, b in zip(got, want))}/{len(want)} equal; first difference: {first}"
     assert len({len(t) for t in want}) > 1 and all(t.strip() for t in want)  # real, distinct answers were compared
+    # the prompt tokens evaluation FLOPs count are those the engine itself reports reading
+    usage = served.client.completions.create(model=served.served, prompt=prompts, max_tokens=1).usage
+    assert hf.count_tokens(prompts, [""] * len(prompts)) == served.count_tokens(prompts, [""] * len(prompts)) == usage.prompt_tokens
 
 
 def test_stop_strings_and_sampling_through_the_server(server, smollm2):

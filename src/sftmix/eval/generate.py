@@ -82,7 +82,7 @@ class Generator:
     identity: tuple = ()  # what, besides the prompt and settings, decides an answer (backend, dtype)
     cache: AnswerCache | None = None
     progress = True
-    tokenizer = None  # each backend's own: it counts the tokens an answer costs
+    tokenizer = None  # each backend sets its own: it renders prompts and counts the tokens an answer costs
     tokens_processed = 0  # prompt and answer tokens of every answer given, cached ones too (2·N FLOPs each)
 
     def use_cache(self, path: str | Path) -> None:
@@ -109,8 +109,10 @@ class Generator:
     def count_tokens(self, prompts: list[str], answers: list[str]) -> int:
         """The tokens of the prompts as the model reads them (special tokens included) plus those of
         the answers: what generating them costs, a forward pass over each."""
-        if not prompts or self.tokenizer is None:
+        if not prompts:
             return 0
+        if self.tokenizer is None:  # a count of 0 would pass for a task that cost nothing
+            raise SftmixError(f"{type(self).__name__} has no tokenizer to count the tokens its answers cost")
         read = self.tokenizer(list(prompts))["input_ids"]
         written = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
         return sum(map(len, read)) + sum(map(len, written))
