@@ -232,10 +232,15 @@ def how_of(r: dict) -> dict:
     return r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
 
 
+def not_measured(r: dict, tail: int) -> str:
+    """Why a path has no result: skipped (and why), or failed with the end of its error."""
+    return "skipped: " + r["skipped"] if "skipped" in r else "FAILED: " + r["failed"][-tail:]
+
+
 def row_text(r: dict) -> str:
     """One path's line of the table."""
     if "tokens_per_s" not in r:
-        return f"{r['path']:20s} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['failed'][-400:]}"
+        return f"{r['path']:20s} {not_measured(r, 400)}"
     how = how_of(r)
     return f"{r['path']:20s} {r['tokens_per_s']:10.1f} {r['mfu']:7.1%} {r['peak_memory_gb']:10.2f} {r['loss_fixed_batch']:17.5f}  {how}"
 
@@ -248,9 +253,8 @@ def markdown(doc: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["results"]:
         if "tokens_per_s" not in r:
-            last = (r.get("failed", "").strip().splitlines() or ["no output"])[-1][-200:]
-            why = "skipped: " + r["skipped"] if "skipped" in r else "FAILED: " + last
-            lines.append(f"| {r['path']} | | | | | | {why.replace('|', '/')} |")
+            last = {**r, "failed": (r.get("failed", "").strip().splitlines() or ["no output"])[-1]}  # its error's last line
+            lines.append(f"| {r['path']} | | | | | | {not_measured(last, 200).replace('|', '/')} |")
             continue
         how = ", ".join(f"{k} {v}" for k, v in how_of(r).items())
         batch = f"{r['rows_per_batch']} x {r['packed_row_tokens']}" if r.get("packed_row_tokens") else f"{r['rows_per_batch']} rows"
