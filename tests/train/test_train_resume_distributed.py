@@ -286,3 +286,29 @@ def test_fsdp_in_bf16_leaves_the_final_heldout_loss_to_the_evaluation(tmp_path):
     meta = read_meta(final)
     assert (meta.distributed_type, meta.bf16) == ("FSDP", True) and len(meta.curve) >= 2
     assert not (final / HELDOUT_FILE).exists()
+
+
+GROUP_THEN_COMMAND = """
+import sys, tempfile
+import torch.distributed as dist
+from sftmix.cli import main
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="file://" + tempfile.mktemp())
+status = main(sys.argv[1:])
+print(status, dist.is_initialized())
+"""
+
+
+@pytest.mark.parametrize("ok", [True, False], ids=["succeeded", "failed"])
+def test_a_launched_command_destroys_its_process_group_before_the_interpreter_exits(tmp_path, ok):
+    """Left to the interpreter's finalisation, gloo's worker threads abort a rank now and then
+    ("terminate called without an active exception", SIGABRT) after its work has succeeded, and
+    the launcher fails the run: seen in the FSDP resume test under load. ``main`` destroys the
+    group after a command succeeds; after an error it leaves it (other ranks may still wait in a
+    collective)."""
+    cfg = tmp_path / "compose.yaml"
+    mixture = {"name": "m", "parts": [{"source": "generated_math", "count": 5 if ok else 50}]}
+    cfg.write_text(yaml.safe_dump({"seed": 0, "mixtures": [mixture], "sources": {"generated_math": {"size": 20}}}))
+    r = subprocess.run([sys.executable, "-c", GROUP_THEN_COMMAND, "data", "compose", str(cfg), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[-1] == ("0 False" if ok else "2 True")

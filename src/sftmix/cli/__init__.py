@@ -54,7 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    release_process_group()
     return 0
+
+
+def release_process_group() -> None:
+    """Destroy the process group that a launched run (``accelerate launch -m sftmix.cli train``)
+    made, while the interpreter is still whole. Left to the interpreter's finalisation, gloo's
+    worker threads can abort a rank whose work has all succeeded ("terminate called without an
+    active exception", SIGABRT), and the launcher then fails the whole run. Only after success:
+    after an error the other ranks may still wait in a collective, and the process exits anyway."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch: a command that did not load it made no group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
