@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def toy_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def problems() -> list[dict]:
-    from sftmix.eval import humaneval
+    from sftmix.eval import humaneval  # after HF_HUB_OFFLINE is set above: the hub client reads it when first imported
 
     return humaneval.load_problems()
 
@@ -67,7 +69,7 @@ def problems() -> list[dict]:
 @pytest.fixture(scope="session")
 def canonical_scored(problems) -> tuple[dict, list[dict]]:
     """The 164 canonical solutions through the default sandbox: (metrics, per-sample rows)."""
-    from sftmix.eval import humaneval
+    from sftmix.eval import humaneval  # after HF_HUB_OFFLINE is set above: the hub client reads it when first imported
 
     return humaneval.score(problems, [[p["canonical_solution"]] for p in problems], progress=False)
 
@@ -75,7 +77,7 @@ def canonical_scored(problems) -> tuple[dict, list[dict]]:
 @pytest.fixture(scope="session")
 def empty_scored(problems) -> tuple[dict, list[dict]]:
     """164 empty completions through the default sandbox: (metrics, per-sample rows)."""
-    from sftmix.eval import humaneval
+    from sftmix.eval import humaneval  # after HF_HUB_OFFLINE is set above: the hub client reads it when first imported
 
     return humaneval.score(problems, [[""] for _ in problems], progress=False)
 
@@ -95,9 +97,8 @@ class MiniStudy:
 
 @pytest.fixture(scope="session")
 def mini_study(tmp_path_factory) -> MiniStudy:
-    import sqlite3
-    import time
-
+    # imported here, as the HumanEval fixtures' sftmix.eval: after HF_HUB_OFFLINE is set above (the hub
+    # client reads it once, when first imported)
     from helpers import study_file, study_metrics
 
     tmp = tmp_path_factory.mktemp("mini")

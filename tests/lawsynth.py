@@ -15,6 +15,7 @@ import yaml
 
 from helpers import TINY_TRAIN
 from sftmix.config import StudyConfig
+from sftmix.data.compose import round_half_up
 from sftmix.study.grid import expand
 from sftmix.study.store import CurvePoint, DataPart, Metric, Sample, Store
 
@@ -119,8 +120,6 @@ def fill_dmt(study_file: Path, truth: dict, stage1: dict, n_items: int = 32, sd_
              seed: int = 0) -> Store:
     """DMT runs over k: final held-out loss per source from ``truth`` (source -> function of the
     replayed proportion of stage 2), stage-1 end losses ``stage1`` in the forgetting curves."""
-    from sftmix.data.compose import round_half_up
-
     study = StudyConfig(**yaml.safe_load(study_file.read_text()))
     store = Store(Path(study.output_dir) / "results.sqlite")
     rng = np.random.default_rng(seed)

@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from sftmix.eval.engine import free_port
+
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo", "scancel")
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # the daemons live here, which a minimal PATH may leave out
 
@@ -31,17 +33,11 @@ def missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _config(folder: Path, host: str, cpus: int) -> str:
     return f"""ClusterName=sftmixtest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/none
 CredType=cred/none
 SlurmUser=root

@@ -18,6 +18,7 @@ from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN
 from sftmix.cli import main
 from sftmix.data.compose import Manifest
 from sftmix.io import read_record
+from sftmix.models import resolve_model
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(5)]
 
@@ -75,8 +76,6 @@ LATIN1_ROW = json.dumps({"instruction": "Caf\u00e9", "input": "", "output": "ok"
 
 
 def cut_checkpoint(tmp: Path) -> list[str]:
-    from sftmix.models import resolve_model
-
     ck = tmp / "ckpt"
     shutil.copytree(resolve_model("tiny"), ck)
     w = ck / "model.safetensors"
@@ -85,8 +84,6 @@ def cut_checkpoint(tmp: Path) -> list[str]:
 
 
 def garbled_checkpoint(tmp: Path) -> list[str]:
-    from sftmix.models import resolve_model
-
     ck = tmp / "ckpt"
     shutil.copytree(resolve_model("tiny"), ck)
     w = ck / "model.safetensors"

@@ -1,10 +1,29 @@
+import hashlib
+import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import transformers
 import yaml
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+from accelerate.utils.launch import prepare_multi_gpu_env
+from pydantic import BaseModel
+from transformers import TrainingArguments
+from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
+import sftmix.config as config
 from conftest import REPO
-from sftmix.config import DataConfig, RunConfig, load_config
+from sftmix.config import DataConfig, RunConfig, load_config, validate
+from sftmix.config.run import MOVED, STRATEGY_MODELS, OpenAIBackendConfig, VLLMBackendConfig, upgrade
+from sftmix.demo import demo_study
+from sftmix.errors import SftmixError
+from sftmix.study.grid import check_metrics, expand
+from sftmix.study.runner import load_study
+from sftmix.train.strategies import run_id
 
 
 def test_accelerate_configs_parse():
@@ -29,8 +48,6 @@ def test_example_configs_validate():
 
 def launch_args(path):
     """What `accelerate launch --config_file PATH` makes of a config (its own parser and checks)."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-
     args = launch_command_parser().parse_args(["--config_file", str(path), "train.py"])
     return _validate_launch_command(args)[0]
 
@@ -38,8 +55,6 @@ def launch_args(path):
 def unknown_keys(path) -> list[str]:
     """Keys of a config's fsdp_config / deepspeed_config that `accelerate launch` has no argument
     for (it would ignore them without a word), or values outside an argument's choices."""
-    from accelerate.commands.launch import launch_command_parser
-
     actions = {a.dest: a for a in launch_command_parser()._actions}
     doc = yaml.safe_load(Path(path).read_text())
     bad = []
@@ -67,9 +82,6 @@ def test_every_key_of_the_shipped_multi_process_configs_is_one_accelerate_knows(
 
 def shipped_fsdp_plugin(monkeypatch, path=REPO / "configs/accelerate/fsdp.yaml"):
     """The FSDP plugin each process builds from the environment the launcher gives it."""
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.launch import prepare_multi_gpu_env
-
     args = launch_args(path)
     assert args.use_fsdp
     for key, value in prepare_multi_gpu_env(args).items():
@@ -79,16 +91,12 @@ def shipped_fsdp_plugin(monkeypatch, path=REPO / "configs/accelerate/fsdp.yaml")
 
 def tiny_decoder(kind: str):
     """A 2-layer random model of an architecture, built from its config alone (no download)."""
-    import transformers
-
     config = getattr(transformers, f"{kind}Config")(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                     num_attention_heads=4, num_key_value_heads=2)
     return getattr(transformers, f"{kind}ForCausalLM")(config)
 
 
 def wrapped_layers(plugin, model) -> list[str]:
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
-
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     return [type(m).__name__ for m in model.modules() if policy(m)]
 
@@ -117,10 +125,6 @@ def test_a_layer_class_named_in_the_config_fits_one_architecture_only(monkeypatc
 
 
 def test_the_shipped_deepspeed_configs_build_accelerates_deepspeed_plugin():
-    from accelerate.utils import DeepSpeedPlugin
-    from transformers import TrainingArguments
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-
     for name, stage in (("deepspeed_zero2", 2), ("deepspeed_zero3", 3)):
         path = REPO / "configs/accelerate" / f"{name}.yaml"
         assert launch_args(path).use_deepspeed
@@ -138,9 +142,6 @@ def test_the_shipped_deepspeed_configs_build_accelerates_deepspeed_plugin():
 def test_the_config_package_imports_nothing_above_it():
     """config/ is the bottom layer: reading a config loads no task registry, no data or training code
     (it imported the eval registry, closing an import circle back to config)."""
-    import subprocess
-    import sys
-
     code = "import sys, sftmix.config; print(sorted(m for m in sys.modules if m.startswith('sftmix.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(loaded) == ["sftmix.config", "sftmix.config.executor", "sftmix.config.run", "sftmix.config.study", "sftmix.errors"]
@@ -150,9 +151,6 @@ def test_the_study_driver_and_the_report_load_no_torch():
     """A study's driver (status, ingest, the store) and its report read the typed records of run
     folders (stage meta with its tokenisation counts, results, fits): none of them needs torch or
     transformers, whose import costs seconds on every `study status`."""
-    import subprocess
-    import sys
-
     code = ("import sys, sftmix.cli, sftmix.study.runner, sftmix.study.ingest, sftmix.analysis.report, sftmix.train.meta; "
             "print([m for m in ('torch', 'transformers', 'datasets') if m in sys.modules])")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -161,13 +159,6 @@ def test_the_study_driver_and_the_report_load_no_torch():
 
 def test_every_config_field_says_what_it_is_for():
     """The field descriptions are what `--help` and the README's YAML reference show."""
-    import inspect
-
-    from pydantic import BaseModel
-
-    import sftmix.config as config
-    from sftmix.config.run import STRATEGY_MODELS, OpenAIBackendConfig, VLLMBackendConfig
-
     models = {m for m in vars(config).values() if inspect.isclass(m) and issubclass(m, BaseModel)}
     models |= {*STRATEGY_MODELS.values(), OpenAIBackendConfig, VLLMBackendConfig}
     missing = [f"{m.__name__}.{f}" for m in models for f, info in m.model_fields.items() if not (info.description or "").strip()]
@@ -178,9 +169,6 @@ def test_every_config_field_says_what_it_is_for():
 def test_the_demo_study_validates_without_training(quick, tmp_path, monkeypatch):
     """The demo builds its study in code: it must pass the same checks as a study file (its
     strategies once carried every source's fraction, which the strategy models refuse)."""
-    from sftmix.demo import demo_study
-    from sftmix.study.grid import check_metrics, expand
-
     monkeypatch.delenv("SFTMIX_DATA_DIR", raising=False)
     study, _ = demo_study("tiny", str(tmp_path / "no-data"), str(tmp_path / "d"), quick=quick, benchmarks=None if quick else 5)
     runs = expand(study, notes=[])
@@ -197,12 +185,6 @@ PINNED_RUN = {"smollm2_dmt.yaml": "7707d57afcf9", "tiny_dmt.yaml": "a4a9b2117361
 
 
 def test_run_ids_are_those_of_the_flat_eval_section(monkeypatch, shared_data):
-    import hashlib
-
-    from sftmix.config import RunConfig, load_config
-    from sftmix.study.runner import load_study
-    from sftmix.train.strategies import run_id
-
     monkeypatch.setenv("SFTMIX_DATA_DIR", str(shared_data))  # the ids of runs on the real data, not on fallbacks
     for (name, profile), want in PINNED_IDS.items():
         _, runs = load_study(str(REPO / "configs" / "studies" / name), profile, read_only=True)
@@ -212,10 +194,6 @@ def test_run_ids_are_those_of_the_flat_eval_section(monkeypatch, shared_data):
 
 
 def test_a_flat_eval_key_of_earlier_versions_names_its_new_place(tmp_path):
-    from sftmix.config import RunConfig, validate
-    from sftmix.config.run import MOVED
-    from sftmix.errors import SftmixError
-
     for old, new in MOVED.items():
         with pytest.raises(SftmixError, match=f"eval.{old} is now {new}"):
             validate(RunConfig, {"strategy": {"name": "individual", "sources": ["gsm8k"]}, "eval": {old: 1}}, "run.yaml")
@@ -230,10 +208,6 @@ def test_a_flat_eval_key_of_earlier_versions_names_its_new_place(tmp_path):
 def test_a_config_stored_flat_by_an_earlier_version_upgrades_to_the_same_run():
     """A study's store keeps each run's config as it was run: an earlier version's flat eval
     section, upgraded, is the same run (same config, same id) as today's form of it."""
-    from sftmix.config import RunConfig, validate
-    from sftmix.config.run import upgrade
-    from sftmix.train.strategies import run_id
-
     cfg = validate(RunConfig, {"strategy": {"name": "dmt", "specialised": ["gsm8k"], "general": "sharegpt", "k": "1/4"},
                                "heldout": {"sources": ["gsm8k"], "samples": 7, "max_length": 99, "seed": 3},
                                "curve": {"enabled": False, "points": 2},

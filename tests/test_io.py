@@ -6,10 +6,10 @@ import subprocess
 import sys
 import time
 
+from sftmix.io import building, write_json
+
 
 def test_killed_writers_leave_no_temp_files(tmp_path):
-    from sftmix.io import write_json
-
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".data.jsonl.{dead.stdout.strip()}.abc123.tmp"
     stale.write_text("half a file")
@@ -64,8 +64,6 @@ def test_processes_building_the_same_cache_folders_at_once_all_get_them_whole(tm
 
 
 def test_a_builder_killed_midway_leaves_a_partial_folder_the_next_one_replaces(tmp_path):
-    from sftmix.io import building
-
     folder = tmp_path / "model"
     (tmp_path / "model.partial").mkdir()
     (tmp_path / "model.partial" / "half.bin").write_text("cut off")  # what a killed builder left

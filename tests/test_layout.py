@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+from transformers import AutoModelForCausalLM
+
 from sftmix import layout
+from sftmix.models import resolve_model
 
 
 def test_stages_are_in_training_order_past_nine(tmp_path):
@@ -16,10 +19,6 @@ def test_stages_are_in_training_order_past_nine(tmp_path):
 
 
 def test_parameters_are_counted_over_weight_shards(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from sftmix.models import resolve_model
-
     model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny"))
     want = float(sum(p.numel() for n, p in model.state_dict().items() if n != "lm_head.weight" or not model.config.tie_word_embeddings))
     model.save_pretrained(tmp_path / "one")

@@ -21,14 +21,13 @@ from pathlib import Path
 import pytest
 
 from helpers import tiny_run
+from sftmix.train.strategies import run_strategy
 
 PINNED = Path(__file__).parent / "reference" / "tiny_run.json"
 RTOL = 1e-4
 
 
 def measure(tmp: Path, name: str = "ref", **train) -> dict:
-    from sftmix.train.strategies import run_strategy
-
     cfg = tiny_run(tmp, name, strategy={"name": "individual", "sources": ["generated_math"]},
                    train={"epochs": 2, **train}, heldout={"sources": ["generated_math", "generated_code"], "samples": 8})
     meta = json.loads((run_strategy(cfg, progress=False) / "meta.json").read_text())

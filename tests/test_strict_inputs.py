@@ -9,6 +9,7 @@ whole pool, a repeated weight kept the last, ...), so the checks cannot pass vac
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -19,10 +20,18 @@ import numpy as np
 import pytest
 import yaml
 
+import sftmix.analysis.report as report
 from lawsynth import DESIGN, amount_truth, fill, mixture_study
-from sftmix.cli import main
 from sftmix.analysis.propose import load_proposal
+from sftmix.cli import main
+from sftmix.cli.study import _budget, _weights
+from sftmix.config import RunConfig, load_config, validate
 from sftmix.errors import SftmixError
+from sftmix.eval.tasks import resolve
+from sftmix.io import write_all
+from sftmix.study.runner import ingest, load_study, status_rows, study_dir
+from sftmix.study.store import APPLICATION_ID, SCHEMA, Store
+from sftmix.train.strategies import multitask, run_id
 from test_cli_bad_input import run_cfg, study_cfg
 
 HERE = Path(__file__).parent
@@ -303,9 +312,6 @@ def test_bad_fit_propose_export_input_changes_nothing(case, build, expected, fit
 def test_a_relabelled_study_is_refitted_not_crashed(fitted, tmp_path, capsys):
     """The study file renames its configurations; `study run` relabels the stored runs. fit.json
     was fitted under the old labels: propose says so and refits, where it raised StopIteration."""
-    from sftmix.study.runner import ingest, load_study, study_dir
-    from sftmix.study.store import Store
-
     f = clone(fitted, tmp_path)
     doc = yaml.safe_load(f.read_text())
     doc["zip"]["_mix"] = [f"mix{i}" for i in range(len(doc["zip"]["_mix"]))]
@@ -320,8 +326,6 @@ def test_a_relabelled_study_is_refitted_not_crashed(fitted, tmp_path, capsys):
 
 
 def test_a_refused_store_is_left_untouched_and_nothing_is_created_in_it(tmp_path):
-    from sftmix.study.store import Store
-
     db = tmp_path / "other.sqlite"
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE runs (name TEXT)")  # a table of the same name, another program's
@@ -337,8 +341,6 @@ def test_a_refused_store_is_left_untouched_and_nothing_is_created_in_it(tmp_path
 def test_a_store_made_before_the_stamp_is_still_read_and_then_stamped(tmp_path):
     """A store made by an earlier sftmix (its tables, no application id) is recognised by its
     tables, not refused."""
-    from sftmix.study.store import APPLICATION_ID, SCHEMA, Store
-
     db = tmp_path / "results.sqlite"
     con = sqlite3.connect(db)
     con.executescript(SCHEMA)
@@ -361,12 +363,8 @@ def test_a_failed_study_run_keeps_its_real_error(tmp_path, capsys):
     assert code == 2
     last = err.strip().splitlines()[-1]
     assert "1 of 1 runs failed" in last and "gone.jsonl" in last and "without a result" not in last, err
-    from sftmix.study.store import Store
-
     (row,) = Store(tmp_path / "study" / "results.sqlite").runs()
     assert row.status == "failed" and "gone.jsonl" in row.first_error_line
-    from sftmix.study.runner import load_study, status_rows
-
     _, runs = load_study(str(f))
     (shown,) = status_rows(Store(tmp_path / "study" / "results.sqlite"), runs, tmp_path / "study")  # what `study status` tabulates
     assert shown[2] == "failed" and "gone.jsonl" in shown[3]
@@ -376,8 +374,6 @@ def test_a_failed_study_run_keeps_its_real_error(tmp_path, capsys):
 # ---------------------------------------------------------------- all or nothing
 
 def test_a_report_that_fails_midway_leaves_the_previous_one_whole(fitted, tmp_path, monkeypatch, capsys):
-    import sftmix.analysis.report as report
-
     f = clone(fitted, tmp_path)
     assert run(["study", "report", str(f)], capsys)[0] == 0
     rep = tmp_path / "syn" / "report"
@@ -395,8 +391,6 @@ def test_a_report_that_fails_midway_leaves_the_previous_one_whole(fitted, tmp_pa
 
 
 def test_write_all_writes_every_file_or_none(tmp_path):
-    from sftmix.io import write_all
-
     (tmp_path / "b.txt").mkdir()
     with pytest.raises(SftmixError, match="b.txt: cannot write it"):
         write_all({tmp_path / "a.txt": "new", tmp_path / "b.txt": "new"})
@@ -410,9 +404,6 @@ def test_write_all_writes_every_file_or_none(tmp_path):
 def test_a_misspelt_fraction_key_trained_on_the_whole_pool():
     """The stage builder reads fraction.get(source, 1): with a misspelt key every source trains
     on its whole pool. The strategy model now refuses the key before stages are built."""
-    from sftmix.config import RunConfig, validate
-    from sftmix.train.strategies import multitask
-
     stages = multitask([MATH, CODE], {"generated_mth": 0.5})
     assert [p.fraction for p in stages[0].mixture.parts] == [1.0, 1.0]  # what would have been trained
     with pytest.raises(SftmixError, match="'generated_mth' is not a source of this multitask strategy"):
@@ -423,8 +414,6 @@ def test_a_misspelt_fraction_key_trained_on_the_whole_pool():
 def test_fields_of_another_strategy_were_dropped():
     """`k` under multitask used to be kept on a shared model and ignored by the builder: the run
     trained without replay while its config said k = 1/16."""
-    from sftmix.config import RunConfig, validate
-
     with pytest.raises(SftmixError, match="unknown field 'k' of the multitask strategy"):
         validate(RunConfig, {"model": "tiny", "strategy": {"name": "multitask", "sources": [MATH], "k": "1/16"}}, "run")
 
@@ -432,9 +421,6 @@ def test_fields_of_another_strategy_were_dropped():
 def test_run_ids_are_those_of_the_shared_strategy_model():
     """A run's id hashes its config: the per-strategy models must not change it, or every stored
     result of a study would stop matching its runs (ids computed by the previous model)."""
-    from sftmix.config import RunConfig, load_config
-    from sftmix.train.strategies import run_id
-
     repo = HERE.parent
     assert run_id(load_config(repo / "configs" / "train" / "tiny_dmt.yaml", RunConfig)) == "a4a9b2117361"
     assert run_id(load_config(repo / "configs" / "train" / "smollm2_dmt.yaml", RunConfig)) == "7707d57afcf9"
@@ -446,10 +432,6 @@ def test_run_ids_are_those_of_the_shared_strategy_model():
 
 
 def test_a_repeated_weight_kept_the_last_and_nan_passed():
-    import argparse
-
-    from sftmix.cli.study import _budget, _weights
-
     with pytest.raises(argparse.ArgumentTypeError, match="given twice"):
         _weights("math=1,math=5")  # was {'math': 5.0}: the first weight silently gone
     with pytest.raises(argparse.ArgumentTypeError, match="finite"):
@@ -461,8 +443,6 @@ def test_a_repeated_weight_kept_the_last_and_nan_passed():
 def test_a_second_task_of_the_same_name_got_the_first_ones_result():
     """The runner keyed results by task name: the second task's `task_<name>.json` was the first's,
     found done, and never run. Two tasks of one name are now refused."""
-    from sftmix.eval.tasks import resolve
-
     with pytest.raises(SftmixError, match="both named 'arithmetic'"):
         resolve(["usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"])
     assert [t.name for t in resolve(["loss", "usertasks.bad:fine"])] == ["loss", "fine"]

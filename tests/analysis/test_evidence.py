@@ -1,16 +1,33 @@
 """Evidence: forgetting curves, bootstrap intervals, paired comparisons, McNemar, Findings."""
 
 import json
+import os
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+import sftmix
+import sftmix.supervised as loss_mod
+import sftmix.train.stage as stage_mod
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
+from sftmix import layout, pipeline
 from sftmix.analysis import stats
-from sftmix.analysis.findings import Finding
+from sftmix.analysis.findings import Finding, pairs
+from sftmix.analysis.report import write_report
+from sftmix.analysis.results import Group
+from sftmix.data.heldout import POOL_TAIL, HeldoutRows, heldout
+from sftmix.data.sources import load_pool
+from sftmix.io import read_jsonl
+from sftmix.layout import weights_fingerprint
+from sftmix.models import load_model, load_tokenizer
+from sftmix.study.runner import load_study, run_study, study_dir
+from sftmix.supervised import mean_loss
 from sftmix.train.meta import read_meta
+from sftmix.train.strategies import run_dir, run_strategy
 
 LOSS_EVAL = {"tasks": ["loss"]}
 HELDOUT = {"sources": ["generated_code", "generated_math", "sharegpt"], "samples": 12}
@@ -19,9 +36,6 @@ CURVE = {"points": 2}
 
 @pytest.fixture(scope="module")
 def sequential_run(tmp_path_factory):
-    from sftmix import pipeline
-    from sftmix.train.strategies import run_dir
-
     tmp = tmp_path_factory.mktemp("curve")
     # sharegpt has no test split: its held-out rows come from the same pool it trains on (all of it)
     cfg = tiny_run(tmp, "seq", strategy={"name": "sequential", "sources": ["generated_code", "sharegpt"]}, eval=LOSS_EVAL,
@@ -33,10 +47,6 @@ def sequential_run(tmp_path_factory):
 
 def fresh_losses(cfg, folder) -> dict:
     """Held-out losses of a checkpoint measured here, independently of anything training saved."""
-    from sftmix.data.heldout import heldout
-    from sftmix.models import load_model, load_tokenizer
-    from sftmix.supervised import mean_loss
-
     model, tok = load_model(folder), load_tokenizer(folder)
     out = {}
     for source in HELDOUT["sources"]:
@@ -87,11 +97,6 @@ def test_heldout_rows_are_never_trained_on(sequential_run):
 def test_training_and_evaluation_use_the_rows_kept_in_heldout_json(sequential_run, tmp_path):
     """The rows are chosen once: training excludes and measures those in ``heldout.json``, and the
     evaluation scores those, not rows it chooses again (shown by editing the file)."""
-    from sftmix import layout, pipeline
-    from sftmix.data.heldout import POOL_TAIL, HeldoutRows
-    from sftmix.data.sources import load_pool
-    from sftmix.io import read_jsonl
-
     cfg, metas, doc = sequential_run
     run = layout.run_dir(cfg.name, cfg.output_dir)
     held = HeldoutRows.from_json(json.loads(layout.heldout_file(run).read_text()), "heldout.json")
@@ -168,9 +173,6 @@ def test_verdicts():
 
 
 def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
-    from sftmix.analysis.report import write_report
-    from sftmix.study.runner import load_study, run_study, study_dir
-
     study = {
         "name": "evidence", "output_dir": str(tmp_path / "st"), "replicates": 2,
         "base": {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "sequential", "sources": ["generated_code", "generated_math"]},
@@ -213,12 +215,6 @@ def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
 @pytest.mark.parametrize("profile", [None, "small"])
 def test_every_shipped_claim_names_configurations_of_its_study(profile):
     """Without training: each claim of each shipped study pairs up configurations of that study."""
-    from pathlib import Path
-
-    from sftmix.analysis.findings import pairs
-    from sftmix.analysis.results import Group
-    from sftmix.study.runner import load_study
-
     for f in sorted(Path("configs/studies").glob("*.yaml")):
         study, runs = load_study(str(f), profile)
         assert study.compare, f"{f} names no claim"
@@ -232,10 +228,6 @@ def test_every_shipped_claim_names_configurations_of_its_study(profile):
 
 
 def test_the_base_curve_cache_key_follows_the_weights(tmp_path):
-    import os
-
-    from sftmix.layout import weights_fingerprint
-
     w = tmp_path / "model.safetensors"
     w.write_bytes(b"a" * 10)
     first = weights_fingerprint(str(tmp_path))
@@ -249,11 +241,6 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
     measured through that wrapper ends 1e-4 away from the fp32 evaluation of the saved weights,
     and the final evaluation, which reuses the curve's last measurement, would report it. This
     CPU has no native bf16, so bf16 is forced; torch emulates it, and the wrapper is the same."""
-    import sftmix.supervised as loss_mod
-    import sftmix.train.stage as stage_mod
-    from sftmix import pipeline
-    from sftmix.train.strategies import run_strategy
-
     monkeypatch.setattr(stage_mod, "cpu_has_bf16", lambda: True)
     wrapped_seen = []
     real_plain = loss_mod.plain_forward
@@ -279,13 +266,7 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
 def test_every_interval_is_cut_by_the_one_bootstrap_helper():
     """One rule for the reported intervals: ``stats.percentile_interval`` is the only place that
     takes quantiles of draws, and ``stats`` the only module that draws resamples."""
-    from pathlib import Path
-
-    import sftmix
-
     root = Path(sftmix.__file__).parent
-    import re
-
     for f in root.rglob("*.py"):
         if f.name != "stats.py":  # numpy's quantile/percentile under any spelling, or a resampling draw
             assert not re.search(r"\b(nan)?(quantile|percentile)\(|multinomial\(", f.read_text()), f

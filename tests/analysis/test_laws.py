@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,14 @@ from lawsynth import (
 )
 from sftmix.analysis import stats
 from sftmix.analysis.lawfit import Fit, load_fit
-from sftmix.analysis.laws import LAWS, Target, bootstrap, fit, fit_target
-from sftmix.analysis.propose import KProposal, MixtureProposal, load_proposal
+from sftmix.analysis.laws import CANDIDATES, LAWS, Target, bootstrap, fit, fit_target
+from sftmix.analysis.propose import Evidence, KProposal, MixtureProposal, load_proposal, propose_k, propose_mixture
 from sftmix.cli import main
+from sftmix.config import RunConfig, StudyConfig, validate
 from sftmix.errors import SftmixError
-from sftmix.study.store import DataPart, Metric, Sample
+from sftmix.study.grid import expand
+from sftmix.study.runner import load_study
+from sftmix.study.store import DataPart, Metric, Sample, Store
 
 X = np.array([[d[1], d[2], d[0]] for d in DESIGN], float)  # (code, general, math), as the fit orders abilities
 MATH = ABILITIES.index("math")
@@ -157,8 +162,6 @@ def _objective(weights, prop) -> float:
     ({"math": 1, "code": 1, "general": 1}, 120, {"general": 1.62}),
 ])
 def test_optimiser_finds_the_known_optimum_within_budget_caps_and_constraints(weights, budget, max_loss):
-    from sftmix.analysis.propose import Evidence, propose_mixture
-
     caps = {"code": 25.0, "general": 500.0, "math": 500.0}  # code's source is small: its cap binds
     prop = propose_mixture(Evidence(fit=handmade_fit(caps)), weights, budget, max_loss)
     ex = prop.proposal.examples
@@ -175,8 +178,6 @@ def test_optimiser_finds_the_known_optimum_within_budget_caps_and_constraints(we
 
 
 def test_optimiser_infeasible_constraint_says_what_is_reachable():
-    from sftmix.analysis.propose import Evidence, propose_mixture
-
     reachable = 0.8 + 0.9 * 51 ** -0.4  # all 50 examples on math
     with pytest.raises(SftmixError, match=r"no mixture of at most 50 examples meets every --max-loss: the lowest predicted math "
                                           rf"loss within the budget is {reachable:.4g} \(asked <= 0.9\)"):
@@ -186,8 +187,6 @@ def test_optimiser_infeasible_constraint_says_what_is_reachable():
 # ---------------------------------------------------------------- DMT's k
 
 def test_dmt_k_finds_the_critical_k(tmp_path):
-    from sftmix.analysis.propose import Evidence, propose_k
-
     c, b, t = 0.5, math.log(0.6), -12.0  # math loss after stage 2 falls with the replayed proportion r
     f = dmt_study(tmp_path, [0, "1/64", "1/16", "1/8", "1/4", "1/2", 1])
     store = fill_dmt(f, {"generated_math": lambda r: c + math.exp(b + t * r),
@@ -202,9 +201,6 @@ def test_dmt_k_finds_the_critical_k(tmp_path):
     assert prop.best_tried.k == 0.25  # the smallest tried k whose observed math loss is within eps
     # the same through the CLI: a study file running the proposed k beside the best tried one
     assert main(["study", "propose", str(f), "--dmt-k", str(eps), "--draws", "20", "--quiet"]) == 0
-    from sftmix.config import StudyConfig
-    from sftmix.study.grid import expand
-
     runs = expand(StudyConfig(**yaml.safe_load((tmp_path / "dmtk" / "proposal.yaml").read_text())))
     assert sorted(r.config.strategy.k for r in runs) == sorted([0.25, prop.k])
     written = load_proposal(tmp_path / "dmtk" / "proposal.json")  # the file reads back as the value it was written from
@@ -261,9 +257,6 @@ def test_fit_propose_export_on_a_synthetic_study(tmp_path, capsys):
     assert prop.proposal.total <= 96 and prop.budget == 96  # default budget: the largest total tried
     assert prop.proposal.weighted.estimate <= prop.best_tried.weighted_predicted + 1e-9
     study = yaml.safe_load((tmp_path / "syn" / "proposal.yaml").read_text())
-    from sftmix.config import StudyConfig
-    from sftmix.study.grid import expand
-
     runs = expand(StudyConfig(**study))
     assert len(runs) == 4 and {r.point["_config"] for r in runs} == {"proposal", "best tried"}
     proposed = next(r for r in runs if r.point["_config"] == "proposal").config.strategy
@@ -296,8 +289,6 @@ def test_report_says_no_law_fits(tmp_path, capsys):
 
 
 def _fails(capsys, argv: list[str], expect: str) -> str:
-    import re
-
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -329,8 +320,6 @@ def test_fit_bad_input_is_a_clear_exit_2_with_nothing_written(tmp_path, capsys, 
     f = mixture_study(tmp_path, design, replicates=2)
     fill(f, truth, **fill_kw)
     if case == "no_data":
-        import sqlite3
-
         with sqlite3.connect(tmp_path / "syn" / "results.sqlite") as con:
             con.execute("DELETE FROM data WHERE run_id = (SELECT MIN(id) FROM runs)")
     _fails(capsys, ["study", "fit", str(f), "--draws", "20", "--quiet"], expect)
@@ -365,8 +354,6 @@ def test_propose_bad_input_is_a_clear_exit_2_with_nothing_written(fitted_without
 def test_a_run_restarted_under_a_new_label_takes_it(tmp_path):
     """A run started again after the study file relabelled it (an interrupted run) must join its
     configuration: the store keeps the new label and point, or the fit sees two configurations."""
-    from sftmix.study.store import Store
-
     store = Store(tmp_path / "results.sqlite")
     store.start("r1", "seed=1 _mix=64-0-0", {"_mix": "64-0-0", "seed": 1}, {})
     store.start("r1", "seed=1 _mix=6:0:0", {"_mix": "6:0:0", "seed": 1}, {})
@@ -377,9 +364,6 @@ def test_a_run_restarted_under_a_new_label_takes_it(tmp_path):
 def test_a_fallback_stands_in_for_missing_data_only(tmp_path):
     """No data directory and no hub: the fallback, said in the notes. A data file that is there
     but broken stays an error: a typo must not silently train on toy data."""
-    from sftmix.config import StudyConfig
-    from sftmix.study.grid import expand
-
     study = StudyConfig(name="fb", base={"model": "tiny", "data_dir": str(tmp_path / "data"), "sources": {"gsm8k": {"limit": 50}},
                                          "strategy": {"name": "individual", "sources": ["gsm8k"]}},
                         fallbacks={"gsm8k": {"builtin": "generated_math", "size": 50}})
@@ -398,8 +382,6 @@ def test_each_law_value_is_consistent(name):
     """A law is a value: its parameter names, bounds and starts agree in length, its starts lie in
     its bounds, and its analytic Jacobian is the finite-difference one (a wrong Jacobian would
     still fit, slowly and to the wrong optimum)."""
-    from sftmix.analysis.laws import CANDIDATES
-
     law = CANDIDATES[name]
     rng = np.random.default_rng(3)
     X = rng.uniform(5, 200, (9, 3))
@@ -422,11 +404,6 @@ def test_a_store_of_an_earlier_version_still_gives_a_runnable_proposal(tmp_path)
     """Runs recorded before the held-out and benchmark settings had sections keep their flat eval
     in the store (their ids are unchanged, so they stay done); the proposal built from them is a
     study file today's sftmix runs."""
-    import sqlite3
-
-    from sftmix.config import RunConfig, validate
-    from sftmix.study.runner import load_study
-
     f = mixture_study(tmp_path, DESIGN, replicates=1)
     fill(f, TRUTH)
     db = tmp_path / "syn" / "results.sqlite"

@@ -1,22 +1,29 @@
 """analysis/: the report's table marks and directions (from the task registry), and the t-SNE figure."""
 
+import html
+import re
+
 import pytest
 
+from helpers import tiny_run
+from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, to_html, to_markdown
+from sftmix.analysis.report import latex, markdown
+from sftmix.analysis.results import lower_is_better, summary
+from sftmix.analysis.tsne import load_points, tsne
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
+from sftmix.models import resolve_model
+from sftmix.study.store import Metric, Store
+from sftmix.train.strategies import run_strategy
 
 
 def test_report_marks_best_two():
-    from sftmix.analysis.report import markdown
-
     md = markdown(["run", "gsm8k/accuracy", "loss/x", "train PFLOPs", "eval PFLOPs"],
                   [["a", 10.0, 1.0, 0, 0], ["b", 30.0, 2.0, 0, 0], ["c", 20.0, 3.0, 0, 0]])
     assert "**30.0000**" in md and "<u>20.0000</u>" in md and "**1.0000**" in md and "<u>2.0000</u>" in md
 
 
 def test_directions_and_pass_fail_come_from_the_task_registry():
-    from sftmix.analysis.results import lower_is_better
-
     assert lower_is_better("loss/anything") and not lower_is_better("gsm8k/accuracy")
     assert tasks.direction("humaneval/pass@1") == tasks.HIGHER and tasks.direction("humaneval/pass@1_verbatim") is None
     assert tasks.is_binary("gsm8k/accuracy") and tasks.is_binary("humaneval/pass@1")
@@ -42,11 +49,6 @@ def test_what_a_task_name_means_does_not_depend_on_what_was_asked_before():
 
 
 def test_tsne_same_ids_for_both_models(tmp_path):
-    from helpers import tiny_run
-    from sftmix.analysis.tsne import load_points, tsne
-    from sftmix.models import resolve_model
-    from sftmix.train.strategies import run_strategy
-
     final = run_strategy(tiny_run(tmp_path, "t", strategy={"name": "individual", "sources": ["generated_code"]}), progress=False)
     png = tsne({"base": resolve_model("tiny"), "tuned": str(final)}, ["generated_math", "generated_code"], tmp_path / "ts",
                n=12, layer=15)
@@ -59,11 +61,6 @@ def test_tsne_same_ids_for_both_models(tmp_path):
 def test_the_html_and_markdown_reports_render_the_same_sections():
     """The report is built once as sections of blocks; each rendering shows every section, in the
     same order, with the same text (escaped for HTML)."""
-    import html
-    import re
-
-    from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, to_html, to_markdown
-
     sections = [Section(None, [Text("a <top> line", "top"), Text("plain")]),
                 Section("Findings", [Bullets(["A beats B | really", "C ties D"], ["as", "not"])]),
                 Section("Results", [Text("careful", "note"), Table(["run", "loss/x"], [["a", "1.0"], ["b", "2.0"]], {(0, 1): "best"}),
@@ -86,9 +83,6 @@ def test_flops_are_6nd_for_training_and_2n_per_generation_token_averaged_over_se
     """The table's compute columns from the store alone: training 6·N·D over the real tokens a run
     trained on, evaluation 2·N per prompt or generated token of its generation tasks (summed over
     tasks); a configuration's value is the mean over its seeds, and a failed run counts nowhere."""
-    from sftmix.analysis.results import summary
-    from sftmix.study.store import Metric, Store
-
     s = Store(tmp_path / "results.sqlite")
     cfg = {"eval": {"tasks": ["gsm8k", "humaneval"]}}
     runs = [("a", {"x": 1, "seed": 0}, 1e8, 1e6, {"gsm8k": 3e5, "humaneval": 2e5}),
@@ -110,10 +104,6 @@ def test_flops_are_6nd_for_training_and_2n_per_generation_token_averaged_over_se
 def test_the_latex_table_escapes_every_special_character_of_a_label():
     """A configuration's label holds the study's own values (a ``_config`` name, a path): in
     ``table.tex`` each LaTeX special character stands for itself, and each row keeps its columns."""
-    import re
-
-    from sftmix.analysis.report import latex
-
     label = "a_b%c$d^e~f\\g{h}&#"
     tex = latex(["run", "loss/x_y", "train PFLOPs", "eval PFLOPs"], [[label, (1.0, 0.5, 1.5), 0.1, 0.0], ["b", (2.0, 1.5, 2.5), 0.1, 0.0]])
     lines = tex.splitlines()

@@ -14,6 +14,7 @@ from sftmix.data.compose import (
     manifest_hash,
     read_composed,
     round_half_up,
+    sampling_order,
     write_composed,
 )
 from sftmix.data.records import Conversation
@@ -75,8 +76,6 @@ def test_same_seed_same_manifest_other_seed_other_subset():
 def test_one_part_mixture_equals_its_source_subset():
     pools = {"a": pool("a", 100)}
     out = compose(MixtureConfig(name="one", parts=[PartConfig(source="a", fraction=0.3)], shuffle=False), pools, 3)
-    from sftmix.data.compose import sampling_order
-
     assert [c.id for c in out.conversations] == [c.id for c in sampling_order(pools["a"].conversations, 3)[:30]]
 
 
@@ -200,10 +199,6 @@ def test_interrupted_compose_leaves_no_manifest(tmp_path, target):
 
 
 def test_manifest_is_the_same_whether_composed_now_or_read_back(tmp_path):
-    from sftmix.config import MixtureConfig, PartConfig
-    from sftmix.data.compose import compose, read_composed, write_composed
-    from sftmix.data.sources import load_pool
-
     pools = {"generated_math": load_pool("generated_math", None)}
     c = compose(MixtureConfig(name="m", parts=[PartConfig(source="generated_math", count=10)]), pools, 0)
     write_composed(c, tmp_path / "m")

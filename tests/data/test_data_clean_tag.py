@@ -1,11 +1,16 @@
+import re
+
+from openai_server import OpenAIServer
 from sftmix.config import SourceConfig
 from sftmix.data.clean import clean
 from sftmix.data.generated import generate_code, generate_math
 from sftmix.data.records import Conversation
 from sftmix.data.sources import load_pool
 from sftmix.data.tag import (
+    LLMTagger,
     RuleTagger,
     abilities_from_open_tags,
+    apply_tags,
     filter_tags,
     parse_instag_reply,
 )
@@ -62,8 +67,6 @@ def test_generated_sources_tagged_as_their_ability():
 
 
 def test_generated_math_answers_are_computed():
-    import re
-
     for row in generate_math(300):
         for expr, result in re.findall(r"<<([^=]+)=([^>]+)>>", row["answer"]):
             assert abs(eval(expr) - float(result)) < 1e-9, row  # noqa: S307 (our own generated arithmetic)
@@ -107,9 +110,6 @@ def test_instag_reply_parsing():
 
 
 def test_llm_tagger_against_loopback_openai_server():
-    from openai_server import OpenAIServer
-    from sftmix.data.tag import LLMTagger, apply_tags
-
     def reply(body):
         q = body["messages"][0]["content"]
         if "python" in q.lower():

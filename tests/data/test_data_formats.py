@@ -1,6 +1,8 @@
 import gzip
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_jsonl
@@ -48,9 +50,6 @@ def test_files_json_jsonl_gz_parquet(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(rows))
     with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     for name in ("a.jsonl", "b.json", "c.jsonl.gz", "d.parquet"):
         got = [r for _, r in read_rows(tmp_path / name)]

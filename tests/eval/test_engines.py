@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,9 +27,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
+from packaging.requirements import Requirement
 
 from conftest import REPO, TESTS
+from helpers import TINY_SOURCES, TINY_TRAIN
+from sftmix.config import EvalConfig
+from sftmix.errors import SftmixError
+from sftmix.eval.runner import evaluate
+from sftmix.models import resolve_model
 from vllm_server import engine_processes, vllm_missing
 
 pytestmark = pytest.mark.vllm
@@ -63,10 +71,6 @@ def outputs(out: Path, task: str) -> list[str]:
 
 
 def test_sftmix_and_vllm_import_together():
-    import tomllib
-
-    from packaging.requirements import Requirement
-
     r = subprocess.run([sys.executable, "-c", "import sftmix.eval.generate, sftmix.train.stage, vllm, transformers; "
                         "print(vllm.__version__, transformers.__version__)"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -128,11 +132,6 @@ def test_a_server_that_cannot_start_is_an_error_with_its_log(tmp_path):
     run = {"name": "x", "model": "tiny-vllm", "strategy": {"name": "individual", "sources": ["generated_math"]},
            "eval": {"tasks": ["usertasks.exact:arithmetic"], "backend": "vllm_server",
                     "vllm_server": {"extra_args": ["--no-such-flag"]}}}
-    from sftmix.config import EvalConfig
-    from sftmix.errors import SftmixError
-    from sftmix.eval.runner import evaluate
-    from sftmix.models import resolve_model
-
     os.environ[TAG] = tag
     try:
         with pytest.raises(SftmixError, match=r"(?s)the server exited with status \d+ before it answered; log .*vllm_server.log.*no-such-flag"):
@@ -170,8 +169,6 @@ def test_a_killed_or_interrupted_evaluation_leaves_no_server(tmp_path, sig):
 
 
 def _study(tmp: Path, name: str, backend: str) -> Path:
-    from helpers import TINY_SOURCES, TINY_TRAIN
-
     study = {
         "name": name, "output_dir": str(tmp / name),
         "base": {"model": "tiny-vllm", "sources": TINY_SOURCES, "strategy": {"name": "multitask", "sources": ["generated_math", "generated_code"]},
@@ -186,8 +183,6 @@ def _study(tmp: Path, name: str, backend: str) -> Path:
 
 
 def test_a_two_run_study_on_the_managed_engine_equals_the_study_on_hf(tmp_path):
-    import sqlite3
-
     tag = uuid.uuid4().hex
     results = {}
     for backend in ("hf", "vllm_server"):

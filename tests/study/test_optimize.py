@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +19,10 @@ import yaml
 
 from conftest import REPO
 from helpers import TINY_TRAIN
+from sftmix.analysis.propose import simplex_grid
 from sftmix.cli import main
+from sftmix.study.optimize import Choice, Surrogate, _study_of, design, initial_design
+from sftmix.study.runner import load_study
 
 pytestmark = pytest.mark.e2e
 
@@ -256,9 +260,6 @@ def test_acquisition_finds_a_known_minimum_faster_than_chance():
     """The design's own functions on a known composite objective over a simplex (two "abilities",
     each a loss of its own): a broken acquisition (say, maximising, or a wrong weighting) or a bad
     initial design would need about as many evaluations as a random order."""
-    from sftmix.analysis.propose import simplex_grid
-    from sftmix.study.optimize import Surrogate, initial_design
-
     X = simplex_grid(3, 200)
     L = np.c_[((X - [0.2, 0.5, 0.3]) ** 2).sum(1), 0.3 * X[:, 0] * X[:, 2] + 0.2 * X[:, 1]]
     w, inf = np.array([0.5, 0.5]), np.full(2, np.inf)
@@ -326,11 +327,6 @@ def test_a_dmt_design_searches_amounts_and_k(tmp_path):
     """DMT's k is a dimension of the space where the study varies it: every configuration is a DMT
     run with its k, the grid's run of the same amounts and k is the same run (same id), and the
     report plots the objective against k."""
-    import sqlite3
-
-    from sftmix.study.optimize import Choice, _study_of, design
-    from sftmix.study.runner import load_study
-
     f = dmt_study(tmp_path, "dmt")
     study, grid = load_study(str(f))
     _, space = design(study, None, grid, str(f), {"math": 1, "code": 1, "general": 1}, 5)

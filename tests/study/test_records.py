@@ -6,13 +6,13 @@ import json
 import pytest
 
 from sftmix import layout
-from sftmix.errors import SftmixError
-from sftmix.study.ingest import curve_rows, data_rows
 from sftmix.data.compose import Manifest
-from sftmix.eval.runner import EvalResults
-from sftmix.io import read_record
+from sftmix.errors import SftmixError
+from sftmix.eval.runner import EvalResults, Item, items_file, read_items
+from sftmix.io import read_record, write_jsonl
 from sftmix.study.executors.slurm import JobRecord
-from sftmix.study.store import CurvePoint, DataPart
+from sftmix.study.ingest import curve_rows, data_rows, sample_rows
+from sftmix.study.store import CurvePoint, DataPart, Sample
 from sftmix.study.worker import DoneRecord, ErrorRecord, LockHolder
 from sftmix.supervised import SavedHeldout
 from sftmix.train.meta import StageMeta
@@ -74,11 +74,6 @@ def test_rows_come_from_the_stages_in_training_order(tmp_path):
 def test_an_evaluation_s_items_read_back_and_a_bad_line_is_named(tmp_path):
     """``items_<task>.jsonl`` is written and read as ``Item`` lines; the store's samples come from
     them, and a malformed line stops the ingest with its file and line number."""
-    from sftmix.eval.runner import Item, items_file, read_items
-    from sftmix.io import write_jsonl
-    from sftmix.study.ingest import sample_rows
-    from sftmix.study.store import Sample
-
     items = [Item(metric="pass@1", item="HumanEval/0", value=100.0, weight=1.0), Item(metric="pass@1", item="HumanEval/1", value=0, weight=1)]
     write_jsonl(items_file(tmp_path, "humaneval"), [i.model_dump() for i in items])
     assert read_items(tmp_path, "humaneval") == items

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sftmix.study.runner import load_study
+
 pytestmark = pytest.mark.e2e
 
 def test_study_kill_restart_and_report(mini_study):
@@ -54,8 +56,6 @@ def test_study_kill_restart_and_report(mini_study):
 
 
 def test_shipped_studies_expand_without_training():
-    from sftmix.study.runner import load_study
-
     shipped = sorted(Path("configs/studies").glob("*.yaml"))
     assert len(shipped) >= 7, shipped  # RQ1-RQ4, DMT's k, the mixture law...: a glob that finds nothing checks nothing
     for f in shipped:

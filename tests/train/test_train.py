@@ -11,12 +11,17 @@ import torch
 from conftest import REPO
 from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
 from sftmix.config import RunConfig, validate
+from sftmix.config.run import STRATEGY_MODELS
 from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
 from sftmix.io import read_record
+from sftmix.models import load_tokenizer, resolve_model
+from sftmix.templates import render_model
 from sftmix.train import stage
 from sftmix.train.meta import StageMeta, read_meta
+from sftmix.train.strategies import STRATEGIES as BUILDERS
 from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
+from sftmix.train.tokenize import pack
 
 STRATEGIES = {
     "individual": {"name": "individual", "sources": ["generated_math"]},
@@ -117,8 +122,6 @@ def test_bf16_and_lora_and_packing_options_train(tmp_path):
 
 
 def cfg_base_model():
-    from sftmix.models import resolve_model
-
     return resolve_model("tiny")
 
 
@@ -131,8 +134,6 @@ def test_tokenisation_is_cached(tmp_path):
 
 
 def test_packing_keeps_samples_apart():
-    from sftmix.train.tokenize import pack
-
     rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}]
     (p,) = pack(rows, 8)
     assert p["position_ids"] == [0, 1, 2, 0, 1]
@@ -161,9 +162,6 @@ def test_bad_configs_are_clear_errors(patch, msg, tmp_path):
 
 
 def test_template_the_tokenizer_cannot_render(tmp_path):
-    from sftmix.models import load_tokenizer
-    from sftmix.templates import render_model
-
     tok = load_tokenizer(cfg_base_model())
     tok.chat_template = None
     with pytest.raises(SftmixError, match="no chat template"):
@@ -178,7 +176,4 @@ def test_cli_train_reports_bad_config_without_traceback(tmp_path):
 
 
 def test_every_strategy_the_config_accepts_has_a_builder():
-    from sftmix.config.run import STRATEGY_MODELS
-    from sftmix.train.strategies import STRATEGIES as BUILDERS
-
     assert set(STRATEGY_MODELS) == set(BUILDERS) == set(STRATEGIES)

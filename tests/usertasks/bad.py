@@ -1,5 +1,7 @@
 """User tasks that break the rules a task's results must keep (tests only)."""
 
+import time
+
 from sftmix.eval.tasks import HIGHER, LOWER, Context, Task
 
 
@@ -36,8 +38,6 @@ fails_after_generating = Task("fails_after_generating", _fails_after_generating,
 
 
 def _keeps_generating(ctx: Context):
-    import time
-
     end = time.monotonic() + 120  # long enough to be killed or interrupted in the middle
     i = 0
     while time.monotonic() < end:
