@@ -188,30 +188,30 @@ def _validate(where: str, text: str, model: type[BaseModel]):
         return model.model_validate(json.loads(text))
     except ValidationError as e:
         first = e.errors()[0]
-        raise SftmixError(f"{where}: not a {model.__name__} ({'.'.join(map(str, first['loc'])) or 'top level'}: "
-                          f"{first['msg']})") from None
+        name = model.__name__
+        raise SftmixError(f"{where}: not {'an' if name[0] in 'AEIOU' else 'a'} {name} "
+                          f"({'.'.join(map(str, first['loc'])) or 'top level'}: {first['msg']})") from None
     except ValueError as e:
         raise SftmixError(f"{where}: not readable JSON ({e})") from None
 
 
-def read_record(path: str | Path, model: type[BaseModel]):
-    """``path`` read as ``model``; a missing, unreadable or malformed file names itself."""
+def _text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of ``path``; a missing or undecodable file names itself."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SftmixError(f"{path}: missing") from None
     except UnicodeDecodeError as e:
-        raise SftmixError(f"{path}: not readable JSON ({e})") from None
-    return _validate(str(path), text, model)
+        raise SftmixError(f"{path}: not readable {what} ({e})") from None
+
+
+def read_record(path: str | Path, model: type[BaseModel]):
+    """``path`` read as ``model``; a missing, unreadable or malformed file names itself."""
+    return _validate(str(path), _text(path, "JSON"), model)
 
 
 def read_records(path: str | Path, model: type[BaseModel]) -> list:
     """Each line of the JSONL file ``path`` read as ``model`` (blank lines skipped); a missing or
     unreadable file names itself, a malformed line its file and line number."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SftmixError(f"{path}: missing") from None
-    except UnicodeDecodeError as e:
-        raise SftmixError(f"{path}: not readable JSON lines ({e})") from None
+    lines = _text(path, "JSON lines").splitlines()
     return [_validate(f"{path}:{n}", line, model) for n, line in enumerate(lines, 1) if line.strip()]

@@ -45,7 +45,8 @@ def test_a_record_reads_back_and_a_malformed_one_is_named(model, tmp_path):
     assert json.loads(rec.model_dump_json(exclude_unset=True)) == json.loads(json.dumps(good))
     q = tmp_path / "bad.json"
     q.write_text(json.dumps(bad))
-    with pytest.raises(SftmixError, match=f"bad.json: not a {model.__name__} \\({field}"):
+    article = "an" if model in (ErrorRecord, EvalResults) else "a"
+    with pytest.raises(SftmixError, match=f"bad.json: not {article} {model.__name__} \\({field}"):
         read_record(q, model)
     q.write_text("{cut")
     with pytest.raises(SftmixError, match="bad.json: not readable JSON"):
@@ -81,10 +82,10 @@ def test_an_evaluation_s_items_read_back_and_a_bad_line_is_named(tmp_path):
                                                             Sample("r", "humaneval", "pass@1", "HumanEval/1", 0.0, 1.0)]
     with items_file(tmp_path, "humaneval").open("a") as f:
         f.write("\n" + json.dumps({"metric": "pass@1", "item": "HumanEval/2", "value": "passed", "weight": 1}) + "\n")
-    with pytest.raises(SftmixError, match=r"items_humaneval.jsonl:4: not a Item \(value: "):
+    with pytest.raises(SftmixError, match=r"items_humaneval.jsonl:4: not an Item \(value: "):
         sample_rows("r", tmp_path, {"humaneval": {}})
     items_file(tmp_path, "humaneval").write_text('{"metric": "pass@1", "item": "x", "value": 1, "weight": 1, "extra": 2}\n')
-    with pytest.raises(SftmixError, match=r"items_humaneval.jsonl:1: not a Item \(extra"):
+    with pytest.raises(SftmixError, match=r"items_humaneval.jsonl:1: not an Item \(extra"):
         read_items(tmp_path, "humaneval")
     with pytest.raises(SftmixError, match="items_loss.jsonl: missing; the evaluation of task 'loss' wrote no per-item"):
         sample_rows("r", tmp_path, {"loss": {}})

@@ -289,11 +289,11 @@ def test_fsdp_in_bf16_leaves_the_final_heldout_loss_to_the_evaluation(tmp_path):
 
 
 GROUP_THEN_COMMAND = """
-import sys, tempfile
+import sys
 import torch.distributed as dist
 from sftmix.cli import main
-dist.init_process_group("gloo", rank=0, world_size=1, init_method="file://" + tempfile.mktemp())
-status = main(sys.argv[1:])
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="file://" + sys.argv[1])
+status = main(sys.argv[2:])
 print(status, dist.is_initialized())
 """
 
@@ -308,7 +308,7 @@ def test_a_launched_command_destroys_its_process_group_before_the_interpreter_ex
     cfg = tmp_path / "compose.yaml"
     mixture = {"name": "m", "parts": [{"source": "generated_math", "count": 5 if ok else 50}]}
     cfg.write_text(yaml.safe_dump({"seed": 0, "mixtures": [mixture], "sources": {"generated_math": {"size": 20}}}))
-    r = subprocess.run([sys.executable, "-c", GROUP_THEN_COMMAND, "data", "compose", str(cfg), "-o", str(tmp_path / "out")],
+    r = subprocess.run([sys.executable, "-c", GROUP_THEN_COMMAND, str(tmp_path / "rendezvous"), "data", "compose", str(cfg), "-o", str(tmp_path / "out")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[-1] == ("0 False" if ok else "2 True")

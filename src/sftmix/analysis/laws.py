@@ -557,7 +557,7 @@ def fit_target(X: np.ndarray, abilities: list[str], t: Target, seed: int = 0, lo
         # parsimony: among laws within 0.1% of the best error, the one with fewest parameters
         top = min(d.loo.mae for d in good.values())
         near = [n for n in good if good[n].loo.mae <= top * 1.001 + 1e-12]
-        selected = min(near, key=lambda n: (CANDIDATES[n].n_params(m), good[n].loo.mae))
+        selected = min(near, key=lambda n: (laws[n].n_params(m), good[n].loo.mae))
         lead = ("the log-linear baseline predicts best, so no law beats a plain regression here: " if selected in BASELINES else "")
         why = (lead + f"lowest leave-one-out error ({good[selected].loo.mae:.4g}) of the models that beat the constant "
                f"({const:.4g}): " + ", ".join(f"{n} {d.loo.mae:.4g}" for n, d in sorted(fitted.items(), key=lambda kv: kv[1].loo.mae)))

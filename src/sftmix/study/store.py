@@ -79,7 +79,7 @@ class Run(NamedTuple):
     @property
     def first_error_line(self) -> str:
         """The first line of a failed run's error, '' for none."""
-        return (self.error or "").splitlines()[0] if self.error else ""
+        return self.error.splitlines()[0] if self.error else ""
 
 
 class Metric(NamedTuple):
