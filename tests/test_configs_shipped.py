@@ -1,5 +1,6 @@
 import hashlib
 import inspect
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,9 @@ def test_the_demo_study_validates_without_training(quick, tmp_path, monkeypatch)
     runs = expand(study, notes=[])
     check_metrics(study, runs, "demo")
     assert len({r.group for r in runs}) == 7
+    # the figure reads the DMT run's config back from the store (stored as JSON of model_dump())
+    dmt = [r for r in runs if r.label.startswith("strategy=dmt")]
+    assert dmt and all(RunConfig.model_validate(json.loads(json.dumps(r.config.model_dump()))) == r.config for r in runs)
 
 
 # The run ids of the shipped configs (md5 over a study's sorted run ids), as sftmix computed them

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sftmix import layout
 from sftmix.analysis.report import write_report
-from sftmix.config import SourceConfig, StudyConfig
+from sftmix.config import RunConfig, SourceConfig, StudyConfig
 from sftmix.data.sources import load_pool
 from sftmix.errors import SftmixError
 from sftmix.models import resolve_model
@@ -131,8 +131,7 @@ def _tsne_figure(study: StudyConfig, store, report_dir: Path, n: int) -> dict[st
     dmt = next((r for r in store.runs() if r.status == "done" and r.label.startswith("strategy=dmt")), None)
     if dmt is None:
         return {}
-    base = study.base
-    png = tsne({"base": resolve_model(base["model"]), "DMT": dmt.checkpoint}, base["heldout"]["sources"],
-               report_dir / "tsne", n=n, layer=15, template=base["template"], data_dir=base.get("data_dir"),
-               cfgs={k: SourceConfig(**v) for k, v in base["sources"].items()})
+    cfg = RunConfig.model_validate(dmt.config)  # the DMT run's config, as the study resolved and stored it
+    png = tsne({"base": resolve_model(cfg.model), "DMT": dmt.checkpoint}, cfg.heldout.sources, report_dir / "tsne", n=n,
+               layer=15, template=cfg.template, data_dir=cfg.data_dir, cfgs=cfg.sources)
     return {"tsne_base_vs_dmt.png": png.read_bytes()}

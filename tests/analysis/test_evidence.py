@@ -12,6 +12,7 @@ import yaml
 
 import sftmix
 import sftmix.supervised as loss_mod
+import sftmix.train.curve as curve_mod
 import sftmix.train.stage as stage_mod
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix import layout, pipeline
@@ -21,11 +22,12 @@ from sftmix.analysis.report import write_report
 from sftmix.analysis.results import Group
 from sftmix.data.heldout import POOL_TAIL, HeldoutRows, heldout
 from sftmix.data.sources import load_pool
-from sftmix.io import read_jsonl
+from sftmix.io import read_jsonl, read_record, write_json
 from sftmix.layout import weights_fingerprint
 from sftmix.models import load_model, load_tokenizer
 from sftmix.study.runner import load_study, run_study, study_dir
 from sftmix.supervised import mean_loss
+from sftmix.train.curve import BaseLosses
 from sftmix.train.meta import read_meta
 from sftmix.train.strategies import run_dir, run_strategy
 
@@ -234,6 +236,30 @@ def test_the_base_curve_cache_key_follows_the_weights(tmp_path):
     w.write_bytes(b"b" * 11)
     os.utime(w, ns=(1, 1))
     assert weights_fingerprint(str(tmp_path)) != first and weights_fingerprint("smollm2-hub-id") == []
+
+
+def test_a_first_stage_reads_its_start_point_from_the_base_cache_and_remeasures_a_damaged_one(tmp_path, monkeypatch):
+    """The base model's held-out losses are measured once per (model, weights, rows) and kept as a
+    ``BaseLosses``: a later first stage starts its curve at the kept values (shown by planting
+    values no measurement gives), and a cache that is not a ``BaseLosses`` is measured again and
+    rewritten rather than failing the run or being trusted."""
+    monkeypatch.setattr(curve_mod, "cache_dir", lambda: tmp_path / "cache")
+    kw = {"strategy": {"name": "individual", "sources": ["generated_code"]}, "eval": LOSS_EVAL, "heldout": HELDOUT,
+          "curve": {"points": 0}}
+    first = read_meta(run_strategy(tiny_run(tmp_path, "a", **kw), progress=False))
+    (cached,) = (tmp_path / "cache" / "curves").glob("*.json")
+    measured = first.curve[0].loss
+    assert read_record(cached, BaseLosses).loss == measured and set(measured) == set(HELDOUT["sources"])
+
+    planted = {source: 100.0 + i for i, source in enumerate(measured)}
+    write_json(cached, BaseLosses(loss=planted).model_dump(mode="json"))
+    second = read_meta(run_strategy(tiny_run(tmp_path, "b", **kw), progress=False))
+    assert second.curve[0].loss == planted and second.curve[-1].loss != planted
+
+    write_json(cached, measured)  # the bare mapping an earlier sftmix wrote
+    third = read_meta(run_strategy(tiny_run(tmp_path, "c", **kw), progress=False))
+    assert all(abs(third.curve[0].loss[s] - v) < 1e-6 for s, v in measured.items())
+    assert read_record(cached, BaseLosses).loss == third.curve[0].loss
 
 
 def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_does(tmp_path, monkeypatch):

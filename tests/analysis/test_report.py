@@ -53,9 +53,9 @@ def test_tsne_same_ids_for_both_models(tmp_path):
     png = tsne({"base": resolve_model("tiny"), "tuned": str(final)}, ["generated_math", "generated_code"], tmp_path / "ts",
                n=12, layer=15)
     doc = load_points(tmp_path / "ts" / "tsne.json")
-    assert png.exists() and len(doc["ids"]) == 24
-    assert doc["models"]["base"]["layer"] == 1  # 2-layer model: the middle layer instead of 15
-    assert len(doc["models"]["tuned"]["xy"]) == 24 and doc["models"]["base"]["xy"] != doc["models"]["tuned"]["xy"]
+    assert png.exists() and len(doc.ids) == 24 and len(set(doc.ids)) == 24
+    assert doc.models["base"].layer == 1  # 2-layer model: the middle layer instead of 15
+    assert len(doc.models["tuned"].xy) == 24 and doc.models["base"].xy != doc.models["tuned"].xy
 
 
 def test_the_html_and_markdown_reports_render_the_same_sections():

@@ -6,11 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
 from transformers import TrainerCallback
 
-from sftmix.io import read_json, write_json
+from sftmix.errors import SftmixError
+from sftmix.io import read_record, write_json
 from sftmix.models import cache_dir
 from sftmix.supervised import HELDOUT_FILE, HeldoutLoss, SavedHeldout, heldout_key, mean_loss
+from sftmix.train.meta import HeldoutPoint
 
 
 @dataclass
@@ -26,11 +29,18 @@ class CurveSpec:
     points: int
     run_step: int = 0
     run_tokens: int = 0
-    start: dict | None = None  # the previous stage's last point: the same weights, so not measured again
+    start: dict[str, float] | None = None  # the previous stage's last point: the same weights, so not measured again
     cache_key: str | None = None  # a first stage's start point is the base model's: measured once per key
 
 
 CURVE_KEY = "heldout_loss/"
+
+
+class BaseLosses(BaseModel):
+    """A cached start point (``<cache>/curves/<key>.json``): the base model's held-out loss per
+    source, for a first stage whose model, weights and held-out rows hash to ``key``."""
+
+    loss: dict[str, float]
 
 
 class HeldoutCurve(TrainerCallback):
@@ -73,7 +83,7 @@ class HeldoutCurve(TrainerCallback):
         return {"run_step_end": self.spec.run_step + self.trainer.state.global_step,
                 "run_tokens_end": self.spec.run_tokens + tokens}
 
-    def measure(self, state, known: dict | None = None) -> None:
+    def measure(self, state, known: dict[str, float] | None = None) -> None:
         """Measure the held-out losses at this step (once per step) and log them."""
         if state.global_step in self.logged_at:
             return
@@ -101,11 +111,13 @@ class HeldoutCurve(TrainerCallback):
             return self.measure(state, self.spec.start)
         cache = cache_dir() / "curves" / f"{self.spec.cache_key}.json" if self.spec.cache_key else None
         if cache is not None and cache.exists():
-            return self.measure(state, read_json(cache))
+            try:
+                return self.measure(state, read_record(cache, BaseLosses).loss)
+            except SftmixError:  # damaged, or written by an earlier sftmix: measured again and rewritten
+                pass
         self.measure(state)
         if cache is not None and state.is_world_process_zero:
-            point = curve_points(state.log_history, "")[-1]["loss"]
-            write_json(cache, point)
+            write_json(cache, BaseLosses(loss=curve_points(state.log_history, "")[-1].loss).model_dump(mode="json"))
 
     def on_step_end(self, args, state, control, **kwargs):
         every = max(1, -(-state.max_steps // (self.spec.points + 1)))
@@ -116,8 +128,8 @@ class HeldoutCurve(TrainerCallback):
         self.measure(state)
 
 
-def curve_points(log_history: list[dict], stage: str) -> list[dict]:
-    """The curve points of a stage's log history: stage, step, run_step, run_tokens, loss per ability."""
-    return [{"stage": stage, "step": h["step"], "run_step": h["run_step"], "run_tokens": h["run_tokens"],
-             "loss": {k[len(CURVE_KEY):]: v for k, v in h.items() if k.startswith(CURVE_KEY)}}
+def curve_points(log_history: list[dict], stage: str) -> list[HeldoutPoint]:
+    """The curve points of a stage's log history (the trainer's: a list of dicts as it logged them)."""
+    return [HeldoutPoint(stage=stage, step=h["step"], run_step=h["run_step"], run_tokens=h["run_tokens"],
+                         loss={k[len(CURVE_KEY):]: v for k, v in h.items() if k.startswith(CURVE_KEY)})
             for h in log_history if any(k.startswith(CURVE_KEY) for k in h)]

@@ -35,7 +35,7 @@ class Kernels(_Value):
     loss: Literal["liger", "chunked", "full"] = "full"  # a stage of an earlier sftmix computed it in full
 
 
-class CurvePoint(_Value):
+class HeldoutPoint(_Value):
     """A point of a stage's forgetting curve: held-out loss per held-out source at a step, with
     where that step lies on the run's axes (steps and real tokens over all stages)."""
 
@@ -83,7 +83,7 @@ class StageMeta(_Value):
     real_tokens: float = 0.0
     run_step_end: int = 0
     run_tokens_end: float = 0.0
-    curve: list[CurvePoint] = []
+    curve: list[HeldoutPoint] = []
     log_history: list[dict] = []
     versions: dict = {}
     git_revision: str | None = None
