@@ -1,6 +1,7 @@
 """Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
 
 import argparse
+import re
 import subprocess
 import sys
 
@@ -135,6 +136,26 @@ def test_mtbench_end_to_end_with_flaky_judge_and_cache(shared_data, tmp_path):
         m2, _ = mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", judge2, "m", limit=12, progress=False)
         assert srv.calls == calls and judge2.stats["cached"] == 24  # a rerun pays nothing twice
         assert all(r["temperature"] == 0 and r["max_tokens"] == 2048 for r in srv.requests)
+    finally:
+        srv.close()
+
+
+def test_a_judge_cache_cut_off_by_a_kill_loses_one_verdict_and_a_damaged_one_names_its_line(shared_data, tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    srv = JudgeServer()
+    try:
+        judge = mtbench.Judge(srv.url, "local-judge", "k", cache)
+        first, _ = mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", judge, "m", limit=2, progress=False)
+        lines = cache.read_text().splitlines()
+        assert len(lines) == 4 and all(mtbench.Verdict.model_validate_json(line).score == 7 for line in lines)
+        cache.write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2])  # killed while appending the 4th
+        calls = srv.calls
+        again = mtbench.Judge(srv.url, "local-judge", "k", cache)
+        second, _ = mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", again, "m", limit=2, progress=False)
+        assert again.stats["cached"] == 3 and srv.calls == calls + 1 and second["score"] == first["score"]
+        cache.write_text(lines[0] + "\n" + '{"key": "x"}\n' + lines[1] + "\n")
+        with pytest.raises(SftmixError, match=rf"{re.escape(str(cache))}:2: not a judge verdict"):
+            mtbench.Judge(srv.url, "local-judge", "k", cache)
     finally:
         srv.close()
 

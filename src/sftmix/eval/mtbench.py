@@ -17,7 +17,6 @@ silently dropped. Judgments are cached on disk keyed by (answers, question, turn
 from __future__ import annotations
 
 import ast
-import json
 import random
 import re
 import statistics
@@ -25,6 +24,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
 
 from sftmix.errors import SftmixError
 from sftmix.io import read_jsonl, stable_hash
@@ -48,6 +49,35 @@ def load(data_dir: str | Path) -> tuple[list[dict], dict, dict]:
     prompts = {p["name"]: p for p in read_jsonl(d / "judge_prompts.jsonl")}
     refs = {r["question_id"]: r["choices"][0]["turns"] for r in read_jsonl(d / "reference_answer" / "gpt-4.jsonl")}
     return questions, prompts, refs
+
+
+class Verdict(BaseModel):
+    """A line of the judge's cache (``judge_cache.jsonl``): the judge's answer to one prompt,
+    the rating read from it (-1: none could be read) and which judge model gave it."""
+
+    key: str
+    judgment: str
+    score: float
+    judge: str
+
+
+def read_verdicts(path: Path) -> dict[str, Verdict]:
+    """The judge cache by key (later lines win). A last line cut off by a kill is dropped, as the
+    append-only writing allows; a bad line before it is an error naming the file and line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out: dict[str, Verdict] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            v = Verdict.model_validate_json(line)
+        except ValidationError as e:
+            if n == len(lines):
+                break
+            raise SftmixError(f"{path}:{n}: not a judge verdict ({e.errors()[0]['msg']}); delete the line, "
+                              "or the file to judge everything again") from None
+        out[v.key] = v
+    return out
 
 
 def parse_rating(text: str) -> float:
@@ -120,10 +150,7 @@ class Judge:
         self.model = model
         self.parallel, self.max_retries, self.reask = parallel, max_retries, reask
         self.cache_file = Path(cache_file)
-        self.cache: dict[str, dict] = {}
-        if self.cache_file.exists():
-            for row in read_jsonl(self.cache_file):
-                self.cache[row["key"]] = row  # later rows win: dedup by key
+        self.cache = read_verdicts(self.cache_file) if self.cache_file.exists() else {}
         self.lock = threading.Lock()
         self.stats = {"requests": 0, "retries": 0, "reasked": 0, "cached": 0}
 
@@ -148,7 +175,7 @@ class Judge:
             except openai.APIStatusError as e:
                 raise SftmixError(f"MT-Bench judge at {self.base_url}: HTTP {e.status_code}: {e.message}") from None
 
-    def judge(self, key: str, messages: list[dict]) -> dict:
+    def judge(self, key: str, messages: list[dict]) -> Verdict:
         """The judge's rating of one prompt: cached by ``key``, asked again while no rating can be read."""
         if key in self.cache:
             with self.lock:
@@ -163,14 +190,14 @@ class Judge:
                 self.stats["reasked"] += 1
             text = self._call(messages)
             score = parse_rating(text)
-        row = {"key": key, "judgment": text, "score": score, "judge": self.model}
+        verdict = Verdict(key=key, judgment=text, score=score, judge=self.model)
         with self.lock:
-            self.cache[key] = row
+            self.cache[key] = verdict
             with open(self.cache_file, "a", encoding="utf-8") as f:  # append-only: a kill loses at most a line
-                f.write(json.dumps(row) + "\n")
-        return row
+                f.write(verdict.model_dump_json() + "\n")
+        return verdict
 
-    def judge_all(self, jobs: list[tuple[str, list[dict]]], progress: bool = True) -> list[dict]:
+    def judge_all(self, jobs: list[tuple[str, list[dict]]], progress: bool = True) -> list[Verdict]:
         """The verdicts of many prompts, judged in parallel with progress."""
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(self.parallel) as pool:
@@ -213,7 +240,7 @@ def run(generator, template: str, data_dir, judge: Judge, model_id: str, repeats
                 meta.append({"question_id": q["question_id"], "category": q["category"], "turn": turn, "prompt_name": name,
                              "repeat": rep, "answers": answers[q["question_id"]], "model": model_id})
         judged = judge.judge_all(jobs, progress)
-        rows = [{**m, "judgment": j["judgment"], "score": j["score"], "judge": j["judge"]} for m, j in zip(meta, judged)]
+        rows = [{**m, "judgment": v.judgment, "score": v.score, "judge": v.judge} for m, v in zip(meta, judged)]
         per_repeat.append(aggregate(rows))
         all_rows += rows
     scores = [r["score"] for r in per_repeat]
