@@ -163,6 +163,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def drop_torn_line(path: str | os.PathLike) -> bool:
+    """Cut off the unfinished last line of an append-only JSONL file, as a writer killed in the
+    middle of a line leaves it (every whole line ends with a newline), so that the next line
+    appended starts a line of its own instead of being glued to the fragment. True if one was cut."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+        return True
+
+
 def sha256_text(text: str) -> str:
     """The sha256 of a text (UTF-8)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -153,6 +153,9 @@ def test_a_judge_cache_cut_off_by_a_kill_loses_one_verdict_and_a_damaged_one_nam
         again = mtbench.Judge(srv.url, "local-judge", "k", cache)
         second, _ = mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", again, "m", limit=2, progress=False)
         assert again.stats["cached"] == 3 and srv.calls == calls + 1 and second["score"] == first["score"]
+        third = mtbench.Judge(srv.url, "local-judge", "k", cache)  # the verdict judged again was kept whole
+        mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", third, "m", limit=2, progress=False)
+        assert third.stats["cached"] == 4 and srv.calls == calls + 1
         cache.write_text(lines[0] + "\n" + '{"key": "x"}\n' + lines[1] + "\n")
         with pytest.raises(SftmixError, match=rf"{re.escape(str(cache))}:2: not a judge verdict"):
             mtbench.Judge(srv.url, "local-judge", "k", cache)

@@ -148,7 +148,17 @@ def test_the_answer_cache_serves_what_was_answered(tmp_path):
     k = HFGenerator(path, batch_size=2, progress=False)
     k.use_cache(tmp_path / "gen.jsonl")
     assert k.generate(["a b c"], max_new_tokens=4) == first[:1]
-    assert k.generate(["a b c"], max_new_tokens=5) != [None]  # other settings: generated, not served from the cache
+    longer = k.generate(["a b c"], max_new_tokens=5)  # other settings: generated, not served from the cache
+    k.cache.close()
+    assert longer != [None] and "torn" not in (tmp_path / "gen.jsonl").read_text()
+    m = HFGenerator(path, batch_size=2, progress=False)  # the answer appended after the torn line is kept
+    m.use_cache(tmp_path / "gen.jsonl")
+    m._answers = h._answers
+    assert m.generate(["a b c"], max_new_tokens=5) == longer
+    with open(tmp_path / "gen.jsonl", "a") as f:
+        f.write('{"key": "whole line, no text"}\n')
+    with pytest.raises(SftmixError, match=r"gen.jsonl:5: not a CachedAnswer \(text: Field required\)"):
+        HFGenerator(path, batch_size=2, progress=False).use_cache(tmp_path / "gen.jsonl")
 
 
 # ---------------------------------------------------------------- servers that fail (a loopback double: a

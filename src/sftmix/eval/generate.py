@@ -23,15 +23,16 @@ was answered.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from sftmix.config.run import OpenAIBackendConfig, VLLMBackendConfig, VLLMServerConfig
 from sftmix.errors import SftmixError
-from sftmix.io import stable_hash
+from sftmix.io import drop_torn_line, read_records, stable_hash
 from sftmix.models import load_model, load_tokenizer
 from sftmix.progress import track
 
@@ -46,27 +47,30 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+class CachedAnswer(BaseModel):
+    """A line of a generation cache: the answer to the prompt and settings hashed as ``key``."""
+
+    key: str
+    text: str
+
+
 class AnswerCache:
-    """Answers already generated, one JSON line each (key, text), appended as they arrive. A line
-    torn by a kill is skipped when read."""
+    """Answers already generated, one ``CachedAnswer`` line each, appended as they arrive. A line
+    torn by a kill is cut off when the cache is opened (that answer is generated again)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.answers: dict[str, str] = {}
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.answers[row["key"]] = row["text"]
-                except (ValueError, KeyError, TypeError):
-                    continue
+            drop_torn_line(self.path)
+            self.answers = {a.key: a.text for a in read_records(self.path, CachedAnswer)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed with the generator
 
     def add(self, key: str, text: str) -> None:
         """Keep an answer, appended to the cache file at once."""
         self.answers[key] = text
-        self._f.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+        self._f.write(CachedAnswer(key=key, text=text).model_dump_json() + "\n")
         self._f.flush()
 
     def close(self) -> None:

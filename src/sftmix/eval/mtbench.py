@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from sftmix.errors import SftmixError
-from sftmix.io import read_jsonl, stable_hash
+from sftmix.io import drop_torn_line, read_jsonl, stable_hash
 from sftmix.progress import track
 from sftmix.templates import generation_prompt
 
@@ -62,18 +62,16 @@ class Verdict(BaseModel):
 
 
 def read_verdicts(path: Path) -> dict[str, Verdict]:
-    """The judge cache by key (later lines win). A last line cut off by a kill is dropped, as the
-    append-only writing allows; a bad line before it is an error naming the file and line."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    """The judge cache by key (later lines win). A last line cut off by a kill is cut from the file
+    first (its prompt is judged again); a bad whole line is an error naming the file and line."""
+    drop_torn_line(path)
     out: dict[str, Verdict] = {}
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             v = Verdict.model_validate_json(line)
         except ValidationError as e:
-            if n == len(lines):
-                break
             raise SftmixError(f"{path}:{n}: not a judge verdict ({e.errors()[0]['msg']}); delete the line, "
                               "or the file to judge everything again") from None
         out[v.key] = v
