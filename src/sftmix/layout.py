@@ -6,6 +6,7 @@ A run (``runs/<name>/`` or its ``output_dir``)::
     stage<i>_<stage>/checkpoints/           resume checkpoints, removed when the stage is done
     stage<i>_<stage>/final/                 the stage's model; final/meta.json marks it done
     heldout.json                            the held-out rows, chosen once (``sftmix.data.heldout``)
+    run.json                                the config that trains the folder (``sftmix.train.strategies``)
     eval/                                   the final evaluation (results.json, task_*.json, ...)
 
 A study (``studies/<name>[/<profile>]/`` or its ``output_dir``)::
@@ -31,7 +32,7 @@ from pathlib import Path
 
 RUNS, STUDIES = "runs", "studies"
 DATA, CHECKPOINTS, FINAL, EVAL = "data", "checkpoints", "final", "eval"
-MANIFEST, META, HELDOUT = "manifest.json", "meta.json", "heldout.json"
+MANIFEST, META, HELDOUT, RUN_RECORD = "manifest.json", "meta.json", "heldout.json", "run.json"
 STORE, FIT, REPORT, FALLBACKS = "results.sqlite", "fit.json", "report", "fallbacks.json"
 OPTIMIZE_REPORT = "optimize_report"
 PROPOSAL_JSON, PROPOSAL_YAML, PROPOSAL_DIR = "proposal.json", "proposal.yaml", "proposal"
@@ -100,6 +101,11 @@ def stage_metas(run_out: Path) -> list[Path]:
 def eval_dir(run_out: Path) -> Path:
     """A run's final evaluation folder."""
     return Path(run_out) / EVAL
+
+
+def run_record(run_out: Path) -> Path:
+    """The config a run folder was first trained under (its training refuses another)."""
+    return Path(run_out) / RUN_RECORD
 
 
 def heldout_file(run_out: Path) -> Path:

@@ -21,7 +21,7 @@ from sftmix import layout
 from sftmix.config import RunConfig, StageConfig
 from sftmix.eval.runner import EvalResults
 from sftmix.eval.runner import evaluate as run_tasks
-from sftmix.train.strategies import heldout_rows, run_strategy, training_ids
+from sftmix.train.strategies import check_run_folder, heldout_rows, run_strategy, training_ids
 from sftmix.train.strategies import plan as stages_of
 
 
@@ -49,8 +49,11 @@ class Plan:
 
 
 def plan(cfg: RunConfig) -> Plan:
-    """The run's stages, checked as a whole before any work (``sftmix.train.strategies.plan``)."""
-    return Plan(cfg, stages_of(cfg))
+    """The run's stages, checked as a whole before any work (``sftmix.train.strategies.plan``),
+    and its folder: one trained under another config is refused (``check_run_folder``)."""
+    p = Plan(cfg, stages_of(cfg))
+    check_run_folder(cfg)
+    return p
 
 
 def train(p: Plan, progress: bool = True, launcher: list[str] | None = None) -> Path:

@@ -13,13 +13,14 @@ from sftmix.cli.common import config_values
 from sftmix.cli.eval import EVAL_FLAGS, HELDOUT_FLAGS, add_commands
 from sftmix.config import EvalConfig, HeldoutConfig, validate
 from sftmix.errors import SftmixError
-from sftmix.eval import gsm8k, humaneval, mtbench
+from sftmix.eval import gsm8k, humaneval, mtbench, tasks
 from sftmix.eval.generate import Generator, HFGenerator, cut_at_stop
-from sftmix.eval.runner import evaluate
+from sftmix.eval.runner import BENCHMARKS, SPEED_ONLY, evaluate, task_key
 from sftmix.eval.sandbox import run_program
 from sftmix.models import load_tokenizer, resolve_model
 from sftmix.templates import generation_prompt
 from sftmix.train.strategies import run_strategy
+from test_run_id import leaves, other_value, with_value
 
 
 @pytest.mark.parametrize("text,rft,flex", [
@@ -243,3 +244,32 @@ def test_a_generator_that_cannot_count_its_tokens_says_so():
     with pytest.raises(SftmixError, match="Echo has no tokenizer to count the tokens its answers cost"):
         Echo().generate(["a prompt"])
     assert Echo().generate([]) == []
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "mtbench", "loss"])
+def test_every_eval_setting_changes_a_finished_tasks_key_but_the_speed_only_ones(task, tmp_path):
+    """A finished task is reused under its key: every eval field walked, a change must change the
+    key of a task it can affect, and leave it alone where it cannot (``SPEED_ONLY``, the other
+    benchmarks' sections). A field added later and forgotten by the key fails here, naming it."""
+    cfg = EvalConfig(tasks=[task])
+    doc = cfg.model_dump(mode="json")
+
+    def key(c: EvalConfig, **ctx) -> str:
+        fields = {"model_path": resolve_model("tiny"), "cfg": c, "template": "vicuna", "data_dir": None, "out": tmp_path,
+                  "progress": False, "get_generator": lambda: None, "heldout_cfg": HeldoutConfig(), **ctx}
+        return task_key(tasks.get(task), task, tasks.Context(**fields))
+
+    base, wrong = key(cfg), []
+    for path, annotation, v in leaves(EvalConfig, cfg):
+        if path == "tasks":
+            continue  # which tasks run, not how this one is measured
+        changed = EvalConfig.model_validate(with_value(doc, path, other_value("eval." + path, annotation, v)))
+        assert changed.model_dump(mode="json") != doc, path
+        inert = path in SPEED_ONLY or path.split(".")[0] in set(BENCHMARKS) - {task}
+        if (key(changed) == base) != inert:
+            wrong.append(path)
+    assert not wrong, f"fields the key takes wrongly (left out, or taken though they cannot matter): {wrong}"
+    assert key(cfg, template="model") != base and key(cfg, data_dir=tmp_path) != base
+    run_data = {"seed": 1, "training_ids": {"a"}, "heldout_cfg": HeldoutConfig(samples=3)}
+    for name, value in run_data.items():  # what the held-out loss reads of the run; the benchmarks read none of it
+        assert (key(cfg, **{name: value}) != base) == (task == "loss"), name

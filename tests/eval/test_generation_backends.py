@@ -30,8 +30,8 @@ from sftmix.config import EvalConfig
 from sftmix.config.run import OpenAIBackendConfig
 from sftmix.errors import SftmixError
 from sftmix.eval.generate import HFGenerator, OpenAIGenerator
-from sftmix.eval.runner import EvalResults, evaluate
-from sftmix.io import read_record
+from sftmix.eval.runner import EvalResults, TaskDone, evaluate
+from sftmix.io import read_record, write_json
 from sftmix.models import load_tokenizer, resolve_model
 from sftmix.templates import generation_prompt
 from vllm_server import Unavailable, VLLMServer, free_port
@@ -239,14 +239,14 @@ def test_the_served_model_must_be_one_the_server_serves(tmp_path):
 
 def test_answers_cached_for_one_model_are_not_served_for_another(tmp_path, user_tasks):
     """The cache lives in the evaluation folder; its key holds the model and its weights, so the
-    same folder reused for another model generates anew."""
+    same folder reused for another model generates anew (and the finished task, kept under a key
+    of the model too, is measured again rather than reported for the other model)."""
     a = tmp_path / "a"
     shutil.copytree(resolve_model("tiny"), a)
     cfg = EvalConfig(tasks=["usertasks.exact:arithmetic"], backend="hf", batch_size=8)
     evaluate(str(a), cfg, tmp_path / "ev", progress=False)
     cached = (tmp_path / "ev" / "generations.jsonl").read_text().splitlines()
     assert len(cached) == 8
-    (tmp_path / "ev" / "task_arithmetic.json").unlink()  # the task's result gone: it runs again
     b = tmp_path / "b"
     shutil.copytree(a, b)
     evaluate(str(b), cfg, tmp_path / "ev", progress=False)
@@ -254,3 +254,29 @@ def test_answers_cached_for_one_model_are_not_served_for_another(tmp_path, user_
     (tmp_path / "ev" / "task_arithmetic.json").unlink()
     evaluate(str(b), cfg, tmp_path / "ev", progress=False)
     assert len((tmp_path / "ev" / "generations.jsonl").read_text().splitlines()) == 16  # b's own answers: served
+
+
+def test_a_finished_task_is_reused_only_under_the_settings_that_measured_it(tmp_path, user_tasks, capsys):
+    """Asked again in the same folder, an evaluation reuses a finished task only where its key
+    (model, weights, template, task, its settings) is the same: a planted metric shows which
+    runs were reused and which measured again."""
+    model, ev = resolve_model("tiny"), tmp_path / "ev"
+    done = ev / "task_arithmetic.json"
+    cfg = EvalConfig(tasks=["usertasks.exact:arithmetic"], backend="hf", batch_size=8)
+    measured = evaluate(model, cfg, ev, progress=False).tasks["arithmetic"]
+    kept = read_record(done, TaskDone)
+    assert kept.spec == "usertasks.exact:arithmetic" and kept.metrics == measured
+
+    def plant():
+        write_json(done, kept.model_copy(update={"metrics": {**kept.metrics, "accuracy": 12.5}}).model_dump(mode="json"))
+
+    plant()
+    faster = cfg.model_copy(update={"humaneval": cfg.humaneval.model_copy(update={"workers": 1})})  # SPEED_ONLY
+    assert evaluate(model, faster, ev, progress=False).tasks["arithmetic"]["accuracy"] == 12.5
+    assert evaluate(model, cfg, ev, template="model", progress=False).tasks["arithmetic"]["accuracy"] != 12.5
+    assert "measuring it again" in capsys.readouterr().err
+    plant()
+    assert evaluate(model, cfg.model_copy(update={"batch_size": 4}), ev, progress=False).tasks["arithmetic"]["accuracy"] != 12.5
+    write_json(done, {**measured, "accuracy": 12.5})  # the bare metrics an earlier sftmix kept: no key, measured again
+    again = evaluate(model, cfg, ev, progress=False).tasks["arithmetic"]
+    assert again["accuracy"] == measured["accuracy"] and "not a TaskDone" in capsys.readouterr().err

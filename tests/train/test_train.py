@@ -7,9 +7,11 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from conftest import REPO
 from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
+from sftmix import pipeline
 from sftmix.config import RunConfig, validate
 from sftmix.config.run import STRATEGY_MODELS
 from sftmix.data.compose import Manifest
@@ -20,7 +22,7 @@ from sftmix.templates import render_model
 from sftmix.train import stage
 from sftmix.train.meta import StageMeta, read_meta
 from sftmix.train.strategies import STRATEGIES as BUILDERS
-from sftmix.train.strategies import dmt, mixed_sequential, plan, run_strategy
+from sftmix.train.strategies import RunRecord, dmt, mixed_sequential, plan, run_strategy
 from sftmix.train.tokenize import pack
 
 STRATEGIES = {
@@ -173,6 +175,35 @@ def test_cli_train_reports_bad_config_without_traceback(tmp_path):
     cfg.write_text("model: tiny\nstrategy: {name: dmtt}\n")
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 2 and "strategy.name" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_path):
+    """Before: a finished stage was skipped whatever the config now said, so a rerun with another
+    learning rate reported the old model as the new run's. Now the folder's ``run.json`` (else
+    its first stage's meta, for a folder of an earlier sftmix) names what differs, before any
+    work; what does not change the training (eval, curves, kernels, name) reuses it."""
+    kw = {"strategy": {"name": "individual", "sources": ["generated_code"]}, "output_dir": str(tmp_path / "out")}
+    first = run_strategy(tiny_run(tmp_path, "r", **kw), progress=False)
+    meta_before = (first / "meta.json").read_bytes()
+    assert read_record(tmp_path / "out" / "run.json", RunRecord).config["train"]["lr"] == 1e-3
+    again = tiny_run(tmp_path, "renamed", eval={"tasks": ["loss", "gsm8k"], "batch_size": 2}, curve={"points": 3},
+                     train={"kernels": {"optimizer": "adamw_torch"}}, **kw)
+    assert pipeline.train(pipeline.plan(again), progress=False) == first
+    other = tiny_run(tmp_path, "r", train={"lr": 5e-4}, **kw)
+    with pytest.raises(SftmixError, match=r"was trained under another config \(.*run.json\): train.lr: 0.001 there, 0.0005 now\. "):
+        pipeline.plan(other)
+    with pytest.raises(SftmixError, match="train.lr: 0.001 there, 0.0005 now"):
+        run_strategy(other, progress=False)  # the training entry point checks too, not only the pipeline
+    (tmp_path / "out" / "run.json").unlink()  # a folder of an earlier sftmix: its first stage's meta says
+    with pytest.raises(SftmixError, match=r"meta.json\): train.lr: 0.001 there"):
+        pipeline.plan(other)
+    assert (first / "meta.json").read_bytes() == meta_before
+    cli = tmp_path / "other.yaml"
+    cli.write_text(yaml.safe_dump(tiny_run(tmp_path, "r", strategy={"name": "individual", "sources": ["generated_math"]},
+                                           output_dir=str(tmp_path / "out")).model_dump(mode="json")))
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(cli)], capture_output=True, text=True)
+    assert r.returncode == 2 and "strategy.sources: ['generated_code'] there, ['generated_math'] now" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and (first / "meta.json").read_bytes() == meta_before
 
 
 def test_every_strategy_the_config_accepts_has_a_builder():

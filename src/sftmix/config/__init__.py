@@ -23,6 +23,7 @@ from sftmix.config.run import (
                                Strict,
                                TrainSettings,
                                apply_overrides,
+                               differing_fields,
                                format_validation_error,
                                load_config,
                                read_yaml,
@@ -33,5 +34,5 @@ from sftmix.config.study import Claim, Prediction, StudyConfig
 __all__ = ["Claim", "CleanConfig", "CurveConfig", "DataConfig", "EvalConfig", "HeldoutConfig", "ExecutorConfig", "JudgeConfig", "KernelSettings",
            "LoraConfig",
            "MixtureConfig", "PartConfig", "Prediction", "Resources", "RunConfig", "SourceConfig", "StageConfig", "StrategyConfig",
-           "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "format_validation_error", "load_config", "minutes",
+           "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "differing_fields", "format_validation_error", "load_config", "minutes",
            "read_yaml", "validate"]

@@ -609,6 +609,18 @@ def load_config(path: str | os.PathLike, model: type[M]) -> M:
     return validate(model, read_yaml(path), str(path))
 
 
+def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted paths where two nested dicts hold different values."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differing_fields(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str], where: str = "command line") -> dict:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict.
 

@@ -1,12 +1,16 @@
 """Evaluate one model on the configured tasks; write results.json and per-sample JSONL.
 
 Each finished task is written to ``task_<name>.json`` at once (atomically), so an interrupted
-evaluation resumes with the tasks still missing; ``results.json`` gathers them at the end.
+evaluation resumes with the tasks still missing; ``results.json`` gathers them at the end. A
+finished task is kept under a key of everything that decides its result (the model and its
+weights, the template, the task and its settings): an evaluation asked again in the same folder
+with another model, other weights or other settings measures that task again.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from sftmix import layout
 from sftmix.config import EvalConfig, HeldoutConfig, SourceConfig
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
-from sftmix.io import read_json, read_records, write_json, write_jsonl
+from sftmix.io import read_record, read_records, stable_hash, write_json, write_jsonl
 from sftmix.provenance import provenance
 
 
@@ -64,6 +68,49 @@ class Item(BaseModel):
     item: str
     value: float
     weight: float
+
+
+# Eval settings that decide how fast or through which process answers come, not what they are:
+# left out of a finished task's key (tests/eval/test_eval.py walks every other field).
+SPEED_ONLY = ("openai.api_key_env", "openai.concurrency", "openai.max_retries", "openai.timeout_s", "vllm.gpu_memory_utilization",
+              "vllm.cpu_kv_cache_gb", "vllm_server.python", "vllm_server.command", "vllm_server.gpu_memory_utilization",
+              "vllm_server.cpu_kv_cache_gb", "vllm_server.start_timeout_s", "vllm_server.concurrency", "humaneval.workers",
+              "mtbench.judge.api_key_env", "mtbench.judge.parallel", "mtbench.judge.max_retries")
+BENCHMARKS = ("gsm8k", "humaneval", "mtbench")  # each has its own settings section, and reads nothing of the run's data
+
+
+class TaskDone(BaseModel):
+    """``task_<name>.json``: a finished task's metrics (as the task computed them), the task as
+    configured, and the key of everything that decided them (``task_key``)."""
+
+    spec: str
+    key: str
+    metrics: dict[str, Any]
+
+
+def task_key(task, spec: str, ctx) -> str:
+    """What decides a task's result: the model and its weights, the template, the task (spec and
+    version), its eval settings (the other benchmarks' sections and ``SPEED_ONLY`` left out) and
+    the data folder; for the held-out loss and user tasks also the run's sources, seed, held-out
+    rows and training row ids, which they may read."""
+    settings = ctx.cfg.model_dump(mode="json")
+    settings.pop("tasks")
+    for other in BENCHMARKS:
+        if other != task.name:
+            settings.pop(other)
+    for path in SPEED_ONLY:
+        *outer, last = path.split(".")
+        section = settings
+        for name in outer:
+            section = section.get(name, {})
+        section.pop(last, None)
+    parts = [ctx.model_path, layout.weights_fingerprint(ctx.model_path), ctx.template, spec, task.version, settings,
+             str(ctx.data_dir)]
+    if task.name not in BENCHMARKS:
+        parts += [{k: v.model_dump(mode="json") for k, v in ctx.sources.items()}, ctx.seed,
+                  ctx.heldout.settings if ctx.heldout is not None else None, ctx.heldout_cfg.model_dump(mode="json"),
+                  stable_hash(sorted(ctx.training_ids)) if ctx.training_ids is not None else None]
+    return stable_hash(parts, 24)
 
 
 def items_file(eval_dir: str | Path, task: str) -> Path:
@@ -140,12 +187,21 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
 
 
 def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
-    """One task's metrics: read from ``task_<name>.json`` when an earlier evaluation finished it,
-    else run and written (samples, items, then the metrics, each atomically). A generating task's
-    metrics say which engine answered (``engine``)."""
+    """One task's metrics: read from ``task_<name>.json`` when an earlier evaluation finished it
+    under the same key, else run and written (samples, items, then the metrics, each atomically).
+    A generating task's metrics say which engine answered (``engine``)."""
     done = out / f"task_{task.name}.json"
+    key = task_key(task, spec, ctx)
     if done.exists():
-        return read_json(done)
+        try:
+            kept = read_record(done, TaskDone)
+        except SftmixError as e:  # damaged, or kept by an earlier sftmix without a key
+            kept, why = None, str(e)
+        else:
+            why = "it was measured under other settings, or of another model or other weights"
+        if kept is not None and kept.key == key:
+            return kept.metrics
+        print(f"task {spec!r}: measuring it again, not reusing {done}: {why}", file=sys.stderr)
     t0 = time.perf_counter()
     shared = generator()  # one generator serves every task: this task's tokens are what it adds
     before = shared.tokens_processed if shared is not None else 0
@@ -170,5 +226,5 @@ def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
     metrics["wall_s"] = round(time.perf_counter() - t0, 2)
     write_jsonl(out / f"samples_{task.name}.jsonl", rows)
     write_jsonl(items_file(out, task.name), [Item(metric=m, item=i, value=v, weight=w).model_dump() for m, i, v, w in items])
-    write_json(done, metrics)
+    write_json(done, TaskDone(spec=spec, key=key, metrics=metrics).model_dump(mode="json"))
     return metrics

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from sftmix.config import RunConfig, SourceConfig, StudyConfig, validate
+from sftmix.config import RunConfig, SourceConfig, StudyConfig, differing_fields, validate
 from sftmix.data.sources import BUILTINS, SourceNotFound, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.eval.tasks import BUILTIN, resolve
@@ -212,18 +212,6 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
             seen[rid] = PlannedRun(rid, _label(point), point, cfg)
             runs.append(seen[rid])
     return runs
-
-
-def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """The dotted paths where two nested dicts hold different values."""
-    out = []
-    for k in sorted(set(a) | set(b), key=str):
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += differing_fields(x, y, f"{prefix}{k}.")
-        elif x != y:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def measured_metrics(runs: list[PlannedRun]) -> tuple[set[str], dict]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
 from sftmix import layout
 from sftmix.config import (
     MixtureConfig,
@@ -16,6 +18,7 @@ from sftmix.config import (
     RunConfig,
     StageConfig,
     TrainSettings,
+    differing_fields,
     validate,
 )
 from sftmix.data.compose import (
@@ -30,7 +33,7 @@ from sftmix.data.heldout import HeldoutRows, choose, has_test_split, read_or_cho
 from sftmix.data.sources import Pool, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.eval.tasks import resolve
-from sftmix.io import read_record, stable_hash
+from sftmix.io import read_record, stable_hash, write_json
 from sftmix.models import resolve_model
 from sftmix.train.meta import Parent, read_meta
 
@@ -132,6 +135,7 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     from sftmix.train.stage import resolve_kernels, train_stage
 
     stages = plan(cfg)
+    check_run_folder(cfg)  # a folder trained under another config is refused, not continued or reused
     for stage in stages:  # a kernel asked for that cannot run on this machine fails before any stage trains
         settings = stage_settings(cfg, stage)
         try:
@@ -140,6 +144,8 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
             raise SftmixError(f"stage {stage.name!r}: {e}") from None
     checkpoint = resolve_model(cfg.model)  # a model that is not there fails before any data is read
     out = run_dir(cfg)
+    if not layout.run_record(out).exists():
+        write_json(layout.run_record(out), RunRecord(config=cfg.model_dump(mode="json")).model_dump(mode="json"))
     pools: dict[str, Pool] = {}
     composed: dict[str, Composed] = {}
     held = heldout_rows(cfg, stages, pools)
@@ -167,6 +173,52 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
         parent = Parent(stage=stage_dir.name, checkpoint=checkpoint, content_sha256=mixture.manifest.content_sha256,
                         run_step=meta.run_step_end, run_tokens=meta.run_tokens_end)
     return Path(checkpoint)
+
+
+class RunRecord(BaseModel):
+    """A run folder's ``run.json``: the config its training was first started under."""
+
+    config: dict
+
+
+# Fields that do not change what a run trains: where it is written, which kernels compute it (the
+# same loss up to rounding), what its evaluation measures (a finished task is measured again when
+# its settings change: sftmix.eval.runner.task_key) and where the forgetting curves are measured.
+NOT_TRAINED = ("name", "output_dir", "train.kernels", "eval", "curve")
+
+
+def check_run_folder(cfg: RunConfig) -> None:
+    """A run folder holds one training. Where it was started under a config whose training differs
+    from ``cfg``'s (any field but ``NOT_TRAINED``), its stages would be skipped or resumed as if
+    they were ``cfg``'s: refuse, naming the fields. The config comes from the folder's
+    ``run.json``, else (a folder of an earlier sftmix) from its first finished stage."""
+    out = run_dir(cfg)
+    path = layout.run_record(out)
+    if path.exists():
+        recorded = read_record(path, RunRecord).config
+    else:
+        metas = layout.stage_metas(out)
+        recorded = read_meta(metas[0].parent).run_config if metas else None
+        path = metas[0] if metas else path
+    if recorded is None:
+        return
+    try:
+        then = RunConfig.model_validate(recorded).model_dump(mode="json")
+    except ValidationError:  # written by an sftmix whose config this one no longer reads: nothing to compare
+        return
+    now = cfg.model_dump(mode="json")
+    apart = [f for f in differing_fields(then, now) if not any(f == n or f.startswith(n + ".") for n in NOT_TRAINED)]
+    if apart:
+        shown = "; ".join(f"{f}: {_at(then, f)!r} there, {_at(now, f)!r} now" for f in apart[:4])
+        more = f" (and {len(apart) - 4} more)" if len(apart) > 4 else ""
+        raise SftmixError(f"{out} was trained under another config ({path}): {shown}{more}. Its stages would be reused or "
+                          f"resumed as this run's; give the run another name or output_dir, or delete {out} to train it anew")
+
+
+def _at(doc: dict, path: str):
+    for name in path.split("."):
+        doc = doc.get(name) if isinstance(doc, dict) else None
+    return doc
 
 
 def heldout_rows(cfg: RunConfig, stages: list[StageConfig], pools: dict[str, Pool]) -> HeldoutRows:
