@@ -187,8 +187,10 @@ def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_pat
     meta_before = (first / "meta.json").read_bytes()
     assert read_record(tmp_path / "out" / "run.json", RunRecord).config["train"]["lr"] == 1e-3
     again = tiny_run(tmp_path, "renamed", eval={"tasks": ["loss", "gsm8k"], "batch_size": 2}, curve={"points": 3},
-                     train={"kernels": {"optimizer": "adamw_torch"}}, **kw)
-    assert pipeline.train(pipeline.plan(again), progress=False) == first
+                     train={"kernels": {"optimizer": "adamw_torch"}}, heldout={"sources": ["generated_code", "sharegpt"]}, **kw)
+    assert pipeline.train(pipeline.plan(again), progress=False) == first  # another source's held-out rows: not trained on
+    with pytest.raises(SftmixError, match="heldout.generated_code.samples: 8 there, 7 now"):
+        pipeline.plan(tiny_run(tmp_path, "r", heldout={"samples": 7}, **kw))  # the rows left out of the trained pool
     other = tiny_run(tmp_path, "r", train={"lr": 5e-4}, **kw)
     with pytest.raises(SftmixError, match=r"was trained under another config \(.*run.json\): train.lr: 0.001 there, 0.0005 now\. "):
         pipeline.plan(other)

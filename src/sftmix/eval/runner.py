@@ -77,6 +77,7 @@ SPEED_ONLY = ("openai.api_key_env", "openai.concurrency", "openai.max_retries", 
               "vllm_server.cpu_kv_cache_gb", "vllm_server.start_timeout_s", "vllm_server.concurrency", "humaneval.workers",
               "mtbench.judge.api_key_env", "mtbench.judge.parallel", "mtbench.judge.max_retries")
 BENCHMARKS = ("gsm8k", "humaneval", "mtbench")  # each has its own settings section, and reads nothing of the run's data
+LOSS_READS = ("batch_size",)  # the held-out loss: measured by transformers in float32, whatever engine generates
 
 
 class TaskDone(BaseModel):
@@ -90,14 +91,16 @@ class TaskDone(BaseModel):
 
 def task_key(task, spec: str, ctx) -> str:
     """What decides a task's result: the model and its weights, the template, the task (spec and
-    version), its eval settings (the other benchmarks' sections and ``SPEED_ONLY`` left out) and
-    the data folder; for the held-out loss and user tasks also the run's sources, seed, held-out
-    rows and training row ids, which they may read."""
+    version), its eval settings (the other benchmarks' sections and ``SPEED_ONLY`` left out; of
+    the held-out loss's, ``LOSS_READS``) and the data folder; for the held-out loss and user tasks
+    also the run's sources, seed, held-out rows and training row ids, which they may read."""
     settings = ctx.cfg.model_dump(mode="json")
-    settings.pop("tasks")
+    if task.name == "loss":
+        settings = {k: settings[k] for k in LOSS_READS}
+    settings.pop("tasks", None)
     for other in BENCHMARKS:
         if other != task.name:
-            settings.pop(other)
+            settings.pop(other, None)
     for path in SPEED_ONLY:
         *outer, last = path.split(".")
         section = settings

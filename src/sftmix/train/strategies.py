@@ -184,7 +184,9 @@ class RunRecord(BaseModel):
 # Fields that do not change what a run trains: where it is written, which kernels compute it (the
 # same loss up to rounding), what its evaluation measures (a finished task is measured again when
 # its settings change: sftmix.eval.runner.task_key) and where the forgetting curves are measured.
-NOT_TRAINED = ("name", "output_dir", "train.kernels", "eval", "curve")
+# Of ``heldout``, only what chooses the rows left out of a trained source's pool counts
+# (``_held_out_of_trained``): measuring another source's held-out loss does not change the training.
+NOT_TRAINED = ("name", "output_dir", "train.kernels", "eval", "curve", "heldout")
 
 
 def check_run_folder(cfg: RunConfig) -> None:
@@ -208,11 +210,21 @@ def check_run_folder(cfg: RunConfig) -> None:
         return
     now = cfg.model_dump(mode="json")
     apart = [f for f in differing_fields(then, now) if not any(f == n or f.startswith(n + ".") for n in NOT_TRAINED)]
+    then["heldout"], now["heldout"] = _held_out_of_trained(RunConfig.model_validate(recorded)), _held_out_of_trained(cfg)
+    apart += differing_fields(then["heldout"], now["heldout"], "heldout.")
     if apart:
         shown = "; ".join(f"{f}: {_at(then, f)!r} there, {_at(now, f)!r} now" for f in apart[:4])
         more = f" (and {len(apart) - 4} more)" if len(apart) > 4 else ""
         raise SftmixError(f"{out} was trained under another config ({path}): {shown}{more}. Its stages would be reused or "
                           f"resumed as this run's; give the run another name or output_dir, or delete {out} to train it anew")
+
+
+def _held_out_of_trained(cfg: RunConfig) -> dict:
+    """Per source the run trains on and measures: the held-out rows' count and seed (those rows
+    are left out of its pool)."""
+    stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
+    trained = {p.source for st in stages for p in st.mixture.parts if p.source is not None}
+    return {s: {"samples": cfg.heldout.samples, "seed": cfg.heldout.seed} for s in cfg.heldout.sources if s in trained}
 
 
 def _at(doc: dict, path: str):
