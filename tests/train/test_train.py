@@ -196,6 +196,9 @@ def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_pat
         pipeline.plan(other)
     with pytest.raises(SftmixError, match="train.lr: 0.001 there, 0.0005 now"):
         run_strategy(other, progress=False)  # the training entry point checks too, not only the pipeline
+    (tmp_path / "out" / "run.json").write_text('{"config": 3}')
+    with pytest.raises(SftmixError, match=r"run.json: not a RunRecord \(config: .*\); it keeps the config .* was trained under"):
+        pipeline.plan(other)
     (tmp_path / "out" / "run.json").unlink()  # a folder of an earlier sftmix: its first stage's meta says
     with pytest.raises(SftmixError, match=r"meta.json\): train.lr: 0.001 there"):
         pipeline.plan(other)

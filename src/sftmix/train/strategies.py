@@ -197,7 +197,11 @@ def check_run_folder(cfg: RunConfig) -> None:
     out = run_dir(cfg)
     path = layout.run_record(out)
     if path.exists():
-        recorded = read_record(path, RunRecord).config
+        try:
+            recorded = read_record(path, RunRecord).config
+        except SftmixError as e:
+            raise SftmixError(f"{e}; it keeps the config {out} was trained under: restore it, or delete {out} to train "
+                              "the run anew") from None
     else:
         metas = layout.stage_metas(out)
         recorded = read_meta(metas[0].parent).run_config if metas else None
