@@ -1,6 +1,7 @@
 """Evaluation: GSM8K extraction, generation, HumanEval sandbox, MT-Bench judge, held-out loss."""
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -274,3 +275,14 @@ def test_every_eval_setting_changes_a_finished_tasks_key_but_the_speed_only_ones
     run_data = {"seed": 1, "training_ids": {"a"}, "heldout_cfg": HeldoutConfig(samples=3)}
     for name, value in run_data.items():  # what the held-out loss reads of the run; the benchmarks read none of it
         assert (key(cfg, **{name: value}) != base) == (task == "loss"), name
+
+
+def test_quiet_silences_the_libraries_progress_bars_too(tmp_path):
+    cmd = [sys.executable, "-m", "sftmix.cli", "eval", "tiny", "--tasks", "loss", "--loss-sources", "generated_math",
+           "--loss-samples", "2", "--out", str(tmp_path / "ev")]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    loud = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    quiet = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, env=env)
+    assert loud.returncode == quiet.returncode == 0, quiet.stderr
+    assert "Loading weights" in loud.stderr  # the bar that --quiet must silence is there without it
+    assert "Loading weights" not in quiet.stderr and "it/s]" not in quiet.stderr, quiet.stderr

@@ -12,6 +12,7 @@ traceback and exits with status 2; so do file-system errors that escape the chec
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sftmix.cli import data, eval, study, train
@@ -43,6 +44,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for bad input, with a one-line error)."""
     args = parse(argv)
+    if getattr(args, "quiet", False):
+        quiet_libraries()
     try:
         args.func(args)
     except SftmixError as e:
@@ -56,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     release_process_group()
     return 0
+
+
+def quiet_libraries() -> None:
+    """``--quiet`` silences the libraries' progress bars too (transformers' "Loading weights" and
+    "Writing model shards", the hub's), in this process and in the processes it starts."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by transformers and the hub when first imported
+    logging = sys.modules.get("transformers.utils.logging")  # never imports transformers; an import already made is told
+    if logging is not None:
+        logging.disable_progress_bar()
 
 
 def release_process_group() -> None:
