@@ -176,7 +176,9 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
 
 
 class RunRecord(BaseModel):
-    """A run folder's ``run.json``: the config its training was first started under."""
+    """A run folder's ``run.json``: the config its training was first started under, as written
+    (read as a ``RunConfig`` by ``_started_under``, so that a later sftmix whose config has changed
+    can still read the file and skip the comparison rather than fail on it)."""
 
     config: dict
 
@@ -192,9 +194,28 @@ NOT_TRAINED = ("name", "output_dir", "train.kernels", "eval", "curve", "heldout"
 def check_run_folder(cfg: RunConfig) -> None:
     """A run folder holds one training. Where it was started under a config whose training differs
     from ``cfg``'s (any field but ``NOT_TRAINED``), its stages would be skipped or resumed as if
-    they were ``cfg``'s: refuse, naming the fields. The config comes from the folder's
-    ``run.json``, else (a folder of an earlier sftmix) from its first finished stage."""
+    they were ``cfg``'s: refuse, naming the fields."""
     out = run_dir(cfg)
+    found = _started_under(out)
+    if found is None:
+        return
+    started, path = found
+    # what trains, as one view of each config: the fields, with heldout as the rows it leaves out
+    then = {**started.model_dump(mode="json"), "heldout": _held_out_of_trained(started)}
+    now = {**cfg.model_dump(mode="json"), "heldout": _held_out_of_trained(cfg)}
+    apart = [f for f in differing_fields(then, now)
+             if f.startswith("heldout.") or not any(f == n or f.startswith(n + ".") for n in NOT_TRAINED)]
+    if apart:
+        shown = "; ".join(f"{f}: {_at(then, f)!r} there, {_at(now, f)!r} now" for f in apart[:4])
+        more = f" (and {len(apart) - 4} more)" if len(apart) > 4 else ""
+        raise SftmixError(f"{out} was trained under another config ({path}): {shown}{more}. Its stages would be reused or "
+                          f"resumed as this run's; give the run another name or output_dir, or delete {out} to train it anew")
+
+
+def _started_under(out: Path) -> tuple[RunConfig, Path] | None:
+    """The config a run folder's training started under and the file that says so: its
+    ``run.json``, else (a folder of an earlier sftmix) its first finished stage's meta. None
+    where neither is there, or the config is one this sftmix no longer reads."""
     path = layout.run_record(out)
     if path.exists():
         try:
@@ -204,23 +225,13 @@ def check_run_folder(cfg: RunConfig) -> None:
                               "the run anew") from None
     else:
         metas = layout.stage_metas(out)
-        recorded = read_meta(metas[0].parent).run_config if metas else None
-        path = metas[0] if metas else path
-    if recorded is None:
-        return
+        if not metas or read_meta(metas[0].parent).run_config is None:
+            return None
+        path, recorded = metas[0], read_meta(metas[0].parent).run_config
     try:
-        then = RunConfig.model_validate(recorded).model_dump(mode="json")
+        return RunConfig.model_validate(recorded), path
     except ValidationError:  # written by an sftmix whose config this one no longer reads: nothing to compare
-        return
-    now = cfg.model_dump(mode="json")
-    apart = [f for f in differing_fields(then, now) if not any(f == n or f.startswith(n + ".") for n in NOT_TRAINED)]
-    then["heldout"], now["heldout"] = _held_out_of_trained(RunConfig.model_validate(recorded)), _held_out_of_trained(cfg)
-    apart += differing_fields(then["heldout"], now["heldout"], "heldout.")
-    if apart:
-        shown = "; ".join(f"{f}: {_at(then, f)!r} there, {_at(now, f)!r} now" for f in apart[:4])
-        more = f" (and {len(apart) - 4} more)" if len(apart) > 4 else ""
-        raise SftmixError(f"{out} was trained under another config ({path}): {shown}{more}. Its stages would be reused or "
-                          f"resumed as this run's; give the run another name or output_dir, or delete {out} to train it anew")
+        return None
 
 
 def _held_out_of_trained(cfg: RunConfig) -> dict:
