@@ -159,7 +159,7 @@ def test_a_judge_cache_cut_off_by_a_kill_loses_one_verdict_and_a_damaged_one_nam
         mtbench.run(FixedGenerator(), "vicuna", shared_data / "mt_bench", third, "m", limit=2, progress=False)
         assert third.stats["cached"] == 4 and srv.calls == calls + 1
         cache.write_text(lines[0] + "\n" + '{"key": "x"}\n' + lines[1] + "\n")
-        with pytest.raises(SftmixError, match=rf"{re.escape(str(cache))}:2: not a judge verdict"):
+        with pytest.raises(SftmixError, match=rf"{re.escape(str(cache))}:2: not a Verdict \(judgment: Field required\)"):
             mtbench.Judge(srv.url, "local-judge", "k", cache)
     finally:
         srv.close()

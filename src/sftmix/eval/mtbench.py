@@ -25,10 +25,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from sftmix.errors import SftmixError
-from sftmix.io import drop_torn_line, read_jsonl, stable_hash
+from sftmix.io import drop_torn_line, read_jsonl, read_records, stable_hash
 from sftmix.progress import track
 from sftmix.templates import generation_prompt
 
@@ -65,17 +65,7 @@ def read_verdicts(path: Path) -> dict[str, Verdict]:
     """The judge cache by key (later lines win). A last line cut off by a kill is cut from the file
     first (its prompt is judged again); a bad whole line is an error naming the file and line."""
     drop_torn_line(path)
-    out: dict[str, Verdict] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            v = Verdict.model_validate_json(line)
-        except ValidationError as e:
-            raise SftmixError(f"{path}:{n}: not a judge verdict ({e.errors()[0]['msg']}); delete the line, "
-                              "or the file to judge everything again") from None
-        out[v.key] = v
-    return out
+    return {v.key: v for v in read_records(path, Verdict)}
 
 
 def parse_rating(text: str) -> float:
