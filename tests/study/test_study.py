@@ -3,14 +3,22 @@ the shipped study files."""
 
 import base64
 import csv
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from helpers import study_metrics
+from sftmix import layout
+from sftmix.io import read_record
 from sftmix.study.runner import load_study
+from sftmix.study.store import Store
+from sftmix.train.strategies import RunRecord
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +61,39 @@ def test_study_kill_restart_and_report(mini_study):
         assert width >= 400 and height >= 250, (name, width, height)
         assert base64.b64encode(data).decode() in html, f"{name} is not the figure the HTML report shows"
     assert len({pngs[n] for n in expected}) == len(expected)  # two metrics, two different pictures
+
+
+def test_runs_that_differ_only_in_their_evaluation_reuse_the_finished_training(mini_study, tmp_path):
+    """A study whose eval section changes gets new run ids (the evaluation is part of a run's id),
+    but its runs need not train again: each takes the finished training of the run that differs
+    from it only in what it evaluates (weights hard-linked), and only evaluates."""
+    root = tmp_path / "mini"
+    shutil.copytree(mini_study.root, root)
+    doc = yaml.safe_load(mini_study.file.read_text())
+    doc["output_dir"], doc["base"]["eval"] = str(root), {**doc["base"]["eval"], "limit": 3}  # only the evaluation changes
+    f = tmp_path / "mini.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    old = {r.label: r for r in Store(layout.store(root)).runs()}
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("(only the evaluation differs); its stages are reused") == 4, r.stderr[-2000:]
+    new = [run for run in Store(layout.store(root)).runs() if run.label in old and run.id != old[run.label].id]
+    assert len(new) == 4 and all(run.status == "done" for run in new)
+    values = study_metrics(layout.store(root))
+    for run in new:
+        (was,) = (root / "runs" / old[run.label].id).glob("stage*/final")  # the copy's, which the store does not name
+        record = read_record(root / "runs" / run.id / "run.json", RunRecord)
+        assert record.trained_in == str(was.parents[1]) and record.config["eval"]["limit"] == 3
+        assert os.stat(Path(run.checkpoint) / "model.safetensors").st_ino == os.stat(was / "model.safetensors").st_ino
+        assert (Path(run.checkpoint) / "meta.json").read_bytes() == (was / "meta.json").read_bytes()  # not trained again
+        assert not list((root / "runs" / run.id).glob("stage*/checkpoints"))
+        for source in ("generated_math", "generated_code"):  # the same weights on the same rows: the same loss
+            assert abs(values[(run.label, source)] - mini_study.metrics[(run.label, source)]) < 1e-6
+    # a run whose training differs (another seed) trains for itself
+    doc["base"]["seed"] = 1
+    f.write_text(yaml.safe_dump({**doc, "grid": {"strategy.sources": [["generated_math"]], "strategy.fraction": [1]}}))
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0 and "its stages are reused" not in r.stderr, r.stderr[-2000:]
 
 
 def test_shipped_studies_expand_without_training():

@@ -22,7 +22,7 @@ from sftmix.templates import render_model
 from sftmix.train import stage
 from sftmix.train.meta import StageMeta, read_meta
 from sftmix.train.strategies import STRATEGIES as BUILDERS
-from sftmix.train.strategies import RunRecord, dmt, mixed_sequential, plan, run_strategy
+from sftmix.train.strategies import RunRecord, dmt, mixed_sequential, plan, run_strategy, trained_view
 from sftmix.train.tokenize import pack
 
 STRATEGIES = {
@@ -209,6 +209,23 @@ def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_pat
     r = subprocess.run([sys.executable, "-m", "sftmix.cli", "train", str(cli)], capture_output=True, text=True)
     assert r.returncode == 2 and "strategy.sources: ['generated_code'] there, ['generated_math'] now" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and (first / "meta.json").read_bytes() == meta_before
+
+
+@pytest.mark.parametrize("change,same", [
+    ({"eval": {"limit": 3}}, True), ({"eval": {"tasks": ["loss", "gsm8k"]}}, True), ({"name": "other"}, True),
+    ({"train": {"kernels": {"optimizer": "adamw_torch"}}}, True),
+    ({"eval": {"tasks": ["gsm8k"]}}, False),  # no loss task: no forgetting curves measured during training
+    ({"eval": {"batch_size": 2}}, False),  # the curves' batches
+    ({"seed": 1}, False), ({"curve": {"points": 3}}, False), ({"heldout": {"samples": 7}}, False), ({"train": {"lr": 5e-4}}, False),
+])
+def test_what_a_reused_training_must_share(change, same, tmp_path):
+    """A study run takes another run's finished training only where its stages (weights and
+    forgetting curves) would be the same: ``trained_view`` leaves out where a run is written,
+    its kernels, and what its final evaluation measures beyond what the curves read."""
+    kw = {"strategy": STRATEGIES["individual"]}
+    base = tiny_run(tmp_path, "r", eval={"tasks": ["loss"]}, **kw)
+    other = tiny_run(tmp_path, change.pop("name", "r"), eval={"tasks": ["loss"], **change.pop("eval", {})}, **change, **kw)
+    assert (trained_view(base) == trained_view(other)) == same
 
 
 def test_every_strategy_the_config_accepts_has_a_builder():

@@ -24,6 +24,7 @@ from sftmix import layout, pipeline
 from sftmix.config import RunConfig
 from sftmix.io import read_record, write_json
 from sftmix.threads import thread_env
+from sftmix.train.strategies import adopt_training
 
 LOCK, DONE, ERROR, JOB = layout.LOCK, layout.DONE, layout.ERROR, layout.JOB
 
@@ -153,6 +154,10 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
             limit_threads(cpus)
             try:
                 cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
+                adopted = adopt_training(cfg, run_out_p.parent)
+                if adopted is not None:
+                    print(f"run {run_out_p.name}: trained as run {adopted.name} (only the evaluation differs); "
+                          "its stages are reused", file=sys.stderr)
                 p, _ = pipeline.run(cfg, progress, launcher)
                 write_json(run_out_p / DONE, DoneRecord(checkpoint=str(p.final), eval_dir=str(p.eval_dir),
                                                         finished=time.time()).model_dump())

@@ -6,6 +6,8 @@ stage starts from the previous stage's final checkpoint. DMT with k = 0 is mixed
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -178,9 +180,11 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
 class RunRecord(BaseModel):
     """A run folder's ``run.json``: the config its training was first started under, as written
     (read as a ``RunConfig`` by ``_started_under``, so that a later sftmix whose config has changed
-    can still read the file and skip the comparison rather than fail on it)."""
+    can still read the file and skip the comparison rather than fail on it), and the folder whose
+    training it reuses, if any (``adopt_training``)."""
 
     config: dict
+    trained_in: str | None = None
 
 
 # Fields that do not change what a run trains: where it is written, which kernels compute it (the
@@ -232,6 +236,58 @@ def _started_under(out: Path) -> tuple[RunConfig, Path] | None:
         return RunConfig.model_validate(recorded), path
     except ValidationError:  # written by an sftmix whose config this one no longer reads: nothing to compare
         return None
+
+
+def trained_view(cfg: RunConfig) -> dict:
+    """What a run's stages (their weights and their forgetting curves) follow: its config but for
+    where it is written, its kernels and the evaluation settings the curves do not read."""
+    d = cfg.model_dump(mode="json")
+    for name in ("name", "output_dir", "eval"):
+        d.pop(name)
+    d["train"].pop("kernels")
+    d["curves_measured"] = {"loss": "loss" in cfg.eval.tasks, "batch_size": cfg.eval.batch_size, "data_dir": cfg.eval.data_dir}
+    return d
+
+
+def adopt_training(cfg: RunConfig, beside: Path) -> Path | None:
+    """A study run whose configuration differs from a finished run's only in what its evaluation
+    measures (``trained_view`` equal, seed included) need not train again: that run's stages are
+    copied in (the weights hard-linked where the file system allows, else copied; resume
+    checkpoints left out), with its held-out rows, and only the evaluation runs. Return the run
+    folder whose training was taken; None where this run has begun training itself or no folder
+    in ``beside`` holds such a training. Each stage lands in one rename, so a kill midway leaves
+    whole stages, from which training resumes as ever."""
+    out = run_dir(cfg)
+    if layout.stages(out):  # this run has begun a training of its own: it goes on with it
+        return None
+    want, stages = trained_view(cfg), plan(cfg)
+    for other in sorted(p for p in Path(beside).iterdir() if p.is_dir() and p.resolve() != out.resolve()):
+        try:
+            found = _started_under(other)
+        except SftmixError:  # a damaged record beside us is that run's matter, not this one's
+            continue
+        if found is None or trained_view(found[0]) != want or len(layout.stage_metas(other)) != len(stages):
+            continue
+        staging = out / ".adopting"
+        shutil.rmtree(staging, ignore_errors=True)  # a copy a kill left unfinished
+        for stage in layout.stages(other):
+            shutil.copytree(stage, staging / stage.name, ignore=shutil.ignore_patterns(layout.CHECKPOINTS),
+                            copy_function=_link_or_copy)
+        if layout.heldout_file(other).exists():
+            shutil.copy2(layout.heldout_file(other), staging / layout.HELDOUT)
+        write_json(layout.run_record(out), RunRecord(config=cfg.model_dump(mode="json"), trained_in=str(other)).model_dump(mode="json"))
+        for item in sorted(staging.iterdir()):
+            os.replace(item, out / item.name)
+        staging.rmdir()
+        return other
+    return None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
 
 
 def _held_out_of_trained(cfg: RunConfig) -> dict:
