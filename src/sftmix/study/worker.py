@@ -133,7 +133,7 @@ def limit_threads(cpus: int | None) -> None:
 
 
 def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool = False, launcher: list[str] | None = None,
-            cwd: str | None = None, stopped: Callable[[BaseException], bool] | None = None) -> str:
+            cwd: str | None = None, stopped: Callable[[BaseException], bool] | None = None, adopt: bool = True) -> str:
     """Train and evaluate one run in ``run_out``; return "done", "failed" or "running elsewhere".
 
     ``config`` is the run's resolved config (a dict, so that it travels to any worker).
@@ -142,6 +142,8 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
     ``cwd``: the driver's working folder (a Ray or Slurm worker may start elsewhere).
     ``stopped``: whether an error means the worker was stopped from outside (a Slurm requeue) rather
     than that the run failed; such an error is raised, not recorded.
+    ``adopt``: take a finished run's training where only the evaluation differs (``adopt_training``);
+    off for a run over several nodes, whose other nodes train without asking and must agree.
     """
     if cwd:  # relative paths in the config (data_dir, sources) mean what they meant to the driver
         os.chdir(cwd)
@@ -154,7 +156,7 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
             limit_threads(cpus)
             try:
                 cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
-                adopted = adopt_training(cfg, run_out_p.parent)
+                adopted = adopt_training(cfg, run_out_p.parent) if adopt else None
                 if adopted is not None:
                     print(f"run {run_out_p.name}: trained as run {adopted.name} (only the evaluation differs); "
                           "its stages are reused", file=sys.stderr)

@@ -59,7 +59,8 @@ class Job:
             pipeline.train(pipeline.plan(cfg), False, launcher)
             return "trained"
         try:
-            return worker.execute(self.config, self.run_out, self.cpus, False, launcher, stopped=self.killed_by_requeue)
+            return worker.execute(self.config, self.run_out, self.cpus, False, launcher, stopped=self.killed_by_requeue,
+                                  adopt=self.nodes == 1)
         except subprocess.CalledProcessError as e:
             if not self.killed_by_requeue(e):
                 raise
