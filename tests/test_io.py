@@ -6,7 +6,11 @@ import subprocess
 import sys
 import time
 
-from sftmix.io import building, write_json
+import pytest
+from pydantic import BaseModel
+
+from sftmix.errors import SftmixError
+from sftmix.io import building, read_appended, write_json
 
 
 def test_killed_writers_leave_no_temp_files(tmp_path):
@@ -73,3 +77,24 @@ def test_a_builder_killed_midway_leaves_a_partial_folder_the_next_one_replaces(t
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"] and not (tmp_path / "model.partial").exists()
     with building(folder, "config.json") as tmp:
         assert tmp is None  # complete: reused
+
+
+class Line(BaseModel):
+    key: str
+
+
+def test_an_append_only_file_loses_only_its_torn_last_line(tmp_path):
+    """A kill in the middle of an append leaves a line without its newline. Reading cuts exactly
+    that fragment off the file (one longer than the 64 KiB read back from the end, too), so the next
+    line appended stands on its own; whole lines are kept byte for byte."""
+    path = tmp_path / "cache.jsonl"
+    whole = "".join(f'{{"key": "k{i}"}}\n' for i in range(3))
+    for torn in ('{"key": "k3', "x" * 200_000, ""):
+        path.write_text(whole + torn)
+        assert [r.key for r in read_appended(path, Line)] == ["k0", "k1", "k2"]
+        assert path.read_text() == whole
+    path.write_text('{"key": "only a fragment')
+    assert read_appended(path, Line) == [] and path.read_bytes() == b""
+    path.write_text(whole + '{"nokey": 1}\n')
+    with pytest.raises(SftmixError, match=r"cache.jsonl:4: not a Line \(key: Field required\)"):
+        read_appended(path, Line)

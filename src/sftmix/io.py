@@ -163,18 +163,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def drop_torn_line(path: str | os.PathLike) -> bool:
-    """Cut off the unfinished last line of an append-only JSONL file, as a writer killed in the
-    middle of a line leaves it (every whole line ends with a newline), so that the next line
-    appended starts a line of its own instead of being glued to the fragment. True if one was cut."""
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data or data.endswith(b"\n"):
-            return False
-        f.truncate(data.rfind(b"\n") + 1)
-        return True
-
-
 def sha256_text(text: str) -> str:
     """The sha256 of a text (UTF-8)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -227,3 +215,32 @@ def read_records(path: str | Path, model: type[BaseModel]) -> list:
     unreadable file names itself, a malformed line its file and line number."""
     lines = _text(path, "JSON lines").splitlines()
     return [_validate(f"{path}:{n}", line, model) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def read_appended(path: str | Path, model: type[BaseModel]) -> list:
+    """The lines of an append-only JSONL file (a cache written a line at a time) read as ``model``.
+    A writer killed in the middle of a line leaves it without its newline (every whole line ends
+    with one): that fragment is cut off the file first, so that the next line appended starts a
+    line of its own instead of being glued to it. A bad whole line is an error, as ``read_records``."""
+    _drop_torn_line(Path(path))
+    return read_records(path, model)
+
+
+def _drop_torn_line(path: Path, chunk: int = 1 << 16) -> None:
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if not end:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":  # whole: the usual case, one byte read
+            return
+        pos = end
+        while pos > 0:  # back from the end to the last newline, a chunk at a time
+            start = max(0, pos - chunk)
+            f.seek(start)
+            cut = f.read(pos - start).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            pos = start
+        f.truncate(0)

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from sftmix.config.run import OpenAIBackendConfig, VLLMBackendConfig, VLLMServerConfig
 from sftmix.errors import SftmixError
-from sftmix.io import drop_torn_line, read_records, stable_hash
+from sftmix.io import read_appended, stable_hash
 from sftmix.models import load_model, load_tokenizer
 from sftmix.progress import track
 
@@ -62,8 +62,7 @@ class AnswerCache:
         self.path = Path(path)
         self.answers: dict[str, str] = {}
         if self.path.exists():
-            drop_torn_line(self.path)
-            self.answers = {a.key: a.text for a in read_records(self.path, CachedAnswer)}
+            self.answers = {a.key: a.text for a in read_appended(self.path, CachedAnswer)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed with the generator
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from sftmix.errors import SftmixError
-from sftmix.io import drop_torn_line, read_jsonl, read_records, stable_hash
+from sftmix.io import read_appended, read_jsonl, stable_hash
 from sftmix.progress import track
 from sftmix.templates import generation_prompt
 
@@ -64,8 +64,7 @@ class Verdict(BaseModel):
 def read_verdicts(path: Path) -> dict[str, Verdict]:
     """The judge cache by key (later lines win). A last line cut off by a kill is cut from the file
     first (its prompt is judged again); a bad whole line is an error naming the file and line."""
-    drop_torn_line(path)
-    return {v.key: v for v in read_records(path, Verdict)}
+    return {v.key: v for v in read_appended(path, Verdict)}
 
 
 def parse_rating(text: str) -> float:
