@@ -260,6 +260,14 @@ def test_every_eval_setting_changes_a_finished_tasks_key_but_the_speed_only_ones
                   "progress": False, "get_generator": lambda: None, "heldout_cfg": HeldoutConfig(), **ctx}
         return task_key(tasks.get(task), task, tasks.Context(**fields))
 
+    # the fields left out, named here and not only read from the code: a result-changing field
+    # added to SPEED_ONLY (or LOSS_READS losing one) would otherwise pass the walk below
+    assert set(SPEED_ONLY) == {"openai.api_key_env", "openai.concurrency", "openai.max_retries", "openai.timeout_s",
+                               "vllm.gpu_memory_utilization", "vllm.cpu_kv_cache_gb", "vllm_server.python", "vllm_server.command",
+                               "vllm_server.gpu_memory_utilization", "vllm_server.cpu_kv_cache_gb", "vllm_server.start_timeout_s",
+                               "vllm_server.concurrency", "humaneval.workers", "mtbench.judge.api_key_env",
+                               "mtbench.judge.parallel", "mtbench.judge.max_retries"}
+    assert LOSS_READS == ("batch_size",)
     base, wrong = key(cfg), []
     for path, annotation, v in leaves(EvalConfig, cfg):
         if path == "tasks":

@@ -195,7 +195,7 @@ def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_pat
     with pytest.raises(SftmixError, match=r"was trained under another config \(.*run.json\): train.lr: 0.001 there, 0.0005 now\. "):
         pipeline.plan(other)
     with pytest.raises(SftmixError, match="train.lr: 0.001 there, 0.0005 now"):
-        run_strategy(other, progress=False)  # the training entry point checks too, not only the pipeline
+        pipeline.train(pipeline.plan(other), progress=False)
     (tmp_path / "out" / "run.json").write_text('{"config": 3}')
     with pytest.raises(SftmixError, match=r"run.json: not a RunRecord \(config: .*\); it keeps the config .* was trained under"):
         pipeline.plan(other)

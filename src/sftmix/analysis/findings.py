@@ -12,13 +12,12 @@ tested has no interval).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from sftmix.analysis import stats
 from sftmix.analysis.results import Group, group_items, groups, lower_is_better, metric_keys, study_tasks
-from sftmix.config import Claim
+from sftmix.config import Claim, get_path
 from sftmix.eval import tasks
 from sftmix.study.grid import short_value
 from sftmix.study.store import Store
@@ -96,15 +95,6 @@ NOT_TESTED = "not tested"
 # ---------------------------------------------------------------- claims
 
 
-def _get(config: dict, path: str):
-    node: Any = config
-    for p in path.split("."):
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return node
-
-
 def _same(a, b) -> bool:
     if a is None:
         return False
@@ -127,10 +117,10 @@ def _axis_for(key: str, point: dict) -> str | None:
 
 def _matches(g: Group, selector: str | dict) -> bool:
     if isinstance(selector, str):
-        return g.label == selector or _get(g.config, "strategy.name") == selector
+        return g.label == selector or get_path(g.config, "strategy.name") == selector
     for k, v in selector.items():
         axis = _axis_for(k, g.point)
-        if not (_same(_get(g.config, k), v) or (axis is not None and axis == k and _same(g.point[axis], v))):
+        if not (_same(get_path(g.config, k), v) or (axis is not None and axis == k and _same(g.point[axis], v))):
             return False
     return True
 

@@ -25,7 +25,9 @@ from sftmix.config.run import (
                                apply_overrides,
                                differing_fields,
                                format_validation_error,
+                               get_path,
                                load_config,
+                               pop_path,
                                read_yaml,
                                validate,
 )
@@ -34,5 +36,5 @@ from sftmix.config.study import Claim, Prediction, StudyConfig
 __all__ = ["Claim", "CleanConfig", "CurveConfig", "DataConfig", "EvalConfig", "HeldoutConfig", "ExecutorConfig", "JudgeConfig", "KernelSettings",
            "LoraConfig",
            "MixtureConfig", "PartConfig", "Prediction", "Resources", "RunConfig", "SourceConfig", "StageConfig", "StrategyConfig",
-           "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "differing_fields", "format_validation_error", "load_config", "minutes",
+           "Strict", "StudyConfig", "TrainSettings", "apply_overrides", "differing_fields", "format_validation_error", "get_path", "load_config", "minutes", "pop_path",
            "read_yaml", "validate"]

@@ -621,6 +621,24 @@ def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def get_path(d: dict, path: str) -> Any:
+    """The value at a dotted path of nested dicts (``train.lr``); None where any part is missing."""
+    node: Any = d
+    for name in path.split("."):
+        if not isinstance(node, dict) or name not in node:
+            return None
+        node = node[name]
+    return node
+
+
+def pop_path(d: dict, path: str) -> None:
+    """Remove the value at a dotted path of nested dicts, where it is there."""
+    *outer, last = path.split(".")
+    section = get_path(d, ".".join(outer)) if outer else d
+    if isinstance(section, dict):
+        section.pop(last, None)
+
+
 def apply_overrides(data: dict, overrides: list[str], where: str = "command line") -> dict:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict.
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout
-from sftmix.config import EvalConfig, HeldoutConfig, SourceConfig
+from sftmix.config import EvalConfig, HeldoutConfig, SourceConfig, pop_path
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
 from sftmix.io import read_record, read_records, stable_hash, write_json, write_jsonl
@@ -102,11 +102,7 @@ def task_key(task, spec: str, ctx) -> str:
         if other != task.name:
             settings.pop(other, None)
     for path in SPEED_ONLY:
-        *outer, last = path.split(".")
-        section = settings
-        for name in outer:
-            section = section.get(name, {})
-        section.pop(last, None)
+        pop_path(settings, path)
     parts = [ctx.model_path, layout.weights_fingerprint(ctx.model_path), ctx.template, spec, task.version, settings,
              str(ctx.data_dir)]
     if task.name not in BENCHMARKS:

@@ -21,6 +21,8 @@ from sftmix.config import (
     StageConfig,
     TrainSettings,
     differing_fields,
+    get_path,
+    pop_path,
     validate,
 )
 from sftmix.data.compose import (
@@ -98,10 +100,20 @@ def stages_from_strategy(st) -> list[StageConfig]:
     return STRATEGIES[st.name](st)
 
 
+def configured_stages(cfg: RunConfig) -> list[StageConfig]:
+    """A run's stages as configured: its explicit ``stages`` or its strategy's (unchecked: ``plan`` checks)."""
+    return cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
+
+
+def trained_sources(stages: list[StageConfig]) -> set[str]:
+    """The sources the stages' mixtures draw from directly."""
+    return {p.source for st in stages for p in st.mixture.parts if p.source is not None}
+
+
 def plan(cfg: RunConfig) -> list[StageConfig]:
     """The stages of a run, checked as a whole before any work: sources, replays, settings."""
     resolve(cfg.eval.tasks)  # a user task that cannot be imported fails now, not after training
-    stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
+    stages = configured_stages(cfg)
     check_mixtures([st.mixture for st in stages], cfg.sources, where="stages")
     for st in stages:
         stage_settings(cfg, st)
@@ -137,7 +149,6 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     from sftmix.train.stage import resolve_kernels, train_stage
 
     stages = plan(cfg)
-    check_run_folder(cfg)  # a folder trained under another config is refused, not continued or reused
     for stage in stages:  # a kernel asked for that cannot run on this machine fails before any stage trains
         settings = stage_settings(cfg, stage)
         try:
@@ -210,7 +221,7 @@ def check_run_folder(cfg: RunConfig) -> None:
     apart = [f for f in differing_fields(then, now)
              if f.startswith("heldout.") or not any(f == n or f.startswith(n + ".") for n in NOT_TRAINED)]
     if apart:
-        shown = "; ".join(f"{f}: {_at(then, f)!r} there, {_at(now, f)!r} now" for f in apart[:4])
+        shown = "; ".join(f"{f}: {get_path(then, f)!r} there, {get_path(now, f)!r} now" for f in apart[:4])
         more = f" (and {len(apart) - 4} more)" if len(apart) > 4 else ""
         raise SftmixError(f"{out} was trained under another config ({path}): {shown}{more}. Its stages would be reused or "
                           f"resumed as this run's; give the run another name or output_dir, or delete {out} to train it anew")
@@ -229,9 +240,9 @@ def _started_under(out: Path) -> tuple[RunConfig, Path] | None:
                               "the run anew") from None
     else:
         metas = layout.stage_metas(out)
-        if not metas or read_meta(metas[0].parent).run_config is None:
+        path, recorded = (metas[0], read_meta(metas[0].parent).run_config) if metas else (path, None)
+        if recorded is None:
             return None
-        path, recorded = metas[0], read_meta(metas[0].parent).run_config
     try:
         return RunConfig.model_validate(recorded), path
     except ValidationError:  # written by an sftmix whose config this one no longer reads: nothing to compare
@@ -260,13 +271,15 @@ def adopt_training(cfg: RunConfig, beside: Path) -> Path | None:
     out = run_dir(cfg)
     if layout.stages(out):  # this run has begun a training of its own: it goes on with it
         return None
-    want, stages = trained_view(cfg), plan(cfg)
+    want, n_stages = trained_view(cfg), len(configured_stages(cfg))
     for other in sorted(p for p in Path(beside).iterdir() if p.is_dir() and p.resolve() != out.resolve()):
+        if len(layout.stage_metas(other)) != n_stages:  # not a finished training (a glob: before any file is read)
+            continue
         try:
             found = _started_under(other)
         except SftmixError:  # a damaged record beside us is that run's matter, not this one's
             continue
-        if found is None or trained_view(found[0]) != want or len(layout.stage_metas(other)) != len(stages):
+        if found is None or trained_view(found[0]) != want:
             continue
         staging = out / ".adopting"
         shutil.rmtree(staging, ignore_errors=True)  # a copy a kill left unfinished
@@ -293,15 +306,8 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _held_out_of_trained(cfg: RunConfig) -> dict:
     """Per source the run trains on and measures: the held-out rows' count and seed (those rows
     are left out of its pool)."""
-    stages = cfg.stages if cfg.stages is not None else stages_from_strategy(cfg.strategy)
-    trained = {p.source for st in stages for p in st.mixture.parts if p.source is not None}
+    trained = trained_sources(configured_stages(cfg))
     return {s: {"samples": cfg.heldout.samples, "seed": cfg.heldout.seed} for s in cfg.heldout.sources if s in trained}
-
-
-def _at(doc: dict, path: str):
-    for name in path.split("."):
-        doc = doc.get(name) if isinstance(doc, dict) else None
-    return doc
 
 
 def heldout_rows(cfg: RunConfig, stages: list[StageConfig], pools: dict[str, Pool]) -> HeldoutRows:
@@ -318,7 +324,7 @@ def heldout_rows(cfg: RunConfig, stages: list[StageConfig], pools: dict[str, Poo
 def _heldout_names(cfg: RunConfig, stages: list[StageConfig]) -> list[str]:
     """The sources whose held-out rows a run chooses: every loss source when it measures the loss,
     else the loss sources it trains on."""
-    trained = {p.source for st in stages for p in st.mixture.parts if p.source is not None}
+    trained = trained_sources(stages)
     return [s for s in cfg.heldout.sources if "loss" in cfg.eval.tasks or s in trained]
 
 
@@ -380,23 +386,15 @@ def run_id(cfg: RunConfig) -> str:
     shape ids have had since the first stores (``RunConfig.legacy_dump``)."""
     d = cfg.legacy_dump()
     for path in NOT_IN_ID:
-        *outer, last = path.split(".")
-        _section(d, outer).pop(last, None)
+        pop_path(d, path)
     for path in ONLY_WHEN_SET:
-        *outer, last = path.split(".")
-        default = type(getattr(cfg.eval, last))().model_dump()
+        default = type(getattr(cfg.eval, path.rsplit(".", 1)[1]))().model_dump()
         for dropped in NOT_IN_ID:
             if dropped.startswith(path + "."):
                 default.pop(dropped.rsplit(".", 1)[1], None)
-        if _section(d, outer).get(last) == default:
-            _section(d, outer).pop(last)
+        if get_path(d, path) == default:
+            pop_path(d, path)
     return stable_hash(d, 12)
-
-
-def _section(d: dict, outer: list[str]) -> dict:
-    for name in outer:
-        d = d[name]
-    return d
 
 
 def training_ids(cfg: RunConfig) -> set[str]:
