@@ -177,7 +177,7 @@ def test_cli_train_reports_bad_config_without_traceback(tmp_path):
     assert r.returncode == 2 and "strategy.name" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_path):
+def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_path, capsys):
     """Before: a finished stage was skipped whatever the config now said, so a rerun with another
     learning rate reported the old model as the new run's. Now the folder's ``run.json`` (else
     its first stage's meta, for a folder of an earlier sftmix) names what differs, before any
@@ -199,6 +199,9 @@ def test_a_run_folder_trained_under_another_config_is_refused_not_reused(tmp_pat
     (tmp_path / "out" / "run.json").write_text('{"config": 3}')
     with pytest.raises(SftmixError, match=r"run.json: not a RunRecord \(config: .*\); it keeps the config .* was trained under"):
         pipeline.plan(other)
+    (tmp_path / "out" / "run.json").write_text('{"config": {"unknown_field": 1}}')  # a config this sftmix cannot read
+    pipeline.plan(other)  # not refused, but said: a comparison skipped without a word would pass for one that found nothing
+    assert "run.json holds a config this sftmix cannot read" in capsys.readouterr().err
     (tmp_path / "out" / "run.json").unlink()  # a folder of an earlier sftmix: its first stage's meta says
     with pytest.raises(SftmixError, match=r"meta.json\): train.lr: 0.001 there"):
         pipeline.plan(other)

@@ -215,6 +215,10 @@ def check_run_folder(cfg: RunConfig) -> None:
     if found is None:
         return
     started, path = found
+    if started is None:
+        print(f"warning: {path} holds a config this sftmix cannot read (an earlier version's): {out} is not compared "
+              "with this run's config, and its finished stages are reused as they are", file=sys.stderr)
+        return
     # what trains, as one view of each config: the fields, with heldout as the rows it leaves out
     then = {**started.model_dump(mode="json"), "heldout": _held_out_of_trained(started)}
     now = {**cfg.model_dump(mode="json"), "heldout": _held_out_of_trained(cfg)}
@@ -227,10 +231,10 @@ def check_run_folder(cfg: RunConfig) -> None:
                           f"resumed as this run's; give the run another name or output_dir, or delete {out} to train it anew")
 
 
-def _started_under(out: Path) -> tuple[RunConfig, Path] | None:
+def _started_under(out: Path) -> tuple[RunConfig | None, Path] | None:
     """The config a run folder's training started under and the file that says so: its
     ``run.json``, else (a folder of an earlier sftmix) its first finished stage's meta. None
-    where neither is there, or the config is one this sftmix no longer reads."""
+    where neither is there; (None, file) where the config is one this sftmix no longer reads."""
     path = layout.run_record(out)
     if path.exists():
         try:
@@ -245,8 +249,8 @@ def _started_under(out: Path) -> tuple[RunConfig, Path] | None:
             return None
     try:
         return RunConfig.model_validate(recorded), path
-    except ValidationError:  # written by an sftmix whose config this one no longer reads: nothing to compare
-        return None
+    except ValidationError:  # written by an sftmix whose config this one no longer reads
+        return None, path
 
 
 def trained_view(cfg: RunConfig) -> dict:
@@ -279,7 +283,7 @@ def adopt_training(cfg: RunConfig, beside: Path) -> Path | None:
             found = _started_under(other)
         except SftmixError:  # a damaged record beside us is that run's matter, not this one's
             continue
-        if found is None or trained_view(found[0]) != want:
+        if found is None or found[0] is None or trained_view(found[0]) != want:
             continue
         staging = out / ".adopting"
         shutil.rmtree(staging, ignore_errors=True)  # a copy a kill left unfinished
