@@ -106,6 +106,13 @@ def replay_missing(tmp: Path) -> list[str]:
     return ["train", str(run_cfg(tmp, strategy=None, stages=stages))]
 
 
+def held_out_everything(tmp: Path) -> list[str]:
+    """A source without a test split gives its held-out rows from its pool: 10 of 5 rows is all of them."""
+    data = write(tmp, "mine.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in ROWS))
+    return ["train", str(run_cfg(tmp, sources={"mine": {"path": str(data), "format": "alpaca", "ability": "code"}},
+                                 strategy={"name": "individual", "sources": ["mine"]}, heldout={"sources": ["mine"], "samples": 10}))]
+
+
 CASES = [
     # encodings and containers
     ("latin1 jsonl", lambda t: show(write(t, "l.jsonl", LATIN1_ROW + b"\n")), "not UTF-8"),
@@ -163,6 +170,18 @@ CASES = [
     ("dmt k 2", lambda t: ["train", str(run_cfg(t, strategy={"name": "dmt", "specialised": ["generated_math"],
                                                              "general": "generated_code", "k": 2}))], "strategy.k"),
     ("replay of a missing stage", replay_missing, "'nothing' is not an earlier mixture"),
+    # values that failed only when training started (a traceback), or trained in silence
+    ("negative seed", lambda t: ["train", str(run_cfg(t, seed=-1))], "seed: Input should be greater than or equal to 0 (got -1)"),
+    ("seed past 2**32", lambda t: ["train", str(run_cfg(t, train={**TINY_TRAIN, "seed": 2**32}))],
+     "train.seed: Input should be less than 4294967296"),
+    ("infinite lr", lambda t: ["train", str(run_cfg(t, train={**TINY_TRAIN, "lr": float("inf")}))],
+     "train.lr: Input should be a finite number (got inf)"),
+    ("nan warmup", lambda t: ["train", str(run_cfg(t, train={**TINY_TRAIN, "warmup_ratio": float("nan")}))],
+     "train.warmup_ratio: Input should be a finite number"),
+    ("run name out of runs/", lambda t: ["train", str(run_cfg(t, name="../elsewhere"))], "name: Value error, a name must be a folder name"),
+    ("study name out of studies/", lambda t: ["study", "status", str(study_cfg(t, name="/abs"))], "name: Value error, a name must be a folder name"),
+    ("study fit --seed -3", lambda t: ["study", "fit", str(study_cfg(t)), "--seed", "-3"], "--seed: expected a whole number in [0, 2**32), got -3"),
+    ("held-out rows take a trained pool whole", held_out_everything, "heldout.samples = 10 takes all 5 rows of source 'mine', which the run"),
 ]
 
 

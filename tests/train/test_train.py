@@ -22,7 +22,7 @@ from sftmix.templates import render_model
 from sftmix.train import stage
 from sftmix.train.meta import StageMeta, read_meta
 from sftmix.train.strategies import STRATEGIES as BUILDERS
-from sftmix.train.strategies import RunRecord, dmt, mixed_sequential, plan, run_strategy, trained_view
+from sftmix.train.strategies import RunRecord, dmt, mixed_sequential, plan, run_strategy, trained_view, training_pools
 from sftmix.train.tokenize import pack
 
 STRATEGIES = {
@@ -161,6 +161,35 @@ def test_bad_configs_are_clear_errors(patch, msg, tmp_path):
             base[k] = v
     with pytest.raises(SftmixError, match=msg):
         run_strategy(validate(RunConfig, base, "x.yaml"), progress=False)
+
+
+def test_a_diverged_stage_stops_with_the_step_instead_of_training_on_nan_weights(tmp_path):
+    """lr 1e30 turns the tiny model's weights to nan within a few steps. The Trainer's default
+    (logging_nan_inf_filter) logged the window's mean in place of a nan loss, so the run trained
+    to the end, wrote a stage of nan weights as done and evaluated it; now the stage stops at the
+    first nan log and is not marked done."""
+    st = {"name": "individual", "sources": ["generated_math"]}
+    cfg = tiny_run(tmp_path, "nan", strategy=st, train={"lr": 1e30, "warmup_ratio": 0}, curve={"enabled": False})
+    with pytest.raises(stage.TrainingDiverged, match=r"stage stage1_generated_math: the training loss is nan at step \d+ "
+                                                     r"\(gradient norm .*\): training diverged.*Lower train.lr \(1e\+30 here\)"):
+        run_strategy(cfg, progress=False)
+    assert not list(tmp_path.rglob("meta.json")), "a diverged stage was marked done"
+
+
+def test_held_out_rows_that_take_most_of_a_trained_pool_are_said(tmp_path, capsys):
+    """A source without a test split gives its held-out rows from its pool: taking more than half
+    of it is a warning that says how many rows are left to train on; taking all of it is an error
+    (before, the stage trained on the other sources alone without a word)."""
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "input": "", "output": str(i)}) + "\n" for i in range(6)))
+    fields = {"sources": {"mine": {"path": str(data), "format": "alpaca", "ability": "code"}},
+              "strategy": {"name": "individual", "sources": ["mine"]}}
+    assert len(training_pools(tiny_run(tmp_path, "few", heldout={"sources": ["mine"], "samples": 2}, **fields), ["mine"])["mine"]) == 4
+    assert "warning" not in capsys.readouterr().err
+    assert len(training_pools(tiny_run(tmp_path, "most", heldout={"sources": ["mine"], "samples": 4}, **fields), ["mine"])["mine"]) == 2
+    assert "the held-out rows take 4 of the 6 rows of source 'mine' (heldout.samples = 4); it trains on the other 2" in capsys.readouterr().err
+    with pytest.raises(SftmixError, match="heldout.samples = 6 takes all 6 rows of source 'mine', which the run trains on"):
+        training_pools(tiny_run(tmp_path, "all", heldout={"sources": ["mine"], "samples": 6}, **fields), ["mine"])
 
 
 def test_template_the_tokenizer_cannot_render(tmp_path):

@@ -101,6 +101,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """argparse type: a seed, a whole number in [0, 2**32) as numpy's and torch's generators take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**32), got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**32), got {value}")
+    return value
+
+
 def output_dir(path: str | os.PathLike, what: str) -> Path:
     """Check (and create) an output folder up front, so that a bad place fails before any work.
 

@@ -12,6 +12,7 @@ from sftmix.cli.common import (
     config_values,
     output_dir,
     positive_int,
+    seed,
 )
 from sftmix.config import EvalConfig, HeldoutConfig
 from sftmix.errors import SftmixError
@@ -96,7 +97,7 @@ def add_commands(sub) -> None:
     ts.add_argument("--n", type=positive_int, default=100, help="queries per source")
     ts.add_argument("--layer", type=int, default=15)
     ts.add_argument("--template", default="vicuna", choices=["vicuna", "model"])
-    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--seed", type=seed, default=0)
     ts.add_argument("--data-dir")
     ts.add_argument("--out", default="tsne_out")
     ts.set_defaults(func=cmd_tsne)

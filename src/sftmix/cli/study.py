@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, get_args
 import yaml
 
 from sftmix import layout
-from sftmix.cli.common import output_dir, positive_int, table
+from sftmix.cli.common import output_dir, positive_int, seed, table
 from sftmix.config import ExecutorConfig
 from sftmix.errors import SftmixError
 from sftmix.io import json_text, write_all
@@ -345,7 +345,7 @@ def add_commands(sub) -> None:
         p.add_argument("--small", dest="profile", action="store_const", const="small", help="same as --profile small")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--draws", type=positive_int, default=200, help="bootstrap draws for the intervals (default 200)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the fits' random starts")
+        p.add_argument("--seed", type=seed, default=0, help="seed of the bootstrap and of the fits' random starts")
 
     p = st.add_parser("fit", help="fit amount, mixture and joint laws per ability to the study's held-out losses, with "
                                   "leave-one-out validation (fit.json, a Laws section in the report)")
@@ -378,7 +378,7 @@ def add_commands(sub) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="configurations chosen (and run) at a time (default 1)")
     p.add_argument("--initial", type=positive_int, help="configurations of the initial design (default: sources + 1)")
     p.add_argument("--replicates", type=positive_int, default=1, help="seeds per configuration (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the design (the initial design and the acquisition)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the design (the initial design and the acquisition)")
     p.add_argument("--stop-below", metavar="EI", help="stop when the largest expected improvement is below EI (default: "
                    "the half-width of the paired 95%% interval between the incumbent and the runner-up; 0: run every run of --runs)")
     p.add_argument("--executor", choices=list(get_args(ExecutorConfig.model_fields["name"].annotation)),

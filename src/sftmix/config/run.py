@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -38,6 +39,21 @@ def _to_fraction(v: Any) -> float:
 
 
 Frac = Annotated[float, BeforeValidator(_to_fraction)]
+# numpy's and torch's generators take seeds in [0, 2**32): one outside fails only when training starts
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+def folder_name(v: str) -> str:
+    """A run's or study's name, which names its folder under ``runs/`` or ``studies/``: a relative
+    path that stays below that folder (nested names such as ``rq1/dmt`` are folders in folders)."""
+    parts = v.replace("\\", "/").split("/")
+    if not v.strip() or v.startswith(("/", "~")) or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"a name must be a folder name (or names joined by '/') that stays below runs/ or studies/, without "
+                         f"'.', '..', empty parts or a leading '/' or '~'; got {v!r}")
+    return v
+
+
+FolderName = Annotated[str, AfterValidator(folder_name)]
 
 
 def is_task_path(name: str) -> bool:
@@ -49,7 +65,7 @@ def is_task_path(name: str) -> bool:
 class Strict(BaseModel):
     """Base: unknown keys are errors (a typo must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf or nan in a config is a typo, never a setting
 
     @model_validator(mode="before")
     @classmethod
@@ -143,7 +159,7 @@ class MixtureConfig(Strict):
 class DataConfig(Strict):
     """A compose file: sources and the mixtures built from them (in order)."""
 
-    seed: int = Field(0, description="seed of sampling and shuffling")
+    seed: Seed = Field(0, description="seed of sampling and shuffling")
     data_dir: str | None = Field(None, description="folder with gsm8k/, code_alpaca/, sharegpt/ (else $SFTMIX_DATA_DIR)")
     sources: dict[str, SourceConfig] = Field(default_factory=dict,
         description="source name -> how it is loaded (built-in names need no entry)")
@@ -210,7 +226,7 @@ class TrainSettings(Strict):
     keep_checkpoints: bool = Field(False, description="keep the resume checkpoints (with optimizer state) after the stage ends")
     logging_steps: int = Field(10, gt=0, description="log the loss every N steps")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow (used when installed)")
-    seed: int | None = Field(None, description="training seed; defaults to the run seed")
+    seed: Seed | None = Field(None, description="training seed; defaults to the run seed")
     kernels: KernelSettings = Field(default_factory=KernelSettings, description="GPU fast paths (not part of a run's id)")
 
 
@@ -488,7 +504,7 @@ class HeldoutConfig(Strict):
                                description="sources whose held-out rows are measured (the loss task: one metric each)")
     samples: int = Field(64, gt=0, description="held-out rows per source")
     max_length: int = Field(512, gt=8, description="tokens per held-out row at most")
-    seed: int = Field(0, description="seed choosing the held-out rows of sources without a test split; fixed across "
+    seed: Seed = Field(0, description="seed choosing the held-out rows of sources without a test split; fixed across "
                       "runs and replicates so that they are measured on the same rows (paired comparisons)")
 
 
@@ -502,11 +518,11 @@ class CurveConfig(Strict):
 class RunConfig(Strict):
     """A training run: model, template, data, strategy (or explicit stages) and settings."""
 
-    name: str = Field("run", description="the run's name (its folder runs/<name> by default)")
+    name: FolderName = Field("run", description="the run's name (its folder runs/<name> by default)")
     model: str = Field("smollm2", description="smollm2 (embedded default), tiny, a hub id, a local folder or a .gguf file")
     template: Literal["vicuna", "model"] = Field("vicuna",
         description="vicuna = FastChat's Vicuna v1.1; model = the tokenizer's chat template")
-    seed: int = Field(0, description="seed of data sampling and training")
+    seed: Seed = Field(0, description="seed of data sampling and training")
     data_dir: str | None = Field(None, description="folder with gsm8k/, code_alpaca/, sharegpt/ (else $SFTMIX_DATA_DIR)")
     sources: dict[str, SourceConfig] = Field(default_factory=dict,
         description="source name -> how it is loaded (built-in names need no entry)")

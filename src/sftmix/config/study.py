@@ -3,29 +3,22 @@ and where the runs execute. Expanded into runs by ``sftmix.study.grid``."""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from sftmix.config.executor import ExecutorConfig, Resources
-from sftmix.config.run import RunConfig, SourceConfig, Strict
+from sftmix.config.run import FolderName, RunConfig, SourceConfig, Strict
 from sftmix.errors import closest
 
 # a grid or zip axis: a dotted run-config path (or a "_name" label axis) -> its values, at least one
 Axes = dict[str, Annotated[list[Any], Field(min_length=1)]]
 
 
-def _finite(v: float, what: str) -> float:
-    if not math.isfinite(v):
-        raise ValueError(f"{what} must be a finite number, got {v}")
-    return v
-
-
 def _check_weights(weights: dict[str, float]) -> dict[str, float]:
-    for k, w in weights.items():
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"weights.{k} must be a finite number >= 0, got {w}")
+    for k, w in weights.items():  # finite: every Strict model refuses nan and inf
+        if w < 0:
+            raise ValueError(f"weights.{k} must be >= 0, got {w}")
     if weights and sum(weights.values()) <= 0:
         raise ValueError("weights must have a positive sum")
     return weights
@@ -108,9 +101,6 @@ class Prediction(Strict):
 
     @model_validator(mode="after")
     def _interval(self) -> Prediction:
-        for name in ("estimate", "low", "high", "law_low", "law_high"):
-            if getattr(self, name) is not None:
-                _finite(getattr(self, name), name)
         if self.low > self.high:
             raise ValueError(f"low ({self.low:g}) is above high ({self.high:g})")
         if self.law_low is not None and self.law_high is not None and self.law_low > self.law_high:
@@ -125,7 +115,7 @@ PROFILE_AXES = ("grid", "zip", "fallbacks")
 class StudyConfig(Strict):
     """A study file: a base run config, the axes its runs vary, profiles, claims and predictions."""
 
-    name: str = Field(..., description="the study's name (its folder under studies/ by default)")
+    name: FolderName = Field(..., description="the study's name (its folder under studies/ by default)")
     description: str = Field("", description="what the study asks, in words (the report's first line)")
     base: dict[str, Any] = Field(..., description="the run config every run starts from")
     grid: Axes = Field(default_factory=dict, description="product axes: dotted run-config path -> values")

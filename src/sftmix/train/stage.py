@@ -17,6 +17,7 @@ supervised tokens in the whole (accumulated, all-process) batch: FastChat/HF tok
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import time
@@ -175,6 +176,10 @@ def liger_linear_loss() -> Callable:
     return loss
 
 
+class TrainingDiverged(SftmixError):
+    """The training loss became nan or inf: the stage stops rather than train on broken weights."""
+
+
 class StageTrainer(Trainer):
     """``Trainer`` with the supervised-positions-only loss and real-token throughput logging.
 
@@ -251,6 +256,13 @@ class StageTrainer(Trainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs and not math.isfinite(logs["loss"]):
+            # every process logs the same loss (gathered over them), so every process stops here
+            raise TrainingDiverged(
+                f"the training loss is {logs['loss']} at step {self.state.global_step} (gradient norm {logs.get('grad_norm')}, "
+                f"learning rate {logs.get('learning_rate')}): training diverged, and every later step would train broken "
+                f"weights. Lower train.lr ({self.args.learning_rate:g} here) or warm up longer (train.warmup_ratio); the stage's "
+                "checkpoints may hold broken weights too, so train under another name or output_dir")
         if "loss" in logs:
             now, tokens = time.perf_counter(), self.real_tokens()
             logs["real_tokens_per_s"] = round((tokens - self._tokens_at_log) / max(1e-9, now - self._time_at_log), 2)
@@ -287,6 +299,9 @@ def training_arguments(s: TrainSettings, out_dir: Path, seed: int, world: int, p
         **checkpointing_argument(s.gradient_checkpointing),
         logging_steps=s.logging_steps,
         logging_first_step=True,
+        # a nan or inf loss is logged as it is, and stops the stage (StageTrainer.log), rather than
+        # be replaced by the window's mean: that hid a diverged run, and checked every step on the host
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=s.save_steps,
         save_total_limit=1,
@@ -391,7 +406,10 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"stage {out_dir.name}: {e}") from None
     wall = time.perf_counter() - t0
     real_tokens = trainer.real_tokens()
     full_state = gather_full_state(trainer) if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled else None

@@ -162,6 +162,11 @@ def run_strategy(cfg: RunConfig, progress: bool = True) -> Path:
     pools: dict[str, Pool] = {}
     composed: dict[str, Composed] = {}
     held = heldout_rows(cfg, stages, pools)
+    for i, stage in enumerate(stages):  # a pool the held-out rows leave empty fails before any stage trains
+        if not layout.manifest(layout.data_dir(layout.stage_dir(out, i + 1, stage.name))).exists():
+            for name in trained_sources([stage]):
+                if held.excluded(name):
+                    _pool(cfg, name, pools, held)
     heldout_sets = held.sets if "loss" in cfg.eval.tasks and cfg.curve.enabled else {}
     for name, why in held.errors.items() if heldout_sets else ():
         print(f"forgetting curves: held-out source {name!r} left out: {why.splitlines()[0]}", file=sys.stderr)
@@ -357,6 +362,13 @@ def _pool(cfg: RunConfig, name: str, pools: dict, held: HeldoutRows | None = Non
             ids = held.excluded(name)
             if ids:
                 kept = [c for c in pool.conversations if c.id not in ids]
+                if not kept:
+                    raise SftmixError(f"heldout.samples = {cfg.heldout.samples} takes all {len(pool)} rows of source {name!r}, which the "
+                                      f"run trains on, as held-out rows: none is left to train on. Lower "
+                                      f"heldout.samples, or give {name!r} more rows (sources.{name}.limit)")
+                if len(kept) < len(pool) - len(kept):
+                    print(f"warning: the held-out rows take {len(pool) - len(kept)} of the {len(pool)} rows of source {name!r} "
+                          f"(heldout.samples = {cfg.heldout.samples}); it trains on the other {len(kept)}", file=sys.stderr)
                 pool = Pool(pool.name, pool.ability, kept, pool.origin, {**pool.stats, "heldout_excluded": len(pool) - len(kept)})
             pools[key] = pool
     return pools[key]
