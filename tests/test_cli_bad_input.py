@@ -178,6 +178,8 @@ CASES = [
      "train.lr: Input should be a finite number (got inf)"),
     ("nan warmup", lambda t: ["train", str(run_cfg(t, train={**TINY_TRAIN, "warmup_ratio": float("nan")}))],
      "train.warmup_ratio: Input should be a finite number"),
+    ("mixture name out of -o", lambda t: ["data", "compose", str(compose_cfg(t, mixtures=[{"name": "../../out", "parts": [
+        {"source": "generated_math", "count": 5}]}])), "-o", str(t / "o" / "p")], "mixtures.0.name: Value error, a name must be one folder name"),
     ("run name out of runs/", lambda t: ["train", str(run_cfg(t, name="../elsewhere"))], "name: Value error, a name must be a folder name"),
     ("study name out of studies/", lambda t: ["study", "status", str(study_cfg(t, name="/abs"))], "name: Value error, a name must be a folder name"),
     ("study fit --seed -3", lambda t: ["study", "fit", str(study_cfg(t)), "--seed", "-3"], "--seed: expected a whole number in [0, 2**32), got -3"),

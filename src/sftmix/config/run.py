@@ -43,17 +43,20 @@ Frac = Annotated[float, BeforeValidator(_to_fraction)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
-def folder_name(v: str) -> str:
-    """A run's or study's name, which names its folder under ``runs/`` or ``studies/``: a relative
-    path that stays below that folder (nested names such as ``rq1/dmt`` are folders in folders)."""
+def folder_name(v: str, nested: bool = True) -> str:
+    """A name that names a folder: a run's or study's under ``runs/`` or ``studies/`` (``nested``:
+    names joined by '/' are folders in folders, e.g. ``rq1/dmt``), a mixture's or stage's in its
+    run or output folder (one folder). Either way it stays below the folder that holds it."""
     parts = v.replace("\\", "/").split("/")
-    if not v.strip() or v.startswith(("/", "~")) or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"a name must be a folder name (or names joined by '/') that stays below runs/ or studies/, without "
-                         f"'.', '..', empty parts or a leading '/' or '~'; got {v!r}")
+    if not v.strip() or v.startswith(("/", "~")) or any(p in ("", ".", "..") for p in parts) or (len(parts) > 1 and not nested):
+        what = "a folder name (or names joined by '/')" if nested else "one folder name (no '/')"
+        raise ValueError(f"a name must be {what} that stays below the folder holding it, without '.', '..', empty parts "
+                         f"or a leading '/' or '~'; got {v!r}")
     return v
 
 
-FolderName = Annotated[str, AfterValidator(folder_name)]
+FolderName = Annotated[str, AfterValidator(folder_name)]  # a run's or a study's
+PlainName = Annotated[str, AfterValidator(lambda v: folder_name(v, nested=False))]  # a mixture's or a stage's
 
 
 def is_task_path(name: str) -> bool:
@@ -151,7 +154,7 @@ class PartConfig(Strict):
 class MixtureConfig(Strict):
     """A named union of parts, shuffled with the seed."""
 
-    name: str = Field("mixture", description="the mixture's name (a later replay part names it)")
+    name: PlainName = Field("mixture", description="the mixture's name (a later replay part names it; its folder in `data compose -o`)")
     parts: list[PartConfig] = Field(..., min_length=1, description="its parts: a source (or a replayed mixture) and an amount")
     shuffle: bool = Field(True, description="shuffle the union with the seed")
 
@@ -233,7 +236,7 @@ class TrainSettings(Strict):
 class StageConfig(Strict):
     """One stage: a mixture and (partial) training settings over the run's defaults."""
 
-    name: str = Field(..., description="the stage's name (its folder stage<i>_<name>)")
+    name: PlainName = Field(..., description="the stage's name (its folder stage<i>_<name>)")
     mixture: MixtureConfig = Field(..., description="what the stage trains on")
     train: dict[str, Any] = Field(default_factory=dict, description="overrides of the run's `train` settings")
 
