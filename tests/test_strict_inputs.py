@@ -182,6 +182,13 @@ STUDY_CASES = [
      "run 'tasks=usertasks.x:t': eval.tasks: task 'usertasks.x:t': cannot import usertasks.x"),
     ("study with an unknown task", lambda t: ["study", "status", str(study_cfg(t, grid={"eval.tasks": [["loss", "humaneva"]]}))],
      "eval.tasks: unknown task 'humaneva' (did you mean 'humaneval'?)"),
+    ("a grid value listed twice", study(grid={"seed": [0, 0]}), "grid.seed: lists 0 twice (at 0 and 1)"),
+    ("a profile's grid value listed twice", profile(grid={"train.lr": [0.1, 0.2, 0.1]}), "profiles.small.grid.train.lr: lists 0.1 twice (at 0 and 2)"),
+    ("a million replicates", study(grid={"train.lr": [0.1]}, replicates=10**6),
+     "the grid makes 1,000,000 runs (train.lr: 1 x replicates: 1,000,000); a study holds at most 10,000"),
+    ("replicates and a seed axis", study(replicates=3), "replicates: 3 and a 'seed' axis in grid both set the seeds"),
+    ("an unknown source in one run", study(grid={"strategy.sources": [["generated_math"], ["generated_mth"]]}),
+     "run 'sources=generated_mth': unknown source 'generated_mth' (did you mean 'generated_math'?)"),
     ("study with two tasks of one name", lambda t: ["study", "status", str(study_cfg(
         t, grid={"eval.tasks": [["usertasks.exact:arithmetic", "usertasks.bad:arithmetic_again"]]}))], "are both named 'arithmetic'"),
 ]

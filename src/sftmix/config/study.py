@@ -49,6 +49,18 @@ def _check_axes(axes: Any, where: str) -> None:
             raise ValueError(f"{where}.{k}: expected a non-empty list of values, got {v!r}")
 
 
+def _check_grid(grid: dict[str, list], where: str) -> None:
+    """A product axis lists each value once: a repeat (``seed: [0, 0]`` for ``[0, 1]``) would be
+    one run where two were meant, folded without a word. Spellings of one value (``1`` and
+    ``"1/1"``) are one run, as their configs are one. (A zipped axis may repeat values.)"""
+    for k, values in grid.items():
+        written = [repr(v) for v in values]
+        for i, v in enumerate(written):
+            if v in written[:i]:
+                raise ValueError(f"{where}.{k}: lists {values[i]!r} twice (at {written.index(v)} and {i}); "
+                                 "each value of a grid axis is one set of runs")
+
+
 class Claim(Strict):
     """A comparison the report tests: group ``a`` against group ``b`` on ``metric``.
 
@@ -139,6 +151,7 @@ class StudyConfig(Strict):
     @model_validator(mode="after")
     def _check_parts(self) -> StudyConfig:
         _check_zip(self.zip, "zip")
+        _check_grid(self.grid, "grid")
         _check_fallbacks(self.fallbacks, "fallbacks")
         run_fields = set(RunConfig.model_fields)
         for pname, prof in self.profiles.items():
@@ -158,4 +171,6 @@ class StudyConfig(Strict):
                                      f"({', '.join(sorted(run_fields))}) and grid, zip, fallbacks")
             if "zip" in prof:
                 _check_zip(prof["zip"], f"{where}.zip")
+            if "grid" in prof:
+                _check_grid(prof["grid"], f"{where}.grid")
         return self

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,12 @@ from sftmix.data.sources import BUILTINS, SourceNotFound, load_pool
 from sftmix.errors import SftmixError, unknown
 from sftmix.eval.tasks import BUILTIN, resolve
 from sftmix.io import stable_hash, write_json
-from sftmix.train.strategies import run_id
+from sftmix.train.strategies import plan, run_id
 
 REPLICATE_AXIS = "seed"
+# Each run is a fine-tuning: a grid past this many is a typo (replicates: 1000000), and expanding it
+# would take the machine's memory before anything said so
+MAX_RUNS = 10_000
 
 
 @dataclass
@@ -183,11 +187,21 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
         fallbacks = prof.pop("fallbacks", None) or fallbacks
         base = deep_merge(base, prof)
     base = apply_fallbacks(base, fallbacks, notes, decided)
-    if study.replicates > 1 and REPLICATE_AXIS not in grid and REPLICATE_AXIS not in zips:
-        grid[REPLICATE_AXIS] = list(range(study.replicates))
     zlens = {len(v) for v in zips.values()}
     if len(zlens) > 1:  # the study model checks each zip; a profile's grid may still meet the study's zip
         raise SftmixError(f"{where}: zip axes must have equal lengths, got {sorted(zlens)}")
+    if study.replicates > 1 and (REPLICATE_AXIS in grid or REPLICATE_AXIS in zips):
+        raise SftmixError(f"{where}: replicates: {study.replicates} and a {REPLICATE_AXIS!r} axis in "
+                          f"{'grid' if REPLICATE_AXIS in grid else 'zip'} both set the seeds, and the axis would win without a word; "
+                          "give one of them")
+    replicate = study.replicates > 1
+    sizes = {**{k: len(v) for k, v in grid.items()}, **({"replicates": study.replicates} if replicate else {}),
+             **({"zip": zlens.pop()} if zips else {})}
+    if math.prod(sizes.values()) > MAX_RUNS:
+        raise SftmixError(f"{where}: the grid makes {math.prod(sizes.values()):,} runs "
+                          f"({' x '.join(f'{k}: {n:,}' for k, n in sizes.items())}); a study holds at most {MAX_RUNS:,}")
+    if replicate:
+        grid[REPLICATE_AXIS] = list(range(study.replicates))
     zipped = [dict(zip(zips, vals)) for vals in zip(*zips.values())] if zips else [{}]
     product = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
     runs, seen = [], {}
@@ -200,6 +214,10 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
                     set_path(data, k, v, where)
             data.setdefault("name", study.name)
             cfg = validate(RunConfig, data, f"{where} run {_label(point)!r}")
+            try:  # what a run checks before it trains (sources, replays, stage settings), for every run now
+                plan(cfg)
+            except SftmixError as e:
+                raise SftmixError(f"{where} run {_label(point)!r}: {e}") from None
             rid = run_id(cfg)
             if rid in seen:  # one config spelt twice (fraction 1 and "1/1") is one run ...
                 first = seen[rid]
