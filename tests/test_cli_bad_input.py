@@ -106,6 +106,15 @@ def replay_missing(tmp: Path) -> list[str]:
     return ["train", str(run_cfg(tmp, strategy=None, stages=stages))]
 
 
+def fake_gsm8k(tmp: Path) -> Path:
+    """A data folder with a two-question GSM8K test split in its format (no real data needed here)."""
+    (tmp / "data" / "gsm8k").mkdir(parents=True)
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"} for i in (1, 2)]
+    for split in ("train", "test"):
+        (tmp / "data" / "gsm8k" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp / "data"
+
+
 def held_out_everything(tmp: Path) -> list[str]:
     """A source without a test split gives its held-out rows from its pool: 10 of 5 rows is all of them."""
     data = write(tmp, "mine.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in ROWS))
@@ -146,6 +155,9 @@ CASES = [
     # values
     ("show --limit 0", lambda t: ["data", "show", "generated_math", "--limit", "0"], "--limit"),
     ("eval --max-new-tokens -5", lambda t: ["eval", "tiny", "--max-new-tokens", "-5", "--out", str(t / "e")], "--max-new-tokens"),
+    ("eval --max-new-tokens past the context", lambda t: ["eval", "tiny", "--tasks", "gsm8k", "--limit", "1", "--max-new-tokens", "2048",
+                                                         "--data-dir", str(fake_gsm8k(t)), "--out", str(t / "e")],
+     "gsm8k: max_new_tokens = 2048 is not below the model's context of 2,048 positions"),
     ("eval --loss-samples 0", lambda t: ["eval", "tiny", "--loss-samples", "0", "--out", str(t / "e")], "--loss-samples"),
     ("eval --tasks ,", lambda t: ["eval", "tiny", "--tasks", ",", "--out", str(t / "e")], "at least one"),
     # damaged state

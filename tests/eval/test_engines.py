@@ -126,6 +126,29 @@ def test_an_error_in_the_evaluation_stops_the_server(tmp_path):
     assert wait_gone(tag, 30) == []
 
 
+@pytest.mark.parametrize("backend", ["vllm_server", "vllm"])
+def test_an_engine_that_dies_mid_evaluation_is_an_error_that_says_why(backend, tmp_path):
+    """The tiny model's 16-wide attention heads are narrower than vLLM's CPU attention takes: the
+    engine starts, then dies at the first request. The server's client saw only a refused
+    connection ("is it running?"), and in-process vLLM ended in a traceback (exit 1); now the
+    server's error says it exited and gives the root cause from its log (not the later
+    'EngineDeadError'), and in-process vLLM's is one message, exit 2."""
+    tag = uuid.uuid4().hex
+    r = sftmix("eval", "tiny", "--tasks", "usertasks.exact:arithmetic", "--backend", backend, "--out", str(tmp_path / "ev"),
+               "--quiet", tag=tag)
+    assert r.returncode == 2, r.stderr[-3000:]
+    (said,) = [line for line in r.stderr.splitlines() if line.startswith("error: ")]  # sftmix's one message
+    assert "Traceback" not in r.stderr[r.stderr.index(said):], r.stderr[-3000:]
+    if backend == "vllm_server":
+        assert "the managed server exited with status" in said, said
+        assert "head_dim=16" in said.split("its first error: RuntimeError: ")[1].split("(and last")[0], said
+    else:
+        assert "eval.backend vllm: vLLM's engine died while generating; the engine logged why (its first error, on standard " \
+               "output)" in said, said
+        assert "RuntimeError: Unsupported CPU attention configuration: head_dim=16" in r.stdout
+    assert wait_gone(tag, 30) == []
+
+
 def test_a_server_that_cannot_start_is_an_error_with_its_log(tmp_path):
     tag = uuid.uuid4().hex
     out = tmp_path / "ev"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,6 +51,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# a Python error as a traceback ends it: at the start of a line or after a logger's "[file.py:12] "
+ERROR_LINE = re.compile(r"(?:^|\] )((?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): .+)$")
+
+
+def first_error(path: Path) -> str:
+    """The first Python error a log reports (the root cause: what fails next comes after it), with
+    the last one where it differs; '' if none."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [m.group(1).strip() for line in lines if (m := ERROR_LINE.search(line))]
+    if not errors:
+        return ""
+    return errors[0] + (f" (and last: {errors[-1]})" if errors[-1] != errors[0] else "")
 
 
 def log_tail(path: Path, chars: int = 3000) -> str:
@@ -137,15 +155,31 @@ class ManagedServer:
         while True:
             if self.proc.poll() is not None:
                 raise SftmixError(f"eval.vllm_server: the server exited with status {self.proc.returncode} before it answered; "
-                                  f"log {self.log}, last lines:\n{log_tail(self.log)}")
+                                  f"log {self.log}{self._first_error()}, last lines:\n{log_tail(self.log)}")
             with contextlib.suppress(OSError, ValueError):
                 with urllib.request.urlopen(self.url + "/models", timeout=2) as r:
                     if r.status == 200:
                         return
             if time.monotonic() > deadline:
                 raise SftmixError(f"eval.vllm_server: the server did not answer within {self.cfg.start_timeout_s:.0f} s "
-                                  f"(eval.vllm_server.start_timeout_s); log {self.log}, last lines:\n{log_tail(self.log)}")
+                                  f"(eval.vllm_server.start_timeout_s); log {self.log}{self._first_error()}, last lines:\n"
+                                  f"{log_tail(self.log)}")
             time.sleep(1.0)
+
+    def _first_error(self) -> str:
+        error = first_error(self.log)
+        return f", its first error: {error}" if error else ""
+
+    def failure(self, wait_s: float = 10.0) -> str:
+        """Why the server stopped answering, as far as it says: whether it exited (waiting up to
+        ``wait_s`` for a server that is going down) and the first error its log reports."""
+        if self.proc is None:
+            return ""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(wait_s)
+        status = self.proc.poll()
+        state = f"exited with status {status}" if status is not None else "is still running"
+        return f"the managed server {state}; log {self.log}{self._first_error() or ', which reports no error'}"
 
     def served_model(self) -> str:
         """The model name requests must use (the adapter's name for an adapter folder)."""

@@ -87,6 +87,7 @@ class Generator:
     progress = True
     tokenizer = None  # each backend sets its own: it renders prompts and counts the tokens an answer costs
     tokens_processed = 0  # prompt and answer tokens of every answer given, cached ones too (2·N FLOPs each)
+    context: int | None = None  # positions the model reads, prompt and answer together, where the backend knows it
 
     def use_cache(self, path: str | Path) -> None:
         """Serve and keep answers in the JSONL file at ``path`` (a rerun generates only what is missing)."""
@@ -100,6 +101,10 @@ class Generator:
         known = self.cache.answers if self.cache else {}
         out: list[str | None] = [known.get(k) for k in keys]
         todo = [i for i, t in enumerate(out) if t is None]
+        if todo and self.context is not None and max_new_tokens >= self.context:
+            # transformers only warns and generates on past the positions the model was trained for
+            raise SftmixError(f"{desc}: max_new_tokens = {max_new_tokens} is not below the model's context of {self.context:,} "
+                              "positions, which also hold the prompt; lower the task's max_new_tokens (eval.<task>.max_new_tokens, --max-new-tokens)")
         if todo:
             for j, text in self._answers([prompts[i] for i in todo], max_new_tokens, temperature, list(stop), seed, desc):
                 i = todo[j]
@@ -147,6 +152,7 @@ class HFGenerator(Generator):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU machine generates on its GPU
         self.model = load_model(model_path, dtype).to(self.device)
         self.model.eval()
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.batch_size = batch_size
         self.progress = progress
         self.torch = torch
@@ -203,6 +209,7 @@ class VLLMGenerator(Generator):
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
         self.llm = LLM(**kwargs)
+        self.context = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_model_len", None)
         self.tokenizer = self.llm.get_tokenizer()
         self.progress = progress
         self.identity = ("vllm", cfg.dtype)
@@ -229,7 +236,14 @@ class VLLMGenerator(Generator):
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if temperature > 1e-4 else 0.0,
                                 stop=list(stop) or None, seed=seed)
         for start in track(range(0, len(prompts), self.chunk), desc, enabled=self.progress):
-            outs = self.llm.generate(prompts[start: start + self.chunk], params, use_tqdm=False)
+            try:
+                outs = self.llm.generate(prompts[start: start + self.chunk], params, use_tqdm=False)
+            except Exception as e:
+                if type(e).__name__ != "EngineDeadError":  # by name: where vLLM defines it has moved between versions
+                    raise
+                raise SftmixError("eval.backend vllm: vLLM's engine died while generating; the engine logged why (its first "
+                                  "error, on standard output), e.g. a model shape its attention cannot run on this device "
+                                  f"({e})") from None
             for j, o in enumerate(outs):
                 yield start + j, o.outputs[0].text
 
@@ -346,6 +360,13 @@ class ManagedServerGenerator(OpenAIGenerator):
             self.server.close()
             raise
         self.identity = ("vllm_server", self.dtype)
+
+    def _fail(self, e: Exception) -> SftmixError:
+        failed = super()._fail(e)
+        if getattr(e, "status_code", None) is not None:  # it answered (an HTTP error): it is alive
+            return failed
+        # a server that stops answering mid-evaluation has most often died: say so, and why, from its log
+        return SftmixError(f"{failed} ({self.server.failure()})")
 
     def engine(self) -> dict:
         """vLLM's server, with the version it reports."""
