@@ -51,7 +51,13 @@ def test_files_json_jsonl_gz_parquet(tmp_path):
     with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    for name in ("a.jsonl", "b.json", "c.jsonl.gz", "d.parquet"):
+    # the byte-order mark some Windows tools write first (an error, "Unexpected UTF-8 BOM", before)
+    bom = "\ufeff".encode()
+    (tmp_path / "e.jsonl").write_bytes(bom + (tmp_path / "a.jsonl").read_bytes())
+    (tmp_path / "f.json").write_bytes(bom + (tmp_path / "b.json").read_bytes())
+    with gzip.open(tmp_path / "g.jsonl.gz", "wb") as f:
+        f.write(bom + (tmp_path / "a.jsonl").read_bytes())
+    for name in ("a.jsonl", "b.json", "c.jsonl.gz", "d.parquet", "e.jsonl", "f.json", "g.jsonl.gz"):
         got = [r for _, r in read_rows(tmp_path / name)]
         assert got == rows, name
 

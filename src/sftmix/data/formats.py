@@ -148,9 +148,10 @@ def guess_format(row: dict) -> str:
 # ---------------------------------------------------------------- files
 
 def _open_text(path: Path) -> io.TextIOBase:
+    # utf-8-sig: the byte-order mark some Windows tools write first is not data (JSON has none)
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def _inner_suffix(path: Path) -> str:
