@@ -26,6 +26,7 @@ from sftmix.eval.engine import free_port
 from sftmix.study import worker
 from sftmix.study.executors import EXECUTORS
 from sftmix.study.executors.slurm import read_job, rendezvous_port
+from sftmix.runlock import RunLock, holder, is_running
 from sftmix.study.worker import launch_command
 from sftmix.train.checkpoints import checkpoint_complete
 from sftmix.train.meta import read_meta
@@ -171,11 +172,11 @@ def test_submitit_local_jobs_run_the_study_with_the_local_results(tmp_path, loca
 
 def test_two_workers_never_train_the_same_run(tmp_path):
     run_out = tmp_path / "run"
-    with worker.RunLock(run_out):
-        assert worker.is_running(run_out)
-        assert worker.holder(run_out).pid == os.getpid()  # what `study status` shows as "running on"
+    with RunLock(run_out):
+        assert is_running(run_out)
+        assert holder(run_out).pid == os.getpid()  # what `study status` shows as "running on"
         assert worker.execute({}, str(run_out)) == "running elsewhere"
-    assert not worker.is_running(run_out)
+    assert not is_running(run_out)
 
 
 @pytest.mark.parametrize("extra,args,expected", [

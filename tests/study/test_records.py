@@ -13,7 +13,8 @@ from sftmix.io import read_record, write_jsonl
 from sftmix.study.executors.slurm import JobRecord
 from sftmix.study.ingest import curve_rows, data_rows, sample_rows
 from sftmix.study.store import CurvePoint, DataPart, Sample
-from sftmix.study.worker import DoneRecord, ErrorRecord, LockHolder
+from sftmix.runlock import LockHolder
+from sftmix.study.worker import DoneRecord, ErrorRecord
 from sftmix.supervised import SavedHeldout
 from sftmix.train.meta import StageMeta
 

@@ -12,12 +12,14 @@ import yaml
 from conftest import REPO
 from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
 from sftmix import pipeline
+from sftmix.cli import main
 from sftmix.config import RunConfig, validate
 from sftmix.config.run import STRATEGY_MODELS
 from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
 from sftmix.io import read_record
 from sftmix.models import load_tokenizer, resolve_model
+from sftmix.runlock import RunLock
 from sftmix.templates import render_model
 from sftmix.train import stage
 from sftmix.train.meta import StageMeta, read_meta
@@ -190,6 +192,31 @@ def test_held_out_rows_that_take_most_of_a_trained_pool_are_said(tmp_path, capsy
     assert "the held-out rows take 4 of the 6 rows of source 'mine' (heldout.samples = 4); it trains on the other 2" in capsys.readouterr().err
     with pytest.raises(SftmixError, match="heldout.samples = 6 takes all 6 rows of source 'mine', which the run trains on"):
         training_pools(tiny_run(tmp_path, "all", heldout={"sources": ["mine"], "samples": 6}, **fields), ["mine"])
+
+
+def test_one_training_of_a_folder_at_a_time(tmp_path, capsys):
+    """`sftmix train` twice on one folder wrote the same checkpoints from two processes. Now the
+    second is refused, told who trains it; a process the holder started (a launched training)
+    trains under the holder's lock; and a killed holder leaves no stale lock."""
+    run_out = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    data = tiny_run(tmp_path, "one", strategy={"name": "individual", "sources": ["generated_math"]}, output_dir=str(run_out))
+    cfg.write_text(yaml.safe_dump(data.model_dump(mode="json")))
+    hold = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom sftmix.runlock import RunLock\n"
+                             "with RunLock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)", str(run_out)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout.readline().strip() == "held"
+        assert main(["train", str(cfg), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run_out} is being trained by process {hold.pid} on " in err and "two trainings of one folder" in err, err
+        assert not list(run_out.glob("stage*"))
+    finally:
+        hold.kill()
+        hold.wait()
+    with RunLock(run_out):  # as a study's worker holds it when it launches `sftmix train` in other processes
+        assert main(["train", str(cfg), "--quiet"]) == 0
+    assert stage.stage_done(run_out / "stage1_generated_math")
 
 
 def test_template_the_tokenizer_cannot_render(tmp_path):

@@ -14,10 +14,12 @@ def cmd_train(args) -> None:
     """``sftmix train``: train every stage of a run config (no evaluation)."""
     # per command: see the module docstring
     from sftmix import pipeline
+    from sftmix.runlock import TrainingLock
 
     p = pipeline.plan(load_run(args))
     print(f"run {p.cfg.name}: {len(p.stages)} stage(s): {' -> '.join(s.name for s in p.stages)}; output {p.out}")
-    final = pipeline.train(p, progress=not args.quiet)
+    with TrainingLock(p.out):  # one training of a folder at a time
+        final = pipeline.train(p, progress=not args.quiet)
     print(f"final checkpoint: {final}")
 
 
@@ -26,8 +28,12 @@ def cmd_run(args) -> None:
     # per command: see the module docstring
     from sftmix import pipeline
     from sftmix.cli.eval import headline
+    from sftmix.runlock import TrainingLock
+    from sftmix.train.strategies import run_dir
 
-    _, doc = pipeline.run(load_run(args), progress=not args.quiet)
+    cfg = load_run(args)
+    with TrainingLock(run_dir(cfg)):  # one training of a folder at a time
+        _, doc = pipeline.run(cfg, progress=not args.quiet)
     print(json.dumps({t: headline(doc.spec(t), m) for t, m in doc.tasks.items()}, indent=1))
 
 

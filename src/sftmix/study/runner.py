@@ -14,6 +14,7 @@ from pathlib import Path
 from sftmix import layout
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
+from sftmix import runlock
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job, read_job
 from sftmix.study.grid import PlannedRun, check_metrics, expand, read_decisions, write_decisions
@@ -72,7 +73,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
             while queue and len(handles) < ex.parallel:
                 run = queue.pop(0)
                 run_out = run_path(out, run)
-                if worker.is_running(run_out) or queued_job(run_out):
+                if runlock.is_running(run_out) or queued_job(run_out):
                     print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
                     waiting[run.id] = run
                     continue
@@ -96,7 +97,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                 last_look = time.monotonic()
                 for rid, run in list(waiting.items()):
                     run_out = run_path(out, run)
-                    if not worker.is_running(run_out) and not queued_job(run_out):
+                    if not runlock.is_running(run_out) and not queued_job(run_out):
                         del waiting[rid]
                         if not ingest(store, run, out):
                             queue.append(run)  # its worker died without a result: run it here
@@ -156,8 +157,8 @@ def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = 
             where = f"{job.executor} job {job.job_id}" if job else "local"
             if (run_out / worker.DONE).exists():
                 state, detail = "done", "finished; ingested at the next `study run`"
-            elif worker.is_running(run_out):
-                holder = worker.holder(run_out)
+            elif runlock.is_running(run_out):
+                holder = runlock.holder(run_out)
                 on = f"host {holder.host}, pid {holder.pid}" if holder else "a worker"
                 state, detail = "running", f"on {where + ', ' if job else ''}{on}"
             elif q := queued_job(run_out):

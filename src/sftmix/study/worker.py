@@ -10,7 +10,6 @@ tell a running run from a pending one.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import time
@@ -23,10 +22,11 @@ from pydantic import BaseModel, ConfigDict
 from sftmix import layout, pipeline
 from sftmix.config import RunConfig
 from sftmix.io import read_record, write_json
+from sftmix.runlock import AlreadyRunning, RunLock
 from sftmix.threads import thread_env
 from sftmix.train.strategies import adopt_training
 
-LOCK, DONE, ERROR, JOB = layout.LOCK, layout.DONE, layout.ERROR, layout.JOB
+DONE, ERROR, JOB = layout.DONE, layout.ERROR, layout.JOB
 
 
 class _Record(BaseModel):
@@ -48,77 +48,10 @@ class ErrorRecord(_Record):
     traceback: str = ""
 
 
-class LockHolder(_Record):
-    """What a worker writes into the run's ``.lock`` it holds: where it runs and since when."""
-
-    pid: int
-    host: str
-    since: float
-
-
 def read_error(run_out: Path) -> ErrorRecord | None:
     """A failed run's ``error.json``, where there is one."""
     path = Path(run_out) / ERROR
     return read_record(path, ErrorRecord) if path.exists() else None
-
-
-class AlreadyRunning(Exception):
-    """Another worker holds this run's lock."""
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``run_out/.lock``, held while a worker trains and evaluates."""
-
-    def __init__(self, run_out: Path, wait_s: float = 2.0):
-        self.path = Path(run_out) / LOCK
-        self.wait_s = wait_s
-        self.fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.wait_s  # a driver's probe holds the lock for microseconds
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise AlreadyRunning(str(self.path)) from None
-                time.sleep(0.05)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time()).model_dump_json().encode())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-
-
-def is_running(run_out: Path) -> bool:
-    """Whether a worker holds the run's lock now (a probe: shared, non-blocking, released at once)."""
-    path = Path(run_out) / LOCK
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def holder(run_out: Path) -> LockHolder | None:
-    """Who holds (or last held) the run's lock, as its worker wrote it (None: not known)."""
-    try:
-        return LockHolder.model_validate_json((Path(run_out) / LOCK).read_text())
-    except (OSError, ValueError):  # no lock file, or one a worker is writing now
-        return None
 
 
 def limit_threads(cpus: int | None) -> None:

@@ -1,0 +1,131 @@
+"""One training of a run folder at a time: an exclusive ``flock`` on ``<run folder>/.lock``, held
+by whatever trains the folder (a study's worker, ``sftmix run``, ``sftmix train``) for as long as
+it trains and evaluates. Two trainings of one folder would write the same checkpoints; the second
+is refused and told who holds the folder (``LockHolder``, written into the lock file).
+
+The lock is taken once per training: the holder names its lock in ``SFTMIX_RUN_LOCK``, so the
+processes it starts (``accelerate launch ... sftmix train`` for several GPUs or nodes) know that
+their folder is already theirs, and in a distributed launch only the first process takes it. The
+kernel releases a ``flock`` when its holder dies, so a killed training never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from sftmix.errors import SftmixError
+from sftmix.layout import LOCK
+
+HELD = "SFTMIX_RUN_LOCK"  # the lock file this process and its children hold
+
+
+class LockHolder(BaseModel):
+    """What the holder writes into the lock file: where it runs and since when."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pid: int
+    host: str
+    since: float
+
+
+class AlreadyRunning(Exception):
+    """Another process holds this run folder's lock."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_out/.lock``, held while a run trains and evaluates."""
+
+    def __init__(self, run_out: Path, wait_s: float = 2.0):
+        self.path = Path(run_out).resolve() / LOCK
+        self.wait_s = wait_s
+        self.fd: int | None = None
+        self._before: str | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait_s  # a driver's probe holds the lock for microseconds
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise AlreadyRunning(str(self.path)) from None
+                time.sleep(0.05)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time()).model_dump_json().encode())
+        self._before = os.environ.get(HELD)
+        os.environ[HELD] = str(self.path)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        if self._before is None:
+            os.environ.pop(HELD, None)
+        else:
+            os.environ[HELD] = self._before
+
+
+def is_running(run_out: Path) -> bool:
+    """Whether a process holds the run's lock now (a probe: shared, non-blocking, released at once)."""
+    path = Path(run_out) / LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def holder(run_out: Path) -> LockHolder | None:
+    """Who holds (or last held) the run's lock, as it wrote it (None: not known)."""
+    try:
+        return LockHolder.model_validate_json((Path(run_out) / LOCK).read_text())
+    except (OSError, ValueError):  # no lock file, or one its holder is writing now
+        return None
+
+
+class TrainingLock:
+    """``RunLock`` for ``sftmix run`` and ``sftmix train``: nothing where this process's parent
+    already holds the folder (a launched training) or where it is not a launch's first process;
+    elsewhere the lock, or an error that says who holds it."""
+
+    def __init__(self, run_out: Path):
+        self.run_out = Path(run_out)
+        self.lock: RunLock | None = None
+
+    def __enter__(self) -> TrainingLock:
+        path = str(self.run_out.resolve() / LOCK)
+        if os.environ.get(HELD) == path or os.environ.get("RANK", "0") != "0":
+            return self
+        self.lock = RunLock(self.run_out)
+        try:
+            self.lock.__enter__()
+        except AlreadyRunning:
+            h = holder(self.run_out)
+            who = (f"process {h.pid} on {h.host} since {datetime.fromtimestamp(h.since):%Y-%m-%d %H:%M}" if h is not None
+                   else "another process")
+            raise SftmixError(f"{self.run_out} is being trained by {who} ({path}): two trainings of one folder would write "
+                              "the same checkpoints; wait for it to end, or stop it") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.__exit__(*exc)
