@@ -10,6 +10,8 @@ Names understood by ``resolve_model``:
 - ``tiny-vllm``: the same with one attention head of 64 (vLLM's CPU attention takes no smaller
   head), for tests that serve a trained checkpoint through vLLM.
 - a path ending in ``.gguf``: converted like the embedded default.
+- a PEFT adapter folder (``adapter_config.json``, no ``config.json``): its base with the adapter
+  merged, built once into the cache (``merge_adapter``).
 - an existing local folder: used as is.
 - anything else: a hub id (``from_pretrained`` honours ``HF_HUB_OFFLINE``).
 """
@@ -17,13 +19,14 @@ Names understood by ``resolve_model``:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
 from sftmix.data.generated import generate_code, generate_math
 from sftmix.errors import SftmixError
 from sftmix.io import building, stable_hash
-from sftmix.layout import safetensors_damage
+from sftmix.layout import safetensors_damage, weights_fingerprint
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -65,6 +68,41 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
             fresh.load_state_dict(loaded.state_dict())
             fresh.save_pretrained(tmp)
             AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+    return out
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def merge_adapter(folder: Path) -> Path:
+    """A PEFT adapter folder (a LoRA trained elsewhere, e.g. with TRL) as a model folder: the base
+    model its config names (``base_model_name_or_path``, resolved as any model name) with the
+    adapter merged into its weights, in the base's dtype, and the adapter folder's tokenizer where
+    it has one (else the base's). Built once into the cache, keyed by the adapter's files and the
+    base's weights, so every command (training from it, evaluation, any backend) reads a plain folder."""
+    config = folder / ADAPTER_CONFIG
+    try:
+        base_name = json.loads(config.read_text())["base_model_name_or_path"]
+        if not isinstance(base_name, str) or not base_name:
+            raise ValueError(f"base_model_name_or_path is {base_name!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SftmixError(f"{config}: not a PEFT adapter config that names its base model ({type(e).__name__}: {e})") from None
+    base = resolve_model(base_name)
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
+    out = cache_dir() / "models" / f"merged-{stable_hash([str(folder.resolve()), files, base, weights_fingerprint(base)], 12)}"
+    if (out / "config.json").exists():
+        return out
+    # imported here: peft loads torch; only an adapter folder needs it
+    from peft import PeftModel
+
+    with building(out, "config.json") as tmp:
+        if tmp is not None:
+            try:
+                merged = PeftModel.from_pretrained(load_model(base, "auto"), str(folder)).merge_and_unload()
+            except (OSError, ValueError, RuntimeError) as e:  # an adapter of another base's shapes, a missing file
+                raise SftmixError(f"cannot merge the adapter {folder} into its base {base_name!r}: {str(e).splitlines()[0]}") from None
+            merged.save_pretrained(tmp)
+            load_tokenizer(str(folder) if (folder / "tokenizer_config.json").exists() else base).save_pretrained(tmp)
     return out
 
 
@@ -131,8 +169,11 @@ def resolve_model(name: str) -> str:
             raise SftmixError(f"model file {p} does not exist")
         return str(convert_gguf(p.resolve(), cache_dir() / "models" / f"gguf-{stable_hash(str(p.resolve()), 12)}"))
     if p.exists():
+        if (p / ADAPTER_CONFIG).exists() and not (p / "config.json").exists():
+            return str(merge_adapter(p))
         if not (p / "config.json").exists():
-            raise SftmixError(f"model folder {p} has no config.json (not a Hugging Face model folder)")
+            raise SftmixError(f"model folder {p} has no config.json (not a Hugging Face model folder) and no {ADAPTER_CONFIG} "
+                              "(not a PEFT adapter folder)")
         return str(p)
     if name.startswith((".", "/", "~")):
         raise SftmixError(f"model path {p} does not exist")
@@ -156,7 +197,7 @@ def load_tokenizer(path: str):
 
 
 def load_model(path: str, dtype: str = "float32", attention: str | None = None):
-    """A causal LM from a folder in ``dtype`` (with transformers' ``attention`` implementation,
+    """A causal LM from a folder in ``dtype`` (``auto``: as stored) (with transformers' ``attention`` implementation,
     else its default); a missing or broken weight file is a clear error."""
     # imported here: torch is heavy; `sftmix --help` and the data commands do not need it
     import torch
@@ -164,7 +205,7 @@ def load_model(path: str, dtype: str = "float32", attention: str | None = None):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
                                                     **({"attn_implementation": attention} if attention else {}))
     except (OSError, SafetensorError) as e:  # a weights file missing, cut short or damaged: name it
         for w in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
