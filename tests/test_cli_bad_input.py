@@ -195,6 +195,16 @@ CASES = [
     ("run name out of runs/", lambda t: ["train", str(run_cfg(t, name="../elsewhere"))], "name: Value error, a name must be a folder name"),
     ("study name out of studies/", lambda t: ["study", "status", str(study_cfg(t, name="/abs"))], "name: Value error, a name must be a folder name"),
     ("study fit --seed -3", lambda t: ["study", "fit", str(study_cfg(t)), "--seed", "-3"], "--seed: expected a whole number in [0, 2**32), got -3"),
+    # a key written twice: PyYAML keeps the last in silence
+    ("run key written twice", lambda t: ["train", str(write(t, "r.yaml", run_cfg(t).read_bytes() + b"name: again\n"))],
+     "key 'name' is written twice in one mapping (first on line"),
+    ("train.lr written twice", lambda t: ["train", str(write(t, "r.yaml", b"name: r\nmodel: tiny\ntrain:\n  lr: 1.0e-3\n  epochs: 1\n"
+                                                                        b"  lr: 2.0e-3\n"))],
+     "r.yaml:6:3: invalid YAML: key 'lr' is written twice in one mapping (first on line 4)"),
+    ("study key written twice", lambda t: ["study", "status", str(write(t, "s.yaml", study_cfg(t).read_bytes() + b"name: t\n"))],
+     "key 'name' is written twice in one mapping (first on line"),
+    ("override given twice", lambda t: ["train", str(run_cfg(t)), "train.lr=1e-3", "train.lr=2e-3"],
+     "override 'train.lr=2e-3': train.lr is set twice among the overrides (also 'train.lr=1e-3')"),
     ("held-out rows take a trained pool whole", held_out_everything, "heldout.samples = 10 takes all 5 rows of source 'mine', which the run"),
 ]
 

@@ -593,15 +593,45 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key written twice in one mapping is an error naming both lines.
+    PyYAML keeps the last silently (the YAML spec says keys are unique), so a `train.lr` written
+    twice in a long config trained with whichever came second. A merge (`<<: *base`) may still
+    be overridden by a key of the mapping itself, as YAML says."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is written twice in one mapping (first on line {first.line + 1}); "
+                        "YAML keeps only one of them: delete the other", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str):
+    """YAML text as Python values (the safe loader), refusing a key written twice in one mapping."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML config file as a mapping; a missing file, bad YAML or a non-mapping is an error naming the file."""
+    """A YAML config file as a mapping; a missing file, bad YAML (a key written twice included) or
+    a non-mapping is an error naming the file."""
     path = Path(path)
     if not path.exists():
         raise SftmixError(f"{path}: config file not found")
     if path.is_dir():
         raise SftmixError(f"{path}: is a folder; expected a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise SftmixError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
@@ -665,15 +695,19 @@ def apply_overrides(data: dict, overrides: list[str], where: str = "command line
     it when missing. A step into a scalar, a bad index or an unparsable value is a ``SftmixError``
     naming the override and the step.
     """
+    given: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise SftmixError(f"override {item!r}: expected key.path=value")
         key, raw = item.split("=", 1)
+        if key in given:  # which one was meant? (Hydra refuses the same)
+            raise SftmixError(f"override {item!r}: {key} is set twice among the overrides (also {given[key]!r}); give it once")
+        given[key] = item
         parts = key.split(".")
         if not key or any(not p for p in parts):
             raise SftmixError(f"override {item!r}: empty step in key path {key!r}")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as e:
             raise SftmixError(f"override {item!r}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
         node: Any = data
