@@ -25,12 +25,27 @@ def test_each_format_reads_its_rows():
     assert FORMATS["messages"]({"messages": [{"role": "user", "content": "hi"}]}) == [{"role": "user", "content": "hi"}]
 
 
+def test_messages_with_text_parts_read_as_the_same_conversation_as_plain_strings():
+    """OpenAI's content parts (chat-completion logs, multimodal datasets): text parts joined with
+    newlines, as vLLM joins them; the conversation (and so its id) is the one written as strings."""
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"},
+                                                       {"type": "text", "text": "Answer briefly."}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "4"}]}]}
+    plain = {"messages": [{"role": "user", "content": "What is 2+2?\nAnswer briefly."}, {"role": "assistant", "content": "4"}]}
+    assert FORMATS["messages"](parts) == FORMATS["messages"](plain)
+    assert content_id(FORMATS["messages"](parts)) == content_id(FORMATS["messages"](plain))
+
+
 @pytest.mark.parametrize("fmt,row,field", [
     ("alpaca", {"input": "x", "output": "y"}, "instruction"),
     ("gsm8k", {"question": "q"}, "answer"),
     ("gsm8k", {"question": "q", "answer": 3}, "answer"),
     ("sharegpt", {"conversations": [{"from": "alien", "value": "x"}]}, "from"),
     ("messages", {"messages": [{"role": "bot", "content": "x"}]}, "role"),
+    ("messages", {"messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content must be a string or a list of text parts, got int"),
+    ("messages", {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "image_url", "image_url": {}}]}]},
+     r"messages\[0\]\.content\[1\] is not a text part .*got 'image_url'"),
+    ("messages", {"messages": [{"role": "user", "content": ["bare string"]}]}, r"content\[0\] is not a text part .*got 'str'"),
 ])
 def test_bad_rows_name_the_field(fmt, row, field):
     with pytest.raises(RowError, match=field):

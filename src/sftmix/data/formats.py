@@ -7,7 +7,7 @@ Nothing after this module knows the raw format.
 Formats:
 - ``alpaca``: ``instruction``, optional ``input``, ``output`` (or ``response``)
 - ``sharegpt``: ``conversations`` = list of ``{from, value}``, roles human/gpt/system (+ aliases)
-- ``messages``: ``messages`` = list of ``{role, content}``
+- ``messages``: ``messages`` = list of ``{role, content}``; content a string or a list of text parts
 - ``gsm8k``: ``question``, ``answer``
 - ``gsm8k_rft``: ``query``, ``response``
 """
@@ -92,10 +92,28 @@ def read_messages(row: dict) -> list[dict]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
             raise RowError(f"messages[{i}].role must be one of system, user, assistant")
-        if not isinstance(m.get("content"), str):
-            raise RowError(f"messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": m["role"], "content": _content(m.get("content"), f"messages[{i}].content")})
     return out
+
+
+def _content(content, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of content parts (``{"type": "text", "text":
+    ...}``, as chat-completion logs and multimodal datasets write it) of which every part is text,
+    joined with newlines as vLLM's chat handling joins them. A part that is not text (an image, an
+    audio clip) is an error: sftmix trains text models, and dropping the part would train the
+    answer on a question the model never saw."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise RowError(f"{where} must be a string or a list of text parts, got {type(content).__name__}")
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise RowError(f"{where}[{j}] is not a text part ({{\"type\": \"text\", \"text\": ...}}; got {kind!r}): "
+                           "sftmix trains on text only")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def read_gsm8k(row: dict) -> list[dict]:
