@@ -193,6 +193,11 @@ CASES = [
     ("mixture name out of -o", lambda t: ["data", "compose", str(compose_cfg(t, mixtures=[{"name": "../../out", "parts": [
         {"source": "generated_math", "count": 5}]}])), "-o", str(t / "o" / "p")], "mixtures.0.name: Value error, a name must be one folder name"),
     ("run name out of runs/", lambda t: ["train", str(run_cfg(t, name="../elsewhere"))], "name: Value error, a name must be a folder name"),
+    ("run name too long for a folder", lambda t: ["train", str(run_cfg(t, name="a" * 201))],
+     "name: Value error, a name's folder is at most 200 bytes long (UTF-8); got one of 201 bytes"),
+    ("stage name too long for a folder", lambda t: ["train", str(run_cfg(t, strategy=None, stages=[
+        {"name": "\u00e9" * 101, "mixture": {"parts": [{"source": "generated_math", "count": 8}]}}]))], "got one of 202 bytes"),
+    ("compose -o name too long", lambda t: ["data", "compose", str(compose_cfg(t)), "-o", str(t / ("o" * 300))], "File name too long"),
     ("study name out of studies/", lambda t: ["study", "status", str(study_cfg(t, name="/abs"))], "name: Value error, a name must be a folder name"),
     ("study fit --seed -3", lambda t: ["study", "fit", str(study_cfg(t)), "--seed", "-3"], "--seed: expected a whole number in [0, 2**32), got -3"),
     # a key written twice: PyYAML keeps the last in silence

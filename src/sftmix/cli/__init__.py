@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except SftmixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as e:
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave or the disk it is on: a fault to show whole
+            raise
+        # a folder that is a file, no permission, a name too long, a full or read-only disk: the path and why
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -43,6 +43,9 @@ Frac = Annotated[float, BeforeValidator(_to_fraction)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
+MAX_NAME_BYTES = 200
+
+
 def folder_name(v: str, nested: bool = True) -> str:
     """A name that names a folder: a run's or study's under ``runs/`` or ``studies/`` (``nested``:
     names joined by '/' are folders in folders, e.g. ``rq1/dmt``), a mixture's or stage's in its
@@ -52,6 +55,9 @@ def folder_name(v: str, nested: bool = True) -> str:
         what = "a folder name (or names joined by '/')" if nested else "one folder name (no '/')"
         raise ValueError(f"a name must be {what} that stays below the folder holding it, without '.', '..', empty parts "
                          f"or a leading '/' or '~'; got {v!r}")
+    longest = max(len(part.encode()) for part in parts)
+    if longest > MAX_NAME_BYTES:  # file systems take 255 bytes a name; the folders add prefixes (stage2_...) and suffixes
+        raise ValueError(f"a name's folder is at most {MAX_NAME_BYTES} bytes long (UTF-8); got one of {longest} bytes")
     return v
 
 
