@@ -63,7 +63,8 @@ def train(p: Plan, progress: bool = True, launcher: list[str] | None = None) -> 
     p.out.mkdir(parents=True, exist_ok=True)  # a node other than the first may get here before it
     path = p.out / "run.yaml"
     path.write_text(yaml.safe_dump(p.cfg.model_dump(mode="json")))
-    subprocess.run([*launcher, "-m", "sftmix.cli", "train", str(path), "--quiet"], check=True)
+    # bars off in the launched processes, log lines on (off too where this command is --quiet: its environment says so)
+    subprocess.run([*launcher, "-m", "sftmix.cli", "train", str(path), "--no-progress"], check=True)
     return p.final
 
 

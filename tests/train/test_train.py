@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -217,6 +218,27 @@ def test_one_training_of_a_folder_at_a_time(tmp_path, capsys):
     with RunLock(run_out):  # as a study's worker holds it when it launches `sftmix train` in other processes
         assert main(["train", str(cfg), "--quiet"]) == 0
     assert stage.stage_done(run_out / "stage1_generated_math")
+
+
+def test_quiet_prints_no_trainer_log_lines_and_keeps_them_in_meta(tmp_path, capsys, monkeypatch):
+    """With its bars off (a launched process, a Slurm job's log) a training still prints the
+    trainer's loss lines; `--quiet` prints none, in this process and in those it starts, and the
+    losses are in meta.json either way. The command leaves its caller's environment as it was."""
+    monkeypatch.delenv("SFTMIX_QUIET", raising=False)
+    printed = {}
+    for flag in ("--no-progress", "--quiet"):
+        out = tmp_path / flag.strip("-")
+        cfg = tmp_path / f"{flag.strip('-')}.yaml"
+        data = tiny_run(tmp_path, "q", strategy={"name": "individual", "sources": ["generated_math"]}, output_dir=str(out))
+        cfg.write_text(yaml.safe_dump(data.model_dump(mode="json")))
+        assert main(["train", str(cfg), flag]) == 0
+        captured = capsys.readouterr()
+        printed[flag] = captured.out + captured.err
+        assert losses(out / "stage1_generated_math" / "final")  # logged whether printed or not
+        assert "SFTMIX_QUIET" not in os.environ
+    assert "'loss':" in printed["--no-progress"], printed["--no-progress"]
+    assert "'loss':" not in printed["--quiet"] and "'train_runtime':" not in printed["--quiet"], printed["--quiet"]
+    assert "final checkpoint:" in printed["--quiet"]  # the result is still said
 
 
 def test_template_the_tokenizer_cannot_render(tmp_path):

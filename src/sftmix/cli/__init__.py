@@ -17,6 +17,7 @@ import sys
 
 from sftmix.cli import data, eval, study, train
 from sftmix.errors import SftmixError
+from sftmix.progress import QUIET
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for bad input, with a one-line error)."""
     args = parse(argv)
+    quiet_before = os.environ.get(QUIET)
     if getattr(args, "quiet", False):
         quiet_libraries()
     try:
@@ -60,13 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:  # a command called in-process (tests, notebooks) leaves the caller's environment as it was
+        if quiet_before is None:
+            os.environ.pop(QUIET, None)
+        else:
+            os.environ[QUIET] = quiet_before
     release_process_group()
     return 0
 
 
 def quiet_libraries() -> None:
     """``--quiet`` silences the libraries' progress bars too (transformers' "Loading weights" and
-    "Writing model shards", the hub's), in this process and in the processes it starts."""
+    "Writing model shards", the hub's) and the trainer's log lines (``QUIET``), in this process and
+    in the processes it starts."""
+    os.environ[QUIET] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by transformers and the hub when first imported
     logging = sys.modules.get("transformers.utils.logging")  # never imports transformers; an import already made is told
     if logging is not None:

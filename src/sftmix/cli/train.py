@@ -5,6 +5,7 @@ errors and ``--help`` answer without loading transformers or torch."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from sftmix.cli.common import load_run
@@ -19,7 +20,7 @@ def cmd_train(args) -> None:
     p = pipeline.plan(load_run(args))
     print(f"run {p.cfg.name}: {len(p.stages)} stage(s): {' -> '.join(s.name for s in p.stages)}; output {p.out}")
     with TrainingLock(p.out):  # one training of a folder at a time
-        final = pipeline.train(p, progress=not args.quiet)
+        final = pipeline.train(p, progress=not (args.quiet or args.no_progress))
     print(f"final checkpoint: {final}")
 
 
@@ -42,7 +43,9 @@ def add_commands(sub) -> None:
     tr = sub.add_parser("train", help="train a run config (all its stages; resumes when restarted)")
     tr.add_argument("config")
     tr.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides")
-    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--quiet", action="store_true", help="print nothing but results, warnings and errors")
+    # bars off, the trainer's log lines kept: how `sftmix run` with a launcher starts its processes
+    tr.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     tr.set_defaults(func=cmd_train)
 
     rn = sub.add_parser("run", help="train a run config, then evaluate its final checkpoint")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from sftmix import layout
 from sftmix.compat import checkpointing_argument, is_checkpointing
@@ -36,6 +36,7 @@ from sftmix.data.compose import Composed
 from sftmix.errors import SftmixError
 from sftmix.io import read_json, write_json
 from sftmix.models import cache_dir, load_model, load_tokenizer
+from sftmix.progress import quiet
 from sftmix.provenance import provenance
 from sftmix.supervised import SelectSupervised
 from sftmix.train.checkpoints import last_complete_checkpoint
@@ -383,6 +384,8 @@ def train_stage(model_path: str, composed: Composed, settings: TrainSettings, te
         model.config.use_cache = False
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
                            processing_class=tokenizer)
+    if quiet():  # the log lines PrinterCallback prints where the bars are off; they are kept in meta.json
+        trainer.remove_callback(PrinterCallback)
     check_launch(trainer.accelerator.distributed_type)
     kernels = loss_for_model(kernels, settings.kernels, sharded_parameters(trainer),
                              getattr(trainer.model.get_output_embeddings(), "bias", None) is not None)
