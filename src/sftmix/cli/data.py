@@ -8,17 +8,18 @@ from __future__ import annotations
 import json
 import os
 
-from sftmix.cli.common import output_dir, positive_int, table
+from sftmix.cli.common import comma_list, output_dir, positive_int, table
 
 
 def cmd_data_show(args) -> None:
     """``sftmix data show``: a source's size, stats and first rows."""
     # per command: see the module docstring
-    from sftmix.config import SourceConfig
+    from sftmix.config import SourceConfig, validate
     from sftmix.data.sources import load_pool
 
-    cfg = SourceConfig(split=args.split, limit=args.limit, tagger="none" if args.no_tags else "rules",
-                       skip_invalid=args.skip_invalid)
+    cfg = validate(SourceConfig, {"split": args.split, "limit": args.limit, "tagger": "none" if args.no_tags else "rules",
+                                  "skip_invalid": args.skip_invalid,
+                                  "clean": {"decontaminate": args.decontaminate, "ngram": args.ngram}}, "sftmix data show")
     if args.path:
         cfg = cfg.model_copy(update={"path": args.path, "format": args.format, "ability": args.ability or "custom"})
     pool = load_pool(args.source, cfg, args.data_dir)
@@ -31,6 +32,9 @@ def cmd_data_show(args) -> None:
         ["tags", json.dumps(s["tags"])],
         ["conversations", s["final"]],
         *([["truncated file: recovered rows", s["truncated_file_recovered_rows"]]] if "truncated_file_recovered_rows" in s else []),
+        *[[f"contaminated by {bench} ({args.ngram}-grams)", f"{c['rows']} rows left out, hitting {c['items']} of its items"
+           + "".join(f"\n  {e['row']}: {', '.join(e['items'])}" for e in c["examples"])]
+          for bench, c in s.get("contamination", {}).items()],
     ])
     for conv in pool.conversations[: args.n]:
         print(json.dumps(conv.to_dict(), ensure_ascii=False, indent=1)[:2000])
@@ -91,6 +95,9 @@ def add_commands(sub) -> None:
     show.add_argument("-n", type=positive_int, default=2, help="rows to print")
     show.add_argument("--no-tags", action="store_true")
     show.add_argument("--skip-invalid", action="store_true")
+    show.add_argument("--decontaminate", type=comma_list, default=[], metavar="gsm8k,humaneval,mtbench",
+                      help="leave out rows that share --ngram consecutive words with these benchmarks' items, and count them")
+    show.add_argument("--ngram", type=positive_int, default=13, help="words in a row that make a match (default 13)")
     show.set_defaults(func=cmd_data_show)
 
     comp = data.add_parser("compose", help="compose the mixtures of a config into a directory")

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -97,6 +98,26 @@ class CleanConfig(Strict):
 
     max_tokens: int | None = Field(None, gt=0, description="split conversations longer than this (approximate tokens: chars/4)")
     dedup: bool = Field(True, description="drop exact duplicates by content id")
+    decontaminate: list[Literal["gsm8k", "humaneval", "mtbench"]] = Field(default_factory=list, description=(
+        "drop rows that share `ngram` consecutive words with these benchmarks' items (sftmix.data.contamination)"))
+    ngram: int = Field(13, ge=4, le=64, description="words in a row that make a match with `decontaminate` (GPT-3's 13)")
+
+    @field_validator("decontaminate")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a benchmark twice: {v}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _unused_left_out(self, handler) -> dict:
+        # Added after run ids, task keys and manifests were fixed: written only where decontamination
+        # is asked for (then `ngram` matters too), so that every earlier run keeps its id
+        d = handler(self)
+        if not self.decontaminate:
+            d.pop("decontaminate", None)
+            d.pop("ngram", None)
+        return d
 
 
 class SourceConfig(Strict):

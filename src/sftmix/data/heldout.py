@@ -41,7 +41,9 @@ def heldout(name: str, n: int, seed: int, cfg: SourceConfig | None, data_dir: st
     seed, not the run's). ``pool``: the source's already loaded train pool, if any."""
     cfg = cfg or SourceConfig()
     if has_test_split(name, cfg):
-        test = load_pool(name, cfg.model_copy(update={"split": "test", "limit": None}), data_dir)
+        # the test split is what the benchmark asks: decontaminating it against itself would leave nothing
+        test_cfg = cfg.model_copy(update={"split": "test", "limit": None, "clean": cfg.clean.model_copy(update={"decontaminate": []})})
+        test = load_pool(name, test_cfg, data_dir)
         return sampling_order(test.conversations, seed)[:n], TEST_SPLIT
     pool = pool or load_pool(name, cfg, data_dir)
     return sampling_order(pool.conversations, seed)[-n:], POOL_TAIL

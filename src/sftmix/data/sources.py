@@ -212,6 +212,16 @@ def load_raw(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | Non
     return [r for _, r in rows]
 
 
+def contamination_counts(hits, convs: list[Conversation], examples: int = 5) -> dict:
+    """A benchmark's contamination of a pool, for its stats: rows hit, the benchmark's items hit,
+    and the first ``examples`` rows hit (content id, the items each hit), to look at."""
+    if hits is None:
+        return {"rows": 0, "items": 0, "examples": []}
+    first = sorted(hits.rows)[:examples]
+    return {"rows": len(hits.rows), "items": len(hits.items),
+            "examples": [{"row": convs[i].id, "items": sorted(hits.rows[i])} for i in first]}
+
+
 def load_pool(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | None = None, tagger=None, progress: bool = False) -> Pool:
     """Load source ``name``: resolve, read, convert to conversations, clean, tag and filter."""
     cfg, spec = resolve_config(name, cfg)
@@ -232,6 +242,17 @@ def load_pool(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | No
                 raise SftmixError(f"{loc}: {e} (format {fmt or 'auto'}; set skip_invalid: true to skip such rows)") from None
             invalid[str(e).split(" (")[0]] += 1
     kept, drops = clean(convs, max_tokens=cfg.clean.max_tokens, dedup=cfg.clean.dedup)
+    contamination: dict[str, dict[str, int]] = {}
+    if cfg.clean.decontaminate:
+        # imported here: sftmix.data.contamination reads the benchmarks through this module (a cycle)
+        from sftmix.data.contamination import index
+
+        found = index(cfg.clean.decontaminate, cfg.clean.ngram, data_dir_cfg).search(kept)
+        contamination = {b: contamination_counts(found.get(b), kept) for b in cfg.clean.decontaminate}
+        hit = set().union(*(h.rows for h in found.values()))
+        if hit:
+            drops["contaminated"] = len(hit)
+            kept = [c for i, c in enumerate(kept) if i not in hit]
     tagger_name = cfg.tagger
     if tagger is None and tagger_name == "rules":
         tagger = RuleTagger()
@@ -252,6 +273,8 @@ def load_pool(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | No
         "filtered_out": before_filter - len(kept),
         "final": len(kept),
     }
+    if contamination:  # rows that shared an n-gram with each benchmark, and its items they hit
+        stats["contamination"] = contamination
     if salvage.get("truncated"):
         stats["truncated_file_recovered_rows"] = salvage["recovered"]
     if not kept:
