@@ -86,6 +86,9 @@ def test_a_benchmark_without_its_data_is_an_error_that_says_where(tmp_path, monk
     monkeypatch.delenv("SFTMIX_DATA_DIR", raising=False)
     with pytest.raises(SftmixError, match=r"decontaminate: mtbench: expected .*mt_bench/question.jsonl"):
         benchmark_texts("mtbench", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SftmixError, match=r"decontaminate: gsm8k: its test problems are needed: source 'gsm8k' \(test\) could not"):
+        benchmark_texts("gsm8k", str(tmp_path))
 
 
 def plain_search(convs, texts, n=13):

