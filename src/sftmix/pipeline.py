@@ -12,6 +12,7 @@ for runs over several GPUs or nodes; evaluation then runs in this process.
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import yaml
 
 from sftmix import layout
 from sftmix.config import RunConfig, StageConfig
+from sftmix.errors import SftmixError
+from sftmix.eval import contamination
 from sftmix.eval.runner import EvalResults
 from sftmix.eval.runner import evaluate as run_tasks
 from sftmix.train.strategies import check_run_folder, heldout_rows, run_strategy, training_ids
@@ -71,11 +74,17 @@ def train(p: Plan, progress: bool = True, launcher: list[str] | None = None) -> 
 def evaluate(p: Plan, progress: bool = True) -> EvalResults:
     """Evaluate the final checkpoint with the run's ``eval`` section. The held-out loss scores the
     rows training chose and left out (the run's ``heldout.json``), and counts any row a stage
-    trained on."""
+    trained on. The benchmarks' scores are then also given without the items the training rows
+    hold (``sftmix.eval.contamination``): a warning, not a failure, where that cannot be measured."""
     cfg = p.cfg
     held = heldout_rows(cfg, p.stages, {}) if "loss" in cfg.eval.tasks else None
-    return run_tasks(str(p.final), cfg.eval, p.eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
-                     progress=progress, heldout=held, heldout_cfg=cfg.heldout)
+    doc = run_tasks(str(p.final), cfg.eval, p.eval_dir, cfg.template, cfg.data_dir, cfg.sources, cfg.seed, training_ids(cfg),
+                    progress=progress, heldout=held, heldout_cfg=cfg.heldout)
+    try:
+        contamination.measure(p.out, p.eval_dir, list(doc.tasks), cfg.eval.data_dir or cfg.data_dir)
+    except SftmixError as e:
+        print(f"warning: the scores without the items training holds were not measured: {e}", file=sys.stderr)
+    return doc
 
 
 def run(cfg: RunConfig, progress: bool = True, launcher: list[str] | None = None) -> tuple[Plan, EvalResults]:

@@ -29,13 +29,17 @@ def cmd_run(args) -> None:
     # per command: see the module docstring
     from sftmix import pipeline
     from sftmix.cli.eval import headline
+    from sftmix.eval import contamination
     from sftmix.runlock import TrainingLock
     from sftmix.train.strategies import run_dir
 
     cfg = load_run(args)
     with TrainingLock(run_dir(cfg)):  # one training of a folder at a time
-        _, doc = pipeline.run(cfg, progress=not args.quiet)
+        p, doc = pipeline.run(cfg, progress=not args.quiet)
     print(json.dumps({t: headline(doc.spec(t), m) for t, m in doc.tasks.items()}, indent=1))
+    held = contamination.read(p.eval_dir)
+    for task, c in (held.tasks if held else {}).items():
+        print(contamination.describe(task, c))
 
 
 def add_commands(sub) -> None:

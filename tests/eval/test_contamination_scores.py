@@ -1,0 +1,61 @@
+"""A run's benchmark scores without the items its training rows hold (``eval/contamination.json``):
+a run trained on a GSM8K test problem says which, and gives the score over the other items."""
+
+import json
+
+import yaml
+
+from conftest import write_jsonl
+from helpers import tiny_run
+from sftmix.cli import main
+from sftmix.eval import contamination
+from sftmix.eval.runner import Item, items_file
+from sftmix.io import write_jsonl as write_rows
+
+PROBLEMS = [
+    ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did "
+     "Natalia sell altogether in April and May?", "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"),
+    ("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+     "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n#### 10"),
+    ("Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. How much more "
+     "money does Betty need to buy the wallet?", "In the beginning, Betty has only 100 / 2 = $<<100/2=50>>50.\n#### 5"),
+]
+
+
+def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, capsys):
+    data = tmp_path / "data"
+    rows = [{"question": q, "answer": a} for q, a in PROBLEMS]
+    write_jsonl(data / "gsm8k" / "test.jsonl", rows)
+    write_jsonl(data / "gsm8k" / "train.jsonl", rows)
+    train = [{"messages": [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"},
+                           {"role": "assistant", "content": str(2 * i)}]} for i in range(14)]
+    train.append({"messages": [{"role": "user", "content": PROBLEMS[0][0]}, {"role": "assistant", "content": "72"}]})
+    src = write_jsonl(tmp_path / "mine.jsonl", train)
+    cfg = tiny_run(tmp_path, "r", sources={"mine": {"path": str(src), "format": "messages", "ability": "math"},
+                                           "generated_math": {"size": 48}},
+                   strategy={"name": "individual", "sources": ["mine"]},
+                   eval={"tasks": ["gsm8k"], "limit": 3, "data_dir": str(data), "gsm8k": {"max_new_tokens": 4}},
+                   heldout={"sources": ["generated_math"]})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["run", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "gsm8k: training rows hold 1 of the 3 items evaluated (1 rows); accuracy " in out, out
+    eval_dir = tmp_path / "r" / "eval"
+    c = contamination.read(eval_dir).tasks["gsm8k"]
+    assert (c.hit, c.items, c.rows, c.metric) == (["gsm8k/test/0"], 3, 1, "accuracy")
+    # the arithmetic, on values a 2-layer random model does not give: item 0 (held) right, 1 wrong, 2 right
+    write_rows(items_file(eval_dir, "gsm8k"), [Item(metric="accuracy", item=str(i), value=v, weight=1.0).model_dump()
+                                                for i, v in enumerate((100.0, 0.0, 100.0))])
+    c = contamination.measure(tmp_path / "r", eval_dir, ["gsm8k"], str(data)).tasks["gsm8k"]
+    assert (round(c.value, 2), c.clean_value) == (66.67, 50.0)
+    assert json.loads((eval_dir / contamination.FILE).read_text())["tasks"]["gsm8k"]["clean_value"] == 50.0
+    # an evaluation of other tasks in the same folder leaves no stale file behind
+    assert contamination.measure(tmp_path / "r", eval_dir, ["loss"], str(data)) is None
+    assert contamination.read(eval_dir) is None
+
+
+def test_items_map_to_the_benchmarks_ids():
+    assert contamination.benchmark_item("gsm8k", "12") == "gsm8k/test/12"
+    assert contamination.benchmark_item("humaneval", "HumanEval/3") == "HumanEval/3"
+    assert contamination.benchmark_item("mtbench", "81:2:1") == "mtbench/81"
