@@ -8,9 +8,11 @@ import yaml
 from conftest import write_jsonl
 from helpers import tiny_run
 from sftmix.cli import main
+from sftmix.data.compose import read_composed
 from sftmix.eval import contamination
 from sftmix.eval.runner import Item, items_file
 from sftmix.io import write_jsonl as write_rows
+from sftmix.layout import data_dir, stages
 
 PROBLEMS = [
     ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did "
@@ -33,7 +35,10 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     src = write_jsonl(tmp_path / "mine.jsonl", train)
     cfg = tiny_run(tmp_path, "r", sources={"mine": {"path": str(src), "format": "messages", "ability": "math"},
                                            "generated_math": {"size": 48}},
-                   strategy={"name": "individual", "sources": ["mine"]},
+                   strategy=None, stages=[  # the second stage replays the first: its rows are counted once
+                       {"name": "one", "mixture": {"name": "one", "parts": [{"source": "mine", "fraction": 1}]}},
+                       {"name": "two", "mixture": {"name": "two", "parts": [{"source": "generated_math", "count": 8},
+                                                                         {"replay": "one", "k": 1}]}}],
                    eval={"tasks": ["gsm8k"], "limit": 3, "data_dir": str(data), "gsm8k": {"max_new_tokens": 4}},
                    heldout={"sources": ["generated_math"]})
     path = tmp_path / "r.yaml"
@@ -42,6 +47,9 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     out = capsys.readouterr().out
     assert "gsm8k: training rows hold 1 of the 3 items evaluated (1 rows); accuracy " in out, out
     eval_dir = tmp_path / "r" / "eval"
+    assert sum("72" in json.dumps(c.messages) for c in contamination.training_rows(tmp_path / "r")) == 1
+    assert all(any(c.messages[-1]["content"] == "72" for c in read_composed(data_dir(s)).conversations)
+               for s in stages(tmp_path / "r"))  # the held row is trained on in both stages
     c = contamination.read(eval_dir).tasks["gsm8k"]
     assert (c.hit, c.items, c.rows, c.metric) == (["gsm8k/test/0"], 3, 1, "accuracy")
     # the arithmetic, on values a 2-layer random model does not give: item 0 (held) right, 1 wrong, 2 right

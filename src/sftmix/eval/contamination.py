@@ -59,8 +59,10 @@ class RunContamination(BaseModel):
 
 
 def training_rows(run_out: Path) -> list:
-    """Every conversation a stage of the run trained on, from the stages' composed data."""
-    return [c for stage in layout.stages(run_out) for c in read_composed(layout.data_dir(stage)).conversations]
+    """Every conversation a stage of the run trained on, from the stages' composed data, once each
+    (DMT's second stage replays rows of its first)."""
+    rows = {c.id: c for stage in layout.stages(run_out) for c in read_composed(layout.data_dir(stage)).conversations}
+    return list(rows.values())
 
 
 def measure(run_out: Path, eval_dir: Path, tasks: list[str], data_dir: str | None, n: int = NGRAM) -> RunContamination | None:
