@@ -7,11 +7,12 @@ import pytest
 
 from helpers import tiny_run
 from sftmix.analysis.document import Bullets, Details, Figures, Section, Table, Text, to_html, to_markdown
-from sftmix.analysis.report import latex, markdown
+from sftmix.analysis.report import latex, markdown, write_report
 from sftmix.analysis.results import lower_is_better, summary
 from sftmix.analysis.tsne import load_points, tsne
 from sftmix.errors import SftmixError
-from sftmix.eval import tasks
+from sftmix.eval import contamination, tasks
+from sftmix.eval.contamination import RunContamination, TaskContamination
 from sftmix.models import resolve_model
 from sftmix.study.store import Metric, Store
 from sftmix.train.strategies import run_strategy
@@ -112,3 +113,22 @@ def test_the_latex_table_escapes_every_special_character_of_a_label():
     assert row.startswith(r"a\_b\%c\$d\textasciicircum{}e\textasciitilde{}f\textbackslash{}g\{h\}\&\# & ")
     assert [len(re.findall(r"(?<!\\)&", x)) for x in lines[2:6] if x != r"\midrule"] == [3, 3, 3]  # 4 columns each
     assert r"\textbf{1.0000 [0.5000, 1.5000]}" in row  # lower loss: best
+
+
+def test_the_report_shows_each_runs_scores_without_the_items_its_training_held(tmp_path):
+    s = Store(tmp_path / "results.sqlite")
+    for rid, hit, clean in (("a", ["gsm8k/test/0"], 50.0), ("b", [], 40.0)):
+        ev = tmp_path / rid / "eval"
+        ev.mkdir(parents=True)
+        doc = RunContamination(ngram=13, tasks={"gsm8k": TaskContamination(metric="accuracy", items=3, hit=hit, rows=len(hit),
+                                                                           value=66.67 if hit else 40.0, clean_value=clean)})
+        (ev / contamination.FILE).write_text(doc.model_dump_json())
+        s.start(rid, f"x={rid}", {"x": rid}, {"eval": {"tasks": ["gsm8k"]}})
+        s.finish(rid, "", str(ev), [Metric(rid, "gsm8k", "accuracy", doc.tasks["gsm8k"].value)], 1e6, 1e8)
+    s.start("c", "x=c", {"x": "c"}, {})
+    s.fail("c", "boom")  # a failed run has no row
+    report = write_report(s, tmp_path / "report", "t")
+    md = (report.parent / "report.md").read_text()
+    assert "## Benchmark contamination" in md
+    assert "| x=a | gsm8k | 1 of 3 | 1 | accuracy | 66.67 | 50.00 |" in md and "| x=b | gsm8k | 0 of 3 | 0 | accuracy | 40.00 | 40.00 |" in md
+    assert "x=c | gsm8k" not in md
