@@ -84,10 +84,10 @@ def test_only_the_configured_run_ids_change(tmp_path):
 
 def test_a_benchmark_without_its_data_is_an_error_that_says_where(tmp_path, monkeypatch):
     monkeypatch.delenv("SFTMIX_DATA_DIR", raising=False)
-    with pytest.raises(SftmixError, match=r"decontaminate: mtbench: expected .*mt_bench/question.jsonl"):
+    with pytest.raises(SftmixError, match=r"contamination check: MT-Bench's questions are needed: expected .*mt_bench/question.jsonl"):
         benchmark_texts("mtbench", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SftmixError, match=r"decontaminate: gsm8k: its test problems are needed: source 'gsm8k' \(test\) could not"):
+    with pytest.raises(SftmixError, match=r"contamination check: GSM8K's test problems are needed: source 'gsm8k' \(test\) could not"):
         benchmark_texts("gsm8k", str(tmp_path))
 
 

@@ -2,11 +2,13 @@
 a run trained on a GSM8K test problem says which, and gives the score over the other items."""
 
 import json
+import shutil
 
 import yaml
 
 from conftest import write_jsonl
 from helpers import tiny_run
+from sftmix import pipeline
 from sftmix.cli import main
 from sftmix.data.compose import read_composed
 from sftmix.eval import contamination
@@ -58,7 +60,13 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     c = contamination.measure(tmp_path / "r", eval_dir, ["gsm8k"], str(data)).tasks["gsm8k"]
     assert (round(c.value, 2), c.clean_value) == (66.67, 50.0)
     assert json.loads((eval_dir / contamination.FILE).read_text())["tasks"]["gsm8k"]["clean_value"] == 50.0
+    # where it cannot be measured (a stage's data gone), the evaluation warns and still returns its results
+    shutil.rmtree(data_dir(stages(tmp_path / "r")[0]))
+    assert pipeline.evaluate(pipeline.plan(cfg), progress=False).tasks["gsm8k"]["n"] == 3
+    assert "warning: the scores without the items training holds were not measured: " in capsys.readouterr().err
+    assert contamination.read(eval_dir) is None  # the earlier measurement is not left to stand for this one
     # an evaluation of other tasks in the same folder leaves no stale file behind
+    write_rows(eval_dir / contamination.FILE, [])
     assert contamination.measure(tmp_path / "r", eval_dir, ["loss"], str(data)) is None
     assert contamination.read(eval_dir) is None
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -58,18 +58,18 @@ def benchmark_texts(name: str, data_dir: str | None) -> list[tuple[str, str]]:
         try:
             rows = sources.load_raw("gsm8k", SourceConfig(split="test"), data_dir)
         except SftmixError as e:
-            raise SftmixError(f"decontaminate: gsm8k: its test problems are needed: {e}") from None
+            raise SftmixError(f"contamination check: GSM8K's test problems are needed: {e}") from None
         return [(f"gsm8k/test/{i}", row[key]) for i, row in enumerate(rows) for key in ("question", "answer")]
     if name == "humaneval":
         return [(p["task_id"], p["prompt"]) for p in humaneval.load_problems()]
     if name == "mtbench":
         folder = sources.data_dir(data_dir)
         if folder is None or not (folder / "mt_bench" / "question.jsonl").exists():
-            raise SftmixError(f"decontaminate: mtbench: expected {folder or '<data_dir>'}/mt_bench/question.jsonl "
-                              "(set data_dir or $SFTMIX_DATA_DIR)")
+            raise SftmixError(f"contamination check: MT-Bench's questions are needed: expected {folder or '<data_dir>'}"
+                              "/mt_bench/question.jsonl (set data_dir or $SFTMIX_DATA_DIR)")
         questions, _, _ = mtbench.load(Path(folder) / "mt_bench")
         return [(f"mtbench/{q['question_id']}", turn) for q in questions for turn in q["turns"]]
-    raise SftmixError(f"decontaminate: unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    raise SftmixError(f"contamination check: unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
 
 
 @dataclass

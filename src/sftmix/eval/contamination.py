@@ -68,9 +68,9 @@ def training_rows(run_out: Path) -> list:
 def measure(run_out: Path, eval_dir: Path, tasks: list[str], data_dir: str | None, n: int = NGRAM) -> RunContamination | None:
     """The run's clean-subset scores for the benchmarks among ``tasks`` (None: none of them); written
     to ``eval_dir``."""
+    (Path(eval_dir) / FILE).unlink(missing_ok=True)  # an earlier evaluation's: never left to stand for this one
     benchmarks = [t for t in tasks if t in ("gsm8k", "humaneval", "mtbench")]
     if not benchmarks:
-        (Path(eval_dir) / FILE).unlink(missing_ok=True)  # an earlier evaluation's, of other tasks
         return None
     rows = training_rows(run_out)
     found = index(benchmarks, n, data_dir).search(rows)
