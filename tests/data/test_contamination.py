@@ -5,16 +5,19 @@ on the real GSM8K and Code Alpaca pools against a plain string search written ap
 import re
 
 import pytest
+import yaml
 
 from conftest import write_jsonl
+from sftmix.cli import main
 from sftmix.config import RunConfig, SourceConfig
+from sftmix.data.compose import Manifest
 from sftmix.data.contamination import NgramIndex, benchmark_texts
 from sftmix.data.heldout import TEST_SPLIT, heldout
 from sftmix.data.records import Conversation
 from sftmix.data.sources import load_pool
 from sftmix.errors import SftmixError
 from sftmix.eval.humaneval import load_problems
-from sftmix.io import read_jsonl
+from sftmix.io import read_jsonl, read_record
 from sftmix.train.strategies import run_id
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -147,3 +150,16 @@ def test_a_decontaminated_source_keeps_its_test_split_as_held_out_rows(tmp_path)
     cfg = SourceConfig(clean={"decontaminate": ["gsm8k"]})
     rows, how = heldout("gsm8k", 1, 0, cfg, str(data_folder(tmp_path)))
     assert how == TEST_SPLIT and rows[0].messages[0]["content"] == QUESTION
+
+
+def test_data_compose_says_what_it_left_out(tmp_path, capsys):
+    rows = [chat("Solve: " + QUESTION), chat("What is 2 + 2?", "4"), chat("What is 3 + 3?", "6")]
+    src = write_jsonl(tmp_path / "mine.jsonl", rows)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(data_folder(tmp_path)), "sources": {"mine": {
+        "path": str(src), "format": "messages", "ability": "math", "clean": {"decontaminate": ["gsm8k"]}}},
+        "mixtures": [{"name": "m", "parts": [{"source": "mine", "fraction": 1}]}]}))
+    assert main(["data", "compose", str(cfg), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "m: mine: left out of its pool as contaminated: 1 rows holding 1 gsm8k items" in capsys.readouterr().out
+    manifest = read_record(tmp_path / "out" / "m" / "manifest.json", Manifest)
+    assert manifest.total == 2 and manifest.parts[0].pool_stats["contamination"]["gsm8k"]["rows"] == 1

@@ -58,6 +58,11 @@ def cmd_data_compose(args) -> None:
     table(f"composed into {args.output}", ["mixture", "part", "ability", "pool", "rows", "≈tokens"], rows)
     for c in composed:
         print(f"{c.name}: content sha256 {c.manifest.content_sha256}")
+        for p in c.manifest.parts:
+            held = p.pool_stats.get("contamination") if isinstance(p.pool_stats, dict) and not p.replay_of else None
+            if held:
+                print(f"{c.name}: {p.source}: left out of its pool as contaminated: "
+                      + "; ".join(f"{v['rows']} rows holding {v['items']} {bench} items" for bench, v in held.items()))
 
 
 def cmd_data_tag(args) -> None:
