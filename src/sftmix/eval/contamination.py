@@ -41,7 +41,7 @@ class TaskContamination(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str
-    items: int  # items evaluated
+    items: int  # the benchmark's items evaluated (MT-Bench: questions)
     hit: list[str]  # of those, the ones some training row holds (benchmark ids)
     rows: int  # training rows that hold an evaluated item
     value: float  # over all items: the mean of the items' values, as the task reports it
@@ -81,14 +81,12 @@ def measure(run_out: Path, eval_dir: Path, tasks: list[str], data_dir: str | Non
         items = read_items(eval_dir, task)
         if not items:  # nothing scored (e.g. no MT-Bench turn got a rating)
             continue
-        metric = items[0].metric
-        evaluated = {i.item for i in items}
-        hit = sorted(i for i in evaluated if benchmark_item(task, i) in held)
-        hit_ids = {benchmark_item(task, i) for i in hit}
-        clean = [i for i in items if benchmark_item(task, i.item) not in hit_ids]
+        evaluated = {benchmark_item(task, i.item) for i in items}  # MT-Bench: questions, not their turns and repeats
+        hit = evaluated & held
+        clean = [i for i in items if benchmark_item(task, i.item) not in hit]
         out[task] = TaskContamination(
-            metric=metric, items=len(evaluated), hit=sorted(hit_ids),
-            rows=sum(1 for r, held_items in (hits.rows.items() if hits else ()) if held_items & hit_ids),
+            metric=items[0].metric, items=len(evaluated), hit=sorted(hit),
+            rows=sum(1 for row_items in (hits.rows.values() if hits else ()) if row_items & hit),
             value=round(_mean(items), 4), clean_value=round(_mean(clean), 4) if clean else None)
     result = RunContamination(ngram=n, tasks=out)
     write_json(Path(eval_dir) / FILE, result.model_dump(mode="json"))
