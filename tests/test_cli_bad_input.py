@@ -259,6 +259,9 @@ def test_a_kernel_a_later_stage_cannot_run_here_fails_before_the_first_stage(tmp
     ({"nosuch": 1}, "  (top level): Value error, unknown field 'nosuch'; valid fields: name, model,"),
     # a bare type or range error shows the value it got
     ({"sources": ["a", "b"]}, "  sources: Input should be a valid dictionary (got ['a', 'b'])"),
+    ({"sources": {"gsm8k": {"clean": {"decontaminate": ["gsm8k", "mtbench", "gsm8k"]}}}},
+     "  sources.gsm8k.clean.decontaminate: Value error, lists gsm8k more than once; give each benchmark once "
+     "(got ['gsm8k', 'mtbench', 'gsm8k'])"),
 ])
 def test_a_config_error_line_shows_the_bad_value_once(fields, line, tmp_path, capsys):
     assert main(["train", str(run_cfg(tmp_path, **fields))]) == 2

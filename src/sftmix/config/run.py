@@ -106,7 +106,8 @@ class CleanConfig(Strict):
     @classmethod
     def _once_each(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
-            raise ValueError(f"lists a benchmark twice: {v}")
+            twice = sorted({b for b in v if v.count(b) > 1})
+            raise ValueError(f"lists {', '.join(twice)} more than once; give each benchmark once")
         return v
 
     @model_serializer(mode="wrap")
