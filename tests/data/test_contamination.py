@@ -89,6 +89,9 @@ def test_a_benchmark_without_its_data_is_an_error_that_says_where(tmp_path, monk
     monkeypatch.delenv("SFTMIX_DATA_DIR", raising=False)
     with pytest.raises(SftmixError, match=r"contamination check: MT-Bench's questions are needed: expected .*mt_bench/question.jsonl"):
         benchmark_texts("mtbench", str(tmp_path))
+    # its questions are all it needs: not the judge's prompts or reference answers the evaluation reads
+    write_jsonl(tmp_path / "mt_bench" / "question.jsonl", [{"question_id": 81, "turns": ["Write a travel blog post.", "Rewrite it."]}])
+    assert benchmark_texts("mtbench", str(tmp_path)) == [("mtbench/81", "Write a travel blog post."), ("mtbench/81", "Rewrite it.")]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SftmixError, match=r"contamination check: GSM8K's test problems are needed: source 'gsm8k' \(test\) could not"):
         benchmark_texts("gsm8k", str(tmp_path))
@@ -117,7 +120,8 @@ def test_real_pools_against_a_plain_string_search(shared_data):
     """GSM8K's train split against its test split, Code Alpaca against MT-Bench: the rows left out
     are exactly those a plain search finds, and there are some (a search that finds nothing would
     pass otherwise)."""
-    tests = [t for _, t in benchmark_texts("gsm8k", str(shared_data))]
+    # the benchmarks' texts read here from their files, not through the module's benchmark_texts
+    tests = [r[k] for r in read_jsonl(shared_data / "gsm8k" / "test.jsonl") for k in ("question", "answer")]
     mtbench = [t for q in read_jsonl(shared_data / "mt_bench" / "question.jsonl") for t in q["turns"]]
     for source, bench, texts in (("gsm8k", "gsm8k", tests), ("code_alpaca", "mtbench", mtbench)):
         plain = load_pool(source, SourceConfig(), str(shared_data))

@@ -19,7 +19,8 @@ def cmd_data_show(args) -> None:
 
     cfg = validate(SourceConfig, {"split": args.split, "limit": args.limit, "tagger": "none" if args.no_tags else "rules",
                                   "skip_invalid": args.skip_invalid,
-                                  "clean": {"decontaminate": args.decontaminate, "ngram": args.ngram}}, "sftmix data show")
+                                  "clean": {"decontaminate": args.decontaminate,
+                                            **({"ngram": args.ngram} if args.ngram else {})}}, "sftmix data show")
     if args.path:
         cfg = cfg.model_copy(update={"path": args.path, "format": args.format, "ability": args.ability or "custom"})
     pool = load_pool(args.source, cfg, args.data_dir)
@@ -32,7 +33,7 @@ def cmd_data_show(args) -> None:
         ["tags", json.dumps(s["tags"])],
         ["conversations", s["final"]],
         *([["truncated file: recovered rows", s["truncated_file_recovered_rows"]]] if "truncated_file_recovered_rows" in s else []),
-        *[[f"contaminated by {bench} ({args.ngram}-grams)", f"{c['rows']} rows left out, hitting {c['items']} of its items"
+        *[[f"contaminated by {bench} ({cfg.clean.ngram}-grams)", f"{c['rows']} rows left out, hitting {c['items']} of its items"
            + "".join(f"\n  {e['row']}: {', '.join(e['items'])}" for e in c["examples"])]
           for bench, c in s.get("contamination", {}).items()],
     ])
@@ -59,8 +60,8 @@ def cmd_data_compose(args) -> None:
     for c in composed:
         print(f"{c.name}: content sha256 {c.manifest.content_sha256}")
         for p in c.manifest.parts:
-            held = p.pool_stats.get("contamination") if isinstance(p.pool_stats, dict) and not p.replay_of else None
-            if held:
+            held = (p.pool_stats or {}).get("contamination")
+            if held:  # a replayed part's stats are its first mixture's (pool_stats is a fresh part's only)
                 print(f"{c.name}: {p.source}: left out of its pool as contaminated: "
                       + "; ".join(f"{v['rows']} rows holding {v['items']} {bench} items" for bench, v in held.items()))
 
@@ -102,7 +103,7 @@ def add_commands(sub) -> None:
     show.add_argument("--skip-invalid", action="store_true")
     show.add_argument("--decontaminate", type=comma_list, default=[], metavar="gsm8k,humaneval,mtbench",
                       help="leave out rows that share --ngram consecutive words with these benchmarks' items, and count them")
-    show.add_argument("--ngram", type=positive_int, default=13, help="words in a row that make a match (default 13)")
+    show.add_argument("--ngram", type=positive_int, help="words in a row that make a match (default: clean.ngram's, 13)")
     show.set_defaults(func=cmd_data_show)
 
     comp = data.add_parser("compose", help="compose the mixtures of a config into a directory")

@@ -45,6 +45,10 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 MAX_NAME_BYTES = 200
+# The benchmarks whose items a source's rows can be checked against, and the words in a row that
+# make a match (sftmix.data.contamination; the run's clean-subset scores use the same)
+Benchmark = Literal["gsm8k", "humaneval", "mtbench"]
+NGRAM = 13
 
 
 def folder_name(v: str, nested: bool = True) -> str:
@@ -98,9 +102,9 @@ class CleanConfig(Strict):
 
     max_tokens: int | None = Field(None, gt=0, description="split conversations longer than this (approximate tokens: chars/4)")
     dedup: bool = Field(True, description="drop exact duplicates by content id")
-    decontaminate: list[Literal["gsm8k", "humaneval", "mtbench"]] = Field(default_factory=list, description=(
+    decontaminate: list[Benchmark] = Field(default_factory=list, description=(
         "drop rows that share `ngram` consecutive words with these benchmarks' items (sftmix.data.contamination)"))
-    ngram: int = Field(13, ge=4, le=64, description="words in a row that make a match with `decontaminate` (GPT-3's 13)")
+    ngram: int = Field(NGRAM, ge=4, le=64, description="words in a row that make a match with `decontaminate` (GPT-3's 13)")
 
     @field_validator("decontaminate")
     @classmethod

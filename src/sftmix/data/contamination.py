@@ -30,17 +30,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from sftmix.config import SourceConfig
+from sftmix.config.run import Benchmark
 from sftmix.data import sources
 from sftmix.data.records import Conversation
 from sftmix.errors import SftmixError
-from sftmix.eval import humaneval, mtbench
+from sftmix.eval import humaneval
+from sftmix.io import read_jsonl
 
-BENCHMARKS = ("gsm8k", "humaneval", "mtbench")
+BENCHMARKS: tuple[str, ...] = get_args(Benchmark)
 PRIME = np.uint64(1_000_003)
 WORD = re.compile(r"\w+")
 
@@ -64,11 +66,11 @@ def benchmark_texts(name: str, data_dir: str | None) -> list[tuple[str, str]]:
         return [(p["task_id"], p["prompt"]) for p in humaneval.load_problems()]
     if name == "mtbench":
         folder = sources.data_dir(data_dir)
-        if folder is None or not (folder / "mt_bench" / "question.jsonl").exists():
+        path = folder / "mt_bench" / "question.jsonl" if folder else None
+        if path is None or not path.exists():  # its judge's prompts and reference answers are not needed here
             raise SftmixError(f"contamination check: MT-Bench's questions are needed: expected {folder or '<data_dir>'}"
                               "/mt_bench/question.jsonl (set data_dir or $SFTMIX_DATA_DIR)")
-        questions, _, _ = mtbench.load(Path(folder) / "mt_bench")
-        return [(f"mtbench/{q['question_id']}", turn) for q in questions for turn in q["turns"]]
+        return [(f"mtbench/{q['question_id']}", turn) for q in read_jsonl(path) for turn in q["turns"]]
     raise SftmixError(f"contamination check: unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
 
 
@@ -83,6 +85,12 @@ class Hits:
     def items(self) -> set[str]:
         """The benchmark's items some row hit."""
         return set().union(*self.rows.values())
+
+    def counts(self, convs: Sequence[Conversation], examples: int = 5) -> dict:
+        """For a pool's stats: rows hit, the benchmark's items hit, and the first ``examples`` rows
+        hit (content id, the items each hit), to look at. ``convs``: the rows searched."""
+        return {"rows": len(self.rows), "items": len(self.items),
+                "examples": [{"row": convs[i].id, "items": sorted(self.rows[i])} for i in sorted(self.rows)[:examples]]}
 
 
 class NgramIndex:

@@ -212,16 +212,6 @@ def load_raw(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | Non
     return [r for _, r in rows]
 
 
-def contamination_counts(hits, convs: list[Conversation], examples: int = 5) -> dict:
-    """A benchmark's contamination of a pool, for its stats: rows hit, the benchmark's items hit,
-    and the first ``examples`` rows hit (content id, the items each hit), to look at."""
-    if hits is None:
-        return {"rows": 0, "items": 0, "examples": []}
-    first = sorted(hits.rows)[:examples]
-    return {"rows": len(hits.rows), "items": len(hits.items),
-            "examples": [{"row": convs[i].id, "items": sorted(hits.rows[i])} for i in first]}
-
-
 def load_pool(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | None = None, tagger=None, progress: bool = False) -> Pool:
     """Load source ``name``: resolve, read, convert to conversations, clean, tag and filter."""
     cfg, spec = resolve_config(name, cfg)
@@ -245,10 +235,10 @@ def load_pool(name: str, cfg: SourceConfig | None = None, data_dir_cfg: str | No
     contamination: dict[str, dict[str, int]] = {}
     if cfg.clean.decontaminate:
         # imported here: sftmix.data.contamination reads the benchmarks through this module (a cycle)
-        from sftmix.data.contamination import index
+        from sftmix.data.contamination import Hits, index
 
         found = index(cfg.clean.decontaminate, cfg.clean.ngram, data_dir_cfg).search(kept)
-        contamination = {b: contamination_counts(found.get(b), kept) for b in cfg.clean.decontaminate}
+        contamination = {b: found.get(b, Hits()).counts(kept) for b in cfg.clean.decontaminate}
         hit = set().union(*(h.rows for h in found.values()))
         if hit:
             drops["contaminated"] = len(hit)

@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout
 from sftmix.data.compose import read_composed
+from sftmix.config.run import NGRAM
 from sftmix.data.contamination import index
-from sftmix.eval.runner import read_items
+from sftmix.eval.runner import BENCHMARKS, read_items
 from sftmix.io import read_record, write_json
 
-NGRAM = 13
 FILE = "contamination.json"
 
 
@@ -69,7 +69,7 @@ def measure(run_out: Path, eval_dir: Path, tasks: list[str], data_dir: str | Non
     """The run's clean-subset scores for the benchmarks among ``tasks`` (None: none of them); written
     to ``eval_dir``."""
     (Path(eval_dir) / FILE).unlink(missing_ok=True)  # an earlier evaluation's: never left to stand for this one
-    benchmarks = [t for t in tasks if t in ("gsm8k", "humaneval", "mtbench")]
+    benchmarks = [t for t in tasks if t in BENCHMARKS]
     if not benchmarks:
         return None
     rows = training_rows(run_out)
