@@ -16,7 +16,7 @@ def test_smollm2_dmt_run_lowers_heldout_loss_of_trained_abilities(tmp_path):
                         "--quiet"], capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_record(tmp_path / "run" / "eval" / "results.json", EvalResults).tasks["loss"]
-    assert res["generated_math"]["loss"] < 1.0 and res["generated_code"]["loss"] < 1.0
+    assert res.per_source["generated_math"].loss < 1.0 and res.per_source["generated_code"].loss < 1.0
 
 
 def test_demo_quick_on_smollm2(tmp_path):

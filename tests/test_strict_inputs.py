@@ -27,8 +27,9 @@ from sftmix.cli import main
 from sftmix.cli.study import _budget, _weights
 from sftmix.config import RunConfig, load_config, validate
 from sftmix.errors import SftmixError
+from sftmix.eval.runner import TaskDone
 from sftmix.eval.tasks import resolve
-from sftmix.io import write_all
+from sftmix.io import read_record, write_all
 from sftmix.study.runner import ingest, load_study, status_rows, study_dir
 from sftmix.study.store import APPLICATION_ID, SCHEMA, Store
 from sftmix.train.strategies import multitask, run_id
@@ -122,6 +123,8 @@ EVAL_CASES = [
     ("NaN headline metric", "usertasks.bad:nan_headline", "task 'nan_headline': its headline metric 'accuracy' is nan; expected a finite"),
     ("NaN row value", "usertasks.bad:nan_row", "task 'nan_row': item 'q2': score = nan"),
     ("infinite row value", "usertasks.bad:inf_row", "task 'inf_row': item 'only': score = inf"),
+    ("metrics that do not fit the task's own type", "usertasks.bad:typed_nan_headline",
+     "task 'typed_nan_headline': its metrics do not fit ScoreMetrics (n: Input should be a valid integer"),
 ]
 
 
@@ -130,6 +133,14 @@ def test_a_user_task_result_that_is_not_a_finite_number_is_refused(case, spec, e
     code, _, err = run(["eval", "tiny", "--tasks", spec, "--out", str(tmp_path / "ev"), "--quiet"], capsys)
     assert code == 2 and expected in err and "Traceback" not in err, err
     assert not list((tmp_path / "ev").glob("task_*.json")) and not (tmp_path / "ev" / "results.json").exists()
+
+
+def test_a_user_task_s_own_metrics_type_is_checked_and_kept(tmp_path, capsys):
+    code, out, err = run(["eval", "tiny", "--tasks", "usertasks.bad:typed_fine", "--out", str(tmp_path / "ev"), "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(out[: out.rindex("}") + 1]) == {"typed_fine": {"score": 0.5, "n": 2}}
+    kept = read_record(tmp_path / "ev" / "task_typed_fine.json", TaskDone).metrics
+    assert (kept.own(), kept.wall_s is not None) == ({"score": 0.5, "n": 2}, True)
 
 
 # ---------------------------------------------------------------- study files

@@ -64,7 +64,7 @@ def test_the_curve_ends_at_the_final_heldout_loss(sequential_run):
     fresh = fresh_losses(cfg, doc.model)
     for source in HELDOUT["sources"]:
         assert abs(last.loss[source] - fresh[source]) < 1e-5, source
-        assert abs(doc.tasks["loss"][source]["loss"] - fresh[source]) < 1e-5, source
+        assert abs(doc.tasks["loss"].per_source[source].loss - fresh[source]) < 1e-5, source
 
 
 def test_the_curve_spans_stages(sequential_run):
@@ -88,10 +88,10 @@ def test_the_curve_spans_stages(sequential_run):
 def test_heldout_rows_are_never_trained_on(sequential_run):
     _, _, doc = sequential_run
     cfg, metas, doc = sequential_run
-    losses = {k: v for k, v in doc.tasks["loss"].items() if isinstance(v, dict)}
+    losses = doc.tasks["loss"].per_source
     assert set(losses) == set(HELDOUT["sources"])
     for source, m in losses.items():
-        assert m["overlap_with_training"] == 0, source
+        assert m.overlap_with_training == 0, source
     sharegpt_part = metas[1].manifest.parts[0]
     assert sharegpt_part.pool_stats["heldout_excluded"] == HELDOUT["samples"]
 
@@ -122,7 +122,7 @@ def test_training_and_evaluation_use_the_rows_kept_in_heldout_json(sequential_ru
     again = pipeline.evaluate(pipeline.plan(moved), progress=False)
     rows = [r["id"] for r in read_jsonl(layout.eval_dir(copy) / "samples_loss.jsonl") if r["source"] == "sharegpt"]
     assert sorted(rows) == sorted(c["id"] for c in kept["sets"]["sharegpt"])
-    assert again.tasks["loss"]["sharegpt"]["loss"] != doc.tasks["loss"]["sharegpt"]["loss"]
+    assert again.tasks["loss"].per_source["sharegpt"].loss != doc.tasks["loss"].per_source["sharegpt"].loss
 
 
 def test_bootstrap_covers_a_known_mean_at_about_the_nominal_rate():
@@ -286,7 +286,7 @@ def test_mixed_precision_training_measures_the_curve_as_the_final_evaluation_doe
     fresh = fresh_losses(cfg, str(final))
     for source in HELDOUT["sources"]:
         assert abs(meta.curve[-1].loss[source] - fresh[source]) < 1e-6, source
-        assert abs(doc.tasks["loss"][source]["loss"] - fresh[source]) < 1e-6, source
+        assert abs(doc.tasks["loss"].per_source[source].loss - fresh[source]) < 1e-6, source
 
 
 def test_every_interval_is_cut_by_the_one_bootstrap_helper():

@@ -62,7 +62,7 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     assert json.loads((eval_dir / contamination.FILE).read_text())["tasks"]["gsm8k"]["clean_value"] == 50.0
     # where it cannot be measured (a stage's data gone), the evaluation warns and still returns its results
     shutil.rmtree(data_dir(stages(tmp_path / "r")[0]))
-    assert pipeline.evaluate(pipeline.plan(cfg), progress=False).tasks["gsm8k"]["n"] == 3
+    assert pipeline.evaluate(pipeline.plan(cfg), progress=False).tasks["gsm8k"].n == 3
     assert "warning: the scores without the items training holds were not measured: " in capsys.readouterr().err
     assert contamination.read(eval_dir) is None  # the earlier measurement is not left to stand for this one
     # an evaluation of other tasks in the same folder leaves no stale file behind

@@ -200,8 +200,8 @@ def test_heldout_loss_drops_after_training_on_that_ability(tmp_path):
     ecfg, held = EvalConfig(tasks=["loss"]), HeldoutConfig(sources=["generated_math"], samples=16)
     before = evaluate(resolve_model("tiny"), ecfg, tmp_path / "e0", sources=cfg.sources, progress=False, heldout_cfg=held)
     after = evaluate(str(final), ecfg, tmp_path / "e1", sources=cfg.sources, progress=False, heldout_cfg=held)
-    b, a = before.tasks["loss"]["generated_math"], after.tasks["loss"]["generated_math"]
-    assert a["loss"] < b["loss"] - 0.5 and a["heldout"] == "test split" and a["samples"] == 16
+    b, a = before.tasks["loss"].per_source["generated_math"], after.tasks["loss"].per_source["generated_math"]
+    assert a.loss < b.loss - 0.5 and a.heldout == "test split" and a.samples == 16
 
 
 def test_salvage_recovers_a_rambling_completion_and_is_reported_separately(problems):

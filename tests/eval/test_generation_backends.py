@@ -98,13 +98,13 @@ def test_gsm8k_and_humaneval_score_the_same_through_both_backends(server, smollm
         out = tmp_path / b
         docs[b] = evaluate(smollm2, EvalConfig(**common, backend=b, **extra), out, progress=False)
         samples[b] = {t: [json.loads(x) for x in (out / f"samples_{t}.jsonl").read_text().splitlines()] for t in ("gsm8k", "humaneval")}
-    assert docs["hf"].tasks["gsm8k"]["accuracy"] == docs[backend].tasks["gsm8k"]["accuracy"]
-    assert docs["hf"].tasks["humaneval"]["pass@1"] == docs[backend].tasks["humaneval"]["pass@1"]
+    assert docs["hf"].tasks["gsm8k"].accuracy == docs[backend].tasks["gsm8k"].accuracy
+    assert docs["hf"].tasks["humaneval"].pass_at_1 == docs[backend].tasks["humaneval"].pass_at_1
     for t in ("gsm8k", "humaneval"):
         outs = {b: [r.get("output", r.get("completion")) for r in samples[b][t]] for b in samples}
         assert outs["hf"] == outs[backend] and len(outs["hf"]) == 2, t
         # the evaluation's tokens: the prompts read as well as the answers written, the same whichever engine answered
-        tokens = {b: docs[b].tasks[t]["tokens_processed"] for b in docs}
+        tokens = {b: docs[b].tasks[t].tokens_processed for b in docs}
         written = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in outs["hf"])
         assert tokens["hf"] == tokens[backend] > written + 2 * 20, (t, tokens, written)  # two prompts of 20+ tokens
 
@@ -131,7 +131,7 @@ def test_a_killed_evaluation_resumes_without_regenerating(server, smollm2, share
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert server.requests_served() - before == 3 - answered  # only what was not answered was asked again
-    assert read_record(out / "results.json", EvalResults).tasks["gsm8k"]["n"] == 3
+    assert read_record(out / "results.json", EvalResults).tasks["gsm8k"].n == 3
 
 
 def test_the_answer_cache_serves_what_was_answered(tmp_path):
@@ -268,15 +268,15 @@ def test_a_finished_task_is_reused_only_under_the_settings_that_measured_it(tmp_
     assert kept.spec == "usertasks.exact:arithmetic" and kept.metrics == measured
 
     def plant():
-        write_json(done, kept.model_copy(update={"metrics": {**kept.metrics, "accuracy": 12.5}}).model_dump(mode="json"))
+        write_json(done, kept.model_copy(update={"metrics": {**kept.metrics.model_dump(mode="json"), "accuracy": 12.5}}).model_dump(mode="json"))
 
     plant()
     faster = cfg.model_copy(update={"humaneval": cfg.humaneval.model_copy(update={"workers": 1})})  # SPEED_ONLY
-    assert evaluate(model, faster, ev, progress=False).tasks["arithmetic"]["accuracy"] == 12.5
-    assert evaluate(model, cfg, ev, template="model", progress=False).tasks["arithmetic"]["accuracy"] != 12.5
+    assert evaluate(model, faster, ev, progress=False).tasks["arithmetic"].own()["accuracy"] == 12.5
+    assert evaluate(model, cfg, ev, template="model", progress=False).tasks["arithmetic"].own()["accuracy"] != 12.5
     assert "measuring it again" in capsys.readouterr().err
     plant()
-    assert evaluate(model, cfg.model_copy(update={"batch_size": 4}), ev, progress=False).tasks["arithmetic"]["accuracy"] != 12.5
-    write_json(done, {**measured, "accuracy": 12.5})  # the bare metrics an earlier sftmix kept: no key, measured again
+    assert evaluate(model, cfg.model_copy(update={"batch_size": 4}), ev, progress=False).tasks["arithmetic"].own()["accuracy"] != 12.5
+    write_json(done, {**measured.model_dump(mode="json"), "accuracy": 12.5})  # the bare metrics an earlier sftmix kept: no key, measured again
     again = evaluate(model, cfg, ev, progress=False).tasks["arithmetic"]
-    assert again["accuracy"] == measured["accuracy"] and "not a TaskDone" in capsys.readouterr().err
+    assert again.own()["accuracy"] == measured.own()["accuracy"] and "not a TaskDone" in capsys.readouterr().err

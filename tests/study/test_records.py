@@ -8,10 +8,10 @@ import pytest
 from sftmix import layout
 from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
-from sftmix.eval.runner import EvalResults, Item, items_file, read_items
+from sftmix.eval.runner import EvalResults, Item, TaskDone, items_file, read_items
 from sftmix.io import read_record, write_jsonl
 from sftmix.study.executors.slurm import JobRecord
-from sftmix.study.ingest import curve_rows, data_rows, sample_rows
+from sftmix.study.ingest import curve_rows, data_rows, metric_rows, sample_rows
 from sftmix.study.store import CurvePoint, DataPart, Sample
 from sftmix.runlock import LockHolder
 from sftmix.study.worker import DoneRecord, ErrorRecord
@@ -30,7 +30,7 @@ GOOD = {
                 "curve.0.step"),
     Manifest: ({"name": "m", "parts": [{"source": "gsm8k", "ability": "math", "count": 2, "ids": ["a", "b"], "pool_size": 10}]},
                {"name": "m", "parts": [{"source": "gsm8k", "count": 2, "ids": []}]}, "parts.0.ability"),
-    EvalResults: ({"tasks": {"loss": {"gsm8k": {"loss": 1.0}}}}, {"task": {}}, "tasks"),
+    EvalResults: ({"tasks": {"loss": {"gsm8k": {"loss": 1.0, "tokens": 4, "samples": 2, "heldout": "test split"}}}}, {"task": {}}, "tasks"),
     SavedHeldout: ({"key": "k1", "results": {"gsm8k": {"loss": 1.5, "tokens": 4, "samples": 2, "per_sample": [["a", 2.0, 1], ["b", 4.0, 3]]}}},
                    {"key": "k1", "results": {"gsm8k": {"loss": 1.5, "tokens": 4, "samples": 2, "per_sample": [["a", 2.0]]}}},
                    "results.gsm8k.per_sample.0"),
@@ -54,6 +54,53 @@ def test_a_record_reads_back_and_a_malformed_one_is_named(model, tmp_path):
         read_record(q, model)
     with pytest.raises(SftmixError, match="gone.json: missing"):
         read_record(tmp_path / "gone.json", model)
+
+
+METRICS = {
+    "gsm8k": {"accuracy": 50.0, "flexible_accuracy": 75.0, "invalid_rate": 0.0, "n": 4, "wall_s": 2.5, "tokens_processed": 900,
+              "engine": {"backend": "hf", "engine": "transformers 5", "dtype": "bfloat16"}},
+    "humaneval": {"pass@1": 25.0, "pass@1_salvaged": 50.0, "pass@1_verbatim": 25.0, "n_problems": 4, "isolation": "bwrap",
+                  "proxy_fallback_problems": 0, "proxy_fallback_task_ids": [], "wrapper": "complete", "wall_s": 3.0},
+    "mtbench": {"score": 6.5, "score_sd": 0.0, "turn1": 7.0, "turn2": 6.0, "failed_judgments": 1, "n_judgments": 5,
+                "per_category": {"math": None, "writing": 6.5}, "repeats": 1, "score_per_repeat": [6.5], "judge_model": "gpt-4",
+                "judge_base_url": None, "judge_stats": {"requests": 5}},
+    "loss": {"gsm8k": {"loss": 1.25, "tokens": 40, "samples": 2, "heldout": "test split", "overlap_with_training": 0}, "wall_s": 1.0},
+    "sql": {"accuracy": 12.5, "note": "a user task's own values are kept as returned", "wall_s": 0.5},
+}
+
+
+def test_each_task_s_metrics_are_read_as_its_type_and_written_back_under_their_own_names(tmp_path):
+    """``results.json`` keeps a task's metrics under the names the task gives them (``pass@1``);
+    a built-in's are read as its type and checked field by field, a user task's kept as returned;
+    the store's rows are the numbers the report reads (the held-out loss: one per source)."""
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps({"tasks": METRICS}))
+    doc = read_record(p, EvalResults)
+    assert json.loads(doc.model_dump_json(exclude_unset=True))["tasks"] == METRICS
+    assert doc.tasks["humaneval"].pass_at_1 == 25.0 and doc.tasks["gsm8k"].engine.describe() == "hf: transformers 5, bfloat16"
+    assert doc.tasks["loss"].per_source["gsm8k"].loss == 1.25 and doc.tasks["mtbench"].per_category["math"] is None
+    assert doc.tasks["sql"].own() == {"accuracy": 12.5, "note": "a user task's own values are kept as returned"}
+    rows = {(m.task, m.metric): m.value for m in metric_rows("r", doc.tasks)}
+    assert rows[("gsm8k", "accuracy")] == 50.0 and rows[("gsm8k", "tokens_processed")] == 900.0
+    assert rows[("humaneval", "pass@1")] == 25.0 and ("humaneval", "pass_at_1") not in rows
+    assert [k for k in rows if k[0] == "loss"] == [("loss", "gsm8k")] and rows[("loss", "gsm8k")] == 1.25
+    assert ("mtbench", "per_category") not in rows and rows[("sql", "accuracy")] == 12.5 and ("sql", "note") not in rows
+    assert doc.tasks["gsm8k"].headline(()) == {"accuracy": 50.0, "flexible_accuracy": 75.0, "invalid_rate": 0.0, "n": 4}
+    assert doc.tasks["humaneval"].headline(()) == {"pass@1": 25.0, "pass@1_salvaged": 50.0, "pass@1_verbatim": 25.0,
+                                                   "n_problems": 4, "isolation": "bwrap"}
+    assert doc.tasks["sql"].headline({"accuracy": "higher"}) == {"accuracy": 12.5}
+    for task, field, bad in (("gsm8k", "accuracy", None), ("humaneval", "pass@1", None), ("mtbench", "score_sd", "high"),
+                             ("loss", "gsm8k.tokens", None)):
+        m = json.loads(json.dumps(METRICS[task]))
+        *path, last = field.split(".") if task == "loss" else [field]
+        inner = m[path[0]] if path else m
+        inner.pop(last) if bad is None else inner.update({last: bad})
+        p.write_text(json.dumps({"tasks": {**METRICS, task: m}}))
+        with pytest.raises(SftmixError, match=rf"results.json: not an EvalResults \(tasks\.{task}\.{field}: "):
+            read_record(p, EvalResults)
+    p.write_text(json.dumps({"spec": "gsm8k", "key": "k", "metrics": {**METRICS["gsm8k"], "n": "four"}}))
+    with pytest.raises(SftmixError, match=r"not a TaskDone \(metrics\.n: "):
+        read_record(p, TaskDone)
 
 
 def test_rows_come_from_the_stages_in_training_order(tmp_path):

@@ -192,7 +192,7 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_saves_a_full_model_and_re
         r = sftmix("eval", str(model), "--tasks", "loss", "--loss-sources", "generated_math", "--loss-samples", "8",
                    "--out", str(out), "--quiet")
         assert r.returncode == 0, r.stderr[-3000:]
-        measured.append(read_record(out / "results.json", EvalResults).tasks["loss"]["generated_math"]["loss"])
+        measured.append(read_record(out / "results.json", EvalResults).tasks["loss"].per_source["generated_math"].loss)
     assert abs(measured[0] - measured[1]) / measured[0] < SHARDED_TOLERANCE
 
 

@@ -2,6 +2,7 @@
 
 import time
 
+from sftmix.eval.metrics import TaskMetrics
 from sftmix.eval.tasks import HIGHER, LOWER, Context, Task
 
 
@@ -25,6 +26,18 @@ nan_headline = Task("nan_headline", _nan_headline, {"accuracy": HIGHER}, generat
 nan_row = Task("nan_row", _nan_row, {"score": LOWER}, generates=False)
 inf_row = Task("inf_row", _inf_row, {"score": LOWER}, generates=False)
 fine = Task("fine", _fine, {"score": HIGHER}, generates=False)
+
+
+class ScoreMetrics(TaskMetrics):
+    """A user task's own metrics type: its score and item count are fields, checked."""
+
+    score: float
+    n: int
+
+
+typed_fine = Task("typed_fine", _fine, {"score": HIGHER}, generates=False, metrics_type=ScoreMetrics)
+typed_nan_headline = Task("typed_nan_headline", lambda ctx: ({"score": 0.5, "n": "two"}, [{"item": "q1", "score": 1.0}]),
+                          {"score": HIGHER}, generates=False, metrics_type=ScoreMetrics)
 # a second task under the name of usertasks.exact:arithmetic
 arithmetic_again = Task("arithmetic", _fine, {"score": HIGHER}, generates=False)
 

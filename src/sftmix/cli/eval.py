@@ -17,6 +17,7 @@ from sftmix.cli.common import (
 from sftmix.config import EvalConfig, HeldoutConfig
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
+from sftmix.eval.metrics import TaskMetrics
 
 # The flags of `sftmix eval` that set an eval config field: help, default and choices come from
 # the field (sftmix.config.run.EvalConfig).
@@ -61,9 +62,9 @@ def cmd_eval(args) -> None:
     print(f"results: {out}/results.json")
 
 
-def headline(spec: str, m: dict):
+def headline(spec: str, m: TaskMetrics) -> dict:
     """The few numbers of a task's metrics worth printing (``spec``: the task as configured)."""
-    return tasks.get(spec).headline_of(m)
+    return m.headline(tasks.get(spec).metrics)
 
 
 def cmd_tsne(args) -> None:

@@ -13,14 +13,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_validator
 
 from sftmix import layout
 from sftmix.config import EvalConfig, HeldoutConfig, SourceConfig, pop_path
 from sftmix.errors import SftmixError
 from sftmix.eval import tasks
+from sftmix.eval.metrics import Engine, TaskMetrics, typed
 from sftmix.io import read_record, read_records, stable_hash, write_json, write_jsonl
 from sftmix.provenance import provenance
 
@@ -32,18 +32,6 @@ def _data_dir(cfg: EvalConfig, run_data_dir: str | None) -> Path | None:
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")  # the fields readers rely on are checked; others (provenance) are kept
-
-
-class Engine(_Record):
-    """Which engine answered an evaluation's generation tasks (``Generator.engine``)."""
-
-    backend: str
-    engine: str
-    dtype: str | None = None
-
-    def describe(self) -> str:
-        """One line: backend, engine and version, dtype."""
-        return f"{self.backend}: {self.engine}" + (f", {self.dtype}" if self.dtype else "")
 
 
 class TaskInfo(_Record):
@@ -81,12 +69,19 @@ LOSS_READS = ("batch_size",)  # the held-out loss: measured by transformers in f
 
 
 class TaskDone(BaseModel):
-    """``task_<name>.json``: a finished task's metrics (as the task computed them), the task as
-    configured, and the key of everything that decided them (``task_key``)."""
+    """``task_<name>.json``: a finished task's metrics, the task as configured, and the key of
+    everything that decided them (``task_key``)."""
 
     spec: str
     key: str
-    metrics: dict[str, Any]
+    metrics: SerializeAsAny[TaskMetrics]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed(cls, doc):  # a built-in task's metrics are read as its own type
+        if isinstance(doc, dict) and isinstance(doc.get("spec"), str):
+            doc = {**doc, "metrics": typed(tasks.metrics_type(doc["spec"]), doc.get("metrics"), "metrics")}
+        return doc
 
 
 def task_key(task, spec: str, ctx) -> str:
@@ -123,12 +118,12 @@ def read_items(eval_dir: str | Path, task: str) -> list[Item]:
 
 
 class EvalResults(_Record):
-    """An evaluation's ``results.json``: each task's metrics (as the task computed them), what each
+    """An evaluation's ``results.json``: each task's metrics (``sftmix.eval.metrics``), what each
     task was, the evaluation's config and which engine answered."""
 
     model: str = ""
     template: str = ""
-    tasks: dict[str, dict[str, Any]]
+    tasks: dict[str, SerializeAsAny[TaskMetrics]]
     task_info: dict[str, TaskInfo] = {}
     config: dict = {}
     engine: Engine | None = None  # None: no task generated (or an evaluation from before engines were recorded)
@@ -138,6 +133,13 @@ class EvalResults(_Record):
         """The task's spec as configured (its name where not recorded)."""
         info = self.task_info.get(task)
         return info.spec if info else task
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed(cls, doc):  # a built-in task's metrics are read as its own type
+        if isinstance(doc, dict) and isinstance(doc.get("tasks"), dict):
+            doc = {**doc, "tasks": {name: typed(tasks.metrics_type(name), m, "tasks", name) for name, m in doc["tasks"].items()}}
+        return doc
 
 
 def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: str = "vicuna", run_data_dir: str | None = None,
@@ -168,7 +170,7 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
     ctx = tasks.Context(model_path, cfg, template, _data_dir(cfg, run_data_dir), out, progress, get_generator,
                         sources or {}, seed, training_ids, [t.name for t in todo], heldout,
                         heldout_cfg or HeldoutConfig())
-    results: dict[str, dict] = {}
+    results: dict[str, TaskMetrics] = {}
     info: dict[str, TaskInfo] = {}
     try:
         for spec, task in zip(cfg.tasks, todo):
@@ -178,14 +180,14 @@ def evaluate(model_path: str, cfg: EvalConfig, out_dir: str | Path, template: st
     finally:  # a managed engine is stopped on success, on an error and on Ctrl-C
         if generator is not None:
             generator.close()
-    engines = {name: m["engine"] for name, m in results.items() if isinstance(m.get("engine"), dict)}
+    engines = {name: m.engine for name, m in results.items() if m.engine is not None}
     doc = EvalResults(model=model_path, template=template, tasks=results, task_info=info, config=cfg.model_dump(mode="json"),
                       engine=next(iter(engines.values()), None), engines=engines, **provenance())
     write_json(out / "results.json", doc.model_dump(mode="json"))
     return doc
 
 
-def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
+def _run_task(task, spec: str, ctx, out: Path, generator) -> TaskMetrics:
     """One task's metrics: read from ``task_<name>.json`` when an earlier evaluation finished it
     under the same key, else run and written (samples, items, then the metrics, each atomically).
     A generating task's metrics say which engine answered (``engine``)."""
@@ -220,10 +222,9 @@ def _run_task(task, spec: str, ctx, out: Path, generator) -> dict:
         tasks.check_rows(task, metrics, items)
     gen = generator()
     if task.generates and gen is not None:
-        metrics["tokens_processed"] = gen.tokens_processed - before
-        metrics["engine"] = gen.engine()
-    metrics["wall_s"] = round(time.perf_counter() - t0, 2)
+        metrics = {**metrics, "tokens_processed": gen.tokens_processed - before, "engine": gen.engine()}
+    typed = task.read_metrics({**metrics, "wall_s": round(time.perf_counter() - t0, 2)})
     write_jsonl(out / f"samples_{task.name}.jsonl", rows)
     write_jsonl(items_file(out, task.name), [Item(metric=m, item=i, value=v, weight=w).model_dump() for m, i, v, w in items])
-    write_json(done, TaskDone(spec=spec, key=key, metrics=metrics).model_dump(mode="json"))
-    return metrics
+    write_json(done, TaskDone(spec=spec, key=key, metrics=typed).model_dump(mode="json"))
+    return typed

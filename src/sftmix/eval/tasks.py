@@ -3,8 +3,9 @@ ingest, Findings and the report all read.
 
 A task is a ``Task`` value: its name, the ability it measures, its version, a ``run`` function
 (``Context`` -> metrics and per-item rows), its headline metrics each with a direction, whether
-its items are pass/fail (then paired comparisons use McNemar's test), and how its per-item rows
-become the (metric, item, value, weight) rows behind intervals and paired tests.
+its items are pass/fail (then paired comparisons use McNemar's test), how its per-item rows
+become the (metric, item, value, weight) rows behind intervals and paired tests, and the type its
+metrics are read as (``sftmix.eval.metrics``).
 
 Built in: ``gsm8k``, ``humaneval``, ``mtbench`` and ``loss``. A user's own benchmark is named in
 a run config or on the command line by its Python path, ``package.module:attribute`` (the
@@ -23,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sftmix.config.run import is_task_path
 from sftmix.errors import SftmixError, unknown
+from sftmix.eval.metrics import Gsm8kMetrics, HumanEvalMetrics, LossMetrics, MtBenchMetrics, TaskMetrics
 
 HIGHER, LOWER = "higher", "lower"
 
@@ -68,8 +72,7 @@ class Task:
     version: int = 1
     generates: bool = True  # needs the generator (token counts for evaluation FLOPs)
     items: Callable[[list[dict]], list[tuple[str, str, float, float]]] | None = None
-    headline: Callable[[dict], dict] | None = None
-    values: Callable[[dict], list[tuple[str, float]]] | None = None  # metrics -> (metric, value) for the store
+    metrics_type: type[TaskMetrics] = TaskMetrics  # what its metrics are read as (sftmix.eval.metrics)
     description: str = ""
 
     def __post_init__(self):
@@ -104,15 +107,14 @@ class Task:
                 out.append((metric, str(r.get("item", i)), float(value), 1.0))
         return out
 
-    def stored_values(self, metrics: dict) -> list[tuple[str, float]]:
-        """The (metric, value) pairs the study store keeps: every number of the task's metrics."""
-        return self.values(metrics) if self.values is not None else numbers(metrics)
-
-    def headline_of(self, metrics: dict) -> dict:
-        """The headline metrics of a task's results (what the CLI prints and the report shows)."""
-        if self.headline is not None:
-            return self.headline(metrics)
-        return {k: v for k, v in metrics.items() if k in self.metrics or k in ("n", "n_items")}
+    def read_metrics(self, metrics: dict) -> TaskMetrics:
+        """The metrics a run of the task returned (with what the runner added), as its type."""
+        try:
+            return self.metrics_type.model_validate(metrics)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise SftmixError(f"task {self.name!r}: its metrics do not fit {self.metrics_type.__name__} "
+                              f"({'.'.join(map(str, first['loc']))}: {first['msg']})") from None
 
 
 # ---------------------------------------------------------------- the built-in tasks
@@ -194,18 +196,14 @@ def _loss_items(rows):
 
 
 BUILTIN: dict[str, Task] = {t.name: t for t in (
-    Task("gsm8k", _run_gsm8k, {"accuracy": HIGHER}, ability="math", binary=True, items=_gsm8k_items,
-         headline=lambda m: {k: m[k] for k in ("accuracy", "flexible_accuracy", "invalid_rate", "n")},
+    Task("gsm8k", _run_gsm8k, {"accuracy": HIGHER}, ability="math", binary=True, items=_gsm8k_items, metrics_type=Gsm8kMetrics,
          description="GSM8K test: exact match of the final number (evaluation-protocol.md)"),
     Task("humaneval", _run_humaneval, {"pass@1": HIGHER}, ability="code", binary=True, items=_humaneval_items,
-         headline=lambda m: {k: m[k] for k in m if k.startswith("pass@") or k in ("n_problems", "isolation")},
+         metrics_type=HumanEvalMetrics,
          description="HumanEval: pass@1 of sandboxed completions"),
-    Task("mtbench", _run_mtbench, {"score": HIGHER}, ability="general", items=_mtbench_items,
-         headline=lambda m: {k: m[k] for k in ("score", "score_sd", "turn1", "turn2", "failed_judgments", "repeats")},
+    Task("mtbench", _run_mtbench, {"score": HIGHER}, ability="general", items=_mtbench_items, metrics_type=MtBenchMetrics,
          description="MT-Bench: LLM-judge score 1-10"),
-    Task("loss", _run_loss, {"*": LOWER}, generates=False, items=_loss_items,
-         values=lambda m: [(src, float(v["loss"])) for src, v in m.items() if isinstance(v, dict)],
-         headline=lambda m: {src: round(v["loss"], 4) for src, v in m.items() if isinstance(v, dict)},
+    Task("loss", _run_loss, {"*": LOWER}, generates=False, items=_loss_items, metrics_type=LossMetrics,
          description="held-out loss per source (the source's ability)"),
 )}
 
@@ -313,11 +311,7 @@ def is_binary(metric_key: str, tasks: dict[str, Task] = BUILTIN) -> bool:
     return bool(t and t.binary)
 
 
-def numbers(metrics: dict) -> list[tuple[str, float]]:
-    """Every number of a metrics mapping, as (metric, value)."""
-    return [(k, float(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-
-
-def stored_values(task: str, metrics: dict) -> list[tuple[str, float]]:
-    """What the study store keeps of a task's metrics (a user task needs no import for this)."""
-    return BUILTIN[task].stored_values(metrics) if task in BUILTIN else numbers(metrics)
+def metrics_type(spec: str) -> type[TaskMetrics]:
+    """What a task's kept metrics are read as, from the task as configured, without importing a
+    user task (a built-in's own type; a user task's: ``TaskMetrics``)."""
+    return BUILTIN[spec].metrics_type if spec in BUILTIN else TaskMetrics

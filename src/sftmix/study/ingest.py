@@ -17,7 +17,7 @@ from sftmix import layout
 from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
 from sftmix.eval.runner import EvalResults, items_file, read_items
-from sftmix.eval.tasks import stored_values
+from sftmix.eval.metrics import TaskMetrics
 from sftmix.io import read_record
 from sftmix.study.store import CurvePoint, DataPart, Metric, Sample
 from sftmix.study.worker import DoneRecord
@@ -42,9 +42,9 @@ class RunRecord:
     engine: str | None = None
 
 
-def metric_rows(run_id: str, results: dict) -> list[Metric]:
-    """Each task's stored values, as its registry entry gives them (a user task's: every number)."""
-    return [Metric(run_id, task, k, v) for task, m in results.items() for k, v in stored_values(task, m)]
+def metric_rows(run_id: str, results: dict[str, TaskMetrics]) -> list[Metric]:
+    """Each task's stored values, as its type gives them (a user task's: every number)."""
+    return [Metric(run_id, task, k, v) for task, m in results.items() for k, v in m.stored()]
 
 
 def sample_rows(run_id: str, eval_dir: Path, tasks: dict) -> list[Sample]:
