@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 import sftmix.analysis.report as report
+from sftmix.analysis.findings import pairs
+from sftmix.analysis.results import Group
 from lawsynth import DESIGN, amount_truth, fill, mixture_study
 from sftmix.analysis.propose import load_proposal
 from sftmix.cli import main
@@ -144,6 +146,28 @@ def test_a_user_task_s_own_metrics_type_is_checked_and_kept(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- study files
+
+def test_a_claim_or_prediction_whose_group_matches_no_run_is_said_before_the_runs(tmp_path, capsys):
+    """A typo in a claim's group (or a profile without that configuration) is said by `study
+    status` and `study run` before anything runs; a nested mapping selects as its dotted paths do."""
+    loss = "loss/generated_math"
+    path = study_cfg(tmp_path, grid={"strategy.name": ["multitask", "individual"], "seed": [0, 1]},
+                     compare=[{"a": "multitask", "b": "sequentail", "metric": loss, "claim": "a typo"},
+                              {"a": {"strategy.name": "multitask"}, "b": {"strategy": {"name": "individual"}}, "metric": loss},
+                              {"a": "multitask", "b": {"strategy.name": "individual", "model": "tiny"}, "metric": loss}],
+                     predictions=[{"a": {"strategy.name": "dmt"}, "metric": loss, "estimate": 1.0, "low": 0.5, "high": 1.5},
+                                  {"a": {"strategy": {"name": "individual"}}, "metric": loss, "estimate": 1.0, "low": 0.5, "high": 1.5}])
+    code, out, err = run(["study", "status", str(path)], capsys)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 2, err
+    assert "compare.0.b: sequentail matches none of the 2 configurations of this study; the claim 'a typo'" in warned[0]
+    assert "predictions.0.a: strategy.name=dmt matches none" in warned[1] and "4 runs" in out
+    study_cfg_doc, runs = load_study(str(path))
+    groups = {r.label.split(" ", 1)[1]: Group(r.label, r.point, r.config.model_dump()) for r in runs if r.point["seed"] == 0}
+    nested, dotted = study_cfg_doc.compare[1], study_cfg_doc.compare[1].model_copy(update={"b": {"strategy.name": "individual"}})
+    assert pairs(list(groups.values()), nested)[0] == pairs(list(groups.values()), dotted)[0] != []
+
 
 def study(**fields) -> callable:
     return lambda t: ["study", "status", str(study_cfg(t, **fields))]

@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict
 
 from sftmix.analysis import stats
 from sftmix.analysis.results import Group, group_items, groups, lower_is_better, metric_keys, study_tasks
-from sftmix.config import Claim, get_path
+from sftmix.config import Claim, StudyConfig, get_path
 from sftmix.eval import tasks
-from sftmix.study.grid import short_value
+from sftmix.study.grid import REPLICATE_AXIS, PlannedRun, group_label, short_value
 from sftmix.study.store import Store
 
 # ---------------------------------------------------------------- the checked rows
@@ -115,10 +115,22 @@ def _axis_for(key: str, point: dict) -> str | None:
     return None
 
 
+def _flat(selector: dict, prefix: str = "") -> dict:
+    """A selector's nested mappings as dotted paths: ``{strategy: {name: dmt}}`` selects as
+    ``{strategy.name: dmt}`` does (the mapping's keys, not the whole of the config's value there)."""
+    out = {}
+    for k, v in selector.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _matches(g: Group, selector: str | dict) -> bool:
     if isinstance(selector, str):
         return g.label == selector or get_path(g.config, "strategy.name") == selector
-    for k, v in selector.items():
+    for k, v in _flat(selector).items():
         axis = _axis_for(k, g.point)
         if not (_same(get_path(g.config, k), v) or (axis is not None and axis == k and _same(g.point[axis], v))):
             return False
@@ -128,7 +140,26 @@ def _matches(g: Group, selector: str | dict) -> bool:
 def _selector_axes(selector: str | dict, point: dict) -> set[str]:
     if isinstance(selector, str):
         return {p for p in point if p == "strategy" or p.startswith("strategy.")}
-    return {a for k in selector if (a := _axis_for(k, point)) is not None}
+    return {a for k in _flat(selector) if (a := _axis_for(k, point)) is not None}
+
+
+def unmatched(study: StudyConfig, runs: list[PlannedRun], profile: str | None = None) -> list[str]:
+    """Each claim's and prediction's group that none of ``runs`` matches (a typo in a label or a
+    value, or a profile without that configuration), in words: said before the runs start, as the
+    report can only mark such a claim not tested once they have run."""
+    gs: dict[str, Group] = {}
+    for r in runs:
+        label = group_label(r.point) if REPLICATE_AXIS in r.point else r.label
+        gs.setdefault(label, Group(label, {k: v for k, v in r.point.items() if k != REPLICATE_AXIS}, r.config.model_dump()))
+    where = f"profile {profile!r} of this study" if profile else "this study"
+    out = []
+    for at, selector, what in [*((f"compare.{i}.{side}", getattr(c, side), f"claim {c.claim or c.metric!r}")
+                                 for i, c in enumerate(study.compare) for side in ("a", "b")),
+                               *((f"predictions.{i}.a", p.a, f"prediction of {p.metric!r}") for i, p in enumerate(study.predictions))]:
+        if not any(_matches(g, selector) for g in gs.values()):
+            out.append(f"{at}: {short_value(selector)} matches none of the {len(gs)} configurations of {where}; "
+                       f"the {what} will be reported as not tested")
+    return out
 
 
 def pairs(gs: list[Group], claim: Claim, zipped: tuple[str, ...] = ()) -> tuple[list[tuple[Group, Group, str]], str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import TYPE_CHECKING, get_args
 
 import yaml
@@ -27,12 +28,16 @@ if TYPE_CHECKING:
 def cmd_study(args) -> None:
     """``sftmix study run|status|report``: run a study's grid, show where it stands, or write its report."""
     # per command: see the module docstring
+    from sftmix.analysis.findings import unmatched
     from sftmix.analysis.report import write_report
     from sftmix.study.runner import load_study, run_study, status_rows, study_dir
     from sftmix.study.store import Store
 
     notes: list[str] = []
     study, runs = load_study(args.file, args.profile, notes, read_only=args.study_command != "run")
+    if args.study_command in ("run", "status"):  # before hours of runs, not in a report afterwards
+        for line in unmatched(study, runs, args.profile):
+            print(f"warning: {args.file}: {line}", file=sys.stderr)
     out = study_dir(study, args.profile)
     db = layout.store(out)
     doc = study_doc(study, args.profile)
