@@ -2,6 +2,7 @@
 
 import html
 import re
+import shutil
 
 import pytest
 
@@ -14,6 +15,7 @@ from sftmix.errors import SftmixError
 from sftmix.eval import contamination, tasks
 from sftmix.eval.contamination import RunContamination, TaskContamination
 from sftmix.models import resolve_model
+from sftmix.study.ingest import contamination_rows
 from sftmix.study.store import Metric, Store
 from sftmix.train.strategies import run_strategy
 
@@ -124,11 +126,14 @@ def test_the_report_shows_each_runs_scores_without_the_items_its_training_held(t
                                                                            value=66.67 if hit else 40.0, clean_value=clean)})
         (ev / contamination.FILE).write_text(doc.model_dump_json())
         s.start(rid, f"x={rid}", {"x": rid}, {"eval": {"tasks": ["gsm8k"]}})
-        s.finish(rid, "", str(ev), [Metric(rid, "gsm8k", "accuracy", doc.tasks["gsm8k"].value)], 1e6, 1e8)
+        s.finish(rid, "", str(ev), [Metric(rid, "gsm8k", "accuracy", doc.tasks["gsm8k"].value)], 1e6, 1e8,
+                 contamination=contamination_rows(rid, ev))
+        shutil.rmtree(ev)  # the report reads the store alone
     s.start("c", "x=c", {"x": "c"}, {})
     s.fail("c", "boom")  # a failed run has no row
     report = write_report(s, tmp_path / "report", "t")
     md = (report.parent / "report.md").read_text()
     assert "## Benchmark contamination" in md
-    assert "| x=a | gsm8k | 1 of 3 | 1 | accuracy | 66.67 | 50.00 |" in md and "| x=b | gsm8k | 0 of 3 | 0 | accuracy | 40.00 | 40.00 |" in md
+    assert "| x=a | gsm8k | 1 of 3 | 1 | 13 | accuracy | 66.67 | 50.00 |" in md
+    assert "| x=b | gsm8k | 0 of 3 | 0 | 13 | accuracy | 40.00 | 40.00 |" in md
     assert "x=c | gsm8k" not in md

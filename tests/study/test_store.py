@@ -1,12 +1,13 @@
 """study/store.py: the study's results database: runs, metrics and per-item rows written together,
 restarts, relabelling, restricted views, and a file that is not a database."""
 
+import json
 import sqlite3
 
 import pytest
 
 from sftmix.errors import SftmixError
-from sftmix.study.store import CurvePoint, DataPart, Metric, Run, Sample, Store
+from sftmix.study.store import SCHEMA, SCHEMA_VERSION, Contamination, CurvePoint, DataPart, Metric, Run, Sample, Store
 
 
 def test_a_run_is_started_finished_and_read_back(tmp_path):
@@ -95,7 +96,29 @@ def test_the_engine_of_a_run_is_kept_and_a_version_1_store_gains_the_column(tmp_
     con.close()
     v1 = Store(old)
     assert [(r.id, r.status, r.engine) for r in v1.runs()] == [("b", "done", None)]
-    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 3
+    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+def test_a_version_3_store_gains_the_contamination_table_and_keeps_its_runs(tmp_path):
+    """Version 4 keeps each run's benchmark scores without the items its training held; a store
+    written before it gains the (empty) table on opening, its runs and metrics as they were."""
+    old = tmp_path / "v3.sqlite"
+    con = sqlite3.connect(old)
+    con.executescript(SCHEMA.split("CREATE TABLE IF NOT EXISTS contamination")[0] + """
+        INSERT INTO runs (id, label, status) VALUES ('b', 'y', 'done');
+        INSERT INTO metrics VALUES ('b', 'gsm8k', 'accuracy', 40.0);
+        PRAGMA application_id = 1936094317; PRAGMA user_version = 3;""")
+    con.commit()
+    con.close()
+    s = Store(old)
+    assert s.contamination() == [] and [m.value for m in s.metrics()] == [40.0]
+    s.start("c", "z", {}, {})
+    row = Contamination("c", "gsm8k", "accuracy", 13, 3, json.dumps(["gsm8k/test/0"]), 1, 66.67, 50.0)
+    s.finish("c", "/ckpt", "/eval", [], 0.0, 0.0, contamination=[row])
+    assert s.contamination() == [row] and row.held == ["gsm8k/test/0"]
+    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 4
+    with pytest.raises(ValueError, match="a contamination row must be a Contamination of this run"):
+        s.finish("c", "/ckpt", "/eval", [], 0.0, 0.0, contamination=[row._replace(run_id="b")])
 
 
 def test_a_version_2_store_keeps_its_curves_under_the_source_column(tmp_path):
@@ -123,7 +146,7 @@ def test_a_version_2_store_keeps_its_curves_under_the_source_column(tmp_path):
         ("b", 0, "gsm8k", 2.5), ("b", 4, "gsm8k", 1.5), ("b", 4, "sharegpt", 3.0)]
     raw = sqlite3.connect(old)
     assert "source" in {c[1] for c in raw.execute("PRAGMA table_info('curves')")}
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     # the renamed column keeps the key: the same point twice is still refused
     with pytest.raises(sqlite3.IntegrityError):
         raw.execute("INSERT INTO curves VALUES ('b', '1_s', 1, 4, 4, 10.0, 'gsm8k', 9.9)")

@@ -24,7 +24,7 @@ from sftmix.analysis.lawfit import Fit, fit_key, load_fit, other_version
 from sftmix.analysis.results import eval_tokens, flops, groups, lower_is_better, study_tasks, summary
 from sftmix.config import Claim, Prediction
 from sftmix.errors import SftmixError
-from sftmix.eval import contamination, tasks
+from sftmix.eval import tasks
 from sftmix.io import atomic_write, pid_alive
 from sftmix.provenance import provenance
 from sftmix.study.grid import short_value
@@ -312,20 +312,17 @@ PREDICTIONS_INTRO = ("What the fitted laws predicted for these configurations, b
 
 
 CONTAMINATION_INTRO = ("Each done run's benchmark scores over all items and over the items none of its training rows holds "
-                       f"({contamination.NGRAM} consecutive words in common; sftmix.eval.contamination). A score that drops "
-                       "without the held items was helped by training on the test.")
+                       "(an item is held where a row has n consecutive words of it in common, n the run's clean.ngram; "
+                       "sftmix.eval.contamination). A score that drops without the held items was helped by training on the test.")
 
 
-def contamination_rows(runs) -> list[list[str]]:
+def contamination_rows(store, runs) -> list[list[str]]:
     """A row per done run and benchmark it was evaluated on: the items its training rows hold, and
-    the headline metric over all items and over the others (its ``eval/contamination.json``)."""
-    rows = []
-    for r in runs:
-        held = contamination.read(Path(r.eval_dir)) if r.status == "done" and r.eval_dir else None
-        for task, c in (held.tasks.items() if held else ()):
-            rows.append([r.label, task, f"{len(c.hit)} of {c.items}", str(c.rows), c.metric, f"{c.value:.2f}",
-                         "none left" if c.clean_value is None else f"{c.clean_value:.2f}"])
-    return rows
+    the headline metric over all items and over the others (the store's ``contamination``)."""
+    labels = {r.id: r.label for r in runs}
+    return [[labels[c.run_id], c.task, f"{len(c.held)} of {c.items}", str(c.rows), str(c.ngram), c.metric, f"{c.value:.2f}",
+             "none left" if c.clean_value is None else f"{c.clean_value:.2f}"]
+            for c in store.contamination() if c.run_id in labels]
 
 
 def _sections(store, runs, header, rows, known, found, sentences, predicted, pred_sentences, notes, top, curves, figs,
@@ -350,10 +347,11 @@ def _sections(store, runs, header, rows, known, found, sentences, predicted, pre
         out.append(lawreport.section(laws, law_figs, stale))
     if optimization:
         out.append(optreport.section(optimization, store, opt_figs or {}))
-    held = contamination_rows(runs)
+    held = contamination_rows(store, runs)
     if held:
         out.append(Section("Benchmark contamination", [Text(CONTAMINATION_INTRO), Table(
-            ["label", "task", "items the training rows hold", "training rows", "metric", "on all items", "on the others"], held)]))
+            ["label", "task", "items the training rows hold", "training rows", "n", "metric", "on all items", "on the others"],
+            held)]))
     rest = {n: d for n, d in figs.items() if n not in curves and n not in law_figs and n not in (opt_figs or {})}
     if rest:
         out.append(Section("Figures", [Figures(rest)]))

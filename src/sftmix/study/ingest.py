@@ -5,11 +5,13 @@ read: ``DoneRecord`` (``done.json``, ``sftmix.study.worker``), ``StageMeta`` (a 
 ``final/meta.json``, ``sftmix.train.meta``), ``Manifest`` (a stage's ``data/manifest.json``, ``sftmix.data.compose``) and ``EvalResults`` (the
 evaluation's ``results.json``, ``sftmix.eval.runner``). ``read_run`` turns a finished run's folder into a ``RunRecord``,
 whose rows are the store's rows (``Metric``, ``Sample``, ``CurvePoint``, ``DataPart`` of
-``sftmix.study.store``). A malformed file is an error naming it and its field.
+``sftmix.study.store``), and ``Contamination`` rows from the evaluation's ``contamination.json``
+(``RunContamination``, ``sftmix.eval.contamination``). A malformed file is an error naming it and its field.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +19,10 @@ from sftmix import layout
 from sftmix.data.compose import Manifest
 from sftmix.errors import SftmixError
 from sftmix.eval.runner import EvalResults, items_file, read_items
+from sftmix.eval import contamination
 from sftmix.eval.metrics import TaskMetrics
 from sftmix.io import read_record
-from sftmix.study.store import CurvePoint, DataPart, Metric, Sample
+from sftmix.study.store import Contamination, CurvePoint, DataPart, Metric, Sample
 from sftmix.study.worker import DoneRecord
 from sftmix.train.meta import StageMeta
 
@@ -40,6 +43,7 @@ class RunRecord:
     train_tokens: float = 0.0
     params: float = 0.0
     engine: str | None = None
+    contamination: list[Contamination] = field(default_factory=list)
 
 
 def metric_rows(run_id: str, results: dict[str, TaskMetrics]) -> list[Metric]:
@@ -82,6 +86,14 @@ def data_rows(run_id: str, run_out: Path) -> list[DataPart]:
     return out
 
 
+def contamination_rows(run_id: str, eval_dir: Path) -> list[Contamination]:
+    """The run's benchmark scores without the items its training rows hold, from the evaluation's
+    ``contamination.json`` (none where it has none: no benchmark was evaluated, or measuring failed)."""
+    held = contamination.read(eval_dir)
+    return [Contamination(run_id, task, c.metric, held.ngram, c.items, json.dumps(c.hit), c.rows, c.value, c.clean_value)
+            for task, c in (held.tasks.items() if held else ())]
+
+
 def read_run(run_id: str, run_out: Path) -> RunRecord:
     """A finished run's folder (its ``done.json`` present) as the record of run ``run_id``."""
     done = read_record(Path(run_out) / layout.DONE, DoneRecord)
@@ -94,6 +106,6 @@ def read_run(run_id: str, run_out: Path) -> RunRecord:
             params = layout.param_count(path.parent)
     return RunRecord(run_id, done.checkpoint, str(eval_dir), metric_rows(run_id, results.tasks),
                      sample_rows(run_id, eval_dir, results.tasks), curve_rows(run_id, run_out), data_rows(run_id, run_out), tokens, params,
-                     results.engine.describe() if results.engine else None)
+                     results.engine.describe() if results.engine else None, contamination_rows(run_id, eval_dir))
 
 

@@ -127,7 +127,7 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
         if store.status(run.id) is None:
             store.start(run.id, run.label, run.point, run.config.model_dump())
         store.finish(run.id, record.checkpoint, record.eval_dir, record.metrics, record.train_tokens, record.params,
-                     record.samples, record.curves, record.data, record.engine)
+                     record.samples, record.curves, record.data, record.engine, record.contamination)
         return True
     err = worker.read_error(run_out)
     if err is not None:

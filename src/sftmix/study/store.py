@@ -5,8 +5,9 @@ Tables: ``runs`` (one row per run: id, label, config, status, error, paths, timi
 held-out sample's summed token loss and token count, a problem's pass or a judgment's score,
 as value and weight, so that intervals come from data), ``data`` (what each stage trained on:
 examples and approximate tokens per source and ability, replayed parts apart, from the stages'
-manifests; the amounts that scaling and mixture laws are fitted on) and ``curves`` (held-out
-loss per held-out source during training). Every write is one transaction, so a kill at any time leaves the database
+manifests; the amounts that scaling and mixture laws are fitted on), ``curves`` (held-out
+loss per held-out source during training) and ``contamination`` (per benchmark, the items the
+run's training rows hold and its headline metric without them, ``sftmix.eval.contamination``). Every write is one transaction, so a kill at any time leaves the database
 consistent (SQLite's journal rolls back a half-done write).
 """
 
@@ -40,12 +41,17 @@ CREATE TABLE IF NOT EXISTS curves (
   run_id TEXT, stage TEXT, stage_index INTEGER, step INTEGER, run_step INTEGER, run_tokens REAL, source TEXT, loss REAL,
   PRIMARY KEY (run_id, stage, step, source)
 );
+CREATE TABLE IF NOT EXISTS contamination (
+  run_id TEXT, task TEXT, metric TEXT, ngram INTEGER, items INTEGER, hit TEXT, rows INTEGER, value REAL, clean_value REAL,
+  PRIMARY KEY (run_id, task)
+);
 """
 
 
-SCHEMA_TABLES = ("runs", "metrics", "samples", "data", "curves")
+SCHEMA_TABLES = ("runs", "metrics", "samples", "data", "curves", "contamination")
 APPLICATION_ID = 0x7366746D  # "sftm": SQLite's application_id of an sftmix store
-SCHEMA_VERSION = 3  # SQLite's user_version: the layout of SCHEMA (2: runs.engine; 3: curves.source, named ability before)
+SCHEMA_VERSION = 4  # SQLite's user_version: the layout of SCHEMA (2: runs.engine; 3: curves.source, named ability before;
+# 4: contamination, which runs ingested before it have no rows of)
 # the columns an sftmix store's tables hold (a store made before the stamp is recognised by them)
 COLUMNS = {"runs": {"id", "label", "point", "config", "status", "error", "checkpoint", "eval_dir", "started", "finished",
                     "train_tokens", "params"},
@@ -139,7 +145,31 @@ class DataPart(NamedTuple):
     origin: str
 
 
-ROW_TABLES = (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart))  # a finished run's rows
+class Contamination(NamedTuple):
+    """A run's benchmark over all its evaluated items and over those none of its training rows
+    holds (``contamination``; a run's ``eval/contamination.json``): the headline metric, the
+    n-gram length that decided, the items evaluated, the held ones (``hit``: their benchmark ids,
+    as a JSON list), the training rows that hold them, and the values (``clean_value`` None where
+    every item is held)."""
+
+    run_id: str
+    task: str
+    metric: str
+    ngram: int
+    items: int
+    hit: str
+    rows: int
+    value: float
+    clean_value: float | None
+
+    @property
+    def held(self) -> list[str]:
+        """The benchmark ids of the evaluated items some training row holds."""
+        return json.loads(self.hit)
+
+
+ROW_TABLES = (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart),
+              ("contamination", Contamination))  # a finished run's rows
 
 
 def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
@@ -218,15 +248,16 @@ class Store:
 
     def finish(self, run_id: str, checkpoint: str, eval_dir: str, metrics: list[Metric], train_tokens: float, params: float,
                samples: list[Sample] = (), curves: list[CurvePoint] = (), data: list[DataPart] = (),
-               engine: str | None = None) -> None:
-        """Record a finished run: its metrics, per-item samples, curve points and the data it
-        trained on (each row of this run); ``engine``: which engine answered its generation tasks."""
-        rows = {"metrics": metrics, "samples": samples, "curves": curves, "data": data}
+               engine: str | None = None, contamination: list[Contamination] = ()) -> None:
+        """Record a finished run: its metrics, per-item samples, curve points, the data it trained
+        on and its benchmarks' scores without the items that data holds (each row of this run);
+        ``engine``: which engine answered its generation tasks."""
+        rows = {"metrics": metrics, "samples": samples, "curves": curves, "data": data, "contamination": contamination}
         for table, kind in ROW_TABLES:
             bad = next((r for r in rows[table] if not isinstance(r, kind) or r.run_id != run_id), None)
             if bad is not None:
                 raise ValueError(f"finish({run_id!r}): a {table} row must be a {kind.__name__} of this run, got {bad!r}")
-        with self.conn:  # metrics, samples, curves, data and the 'done' status land together or not at all
+        with self.conn:  # every row of the run and the 'done' status land together or not at all
             for table, kind in ROW_TABLES:
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
                 self.conn.executemany(f"INSERT INTO {table} ({', '.join(kind._fields)}) VALUES ({', '.join('?' * len(kind._fields))})",
@@ -276,3 +307,7 @@ class Store:
     def curves(self) -> list[CurvePoint]:
         """The forgetting-curve points of the runs."""
         return self._read(CurvePoint, "curves", order="ORDER BY run_id, run_step, source")
+
+    def contamination(self) -> list[Contamination]:
+        """Per run and benchmark, its scores with and without the items its training rows hold."""
+        return self._read(Contamination, "contamination", order="ORDER BY run_id, task")
