@@ -17,7 +17,7 @@ import sftmix.train.stage as stage_mod
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix import layout, pipeline
 from sftmix.analysis import stats
-from sftmix.analysis.findings import Finding, pairs
+from sftmix.analysis.findings import Finding, check_claims, finding_sentence, pairs
 from sftmix.analysis.report import write_report
 from sftmix.analysis.results import Group
 from sftmix.data.heldout import POOL_TAIL, HeldoutRows, heldout
@@ -25,7 +25,9 @@ from sftmix.data.sources import load_pool
 from sftmix.io import read_jsonl, read_record, write_json
 from sftmix.layout import weights_fingerprint
 from sftmix.models import load_model, load_tokenizer
+from sftmix.config import Claim
 from sftmix.study.runner import load_study, run_study, study_dir
+from sftmix.study.store import Contamination, Metric, Sample, Store
 from sftmix.supervised import mean_loss
 from sftmix.train.curve import BaseLosses
 from sftmix.train.meta import read_meta
@@ -212,6 +214,30 @@ def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
     table = (tmp_path / "report" / "table.csv").read_text().splitlines()
     assert table[0].startswith("run,seeds,loss/generated_code,loss/generated_code low,loss/generated_code high")
     assert len(table) == 3 and all(",2," in row for row in table[1:])  # one row per configuration, 2 seeds each
+
+
+def test_a_claim_is_tested_again_without_the_benchmark_items_training_held(tmp_path):
+    """A wins on GSM8K only on the 20 test problems its training rows hold: the claim holds over
+    all items (McNemar), and is not distinguishable without them; a metric whose items no run
+    holds gets no second comparison. The ids join the store's items to the benchmark's."""
+    store = Store(tmp_path / "results.sqlite")
+    mixed = [100.0 * (i % 2) for i in range(20, 40)]
+    per_item = {"a": [100.0] * 20 + mixed, "b": [0.0] * 20 + mixed}
+    for rid, values in per_item.items():
+        store.start(rid, f"x={rid}", {"x": rid}, {"strategy": {"name": "dmt" if rid == "a" else "sequential"}})
+        held = [f"gsm8k/test/{i}" for i in range(20)] if rid == "a" else []
+        store.finish(rid, "", "", [Metric(rid, "gsm8k", "accuracy", sum(values) / 40), Metric(rid, "humaneval", "pass@1", 50.0)], 1e6, 1e8,
+                     [Sample(rid, "gsm8k", "accuracy", str(i), v, 1.0) for i, v in enumerate(values)]
+                     + [Sample(rid, "humaneval", "pass@1", f"HumanEval/{i}", 100.0 * (i < 30), 1.0) for i in range(40)],
+                     contamination=[Contamination(rid, "gsm8k", "accuracy", 13, 40, json.dumps(held), len(held), sum(values) / 40,
+                                                  sum(values[20:]) / 20)])
+    found = check_claims(store, [Claim(a={"x": "a"}, b={"x": "b"}, metric=["gsm8k/accuracy", "humaneval/pass@1"], claim="A better")])
+    gsm8k, humaneval = found
+    assert gsm8k.verdict == stats.AS_PAPER and gsm8k.diff == pytest.approx(50.0) and gsm8k.items == 40
+    assert (gsm8k.held_items, gsm8k.clean_diff, gsm8k.clean_verdict) == (20, 0.0, stats.UNCLEAR)
+    assert gsm8k.clean_low <= 0 <= gsm8k.clean_high
+    assert "Without the 20 items their training rows hold: +0 [95% CI" in finding_sentence(gsm8k)
+    assert humaneval.held_items is None and humaneval.clean_verdict is None and "Without" not in finding_sentence(humaneval)
 
 
 @pytest.mark.parametrize("profile", [None, "small"])

@@ -19,6 +19,7 @@ from sftmix.analysis import stats
 from sftmix.analysis.results import Group, group_items, groups, lower_is_better, metric_keys, study_tasks
 from sftmix.config import Claim, StudyConfig, get_path
 from sftmix.eval import tasks
+from sftmix.eval.contamination import benchmark_item
 from sftmix.study.grid import REPLICATE_AXIS, PlannedRun, group_label, short_value
 from sftmix.study.store import Store
 
@@ -59,6 +60,13 @@ class Finding(_Row):
     a_value: float | None = None
     b_value: float | None = None
     seeds_compared: list[int] | None = None
+    # the same comparison without the benchmark items some training row of A's or B's runs holds
+    # (sftmix.eval.contamination); all None where no compared item is held
+    held_items: int | None = None
+    clean_diff: float | None = None
+    clean_low: float | None = None
+    clean_high: float | None = None
+    clean_verdict: str | None = None
 
     @property
     def tested(self) -> bool:
@@ -246,7 +254,28 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str, k
     pa, pb = stats.align(ia, ib)  # the values compared: shared items, and shared seeds where there are any
     return {**row, "diff": diff, "low": lo, "high": hi, "items": n, "mcnemar": test, "verdict": v,
             "a_value": stats.estimate(pa), "b_value": stats.estimate(pb), "seeds_a": len(pa.seeds),
-            "seeds_b": len(pb.seeds), "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds))}
+            "seeds_b": len(pb.seeds), "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds)),
+            **_clean(store, a, b, metric, pa, pb, expect_positive, known)}
+
+
+def _clean(store: Store, a: Group, b: Group, metric: str, pa: stats.Items, pb: stats.Items, expect_positive: bool,
+           known: dict) -> dict:
+    """The comparison again without the items some training row of A's or B's runs holds (the
+    store's ``contamination``): a verdict that changes there was decided by training on the
+    test. Nothing where no compared item is held."""
+    task = metric.split("/", 1)[0]
+    runs = {r.id for r in (*a.runs, *b.runs)}
+    held_ids = {i for c in store.contamination() if c.run_id in runs and c.task == task for i in c.held}
+    held = {i for i in pa.items if benchmark_item(task, i) in held_ids}
+    if not held:
+        return {}
+    ca, cb = stats.without(pa, held), stats.without(pb, held)
+    if not ca.items:
+        return {"held_items": len(held), "clean_verdict": NOT_TESTED}
+    diff, lo, hi, _ = stats.paired_difference(ca, cb)
+    p = stats.mcnemar(ca, cb)[2] if tasks.is_binary(metric, known) else None
+    return {"held_items": len(held), "clean_diff": diff, "clean_low": lo, "clean_high": hi,
+            "clean_verdict": stats.verdict(lo, hi, expect_positive, p, diff)}
 
 
 def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict) -> list[dict]:
@@ -320,9 +349,14 @@ def finding_sentence(f: Finding) -> str:
         return f"{f.claim}: not tested ({f.note})."
     m = f.mcnemar
     test = f"; McNemar {m.a_only} vs {m.b_only} discordant, p = {m.p:.3g}" if m else ""
+    clean = ""
+    if f.held_items:
+        clean = (f" Without the {f.held_items} items their training rows hold: " + (
+            "none is left" if f.clean_diff is None else
+            f"{f.clean_diff:+.4g} [95% CI {f.clean_low:+.4g}, {f.clean_high:+.4g}], {f.clean_verdict}") + ".")
     return (f"{f.claim} — {f.metric}: {f.a} {f.a_value:.4g} vs {f.b} {f.b_value:.4g}, "
             f"difference {f.diff:+.4g} [95% CI {f.low:+.4g}, {f.high:+.4g}] over {f.items} items and "
-            f"{_seed_words(f)}{test}: {f.verdict}.")
+            f"{_seed_words(f)}{test}: {f.verdict}.{clean}")
 
 
 def _seed_words(f: Finding) -> str:

@@ -68,6 +68,12 @@ def items_of(runs: list[tuple[int, dict[str, tuple[float, float]]]], only: list[
     return Items(v, w, [s for s, _ in runs], ids)
 
 
+def without(x: Items, drop: set[str]) -> Items:
+    """``x`` without the items ``drop`` names (every run's values and weights alike)."""
+    keep = [j for j, i in enumerate(x.items) if i not in drop]
+    return Items(x.values[:, keep], x.weights[:, keep], list(x.seeds), [x.items[j] for j in keep])
+
+
 def estimate(x: Items) -> float:
     """Mean over runs of each run's ratio sum(value) / sum(weight)."""
     return float(np.mean(x.values.sum(1) / x.weights.sum(1)))
