@@ -98,6 +98,15 @@ def test_each_task_s_metrics_are_read_as_its_type_and_written_back_under_their_o
         p.write_text(json.dumps({"tasks": {**METRICS, task: m}}))
         with pytest.raises(SftmixError, match=rf"results.json: not an EvalResults \(tasks\.{task}\.{field}: "):
             read_record(p, EvalResults)
+    # a file without the secondary numbers (an earlier evaluation's) reads, with None for them
+    older = {"humaneval": {k: v for k, v in METRICS["humaneval"].items() if not k.startswith("pass@1_")},
+             "gsm8k": {k: METRICS["gsm8k"][k] for k in ("accuracy", "n")}}
+    p.write_text(json.dumps({"tasks": older}))
+    doc = read_record(p, EvalResults)
+    assert doc.tasks["humaneval"].pass_at_1_verbatim is None and doc.tasks["gsm8k"].flexible_accuracy is None
+    assert doc.tasks["humaneval"].headline(()) == {"pass@1": 25.0, "n_problems": 4, "isolation": "bwrap"}
+    assert {m.metric for m in metric_rows("r", doc.tasks)} == {"pass@1", "n_problems", "proxy_fallback_problems", "wall_s",
+                                                              "accuracy", "n"}
     p.write_text(json.dumps({"spec": "gsm8k", "key": "k", "metrics": {**METRICS["gsm8k"], "n": "four"}}))
     with pytest.raises(SftmixError, match=r"not a TaskDone \(metrics\.n: "):
         read_record(p, TaskDone)

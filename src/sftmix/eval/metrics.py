@@ -67,9 +67,9 @@ class Gsm8kMetrics(TaskMetrics):
     """GSM8K: exact match of the final number (strict and flexible extraction), in percent."""
 
     accuracy: float
-    flexible_accuracy: float
-    invalid_rate: float  # answers with no number in the expected place
     n: int
+    flexible_accuracy: float | None = None  # the secondary numbers: None in a file that lacks them
+    invalid_rate: float | None = None  # answers with no number in the expected place
 
     def headline(self, names=()) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "flexible_accuracy": self.flexible_accuracy, "invalid_rate": self.invalid_rate,
@@ -81,18 +81,18 @@ class HumanEvalMetrics(TaskMetrics):
     verbatim (pass@k for larger k, where sampled, are extra fields under their names)."""
 
     pass_at_1: float = Field(alias="pass@1")
-    pass_at_1_salvaged: float = Field(alias="pass@1_salvaged")
-    pass_at_1_verbatim: float = Field(alias="pass@1_verbatim")
     n_problems: int
     isolation: str  # the sandbox that ran the programs
+    pass_at_1_salvaged: float | None = Field(None, alias="pass@1_salvaged")  # None in a file that lacks them
+    pass_at_1_verbatim: float | None = Field(None, alias="pass@1_verbatim")
     proxy_fallback_problems: int = 0
     proxy_fallback_task_ids: list[str] = []
     wrapper: str | None = None  # the prompt wrapper (None: scored without generating)
 
     def headline(self, names=()) -> dict[str, Any]:
         own = self.own()
-        return {k: v for k, v in own.items() if k.startswith("pass@")} | {"n_problems": self.n_problems,
-                                                                          "isolation": self.isolation}
+        return {k: v for k, v in own.items() if k.startswith("pass@") and v is not None} | {"n_problems": self.n_problems,
+                                                                                            "isolation": self.isolation}
 
 
 class MtBenchMetrics(TaskMetrics):
@@ -108,7 +108,7 @@ class MtBenchMetrics(TaskMetrics):
     per_category: dict[str, float | None] = {}
     repeats: int
     score_per_repeat: list[float | None] = []
-    judge_model: str
+    judge_model: str | None = None
     judge_base_url: str | None = None
     judge_stats: dict[str, int] = {}
 
