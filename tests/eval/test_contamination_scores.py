@@ -14,7 +14,12 @@ from sftmix.data.compose import read_composed
 from sftmix.eval import contamination
 from sftmix.eval.runner import Item, items_file
 from sftmix.io import write_jsonl as write_rows
-from sftmix.layout import data_dir, stages
+from sftmix.io import write_json
+from sftmix.layout import DONE, data_dir, stages, study_run
+from sftmix.study.grid import PlannedRun
+from sftmix.study.runner import ingest
+from sftmix.study.store import Store
+from sftmix.study.worker import DoneRecord
 
 PROBLEMS = [
     ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did "
@@ -60,6 +65,16 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     c = contamination.measure(tmp_path / "r", eval_dir, ["gsm8k"], str(data)).tasks["gsm8k"]
     assert (round(c.value, 2), c.clean_value) == (66.67, 50.0)
     assert json.loads((eval_dir / contamination.FILE).read_text())["tasks"]["gsm8k"]["clean_value"] == 50.0
+    # a study ingests it with the run: the store's row is the file's
+    study_out = tmp_path / "study"
+    folder = study_run(study_out, "r1")
+    shutil.copytree(tmp_path / "r", folder)
+    write_json(folder / DONE, DoneRecord(checkpoint=str(folder), eval_dir=str(folder / "eval"), finished=1.0).model_dump())
+    store = Store(tmp_path / "results.sqlite")
+    assert ingest(store, PlannedRun("r1", "x=1", {"x": 1}, cfg), study_out)
+    (row,) = store.contamination()
+    assert (row.run_id, row.task, row.held, row.items, row.ngram, round(row.value, 2), row.clean_value) == (
+        "r1", "gsm8k", ["gsm8k/test/0"], 3, 13, 66.67, 50.0)
     # where it cannot be measured (a stage's data gone), the evaluation warns and still returns its results
     shutil.rmtree(data_dir(stages(tmp_path / "r")[0]))
     assert pipeline.evaluate(pipeline.plan(cfg), progress=False).tasks["gsm8k"].n == 3
