@@ -238,6 +238,10 @@ def test_a_claim_is_tested_again_without_the_benchmark_items_training_held(tmp_p
     assert gsm8k.clean_low <= 0 <= gsm8k.clean_high
     assert "Without the 20 items their training rows hold: +0 [95% CI" in finding_sentence(gsm8k)
     assert humaneval.held_items is None and humaneval.clean_verdict is None and "Without" not in finding_sentence(humaneval)
+    (weighted,) = check_claims(store, [Claim(a={"x": "a"}, b={"x": "b"}, metric="both",
+                                             weights={"gsm8k/accuracy": 1, "humaneval/pass@1": 1})])
+    assert weighted.verdict == stats.AS_PAPER and weighted.diff == pytest.approx(25.0)
+    assert (weighted.held_items, weighted.clean_diff, weighted.clean_verdict) == (20, 0.0, stats.UNCLEAR)
 
 
 @pytest.mark.parametrize("profile", [None, "small"])

@@ -258,15 +258,21 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str, k
             **_clean(store, a, b, metric, pa, pb, expect_positive, known)}
 
 
-def _clean(store: Store, a: Group, b: Group, metric: str, pa: stats.Items, pb: stats.Items, expect_positive: bool,
-           known: dict) -> dict:
-    """The comparison again without the items some training row of A's or B's runs holds (the
-    store's ``contamination``): a verdict that changes there was decided by training on the
-    test. Nothing where no compared item is held."""
+def _held(store: Store, a: Group, b: Group, metric: str, items: list[str]) -> set[str]:
+    """Those of ``items`` (a benchmark metric's, as the store names them) that some training row
+    of A's or B's runs holds (the store's ``contamination``)."""
     task = metric.split("/", 1)[0]
     runs = {r.id for r in (*a.runs, *b.runs)}
     held_ids = {i for c in store.contamination() if c.run_id in runs and c.task == task for i in c.held}
-    held = {i for i in pa.items if benchmark_item(task, i) in held_ids}
+    return {i for i in items if benchmark_item(task, i) in held_ids} if held_ids else set()
+
+
+def _clean(store: Store, a: Group, b: Group, metric: str, pa: stats.Items, pb: stats.Items, expect_positive: bool,
+           known: dict) -> dict:
+    """The comparison again without the items some training row of A's or B's runs holds: a
+    verdict that changes there was decided by training on the test. Nothing where no compared
+    item is held."""
+    held = _held(store, a, b, metric, pa.items)
     if not held:
         return {}
     ca, cb = stats.without(pa, held), stats.without(pb, held)
@@ -276,6 +282,20 @@ def _clean(store: Store, a: Group, b: Group, metric: str, pa: stats.Items, pb: s
     p = stats.mcnemar(ca, cb)[2] if tasks.is_binary(metric, known) else None
     return {"held_items": len(held), "clean_diff": diff, "clean_low": lo, "clean_high": hi,
             "clean_verdict": stats.verdict(lo, hi, expect_positive, p, diff)}
+
+
+def _clean_weighted(store: Store, a: Group, b: Group, parts: list, metrics: list[str], expect_positive: bool) -> dict:
+    """A weighted claim again without the held items of each of its benchmark metrics."""
+    aligned = [(w, *stats.align(x, y)) for w, x, y in parts]
+    held = [_held(store, a, b, m, x.items) for m, (_, x, _) in zip(metrics, aligned)]
+    if not any(held):
+        return {}
+    clean = [(w, stats.without(x, h), stats.without(y, h)) for (w, x, y), h in zip(aligned, held)]
+    if any(not x.items for _, x, _ in clean):
+        return {"held_items": sum(map(len, held)), "clean_verdict": NOT_TESTED}
+    _, _, diff, lo, hi = stats.paired_weighted_difference(clean)
+    return {"held_items": sum(map(len, held)), "clean_diff": diff, "clean_low": lo, "clean_high": hi,
+            "clean_verdict": stats.verdict(lo, hi, expect_positive)}
 
 
 def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict) -> list[dict]:
@@ -298,11 +318,13 @@ def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, meas
             continue
         va, vb, diff, lo, hi = stats.paired_weighted_difference(parts)
         lower = all(lower_is_better(m, known) for m in c.weights)
-        v = stats.verdict(lo, hi, (not lower) == (c.expect == "better"))
+        expect_positive = (not lower) == (c.expect == "better")
+        v = stats.verdict(lo, hi, expect_positive)
         pa, pb = stats.align(parts[0][1], parts[0][2])
         out.append({**row, "diff": diff, "low": lo, "high": hi, "items": sum(len(stats.align(x, y)[0].items) for _, x, y in parts),
                     "mcnemar": None, "verdict": v, "a_value": va, "b_value": vb, "seeds_a": len(pa.seeds), "seeds_b": len(pb.seeds),
-                    "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds))})
+                    "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds)),
+                    **_clean_weighted(store, a, b, parts, list(c.weights), expect_positive)})
     return out
 
 
