@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS curves (
   PRIMARY KEY (run_id, stage, step, source)
 );
 CREATE TABLE IF NOT EXISTS contamination (
-  run_id TEXT, task TEXT, metric TEXT, ngram INTEGER, items INTEGER, hit TEXT, rows INTEGER, value REAL, clean_value REAL,
+  run_id TEXT, task TEXT, metric TEXT, ngram INTEGER, items INTEGER, held_json TEXT, rows INTEGER, value REAL, clean_value REAL,
   PRIMARY KEY (run_id, task)
 );
 """
@@ -148,7 +148,7 @@ class DataPart(NamedTuple):
 class Contamination(NamedTuple):
     """A run's benchmark over all its evaluated items and over those none of its training rows
     holds (``contamination``; a run's ``eval/contamination.json``): the headline metric, the
-    n-gram length that decided, the items evaluated, the held ones (``hit``: their benchmark ids,
+    n-gram length that decided, the items evaluated, the held ones (``held_json``: their benchmark ids,
     as a JSON list), the training rows that hold them, and the values (``clean_value`` None where
     every item is held)."""
 
@@ -157,7 +157,7 @@ class Contamination(NamedTuple):
     metric: str
     ngram: int
     items: int
-    hit: str
+    held_json: str
     rows: int
     value: float
     clean_value: float | None
@@ -165,7 +165,7 @@ class Contamination(NamedTuple):
     @property
     def held(self) -> list[str]:
         """The benchmark ids of the evaluated items some training row holds."""
-        return json.loads(self.hit)
+        return json.loads(self.held_json)
 
 
 ROW_TABLES = (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), ("data", DataPart),
