@@ -29,7 +29,9 @@ from sftmix.study.executors.slurm import read_job, rendezvous_port
 from sftmix.runlock import RunLock, holder, is_running
 from sftmix.study.worker import launch_command
 from sftmix.train.checkpoints import checkpoint_complete
+from sftmix.io import read_record
 from sftmix.train.meta import read_meta
+from sftmix.train.strategies import RunRecord
 
 pytestmark = pytest.mark.cluster
 
@@ -161,6 +163,23 @@ def test_ray_runs_the_study_in_parallel_with_the_local_results(tmp_path, ray_clu
     spans = sorted((json.loads((r / ".lock").read_text())["since"], json.loads((r / "done.json").read_text())["finished"])
                    for r in (tmp_path / "onray" / "runs").iterdir())
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+
+
+def test_runs_of_one_training_in_parallel_train_it_once(tmp_path, ray_cluster):
+    """Two runs that differ only in what they evaluate, on a cluster that could run both at once:
+    one trains, the other waits for it and takes its stages (weights hard-linked), not training
+    the same thing beside it."""
+    f = study_file(tmp_path, "twins", executor={"name": "ray", "address": ray_cluster}, grid={"eval.limit": [2, 3]})
+    r = sftmix("study", "run", str(f), "--quiet")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    runs = sorted((tmp_path / "twins" / "runs").iterdir())
+    records = [read_record(run / "run.json", RunRecord) for run in runs]
+    assert len(runs) == 2 and sorted(x.trained_in is None for x in records) == [False, True], records
+    (trainer,) = [run for run, x in zip(runs, records) if x.trained_in is None]
+    (taker,) = [run for run, x in zip(runs, records) if x.trained_in is not None]
+    assert records[runs.index(taker)].trained_in == str(trainer)
+    (final,) = trainer.glob("stage*/final")
+    assert os.stat(taker / final.relative_to(trainer) / "model.safetensors").st_ino == os.stat(final / "model.safetensors").st_ino
 
 
 def test_submitit_local_jobs_run_the_study_with_the_local_results(tmp_path, local_reference):

@@ -14,12 +14,14 @@ from pathlib import Path
 from sftmix import layout
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
+from sftmix.io import stable_hash
 from sftmix import runlock
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job, read_job
 from sftmix.study.grid import PlannedRun, check_metrics, expand, read_decisions, write_decisions
 from sftmix.study.ingest import read_run
 from sftmix.study.store import Store
+from sftmix.train.strategies import trained_view
 
 
 def study_dir(study: StudyConfig, profile: str | None) -> Path:
@@ -63,6 +65,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     ex.check()  # bad resources or an unreachable cluster fail here, before any run starts
     at_once = "all at once" if ex.parallel >= len(todo) > 1 else f"{ex.parallel} at a time"
     print(f"{len(todo)} of {len(runs)} runs to do on {ex.describe()}, {at_once}", flush=True)
+    trained = {r.id: stable_hash(trained_view(r.config)) for r in todo}  # runs of one training share it
     waiting = {}  # runs another worker (or a queued job) already has: wait for their files
     handles = []
     queue = list(todo)
@@ -71,7 +74,13 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     try:
         while queue or handles or waiting:
             while queue and len(handles) < ex.parallel:
-                run = queue.pop(0)
+                # a run whose training is a run's in flight (only its evaluation differs) waits for
+                # that one, then takes its stages (adopt_training) instead of training them again
+                training = {trained[h.run_id] for h in handles}
+                run = next((r for r in queue if trained[r.id] not in training), None)
+                if run is None:
+                    break
+                queue.remove(run)
                 run_out = run_path(out, run)
                 if runlock.is_running(run_out) or queued_job(run_out):
                     print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
