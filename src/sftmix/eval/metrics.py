@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 RUNNER_FIELDS = frozenset({"engine", "tokens_processed", "wall_s"})
 
 
+def _none(value) -> bool:
+    return value is None
+
+
 class Engine(BaseModel):
     """Which engine answered an evaluation's generation tasks (``Generator.engine``)."""
 
@@ -44,9 +48,10 @@ class TaskMetrics(BaseModel):
 
     model_config = ConfigDict(extra="allow", serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
 
-    engine: Engine | None = None  # None: the task generated nothing (or it was measured before engines were recorded)
-    tokens_processed: int | None = None  # prompt and generated tokens this task added to the shared generator
-    wall_s: float | None = None
+    # what the runner adds; left out of the file where it has none (a task that generates nothing)
+    engine: Engine | None = Field(None, exclude_if=_none)  # None: no generation (or measured before engines were recorded)
+    tokens_processed: int | None = Field(None, exclude_if=_none)  # prompt and generated tokens this task added
+    wall_s: float | None = Field(None, exclude_if=_none)
 
     def own(self) -> dict[str, Any]:
         """The task's own metrics under their names, without what the runner adds."""
@@ -127,7 +132,7 @@ class SourceLoss(BaseModel):
     tokens: int
     samples: int
     heldout: str  # sftmix.data.heldout's rule: the source's test split or its pool's tail
-    overlap_with_training: int | None = None  # None: measured without the run's training rows
+    overlap_with_training: int | None = Field(None, exclude_if=_none)  # None: measured without the run's training rows
 
 
 class LossMetrics(TaskMetrics):
