@@ -161,8 +161,10 @@ def test_a_claim_or_prediction_whose_group_matches_no_run_is_said_before_the_run
     assert code == 0, err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 2, err
-    assert "compare.0.b: sequentail matches none of the 2 configurations of this study; the claim 'a typo'" in warned[0]
-    assert "predictions.0.a: strategy.name=dmt matches none" in warned[1] and "4 runs" in out
+    assert ("compare.0: no configuration matches 'sequentail' (of the 2 configurations of this study); the claim 'a typo' "
+            "will be reported as not tested") in warned[0]
+    assert "predictions.0.a: strategy.name=dmt matches 0 of the 2 configurations of this study, not one" in warned[1]
+    assert "4 runs" in out
     study_cfg_doc, runs = load_study(str(path))
     groups = {r.label.split(" ", 1)[1]: Group(r.label, r.point, r.config.model_dump()) for r in runs if r.point["seed"] == 0}
     nested, dotted = study_cfg_doc.compare[1], study_cfg_doc.compare[1].model_copy(update={"b": {"strategy.name": "individual"}})

@@ -17,7 +17,7 @@ import sftmix.train.stage as stage_mod
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix import layout, pipeline
 from sftmix.analysis import stats
-from sftmix.analysis.findings import Finding, check_claims, finding_sentence, pairs
+from sftmix.analysis.findings import Finding, check_claims, finding_sentence, pairs, unmatched
 from sftmix.analysis.report import write_report
 from sftmix.analysis.results import Group
 from sftmix.data.heldout import POOL_TAIL, HeldoutRows, heldout
@@ -257,6 +257,7 @@ def test_every_shipped_claim_names_configurations_of_its_study(profile):
             found, why = pairs(list(gs.values()), c, tuple(study.zip))
             assert found, (f.name, c.claim, why)
             assert all(a is not b for a, b, _ in found)
+        assert unmatched(study, runs, profile) == [], f  # `study run` and `status` warn of nothing
 
 
 def test_the_base_curve_cache_key_follows_the_weights(tmp_path):

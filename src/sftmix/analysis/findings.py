@@ -152,21 +152,27 @@ def _selector_axes(selector: str | dict, point: dict) -> set[str]:
 
 
 def unmatched(study: StudyConfig, runs: list[PlannedRun], profile: str | None = None) -> list[str]:
-    """Each claim's and prediction's group that none of ``runs`` matches (a typo in a label or a
-    value, or a profile without that configuration), in words: said before the runs start, as the
-    report can only mark such a claim not tested once they have run."""
+    """Each claim that pairs no configurations of ``runs`` and each prediction that does not match
+    exactly one (a typo in a label or a value, a profile without that configuration, a selector
+    too loose to pair), in words: said before the runs start, by the rules the report applies
+    once they have run (``pairs``), where it could only mark them not tested."""
     gs: dict[str, Group] = {}
     for r in runs:
         label = group_label(r.point) if REPLICATE_AXIS in r.point else r.label
         gs.setdefault(label, Group(label, {k: v for k, v in r.point.items() if k != REPLICATE_AXIS}, r.config.model_dump()))
     where = f"profile {profile!r} of this study" if profile else "this study"
+    zipped = tuple(study.profiles.get(profile or "", {}).get("zip") or study.zip)  # the profile's, as the report's
     out = []
-    for at, selector, what in [*((f"compare.{i}.{side}", getattr(c, side), f"claim {c.claim or c.metric!r}")
-                                 for i, c in enumerate(study.compare) for side in ("a", "b")),
-                               *((f"predictions.{i}.a", p.a, f"prediction of {p.metric!r}") for i, p in enumerate(study.predictions))]:
-        if not any(_matches(g, selector) for g in gs.values()):
-            out.append(f"{at}: {short_value(selector)} matches none of the {len(gs)} configurations of {where}; "
-                       f"the {what} will be reported as not tested")
+    for i, c in enumerate(study.compare):
+        found, why = pairs(list(gs.values()), c, zipped)
+        if not found:
+            out.append(f"compare.{i}: {why} (of the {len(gs)} configurations of {where}); the claim "
+                       f"{c.claim or c.metric!r} will be reported as not tested")
+    for i, p in enumerate(study.predictions):
+        n = sum(_matches(g, p.a) for g in gs.values())
+        if n != 1:
+            out.append(f"predictions.{i}.a: {short_value(p.a)} matches {n} of the {len(gs)} configurations of {where}, not "
+                       f"one; the prediction of {p.metric!r} will be reported as not tested")
     return out
 
 
