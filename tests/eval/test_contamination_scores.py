@@ -75,6 +75,15 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     (row,) = store.contamination()
     assert (row.run_id, row.task, row.held, row.items, row.ngram, round(row.value, 2), row.clean_value) == (
         "r1", "gsm8k", ["gsm8k/test/0"], 3, 13, 66.67, 50.0)
+    # a run ingested before the store kept these rows gets them on the next `study run`
+    with store.conn:
+        store.conn.execute("DELETE FROM contamination")
+    assert ingest(store, PlannedRun("r1", "x=1", {"x": 1}, cfg), study_out) and store.contamination() == [row]
+    with store.conn:
+        store.conn.execute("DELETE FROM contamination")
+    (folder / "eval" / contamination.FILE).write_text("{cut")  # a damaged record: the done run stands, with a warning
+    assert ingest(store, PlannedRun("r1", "x=1", {"x": 1}, cfg), study_out) and store.contamination() == []
+    assert "contamination.json: not readable JSON" in capsys.readouterr().err
     # where it cannot be measured (a stage's data gone), the evaluation warns and still returns its results
     shutil.rmtree(data_dir(stages(tmp_path / "r")[0]))
     assert pipeline.evaluate(pipeline.plan(cfg), progress=False).tasks["gsm8k"].n == 3

@@ -8,6 +8,7 @@ started twice; a failed one is recorded with its error, the study goes on, and t
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from sftmix import runlock
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job, read_job
 from sftmix.study.grid import PlannedRun, check_metrics, expand, read_decisions, write_decisions
-from sftmix.study.ingest import read_run
+from sftmix.eval import contamination
+from sftmix.study.ingest import contamination_rows, read_run
 from sftmix.study.store import Store
 from sftmix.train.strategies import trained_view
 
@@ -129,6 +131,7 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
     """Record a run whose folder says it ended; True when it is done (now or before)."""
     if store.status(run.id) == "done":
         store.relabel(run.id, run.label, run.point)  # labels follow the study file
+        backfill_contamination(store, run.id)
         return True
     run_out = run_path(out, run)
     if (run_out / layout.DONE).exists():
@@ -150,6 +153,18 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
         store.fail(run.id, engine_error)
         print(f"  failed: {engine_error[:300]}", flush=True)
     return False
+
+
+def backfill_contamination(store: Store, run_id: str) -> None:
+    """A run ingested before the store kept contamination rows (version 4) gets them from its
+    evaluation folder, where it still has one."""
+    run = store.run(run_id)
+    if run is None or not run.eval_dir or not (Path(run.eval_dir) / contamination.FILE).exists():
+        return
+    try:
+        store.keep_contamination(run_id, contamination_rows(run_id, Path(run.eval_dir)))
+    except SftmixError as e:  # a damaged record of a done run: its results stand without it
+        print(f"warning: {e}", file=sys.stderr)
 
 
 def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = None) -> list[list[str]]:

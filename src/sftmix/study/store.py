@@ -265,6 +265,18 @@ class Store:
             self.conn.execute("UPDATE runs SET status = 'done', checkpoint = ?, eval_dir = ?, finished = ?, train_tokens = ?, "
                               "params = ?, engine = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, engine, run_id))
 
+    def keep_contamination(self, run_id: str, rows: list[Contamination]) -> bool:
+        """Give a done run its contamination rows where it has none (a run ingested by an sftmix
+        whose store had no such table); True when rows were added."""
+        if not rows or self.conn.execute("SELECT 1 FROM contamination WHERE run_id = ? LIMIT 1", (run_id,)).fetchone():
+            return False
+        if any(r.run_id != run_id for r in rows):
+            raise ValueError(f"keep_contamination({run_id!r}): every row must be of this run")
+        with self.conn:
+            self.conn.executemany(f"INSERT INTO contamination ({', '.join(Contamination._fields)}) "
+                                  f"VALUES ({', '.join('?' * len(Contamination._fields))})", rows)
+        return True
+
     def fail(self, run_id: str, error: str) -> None:
         """Record a run as failed, with its error."""
         with self.conn:
@@ -289,6 +301,11 @@ class Store:
         """Every run (of this view), in the order they were first recorded."""
         return [r._replace(point=json.loads(r.point or "{}"), config=json.loads(r.config or "{}"))
                 for r in self._read(Run, "runs", order="ORDER BY rowid")]
+
+    def run(self, run_id: str) -> Run | None:
+        """One run (of this view), None where it was never recorded."""
+        found = self._read(Run, "runs", "WHERE id = ?", (run_id,))
+        return found[0]._replace(point=json.loads(found[0].point or "{}"), config=json.loads(found[0].config or "{}")) if found else None
 
     def metrics(self) -> list[Metric]:
         """Every metric value of the runs."""
