@@ -26,6 +26,7 @@ from sftmix.eval.engine import free_port
 from sftmix.study import worker
 from sftmix.study.executors import EXECUTORS
 from sftmix.study.executors.slurm import read_job, rendezvous_port
+from sftmix.study.runner import load_study
 from sftmix.runlock import RunLock, holder, is_running
 from sftmix.study.worker import launch_command
 from sftmix.train.checkpoints import checkpoint_complete
@@ -180,6 +181,33 @@ def test_runs_of_one_training_in_parallel_train_it_once(tmp_path, ray_cluster):
     assert records[runs.index(taker)].trained_in == str(trainer)
     (final,) = trainer.glob("stage*/final")
     assert os.stat(taker / final.relative_to(trainer) / "model.safetensors").st_ino == os.stat(final / "model.safetensors").st_ino
+
+
+def test_a_run_whose_training_runs_under_another_driver_waits_for_it(tmp_path):
+    """Two drivers of one study (two `study run`s, as on two machines sharing the folder), two runs
+    that differ only in what they evaluate. While the first driver trains one, the second finds it
+    running elsewhere and holds its twin back rather than training the same stages beside it: the
+    training happens once, and the twin takes its stages."""
+    f = study_file(tmp_path, "two", grid={"eval.limit": [2, 3]})
+    doc = yaml.safe_load(f.read_text())
+    doc["base"]["train"]["epochs"] = 100  # a training (~12 s) long enough for the second driver to find it under way
+    f.write_text(yaml.safe_dump(doc))
+    _, runs = load_study(str(f))
+    first, twin = (tmp_path / "two" / "runs" / r.id for r in runs)
+    cmd = [sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--quiet"]
+    logs = [tmp_path / "driver1.log", tmp_path / "driver2.log"]
+    with open(logs[0], "wb") as out1, open(logs[1], "wb") as out2:
+        one = subprocess.Popen(cmd, stdout=out1, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while not is_running(first) and one.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        two = subprocess.Popen(cmd, stdout=out2, stderr=subprocess.STDOUT)
+        codes = [one.wait(timeout=600), two.wait(timeout=600)]
+    said = "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in logs)
+    assert codes == [0, 0], said
+    assert "is already running elsewhere; waiting for it" in logs[1].read_text(), said  # it did find the first under way
+    took = {run: read_record(run / "run.json", RunRecord).trained_in for run in (first, twin)}
+    assert took == {first: None, twin: str(first)}, said  # trained once, by the first driver
 
 
 def test_submitit_local_jobs_run_the_study_with_the_local_results(tmp_path, local_reference):

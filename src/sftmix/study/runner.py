@@ -76,9 +76,10 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     try:
         while queue or handles or waiting:
             while queue and len(handles) < ex.parallel:
-                # a run whose training is a run's in flight (only its evaluation differs) waits for
-                # that one, then takes its stages (adopt_training) instead of training them again
-                training = {trained[h.run_id] for h in handles}
+                # a run whose training is a run's in flight, here or elsewhere (only its evaluation
+                # differs), waits for that one, then takes its stages (adopt_training) instead of
+                # training them again
+                training = {trained[h.run_id] for h in handles} | {trained[rid] for rid in waiting}
                 run = next((r for r in queue if trained[r.id] not in training), None)
                 if run is None:
                     break
@@ -112,7 +113,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                         del waiting[rid]
                         if not ingest(store, run, out):
                             queue.append(run)  # its worker died without a result: run it here
-            if waiting and not handles and not queue:
+            if waiting and not handles:  # nothing of ours in flight: what is queued waits for them
                 time.sleep(1.0)
     finally:
         ex.close()
