@@ -15,12 +15,12 @@ from pathlib import Path
 from sftmix import layout
 from sftmix.config import StudyConfig, load_config
 from sftmix.errors import SftmixError
+from sftmix.eval import contamination
 from sftmix.io import stable_hash
 from sftmix import runlock
 from sftmix.study import worker
 from sftmix.study.executors import make_executor, queued_job, read_job
 from sftmix.study.grid import PlannedRun, check_metrics, expand, read_decisions, write_decisions
-from sftmix.eval import contamination
 from sftmix.study.ingest import contamination_rows, read_run
 from sftmix.study.store import Store
 from sftmix.train.strategies import trained_view
@@ -159,6 +159,8 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
 def backfill_contamination(store: Store, run_id: str) -> None:
     """A run ingested before the store kept contamination rows (version 4) gets them from its
     evaluation folder, where it still has one."""
+    if store.has_contamination(run_id):  # the usual case: one query, no file read
+        return
     run = store.run(run_id)
     if run is None or not run.eval_dir or not (Path(run.eval_dir) / contamination.FILE).exists():
         return

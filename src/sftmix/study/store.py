@@ -265,10 +265,14 @@ class Store:
             self.conn.execute("UPDATE runs SET status = 'done', checkpoint = ?, eval_dir = ?, finished = ?, train_tokens = ?, "
                               "params = ?, engine = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, engine, run_id))
 
+    def has_contamination(self, run_id: str) -> bool:
+        """Whether the store holds contamination rows of the run."""
+        return self.conn.execute("SELECT 1 FROM contamination WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None
+
     def keep_contamination(self, run_id: str, rows: list[Contamination]) -> bool:
         """Give a done run its contamination rows where it has none (a run ingested by an sftmix
         whose store had no such table); True when rows were added."""
-        if not rows or self.conn.execute("SELECT 1 FROM contamination WHERE run_id = ? LIMIT 1", (run_id,)).fetchone():
+        if not rows or self.has_contamination(run_id):
             return False
         if any(r.run_id != run_id for r in rows):
             raise ValueError(f"keep_contamination({run_id!r}): every row must be of this run")
