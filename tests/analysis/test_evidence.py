@@ -254,7 +254,7 @@ def test_every_shipped_claim_names_configurations_of_its_study(profile):
         for r in runs:
             gs.setdefault(r.group, Group(r.group, {k: v for k, v in r.point.items() if k != "seed"}, r.config.model_dump()))
         for c in study.compare:
-            found, why = pairs(list(gs.values()), c, tuple(study.zip))
+            found, why = pairs(list(gs.values()), c, tuple(study.zip_for(profile)))
             assert found, (f.name, c.claim, why)
             assert all(a is not b for a, b, _ in found)
         assert unmatched(study, runs, profile) == [], f  # `study run` and `status` warn of nothing

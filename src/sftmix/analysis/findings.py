@@ -16,11 +16,11 @@ from fractions import Fraction
 from pydantic import BaseModel, ConfigDict
 
 from sftmix.analysis import stats
-from sftmix.analysis.results import Group, group_items, groups, lower_is_better, metric_keys, study_tasks
+from sftmix.analysis.results import Group, configuration, group_items, groups, lower_is_better, metric_keys, study_tasks
 from sftmix.config import Claim, StudyConfig, get_path
 from sftmix.eval import tasks
 from sftmix.eval.contamination import benchmark_item
-from sftmix.study.grid import REPLICATE_AXIS, PlannedRun, group_label, short_value
+from sftmix.study.grid import PlannedRun, short_value
 from sftmix.study.store import Store
 
 # ---------------------------------------------------------------- the checked rows
@@ -158,10 +158,10 @@ def unmatched(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     once they have run (``pairs``), where it could only mark them not tested."""
     gs: dict[str, Group] = {}
     for r in runs:
-        label = group_label(r.point) if REPLICATE_AXIS in r.point else r.label
-        gs.setdefault(label, Group(label, {k: v for k, v in r.point.items() if k != REPLICATE_AXIS}, r.config.model_dump()))
+        g = configuration(r.label, r.point, r.config.model_dump())
+        gs.setdefault(g.label, g)
     where = f"profile {profile!r} of this study" if profile else "this study"
-    zipped = tuple(study.profiles.get(profile or "", {}).get("zip") or study.zip)  # the profile's, as the report's
+    zipped = tuple(study.zip_for(profile))  # as the report pairs them
     out = []
     for i, c in enumerate(study.compare):
         found, why = pairs(list(gs.values()), c, zipped)

@@ -56,15 +56,21 @@ class Group:
         return [r.seed for r in self.runs]
 
 
+def configuration(label: str, point: dict, config: dict) -> Group:
+    """The configuration (without runs) a run of this label, grid point and config belongs to: its
+    seeds (the replicate axis) are one configuration."""
+    return Group(group_label(point) if REPLICATE_AXIS in point else label,
+                 {k: v for k, v in point.items() if k != REPLICATE_AXIS}, config)
+
+
 def groups(store: Store) -> list[Group]:
     """Done runs grouped by configuration, in the order the runs were first recorded."""
     out: dict[str, Group] = {}
     for r in store.runs():
         if r.status != "done":
             continue
-        label = group_label(r.point) if REPLICATE_AXIS in r.point else r.label
-        g = out.setdefault(label, Group(label, {k: v for k, v in r.point.items() if k != REPLICATE_AXIS}, r.config))
-        g.runs.append(r)
+        g = configuration(r.label, r.point, r.config)
+        out.setdefault(g.label, g).runs.append(r)
     return list(out.values())
 
 

@@ -65,11 +65,7 @@ def cmd_study(args) -> None:
 def study_doc(study, profile: str | None) -> dict:
     """The study as the report shows it: the profile's zipped axes where it has its own (claims
     pair configurations along them)."""
-    doc = study.model_dump()
-    prof = study.profiles.get(profile or "", {})
-    if prof.get("zip"):
-        doc["zip"] = prof["zip"]
-    return doc
+    return {**study.model_dump(), "zip": study.zip_for(profile)}
 
 
 def _results(args):

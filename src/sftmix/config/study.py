@@ -148,6 +148,11 @@ class StudyConfig(Strict):
     # which fallback sources were used, as loading them decided (``sftmix.study.runner.load_study``)
     _fallback_decisions: dict = PrivateAttr(default_factory=dict)  # source -> study.grid.FallbackDecision
 
+    def zip_for(self, profile: str | None) -> dict[str, list]:
+        """The zipped axes of a profile's runs: its own ``zip`` where it has one (it replaces the
+        study's as a whole), else the study's. Claims pair configurations along them."""
+        return dict(self.profiles.get(profile or "", {}).get("zip") or self.zip)
+
     @model_validator(mode="after")
     def _check_parts(self) -> StudyConfig:
         _check_zip(self.zip, "zip")

@@ -177,13 +177,13 @@ def expand(study: StudyConfig, profile: str | None = None, where: str = "study",
     """All runs of a study (validated), in grid order. ``notes`` receives where sources with a
     fallback took their data from; ``decided``: fallback decisions recorded before, and where
     the new ones go (``apply_fallbacks``)."""
-    base, grid, zips, fallbacks = study.base, dict(study.grid), dict(study.zip), dict(study.fallbacks)
+    base, grid, zips, fallbacks = study.base, dict(study.grid), study.zip_for(profile), dict(study.fallbacks)
     if profile:
         if profile not in study.profiles:
             raise SftmixError(f"{where}: unknown profile {profile!r}; valid: {', '.join(study.profiles) or 'none'}")
         prof = dict(study.profiles[profile])
         grid.update(prof.pop("grid", {}))  # a profile may replace grid axes (e.g. one small model)
-        zips = prof.pop("zip", None) or zips  # ... or the zipped axes as a whole (amounts sized to its pools)
+        prof.pop("zip", None)  # ... or the zipped axes as a whole (zip_for; amounts sized to its pools)
         fallbacks = prof.pop("fallbacks", None) or fallbacks
         base = deep_merge(base, prof)
     base = apply_fallbacks(base, fallbacks, notes, decided)
