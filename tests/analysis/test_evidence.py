@@ -17,7 +17,7 @@ import sftmix.train.stage as stage_mod
 from helpers import TINY_SOURCES, TINY_TRAIN, tiny_run
 from sftmix import layout, pipeline
 from sftmix.analysis import stats
-from sftmix.analysis.findings import Finding, check_claims, finding_sentence, pairs, unmatched
+from sftmix.analysis.findings import NOT_MEASURED, Finding, check_claims, finding_sentence, pairs, unmatched
 from sftmix.analysis.report import write_report
 from sftmix.analysis.results import Group
 from sftmix.data.heldout import POOL_TAIL, HeldoutRows, heldout
@@ -219,7 +219,8 @@ def test_a_replicated_study_reports_findings_from_the_database_alone(tmp_path):
 def test_a_claim_is_tested_again_without_the_benchmark_items_training_held(tmp_path):
     """A wins on GSM8K only on the 20 test problems its training rows hold: the claim holds over
     all items (McNemar), and is not distinguishable without them; a metric whose items no run
-    holds gets no second comparison. The ids join the store's items to the benchmark's."""
+    holds gets no second comparison, and one whose holdings were not measured says so. The ids
+    join the store's items to the benchmark's."""
     store = Store(tmp_path / "results.sqlite")
     mixed = [100.0 * (i % 2) for i in range(20, 40)]
     per_item = {"a": [100.0] * 20 + mixed, "b": [0.0] * 20 + mixed}
@@ -230,7 +231,8 @@ def test_a_claim_is_tested_again_without_the_benchmark_items_training_held(tmp_p
                      [Sample(rid, "gsm8k", "accuracy", str(i), v, 1.0) for i, v in enumerate(values)]
                      + [Sample(rid, "humaneval", "pass@1", f"HumanEval/{i}", 100.0 * (i < 30), 1.0) for i in range(40)],
                      contamination=[Contamination(rid, "gsm8k", "accuracy", 13, 40, json.dumps(held), len(held), sum(values) / 40,
-                                                  sum(values[20:]) / 20)])
+                                                  sum(values[20:]) / 20),
+                                    Contamination(rid, "humaneval", "pass@1", 13, 40, "[]", 0, 75.0, 75.0)])
     found = check_claims(store, [Claim(a={"x": "a"}, b={"x": "b"}, metric=["gsm8k/accuracy", "humaneval/pass@1"], claim="A better")])
     gsm8k, humaneval = found
     assert gsm8k.verdict == stats.AS_PAPER and gsm8k.diff == pytest.approx(50.0) and gsm8k.items == 40
@@ -242,6 +244,15 @@ def test_a_claim_is_tested_again_without_the_benchmark_items_training_held(tmp_p
                                              weights={"gsm8k/accuracy": 1, "humaneval/pass@1": 1})])
     assert weighted.verdict == stats.AS_PAPER and weighted.diff == pytest.approx(25.0)
     assert (weighted.held_items, weighted.clean_diff, weighted.clean_verdict) == (20, 0.0, stats.UNCLEAR)
+    # a run whose holdings were not measured: unknown, said so, never taken for "none held"
+    with store.conn:
+        store.conn.execute("DELETE FROM contamination WHERE run_id = 'b' AND task = 'humaneval'")
+    _, humaneval = check_claims(store, [Claim(a={"x": "a"}, b={"x": "b"}, metric=["gsm8k/accuracy", "humaneval/pass@1"])])
+    assert (humaneval.held_items, humaneval.clean_diff, humaneval.clean_verdict) == (None, None, NOT_MEASURED)
+    assert "Which of these items their training rows hold was not measured." in finding_sentence(humaneval)
+    (weighted,) = check_claims(store, [Claim(a={"x": "a"}, b={"x": "b"}, metric="both",
+                                             weights={"gsm8k/accuracy": 1, "humaneval/pass@1": 1})])
+    assert (weighted.held_items, weighted.clean_verdict) == (None, NOT_MEASURED)
 
 
 @pytest.mark.parametrize("profile", [None, "small"])

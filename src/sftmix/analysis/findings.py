@@ -20,6 +20,7 @@ from sftmix.analysis.results import Group, configuration, group_items, groups, l
 from sftmix.config import Claim, StudyConfig, get_path
 from sftmix.eval import tasks
 from sftmix.eval.contamination import benchmark_item
+from sftmix.eval.runner import BENCHMARKS
 from sftmix.study.grid import PlannedRun, short_value
 from sftmix.study.store import Store
 
@@ -61,7 +62,8 @@ class Finding(_Row):
     b_value: float | None = None
     seeds_compared: list[int] | None = None
     # the same comparison without the benchmark items some training row of A's or B's runs holds
-    # (sftmix.eval.contamination); all None where no compared item is held
+    # (sftmix.eval.contamination); all None where no compared item is held, clean_verdict alone
+    # "not measured" where that is not known for every run compared
     held_items: int | None = None
     clean_diff: float | None = None
     clean_low: float | None = None
@@ -99,6 +101,7 @@ class CheckedPrediction(_Row):
 
 
 NOT_TESTED = "not tested"
+NOT_MEASURED = "not measured"  # a clean verdict where the items the training rows hold were not measured
 
 # ---------------------------------------------------------------- claims
 
@@ -214,15 +217,18 @@ def check_claims(store: Store, claims: list[Claim], zipped: tuple[str, ...] = ()
     gs = groups(store)
     measured = set(metric_keys(store))
     known = study_tasks(store)
+    held: dict[tuple[str, str], set[str]] = {}  # (run, benchmark) -> the items its training rows hold, read once
+    for c in store.contamination():
+        held[(c.run_id, c.task)] = set(c.held)
     out = []
     for c in claims:
-        out += [Finding(**_own_words(row, c)) for row in _claim_rows(store, gs, c, zipped, measured, known)]
+        out += [Finding(**_own_words(row, c)) for row in _claim_rows(store, gs, c, zipped, measured, known, held)]
     return out
 
 
-def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict) -> list[dict]:
+def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict, held: dict) -> list[dict]:
     if c.weights:
-        return _weighted_claim(store, gs, c, zipped, measured, known)
+        return _weighted_claim(store, gs, c, zipped, measured, known, held)
     metrics = [c.metric] if isinstance(c.metric, str) else list(c.metric)
     base = {"claim": c.claim or f"{short_value(c.a)} {c.expect} than {short_value(c.b)}", "expect": c.expect,
             "a": short_value(c.a), "b": short_value(c.b), "metric": metrics[0]}
@@ -230,7 +236,7 @@ def _claim_rows(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured
     usable = [m for m in metrics if m in measured]
     if not found or not usable:
         return [{**base, "verdict": NOT_TESTED, "note": why or f"the study measured none of {', '.join(metrics)}"}]
-    return [_test(store, base, a, b, ctx, metric, known) for a, b, ctx in found for metric in usable]
+    return [_test(store, base, a, b, ctx, metric, known, held) for a, b, ctx in found for metric in usable]
 
 
 OWN = {stats.AS_PAPER: "holds", stats.OPPOSITE: "the opposite holds"}
@@ -243,7 +249,7 @@ def _own_words(row: dict, claim: Claim) -> dict:
     return row
 
 
-def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str, known: dict) -> dict:
+def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str, known: dict, held: dict) -> dict:
     row = {**base, "claim": base["claim"] + (f" ({ctx})" if ctx else ""), "metric": metric, "a": a.label, "b": b.label,
            "seeds_a": len(a.runs), "seeds_b": len(b.runs)}
     ia, ib = group_items(store, a, metric), group_items(store, b, metric)
@@ -261,50 +267,60 @@ def _test(store: Store, base: dict, a: Group, b: Group, ctx: str, metric: str, k
     return {**row, "diff": diff, "low": lo, "high": hi, "items": n, "mcnemar": test, "verdict": v,
             "a_value": stats.estimate(pa), "b_value": stats.estimate(pb), "seeds_a": len(pa.seeds),
             "seeds_b": len(pb.seeds), "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds)),
-            **_clean(store, a, b, metric, pa, pb, expect_positive, known)}
+            **_clean(held, a, b, metric, pa, pb, expect_positive, known)}
 
 
-def _held(store: Store, a: Group, b: Group, metric: str, items: list[str]) -> set[str]:
-    """Those of ``items`` (a benchmark metric's, as the store names them) that some training row
-    of A's or B's runs holds (the store's ``contamination``)."""
+def _held(held: dict, a: Group, b: Group, metric: str, items: list[str]) -> set[str] | None:
+    """Those of ``items`` (a metric's, as the store names them) that some training row of A's or
+    B's runs holds (``held``: the store's ``contamination``, by run and benchmark). None where a
+    benchmark's holdings were not measured for one of the runs (the check failed, or the run was
+    stored before they were kept): unknown, not "none held"."""
     task = metric.split("/", 1)[0]
-    runs = {r.id for r in (*a.runs, *b.runs)}
-    held_ids = {i for c in store.contamination() if c.run_id in runs and c.task == task for i in c.held}
-    return {i for i in items if benchmark_item(task, i) in held_ids} if held_ids else set()
+    if task not in BENCHMARKS:
+        return set()
+    runs = [r.id for r in (*a.runs, *b.runs)]
+    if any((r, task) not in held for r in runs):
+        return None
+    ids = set().union(*(held[(r, task)] for r in runs))
+    return {i for i in items if benchmark_item(task, i) in ids}
 
 
-def _clean(store: Store, a: Group, b: Group, metric: str, pa: stats.Items, pb: stats.Items, expect_positive: bool,
+def _clean(held: dict, a: Group, b: Group, metric: str, pa: stats.Items, pb: stats.Items, expect_positive: bool,
            known: dict) -> dict:
     """The comparison again without the items some training row of A's or B's runs holds: a
     verdict that changes there was decided by training on the test. Nothing where no compared
     item is held."""
-    held = _held(store, a, b, metric, pa.items)
-    if not held:
+    drop = _held(held, a, b, metric, pa.items)
+    if drop is None:
+        return {"clean_verdict": NOT_MEASURED}
+    if not drop:
         return {}
-    ca, cb = stats.without(pa, held), stats.without(pb, held)
+    ca, cb = stats.without(pa, drop), stats.without(pb, drop)
     if not ca.items:
-        return {"held_items": len(held), "clean_verdict": NOT_TESTED}
+        return {"held_items": len(drop), "clean_verdict": NOT_TESTED}
     diff, lo, hi, _ = stats.paired_difference(ca, cb)
     p = stats.mcnemar(ca, cb)[2] if tasks.is_binary(metric, known) else None
-    return {"held_items": len(held), "clean_diff": diff, "clean_low": lo, "clean_high": hi,
+    return {"held_items": len(drop), "clean_diff": diff, "clean_low": lo, "clean_high": hi,
             "clean_verdict": stats.verdict(lo, hi, expect_positive, p, diff)}
 
 
-def _clean_weighted(store: Store, a: Group, b: Group, parts: list, metrics: list[str], expect_positive: bool) -> dict:
+def _clean_weighted(held: dict, a: Group, b: Group, parts: list, metrics: list[str], expect_positive: bool) -> dict:
     """A weighted claim again without the held items of each of its benchmark metrics."""
     aligned = [(w, *stats.align(x, y)) for w, x, y in parts]
-    held = [_held(store, a, b, m, x.items) for m, (_, x, _) in zip(metrics, aligned)]
-    if not any(held):
+    drops = [_held(held, a, b, m, x.items) for m, (_, x, _) in zip(metrics, aligned)]
+    if any(d is None for d in drops):
+        return {"clean_verdict": NOT_MEASURED}
+    if not any(drops):
         return {}
-    clean = [(w, stats.without(x, h), stats.without(y, h)) for (w, x, y), h in zip(aligned, held)]
+    clean = [(w, stats.without(x, d), stats.without(y, d)) for (w, x, y), d in zip(aligned, drops)]
     if any(not x.items for _, x, _ in clean):
-        return {"held_items": sum(map(len, held)), "clean_verdict": NOT_TESTED}
+        return {"held_items": sum(map(len, drops)), "clean_verdict": NOT_TESTED}
     _, _, diff, lo, hi = stats.paired_weighted_difference(clean)
-    return {"held_items": sum(map(len, held)), "clean_diff": diff, "clean_low": lo, "clean_high": hi,
+    return {"held_items": sum(map(len, drops)), "clean_diff": diff, "clean_low": lo, "clean_high": hi,
             "clean_verdict": stats.verdict(lo, hi, expect_positive)}
 
 
-def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict) -> list[dict]:
+def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, measured: set, known: dict, held: dict) -> list[dict]:
     """A claim on the weighted mean of several metrics (each paired on its own items; seeds
     shared): one row per configuration pair."""
     name = c.metric if isinstance(c.metric, str) else "weighted mean"
@@ -330,7 +346,7 @@ def _weighted_claim(store: Store, gs: list[Group], c: Claim, zipped: tuple, meas
         out.append({**row, "diff": diff, "low": lo, "high": hi, "items": sum(len(stats.align(x, y)[0].items) for _, x, y in parts),
                     "mcnemar": None, "verdict": v, "a_value": va, "b_value": vb, "seeds_a": len(pa.seeds), "seeds_b": len(pb.seeds),
                     "seeds_compared": sorted(set(pa.seeds) & set(pb.seeds)),
-                    **_clean_weighted(store, a, b, parts, list(c.weights), expect_positive)})
+                    **_clean_weighted(held, a, b, parts, list(c.weights), expect_positive)})
     return out
 
 
@@ -378,7 +394,9 @@ def finding_sentence(f: Finding) -> str:
     m = f.mcnemar
     test = f"; McNemar {m.a_only} vs {m.b_only} discordant, p = {m.p:.3g}" if m else ""
     clean = ""
-    if f.held_items:
+    if f.clean_verdict == NOT_MEASURED:
+        clean = " Which of these items their training rows hold was not measured."
+    elif f.held_items:
         clean = (f" Without the {f.held_items} items their training rows hold: " + (
             "none is left" if f.clean_diff is None else
             f"{f.clean_diff:+.4g} [95% CI {f.clean_low:+.4g}, {f.clean_high:+.4g}], {f.clean_verdict}") + ".")
