@@ -172,6 +172,11 @@ ROW_TABLES = (("metrics", Metric), ("samples", Sample), ("curves", CurvePoint), 
               ("contamination", Contamination))  # a finished run's rows
 
 
+def _decoded(r: Run) -> Run:
+    """A run row with its grid point and config read from their JSON columns."""
+    return r._replace(point=json.loads(r.point or "{}"), config=json.loads(r.config or "{}"))
+
+
 def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return {n: {c[1] for c in conn.execute(f"PRAGMA table_info('{n}')")} for n in names}
@@ -260,8 +265,7 @@ class Store:
         with self.conn:  # every row of the run and the 'done' status land together or not at all
             for table, kind in ROW_TABLES:
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-                self.conn.executemany(f"INSERT INTO {table} ({', '.join(kind._fields)}) VALUES ({', '.join('?' * len(kind._fields))})",
-                                      rows[table])
+                self._insert(table, kind, rows[table])
             self.conn.execute("UPDATE runs SET status = 'done', checkpoint = ?, eval_dir = ?, finished = ?, train_tokens = ?, "
                               "params = ?, engine = ? WHERE id = ?", (checkpoint, eval_dir, time.time(), train_tokens, params, engine, run_id))
 
@@ -277,9 +281,12 @@ class Store:
         if any(r.run_id != run_id for r in rows):
             raise ValueError(f"keep_contamination({run_id!r}): every row must be of this run")
         with self.conn:
-            self.conn.executemany(f"INSERT INTO contamination ({', '.join(Contamination._fields)}) "
-                                  f"VALUES ({', '.join('?' * len(Contamination._fields))})", rows)
+            self._insert("contamination", Contamination, rows)
         return True
+
+    def _insert(self, table: str, kind, rows) -> None:
+        """Rows of ``kind`` into ``table``, by column name (inside the caller's transaction)."""
+        self.conn.executemany(f"INSERT INTO {table} ({', '.join(kind._fields)}) VALUES ({', '.join('?' * len(kind._fields))})", rows)
 
     def fail(self, run_id: str, error: str) -> None:
         """Record a run as failed, with its error."""
@@ -303,13 +310,12 @@ class Store:
 
     def runs(self) -> list[Run]:
         """Every run (of this view), in the order they were first recorded."""
-        return [r._replace(point=json.loads(r.point or "{}"), config=json.loads(r.config or "{}"))
-                for r in self._read(Run, "runs", order="ORDER BY rowid")]
+        return [_decoded(r) for r in self._read(Run, "runs", order="ORDER BY rowid")]
 
     def run(self, run_id: str) -> Run | None:
         """One run (of this view), None where it was never recorded."""
         found = self._read(Run, "runs", "WHERE id = ?", (run_id,))
-        return found[0]._replace(point=json.loads(found[0].point or "{}"), config=json.loads(found[0].config or "{}")) if found else None
+        return _decoded(found[0]) if found else None
 
     def metrics(self) -> list[Metric]:
         """Every metric value of the runs."""
