@@ -99,3 +99,57 @@ def test_items_map_to_the_benchmarks_ids():
     assert contamination.benchmark_item("gsm8k", "12") == "gsm8k/test/12"
     assert contamination.benchmark_item("humaneval", "HumanEval/3") == "HumanEval/3"
     assert contamination.benchmark_item("mtbench", "81:2:1") == "mtbench/81"
+
+
+class EchoGenerator:
+    """Answers each prompt with the prompt itself: a training row made of an answer then holds,
+    word for word, what the model was asked for that item."""
+
+    def __init__(self):
+        from sftmix.models import load_tokenizer, resolve_model  # after conftest set HF_HUB_OFFLINE
+
+        self.tokenizer = load_tokenizer(resolve_model("tiny"))
+
+    def generate(self, prompts, **kw):
+        return list(prompts)
+
+
+def test_each_benchmark_s_item_ids_name_the_texts_the_model_was_asked(shared_data, tmp_path, monkeypatch):
+    """The chain that ``measure`` relies on, for all three benchmarks, from what a task really asked:
+    a training row holding the prompt of one evaluated item is found by the n-gram index under the
+    benchmark id its item row maps to (``benchmark_item``), and under no other item's id. A task
+    that numbered its items otherwise than the index (a GSM8K index off by one, HumanEval's ids
+    without their prefix, MT-Bench's turns as questions) would make every run look clean."""
+    from openai_server import OpenAIServer
+
+    from sftmix.config import EvalConfig
+    from sftmix.data.contamination import index
+    from sftmix.data.records import Conversation
+    from sftmix.eval import tasks
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    judge = OpenAIServer()
+    gen = EchoGenerator()
+    try:
+        cfg = EvalConfig.model_validate({"limit": 3, "mtbench": {"judge": {"base_url": judge.url}}, "humaneval": {"workers": 1}})
+        ctx = tasks.Context(model_path="m", cfg=cfg, template="vicuna", data_dir=shared_data, out=tmp_path, progress=False,
+                            get_generator=lambda: gen)
+        asked = {}  # (task, item id of its row) -> the text the model was asked
+        for name in ("gsm8k", "humaneval", "mtbench"):
+            task = tasks.BUILTIN[name]
+            _, rows = task.run(ctx)
+            items = [i for _, i, _, _ in task.item_rows(rows)]
+            texts = [r["prompt"] if name != "mtbench" else r["answers"][r["turn"] - 1] for r in rows]
+            if name == "humaneval":  # one item per problem, in the rows' order
+                texts = list({r["task_id"]: r["prompt"] for r in rows}.values())
+            assert len(items) == len(texts) >= 3, (name, items)
+            asked.update({(name, i): t for i, t in zip(items, texts)})
+    finally:
+        judge.close()
+    idx = index(["gsm8k", "humaneval", "mtbench"], 13, str(shared_data))
+    for (name, item), text in asked.items():
+        row = Conversation([{"role": "user", "content": "Repeat this."}, {"role": "assistant", "content": text}], "s", "x")
+        held = idx.search([row])[name].items
+        assert contamination.benchmark_item(name, item) in held, (name, item, sorted(held))
+        others = {contamination.benchmark_item(n, i) for n, i in asked if n == name} - {contamination.benchmark_item(name, item)}
+        assert not held & others, (name, item, sorted(held & others))
