@@ -17,7 +17,7 @@ from sftmix.io import write_jsonl as write_rows
 from sftmix.io import write_json
 from sftmix.layout import DONE, data_dir, stages, study_run
 from sftmix.study.grid import PlannedRun
-from sftmix.study.runner import ingest
+from sftmix.study.runner import ingest, load_study
 from sftmix.study.store import Store
 from sftmix.study.worker import DoneRecord
 
@@ -84,6 +84,25 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     (folder / "eval" / contamination.FILE).write_text("{cut")  # a damaged record: the done run stands, with a warning
     assert ingest(store, PlannedRun("r1", "x=1", {"x": 1}, cfg), study_out) and store.contamination() == []
     assert "contamination.json: not readable JSON" in capsys.readouterr().err
+    # a study whose store lost the rows (ingested by an sftmix without the table) shows them in its next
+    # report, without a `study run` first
+    study_file = tmp_path / "s.yaml"
+    base = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "output_dir"}
+    study_file.write_text(yaml.safe_dump({"name": "s", "output_dir": str(tmp_path / "s"), "base": base,
+                                          "grid": {"seed": [cfg.seed]}}))
+    (planned,) = load_study(str(study_file))[1]
+    folder = study_run(tmp_path / "s", planned.id)
+    shutil.copytree(tmp_path / "r", folder)
+    write_json(folder / DONE, DoneRecord(checkpoint=str(folder), eval_dir=str(folder / "eval"), finished=1.0).model_dump())
+    assert main(["study", "run", str(study_file), "--quiet"]) == 0  # done already: ingested, nothing trained
+    study_store = Store(tmp_path / "s" / "results.sqlite")
+    assert [r.held for r in study_store.contamination()] == [["gsm8k/test/0"]]
+    with study_store.conn:
+        study_store.conn.execute("DELETE FROM contamination")
+    assert main(["study", "report", str(study_file)]) == 0
+    assert [r.held for r in study_store.contamination()] == [["gsm8k/test/0"]]
+    assert "| gsm8k | 1 of 3 | 1 | 13 | accuracy |" in (tmp_path / "s" / "report" / "report.md").read_text()
+    capsys.readouterr()
     # where it cannot be measured (a stage's data gone), the evaluation warns and still returns its results
     shutil.rmtree(data_dir(stages(tmp_path / "r")[0]))
     assert pipeline.evaluate(pipeline.plan(cfg), progress=False).tasks["gsm8k"].n == 3

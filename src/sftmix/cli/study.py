@@ -30,7 +30,7 @@ def cmd_study(args) -> None:
     # per command: see the module docstring
     from sftmix.analysis.findings import unmatched
     from sftmix.analysis.report import write_report
-    from sftmix.study.runner import load_study, run_study, status_rows, study_dir
+    from sftmix.study.runner import backfill_done, load_study, run_study, status_rows, study_dir
     from sftmix.study.store import Store
 
     notes: list[str] = []
@@ -59,7 +59,9 @@ def cmd_study(args) -> None:
     else:
         if not db.exists():
             raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}` first)")
-        print(f"report: {write_report(Store(db).restricted(r.id for r in runs), layout.report_dir(out), study.name, doc, top=notes)}")
+        store = Store(db).restricted(r.id for r in runs)
+        backfill_done(store, runs)
+        print(f"report: {write_report(store, layout.report_dir(out), study.name, doc, top=notes)}")
 
 
 def study_doc(study, profile: str | None) -> dict:
@@ -69,9 +71,10 @@ def study_doc(study, profile: str | None) -> dict:
 
 
 def _results(args):
-    """The study, its planned runs, output folder and store (which must exist)."""
+    """The study, its planned runs, output folder and store (which must exist; its done runs given
+    their contamination rows where an older sftmix ingested them without: ``backfill_done``)."""
     # per command: see the module docstring
-    from sftmix.study.runner import load_study, study_dir
+    from sftmix.study.runner import backfill_done, load_study, study_dir
     from sftmix.study.store import Store
 
     args.notes = []
@@ -81,7 +84,9 @@ def _results(args):
     if not db.exists():
         raise SftmixError(f"{db}: no results yet (run `sftmix study run {args.file}"
                           f"{' --profile ' + args.profile if args.profile else ''}` first)")
-    return study, runs, out, Store(db).restricted(r.id for r in runs)
+    store = Store(db).restricted(r.id for r in runs)
+    backfill_done(store, runs)
+    return study, runs, out, store
 
 
 def _counts(store, runs) -> dict:

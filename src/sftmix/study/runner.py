@@ -156,6 +156,16 @@ def ingest(store: Store, run: PlannedRun, out: Path, engine_error: str | None = 
     return False
 
 
+def backfill_done(store: Store, runs: list[PlannedRun]) -> None:
+    """Every done run of ``runs`` that has no contamination rows gets them (``backfill_contamination``):
+    a report or fit of a study whose runs an older sftmix ingested shows their clean-item scores
+    without a ``study run`` first."""
+    done = {r.id for r in store.runs() if r.status == "done"}
+    for run in runs:
+        if run.id in done:
+            backfill_contamination(store, run.id)
+
+
 def backfill_contamination(store: Store, run_id: str) -> None:
     """A run ingested before the store kept contamination rows (version 4) gets them from its
     evaluation folder, where it still has one."""
