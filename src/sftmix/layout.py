@@ -14,6 +14,7 @@ A study (``studies/<name>[/<profile>]/`` or its ``output_dir``)::
     results.sqlite                          the store (``sftmix.study.store``)
     runs/<run id>/                          each run's folder (as above), with .lock, done.json,
                                             error.json and, under Slurm, job.json
+    runs/.training-<hash>.lock              held by the run training that training (``runlock.TrainingClaim``)
     fallbacks.json                          which sources fell back (``study run`` decides)
     fit.json, proposal.json, proposal.yaml  ``study fit`` / ``study propose``
     optimize.json                           ``study optimize``: every step, resumable
@@ -178,6 +179,12 @@ def report_dir(study_out: Path) -> Path:
 def study_run(study_out: Path, run_id: str) -> Path:
     """The folder of one run of a study."""
     return Path(study_out) / RUNS / run_id
+
+
+def training_claim(runs_folder: Path, trained: str) -> Path:
+    """The lock file that the study run training ``trained`` (a ``trained_view`` hash) holds while
+    it trains; its twins wait on it."""
+    return Path(runs_folder) / f".training-{trained}.lock"
 
 
 def safetensors_damage(path: Path) -> str | None:

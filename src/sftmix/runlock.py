@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -129,3 +130,40 @@ class TrainingLock:
     def __exit__(self, *exc) -> None:
         if self.lock is not None:
             self.lock.__exit__(*exc)
+
+
+class TrainingClaim:
+    """An exclusive ``flock`` on a training's claim file (``layout.training_claim``), waited for:
+    held by a study run while it trains and evaluates, so that a twin run (same ``trained_view``,
+    another evaluation) started meanwhile waits and then adopts the finished stages. ``waiting``
+    is called once, with who holds the claim, when it has to wait."""
+
+    def __init__(self, path: Path, run: str, waiting: Callable[[LockHolder | None], None] | None = None):
+        self.path = Path(path)
+        self.run = run
+        self.waiting = waiting
+        self.fd: int | None = None
+
+    def __enter__(self) -> TrainingClaim:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if self.waiting is not None:
+                try:
+                    held_by = LockHolder.model_validate_json(self.path.read_text())
+                except ValueError:  # its holder is writing it now
+                    held_by = None
+                self.waiting(held_by)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if its holder dies
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time(), run=self.run)
+                 .model_dump_json().encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import get_args
@@ -26,6 +27,9 @@ from sftmix.eval.engine import free_port
 from sftmix.study import worker
 from sftmix.study.executors import EXECUTORS
 from sftmix.study.executors.slurm import read_job, rendezvous_port
+from sftmix import layout
+from sftmix.layout import study_run
+from sftmix.study import runner
 from sftmix.study.runner import load_study
 from sftmix.runlock import RunLock, holder, is_running
 from sftmix.study.worker import launch_command
@@ -208,6 +212,59 @@ def test_a_run_whose_training_runs_under_another_driver_waits_for_it(tmp_path):
     assert "is already running elsewhere; waiting for it" in logs[1].read_text(), said  # it did find the first under way
     took = {run: read_record(run / "run.json", RunRecord).trained_in for run in (first, twin)}
     assert took == {first: None, twin: str(first)}, said  # trained once, by the first driver
+
+
+def test_a_twin_started_while_its_training_runs_waits_for_it_and_takes_its_stages(tmp_path, capfd):
+    """Two drivers started at the same moment can each start one of two twin runs before either
+    worker holds anything, so the drivers' own look (above) cannot hold the twin back. The
+    workers settle it: the one training holds the training's claim (``runlock.TrainingClaim``),
+    and the twin's worker waits on it, then takes the finished stages instead of training them
+    beside it."""
+    f = study_file(tmp_path, "claim", grid={"eval.limit": [2, 3]})
+    doc = yaml.safe_load(f.read_text())
+    doc["base"]["train"]["epochs"] = 30
+    f.write_text(yaml.safe_dump(doc))
+    _, runs = load_study(str(f))
+    first, twin = (study_run(tmp_path / "claim", r.id) for r in runs)
+    ended = {}
+    one = threading.Thread(target=lambda: ended.setdefault("first", worker.execute(runs[0].config.model_dump(mode="json"),
+                                                                                       str(first))))
+    one.start()
+    deadline = time.time() + 120
+    while not layout.stages(first) and one.is_alive() and time.time() < deadline:  # its claim is held: it trains
+        time.sleep(0.05)
+    assert layout.stages(first), ended
+    ended["twin"] = worker.execute(runs[1].config.model_dump(mode="json"), str(twin))
+    one.join(timeout=300)
+    said = capfd.readouterr().err
+    assert ended == {"first": "done", "twin": "done"}, said
+    assert f"run {twin.name}: run {first.name} is training the same stages; waiting for it, to take them" in said
+    took = {run: read_record(run / "run.json", RunRecord).trained_in for run in (first, twin)}
+    assert took == {first: None, twin: str(first)}, said
+
+
+def test_a_run_another_driver_took_first_is_waited_for_not_failed(tmp_path, monkeypatch):
+    """The other half of that race: both drivers submit the same run, and this driver's worker
+    finds its lock taken (it returns "running elsewhere"). The run is not recorded as failed: the
+    driver waits for it as for any run held elsewhere, and runs it itself when the other worker
+    ends without a result."""
+    f = study_file(tmp_path, "took", grid={"eval.limit": [2, 3]})
+    study, runs = load_study(str(f))
+    held_by_other = study_run(tmp_path / "took", runs[0].id)
+    looks = []
+
+    def first_look_misses(run_out):  # the driver looked before the other driver's worker took the lock
+        looks.append(Path(run_out))
+        return False if looks.count(Path(run_out)) == 1 else is_running(run_out)
+
+    monkeypatch.setattr(runner.runlock, "is_running", first_look_misses)
+    monkeypatch.setattr(runner, "WAIT_POLL_S", 0.2)
+    other = RunLock(held_by_other)
+    other.__enter__()
+    threading.Timer(4.0, other.__exit__, (None, None, None)).start()  # the other worker ends without a result
+    store = runner.run_study(study, runs, progress=False)
+    assert {r.id: r.status for r in store.runs()} == {r.id: "done" for r in runs}, [r.error for r in store.runs()]
+    assert looks.count(held_by_other) >= 3  # the look that missed, the one after its worker was refused, the polls
 
 
 def test_submitit_local_jobs_run_the_study_with_the_local_results(tmp_path, local_reference):

@@ -101,9 +101,16 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
             for h, engine_error in ex.finished(handles, timeout=5.0) if handles else []:
                 handles.remove(h)
                 run = next(r for r in todo if r.id == h.run_id)
-                if not ingest(store, run, out, engine_error) and store.status(run.id) != "failed":
-                    # neither done.json nor error.json: only then is the cause unknown here
-                    store.fail(run.id, engine_error or "the run ended without a result (see its folder)")
+                if ingest(store, run, out, engine_error) or store.status(run.id) == "failed":
+                    continue
+                if engine_error is None and runlock.is_running(run_path(out, run)):
+                    # another driver's worker took the run between this driver's look and its own
+                    # worker's: not a failure, a run to wait for like any run held elsewhere
+                    print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
+                    waiting[run.id] = run
+                    continue
+                # neither done.json nor error.json: only then is the cause unknown here
+                store.fail(run.id, engine_error or "the run ended without a result (see its folder)")
             # runs held elsewhere are looked at every WAIT_POLL_S: a queued Slurm job costs a squeue call
             if waiting and time.monotonic() - last_look >= WAIT_POLL_S:
                 last_look = time.monotonic()

@@ -10,6 +10,7 @@ tell a running run from a pending one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -21,10 +22,10 @@ from pydantic import BaseModel, ConfigDict
 
 from sftmix import layout, pipeline
 from sftmix.config import RunConfig
-from sftmix.io import read_record, write_json
-from sftmix.runlock import AlreadyRunning, RunLock
+from sftmix.io import read_record, stable_hash, write_json
+from sftmix.runlock import AlreadyRunning, LockHolder, RunLock, TrainingClaim
 from sftmix.threads import thread_env
-from sftmix.train.strategies import adopt_training
+from sftmix.train.strategies import adopt_training, trained_view
 
 DONE, ERROR, JOB = layout.DONE, layout.ERROR, layout.JOB
 
@@ -89,11 +90,12 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
             limit_threads(cpus)
             try:
                 cfg = RunConfig.model_validate({**config, "output_dir": str(run_out_p)})
-                adopted = adopt_training(cfg, run_out_p.parent) if adopt else None
-                if adopted is not None:
-                    print(f"run {run_out_p.name}: trained as run {adopted.name} (only the evaluation differs); "
-                          "its stages are reused", file=sys.stderr)
-                p, _ = pipeline.run(cfg, progress, launcher)
+                with training_claim(cfg, run_out_p) if adopt else contextlib.nullcontext():
+                    adopted = adopt_training(cfg, run_out_p.parent) if adopt else None
+                    if adopted is not None:
+                        print(f"run {run_out_p.name}: trained as run {adopted.name} (only the evaluation differs); "
+                              "its stages are reused", file=sys.stderr)
+                    p, _ = pipeline.run(cfg, progress, launcher)
                 write_json(run_out_p / DONE, DoneRecord(checkpoint=str(p.final), eval_dir=str(p.eval_dir),
                                                         finished=time.time()).model_dump())
                 return "done"
@@ -105,6 +107,17 @@ def execute(config: dict, run_out: str, cpus: int | None = None, progress: bool 
                 return "failed"
     except AlreadyRunning:
         return "running elsewhere"
+
+
+def training_claim(cfg: RunConfig, run_out: Path) -> TrainingClaim:
+    """The claim on the run's training, held while it trains and evaluates: a twin run of it (only
+    the evaluation differs) that another driver started at the same moment waits, then adopts."""
+    def waiting(by: LockHolder | None) -> None:
+        twin = getattr(by, "run", None) or "another run"
+        print(f"run {run_out.name}: run {twin} is training the same stages; waiting for it, to take them", file=sys.stderr,
+              flush=True)
+
+    return TrainingClaim(layout.training_claim(run_out.parent, stable_hash(trained_view(cfg))), run_out.name, waiting)
 
 
 def launch_command(gpus: int, nodes: int = 1, rank: int = 0, main_host: str = "localhost", port: int = 29500) -> list[str]:
