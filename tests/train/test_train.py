@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -239,6 +240,21 @@ def test_quiet_prints_no_trainer_log_lines_and_keeps_them_in_meta(tmp_path, caps
     assert "'loss':" in printed["--no-progress"], printed["--no-progress"]
     assert "'loss':" not in printed["--quiet"] and "'train_runtime':" not in printed["--quiet"], printed["--quiet"]
     assert "final checkpoint:" in printed["--quiet"]  # the result is still said
+
+
+def test_a_quiet_run_prints_its_results_alone(tmp_path):
+    """`sftmix run --quiet` prints the results' JSON and nothing else on stdout (DeepSpeed, which
+    accelerate imports where it is installed, had announced its CPU accelerator there), and no
+    library's progress bar on stderr (datasets' "Saving the dataset" had stayed)."""
+    cfg = tmp_path / "q.yaml"
+    data = tiny_run(tmp_path, "q", strategy={"name": "individual", "sources": ["generated_math"]})
+    cfg.write_text(yaml.safe_dump(data.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")}
+    env["SFTMIX_CACHE"] = str(tmp_path / "cache")  # rows tokenised afresh: the bar of their saving is one to silence
+    r = subprocess.run([sys.executable, "-m", "sftmix.cli", "run", str(cfg), "--quiet"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(json.loads(r.stdout)) == set(data.eval.tasks), r.stdout  # the whole of stdout is the results
+    assert not re.search(r"it/s\]|examples/s\]|\d+%\|", r.stderr), r.stderr[-3000:]
 
 
 def test_template_the_tokenizer_cannot_render(tmp_path):

@@ -77,9 +77,13 @@ def quiet_libraries() -> None:
     in the processes it starts."""
     os.environ[QUIET] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by transformers and the hub when first imported
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # datasets' "Saving the dataset" (a stage's tokenized rows)
     logging = sys.modules.get("transformers.utils.logging")  # never imports transformers; an import already made is told
     if logging is not None:
         logging.disable_progress_bar()
+    datasets = sys.modules.get("datasets")
+    if datasets is not None:
+        datasets.disable_progress_bars()
 
 
 def release_process_group() -> None:

@@ -17,6 +17,7 @@ supervised tokens in the whole (accumulated, all-process) batch: FastChat/HF tok
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 import shutil
@@ -43,6 +44,19 @@ from sftmix.train.checkpoints import last_complete_checkpoint
 from sftmix.train.curve import curve_points
 from sftmix.train.meta import Kernels, Parent, StageMeta
 from sftmix.train.tokenize import Collator, tokenize_mixture
+
+
+class _NoCpuAcceleratorNotice(logging.Filter):
+    """DeepSpeed, which accelerate imports whenever it is installed (the ``deepspeed`` extra),
+    announces on stdout, where ``sftmix run`` prints its results, that it set its accelerator to
+    the CPU when there is no GPU: on a CPU training that is no news, and it broke the results'
+    JSON. Every other DeepSpeed message stands."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorNotice())  # before the first training imports DeepSpeed
 
 
 def cpu_has_bf16() -> bool:
