@@ -50,8 +50,7 @@ class RunLock:
         self._before: str | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = _open(self.path)
         deadline = time.monotonic() + self.wait_s  # a driver's probe holds the lock for microseconds
         while True:
             try:
@@ -62,16 +61,14 @@ class RunLock:
                     os.close(self.fd)
                     raise AlreadyRunning(str(self.path)) from None
                 time.sleep(0.05)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time()).model_dump_json().encode())
+        _sign(self.fd)
         self._before = os.environ.get(HELD)
         os.environ[HELD] = str(self.path)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
+            _release(self.fd)
             self.fd = None
         if self._before is None:
             os.environ.pop(HELD, None)
@@ -97,10 +94,30 @@ def is_running(run_out: Path) -> bool:
 
 def holder(run_out: Path) -> LockHolder | None:
     """Who holds (or last held) the run's lock, as it wrote it (None: not known)."""
+    return _holder(Path(run_out) / LOCK)
+
+
+def _holder(lock_file: Path) -> LockHolder | None:
     try:
-        return LockHolder.model_validate_json((Path(run_out) / LOCK).read_text())
+        return LockHolder.model_validate_json(lock_file.read_text())
     except (OSError, ValueError):  # no lock file, or one its holder is writing now
         return None
+
+
+def _open(lock_file: Path) -> int:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _sign(fd: int, **extra) -> None:
+    """Write who holds the lock (``LockHolder``) into its file."""
+    os.ftruncate(fd, 0)
+    os.write(fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time(), **extra).model_dump_json().encode())
+
+
+def _release(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 class TrainingLock:
@@ -145,25 +162,17 @@ class TrainingClaim:
         self.fd: int | None = None
 
     def __enter__(self) -> TrainingClaim:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = _open(self.path)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if self.waiting is not None:
-                try:
-                    held_by = LockHolder.model_validate_json(self.path.read_text())
-                except ValueError:  # its holder is writing it now
-                    held_by = None
-                self.waiting(held_by)
+                self.waiting(_holder(self.path))
             fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if its holder dies
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time(), run=self.run)
-                 .model_dump_json().encode())
+        _sign(self.fd, run=self.run)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
+            _release(self.fd)
             self.fd = None
