@@ -3,6 +3,7 @@ a run trained on a GSM8K test problem says which, and gives the score over the o
 
 import json
 import shutil
+import sqlite3
 
 import yaml
 
@@ -31,7 +32,7 @@ PROBLEMS = [
 ]
 
 
-def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, capsys):
+def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     rows = [{"question": q, "answer": a} for q, a in PROBLEMS]
     write_jsonl(data / "gsm8k" / "test.jsonl", rows)
@@ -102,7 +103,20 @@ def test_a_run_trained_on_a_test_problem_reports_its_score_without_it(tmp_path, 
     assert main(["study", "report", str(study_file)]) == 0
     assert [r.held for r in study_store.contamination()] == [["gsm8k/test/0"]]
     assert "| gsm8k | 1 of 3 | 1 | 13 | accuracy |" in (tmp_path / "s" / "report" / "report.md").read_text()
+    # a store its reader may not write (a colleague's copy): the report is made without those rows, with a warning
+    with study_store.conn:
+        study_store.conn.execute("DELETE FROM contamination")
     capsys.readouterr()
+
+    def read_only(self, *a):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(Store, "keep_contamination", read_only)
+    assert main(["study", "report", str(study_file)]) == 0
+    assert "the contamination rows of its earlier runs were not added (attempt to write a readonly database)" in (
+        capsys.readouterr().err)
+    assert "| gsm8k | 1 of 3 |" not in (tmp_path / "s" / "report" / "report.md").read_text()
+    monkeypatch.undo()
     # where it cannot be measured (a stage's data gone), the evaluation warns and still returns its results
     shutil.rmtree(data_dir(stages(tmp_path / "r")[0]))
     assert pipeline.evaluate(pipeline.plan(cfg), progress=False).tasks["gsm8k"].n == 3

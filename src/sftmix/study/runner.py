@@ -8,6 +8,7 @@ started twice; a failed one is recorded with its error, the study goes on, and t
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -168,9 +169,13 @@ def backfill_done(store: Store, runs: list[PlannedRun]) -> None:
     a report or fit of a study whose runs an older sftmix ingested shows their clean-item scores
     without a ``study run`` first."""
     done = {r.id for r in store.runs() if r.status == "done"}
-    for run in runs:
-        if run.id in done:
-            backfill_contamination(store, run.id)
+    try:
+        for run in runs:
+            if run.id in done:
+                backfill_contamination(store, run.id)
+    except sqlite3.OperationalError as e:  # a store this user may read but not write: reported without the rows
+        print(f"warning: {store.path}: the contamination rows of its earlier runs were not added ({e}); "
+              "the report shows none for them", file=sys.stderr)
 
 
 def backfill_contamination(store: Store, run_id: str) -> None:
