@@ -14,7 +14,7 @@ A study (``studies/<name>[/<profile>]/`` or its ``output_dir``)::
     results.sqlite                          the store (``sftmix.study.store``)
     runs/<run id>/                          each run's folder (as above), with .lock, done.json,
                                             error.json and, under Slurm, job.json
-    runs/.training-<hash>.lock              held by the run training that training (``runlock.TrainingClaim``)
+    trainings/<hash>.lock                   held by the run that trains that training (``runlock.TrainingClaim``)
     fallbacks.json                          which sources fell back (``study run`` decides)
     fit.json, proposal.json, proposal.yaml  ``study fit`` / ``study propose``
     optimize.json                           ``study optimize``: every step, resumable
@@ -31,7 +31,7 @@ import math
 import struct
 from pathlib import Path
 
-RUNS, STUDIES = "runs", "studies"
+RUNS, STUDIES, TRAININGS = "runs", "studies", "trainings"
 DATA, CHECKPOINTS, FINAL, EVAL = "data", "checkpoints", "final", "eval"
 MANIFEST, META, HELDOUT, RUN_RECORD = "manifest.json", "meta.json", "heldout.json", "run.json"
 STORE, FIT, REPORT, FALLBACKS = "results.sqlite", "fit.json", "report", "fallbacks.json"
@@ -181,10 +181,11 @@ def study_run(study_out: Path, run_id: str) -> Path:
     return Path(study_out) / RUNS / run_id
 
 
-def training_claim(runs_folder: Path, trained: str) -> Path:
-    """The lock file that the study run training ``trained`` (a ``trained_view`` hash) holds while
-    it trains; its twins wait on it."""
-    return Path(runs_folder) / f".training-{trained}.lock"
+def training_claim(run_out: Path, trained: str) -> Path:
+    """The lock file that a study run (its folder ``run_out``, in the study's ``runs/``) holds
+    while it trains ``trained`` (a ``trained_view`` hash); its twins wait on it. Beside ``runs/``,
+    which holds run folders alone."""
+    return Path(run_out).parent.parent / TRAININGS / f"{trained}.lock"
 
 
 def safetensors_damage(path: Path) -> str | None:

@@ -34,9 +34,9 @@ from sftmix.study.runner import load_study
 from sftmix.runlock import RunLock, holder, is_running
 from sftmix.study.worker import launch_command
 from sftmix.train.checkpoints import checkpoint_complete
-from sftmix.io import read_record
+from sftmix.io import read_record, stable_hash
 from sftmix.train.meta import read_meta
-from sftmix.train.strategies import RunRecord
+from sftmix.train.strategies import RunRecord, trained_view
 
 pytestmark = pytest.mark.cluster
 
@@ -241,6 +241,8 @@ def test_a_twin_started_while_its_training_runs_waits_for_it_and_takes_its_stage
     assert f"run {twin.name}: run {first.name} is training the same stages; waiting for it, to take them" in said
     took = {run: read_record(run / "run.json", RunRecord).trained_in for run in (first, twin)}
     assert took == {first: None, twin: str(first)}, said
+    assert [p.name for p in (tmp_path / "claim" / "trainings").iterdir()] == [f"{stable_hash(trained_view(runs[0].config))}.lock"]
+    assert all(p.is_dir() for p in (tmp_path / "claim" / "runs").iterdir())  # runs/ holds run folders alone
 
 
 def test_a_run_another_driver_took_first_is_waited_for_not_failed(tmp_path, monkeypatch):

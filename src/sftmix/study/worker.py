@@ -117,7 +117,7 @@ def training_claim(cfg: RunConfig, run_out: Path) -> TrainingClaim:
         print(f"run {run_out.name}: run {twin} is training the same stages; waiting for it, to take them", file=sys.stderr,
               flush=True)
 
-    return TrainingClaim(layout.training_claim(run_out.parent, stable_hash(trained_view(cfg))), run_out.name, waiting)
+    return TrainingClaim(layout.training_claim(run_out, stable_hash(trained_view(cfg))), run_out.name, waiting)
 
 
 def launch_command(gpus: int, nodes: int = 1, rank: int = 0, main_host: str = "localhost", port: int = 29500) -> list[str]:
