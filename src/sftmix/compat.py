@@ -27,4 +27,7 @@ def checkpointing_argument(on: bool) -> dict:
 
 def is_checkpointing(model) -> bool:
     """Whether the model recomputes activations (the attribute's name changed with the argument's)."""
-    return bool(getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)))
+    # the newer name first, and the older one only where it is missing: 5.25 warns when the older is read
+    if hasattr(model, "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))

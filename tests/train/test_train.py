@@ -15,6 +15,7 @@ from conftest import REPO
 from helpers import TINY_MEASURE, losses, max_weight_diff, tiny_run, weights
 from sftmix import pipeline
 from sftmix.cli import main
+from sftmix.compat import is_checkpointing
 from sftmix.config import RunConfig, validate
 from sftmix.config.run import STRATEGY_MODELS
 from sftmix.data.compose import Manifest
@@ -327,3 +328,20 @@ def test_what_a_reused_training_must_share(change, same, tmp_path):
 
 def test_every_strategy_the_config_accepts_has_a_builder():
     assert set(STRATEGY_MODELS) == set(BUILDERS) == set(STRATEGIES)
+
+
+def test_checkpointing_is_read_under_the_newer_name_without_touching_the_older():
+    """transformers 5.25 warns (FutureWarning, removal in v6) whenever ``is_gradient_checkpointing``
+    is read; ``compat.is_checkpointing`` reads it only where ``is_activation_checkpointing`` is
+    missing (5.19), so a training on 5.25 warns nothing."""
+    class Newer:
+        is_activation_checkpointing = True
+
+        @property
+        def is_gradient_checkpointing(self):
+            raise AssertionError("the deprecated name was read")
+
+    class Older:
+        is_gradient_checkpointing = True
+
+    assert is_checkpointing(Newer()) and is_checkpointing(Older()) and not is_checkpointing(object())
