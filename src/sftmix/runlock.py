@@ -78,7 +78,15 @@ class RunLock:
 
 def is_running(run_out: Path) -> bool:
     """Whether a process holds the run's lock now (a probe: shared, non-blocking, released at once)."""
-    path = Path(run_out) / LOCK
+    return _held(Path(run_out) / LOCK)
+
+
+def claimed_by(claim: Path) -> LockHolder | None:
+    """Who holds a training's claim (``layout.training_claim``) now; None where nobody does."""
+    return _holder(claim) if _held(claim) else None
+
+
+def _held(path: Path) -> bool:
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)
@@ -163,12 +171,19 @@ class TrainingClaim:
 
     def __enter__(self) -> TrainingClaim:
         self.fd = _open(self.path)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if self.waiting is not None:
-                self.waiting(_holder(self.path))
-            fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if its holder dies
+        deadline = time.monotonic() + 0.5  # `study status` probes the claim for microseconds: not a holder to wait for
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                if self.waiting is not None:
+                    self.waiting(_holder(self.path))
+                fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if its holder dies
+                break
         _sign(self.fd, run=self.run)
         return self
 

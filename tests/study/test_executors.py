@@ -30,7 +30,7 @@ from sftmix.study.executors.slurm import read_job, rendezvous_port
 from sftmix import layout
 from sftmix.layout import study_run
 from sftmix.study import runner
-from sftmix.study.runner import load_study
+from sftmix.study.runner import load_study, status_rows
 from sftmix.runlock import RunLock, holder, is_running
 from sftmix.study.worker import launch_command
 from sftmix.train.checkpoints import checkpoint_complete
@@ -234,8 +234,16 @@ def test_a_twin_started_while_its_training_runs_waits_for_it_and_takes_its_stage
     while not layout.stages(first) and one.is_alive() and time.time() < deadline:  # its claim is held: it trains
         time.sleep(0.05)
     assert layout.stages(first), ended
-    ended["twin"] = worker.execute(runs[1].config.model_dump(mode="json"), str(twin))
+    two = threading.Thread(target=lambda: ended.setdefault("twin", worker.execute(runs[1].config.model_dump(mode="json"),
+                                                                                     str(twin))))
+    two.start()
+    shown = ""
+    while one.is_alive() and "waiting for run" not in shown:  # `study status` says which run the twin waits for
+        shown = {row[0]: row[3] for row in status_rows(None, runs, tmp_path / "claim")}[runs[1].id]
+        time.sleep(0.05)
+    assert f"; waiting for run {first.name}, which trains the same stages" in shown, shown
     one.join(timeout=300)
+    two.join(timeout=300)
     said = capfd.readouterr().err
     assert ended == {"first": "done", "twin": "done"}, said
     assert f"run {twin.name}: run {first.name} is training the same stages; waiting for it, to take them" in said
