@@ -277,6 +277,37 @@ def test_a_run_another_driver_took_first_is_waited_for_not_failed(tmp_path, monk
     assert looks.count(held_by_other) >= 3  # the look that missed, the one after its worker was refused, the polls
 
 
+def test_a_run_another_driver_took_and_finished_since_is_done_not_failed(tmp_path, monkeypatch):
+    """The narrowest window of that race: this driver's worker is refused the run, and by the time
+    the driver looks again the other worker has finished it. The run is ingested as done, not
+    recorded as "ended without a result"."""
+    f = study_file(tmp_path, "fin", grid={"eval.limit": [2, 3]})
+    doc = yaml.safe_load(f.read_text())
+    doc["base"]["train"]["epochs"] = 30  # longer than the 2 s a refused worker waits for the lock
+    f.write_text(yaml.safe_dump(doc))
+    study, runs = load_study(str(f))
+    target = study_run(tmp_path / "fin", runs[0].id)
+    other = threading.Thread(target=worker.execute, args=(runs[0].config.model_dump(mode="json"), str(target)))
+    looks = []
+
+    def look(run_out):
+        looks.append(Path(run_out))
+        if Path(run_out) == target and looks.count(target) == 1:  # the first look, before the other worker took it
+            other.start()
+            while not is_running(target) and other.is_alive():
+                time.sleep(0.05)
+            return False
+        if Path(run_out) == target and looks.count(target) == 2:  # after its own worker was refused: it has ended since
+            other.join(timeout=300)
+            return False
+        return is_running(run_out)
+
+    monkeypatch.setattr(runner.runlock, "is_running", look)
+    store = runner.run_study(study, runs, progress=False)
+    assert {r.id: r.status for r in store.runs()} == {r.id: "done" for r in runs}, [r.error for r in store.runs()]
+    assert read_record(target / "run.json", RunRecord).trained_in is None  # trained once, by the other worker
+
+
 def test_submitit_local_jobs_run_the_study_with_the_local_results(tmp_path, local_reference):
     f = study_file(tmp_path, "onsubmitit")
     cmd = [sys.executable, "-m", "sftmix.cli", "study", "run", str(f), "--executor", "slurm-local", "--quiet"]

@@ -110,6 +110,8 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                     print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
                     waiting[run.id] = run
                     continue
+                if engine_error is None and ingest(store, run, out):  # that worker ended since the first look
+                    continue
                 # neither done.json nor error.json: only then is the cause unknown here
                 store.fail(run.id, engine_error or "the run ended without a result (see its folder)")
             # runs held elsewhere are looked at every WAIT_POLL_S: a queued Slurm job costs a squeue call
