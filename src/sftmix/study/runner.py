@@ -74,6 +74,11 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
     queue = list(todo)
     started = len(runs) - len(todo)
     last_look = float("-inf")
+
+    def held_elsewhere(run: PlannedRun) -> None:
+        print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
+        waiting[run.id] = run
+
     try:
         while queue or handles or waiting:
             while queue and len(handles) < ex.parallel:
@@ -87,8 +92,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                 queue.remove(run)
                 run_out = run_path(out, run)
                 if runlock.is_running(run_out) or queued_job(run_out):
-                    print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
-                    waiting[run.id] = run
+                    held_elsewhere(run)
                     continue
                 started += 1
                 print(f"[{started}/{len(runs)}] {run.label} ({run.id})", flush=True)
@@ -107,8 +111,7 @@ def run_study(study: StudyConfig, runs: list[PlannedRun], profile: str | None = 
                 if engine_error is None and runlock.is_running(run_path(out, run)):
                     # another driver's worker took the run between this driver's look and its own
                     # worker's: not a failure, a run to wait for like any run held elsewhere
-                    print(f"  {run.label} ({run.id}) is already running elsewhere; waiting for it", flush=True)
-                    waiting[run.id] = run
+                    held_elsewhere(run)
                     continue
                 if engine_error is None and ingest(store, run, out):  # that worker ended since the first look
                     continue
