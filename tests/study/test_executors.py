@@ -2,8 +2,10 @@
 trained twice after the driver is killed, and clear errors before any run starts."""
 
 import contextlib
+import functools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -462,7 +464,9 @@ def squeue(job_id: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout.strip()
 
 
-def wait_for(what: str, check, timeout: float = 180, proc=None, log: Path | None = None):
+def wait_for(what: str, check, timeout: float = 180, proc=None, log: Path | None = None, story=None):
+    """``check()``'s first true value within ``timeout``; else the test fails with the driver's log
+    (and ``story()``, what else explains it)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         got = check()
@@ -472,7 +476,22 @@ def wait_for(what: str, check, timeout: float = 180, proc=None, log: Path | None
             break
         time.sleep(0.1)
     said = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    pytest.fail(f"{what}: not within {timeout:g} s (driver exit {proc.poll() if proc else None}):\n{said}")
+    pytest.fail(f"{what}: not within {timeout:g} s (driver exit {proc.poll() if proc else None}):\n{said}"
+                + (f"\n{story()}" if story else ""))
+
+
+def job_story(conf: Path, job_id: str, jobs: Path) -> str:
+    """What Slurm and the job said of one job, for a failure message: the controller's and the
+    node daemon's log lines that name it, and the end of the job's own stderr (every attempt's)."""
+    parts = []
+    names = re.compile(rf"JobId={job_id}\b|JOB {job_id}\b|job {job_id}\b|StepId={job_id}\.|\[{job_id}\.")
+    for name in ("slurmctld.log", "slurmd.log"):
+        path = conf.parent / name
+        lines = [line for line in path.read_text(errors="replace").splitlines() if names.search(line)] if path.exists() else []
+        parts.append(f"--- {name}, lines naming job {job_id}:\n" + "\n".join(lines[-40:]))
+    for err in sorted((jobs / job_id).glob("*_log.err")):
+        parts.append(f"--- {err.name}, its end:\n" + err.read_text(errors="replace")[-2000:])
+    return "\n".join(parts)
 
 
 def test_slurm_runs_the_study_with_the_local_results(tmp_path, slurm, local_reference):
@@ -534,14 +553,17 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
             wait_for("a complete checkpoint", lambda: [c for c in root.glob("runs/*/stage*/checkpoints/checkpoint-*")
                                                         if checkpoint_complete(c)], proc=proc, log=log)
             job_id = read_job(next(root.glob("runs/*/job.json")).parent).job_id
+            # a failure says what Slurm and the job said too: the driver's log alone did not explain
+            # the one time this test failed with the job "gone" instead of requeued
+            story = functools.partial(job_story, slurm, job_id, root / "jobs")
             subprocess.run(["scancel", job_id, "--signal", "SIGTERM"], check=True)
             subprocess.run(["scancel", job_id, "--signal", "USR2"], check=True)
             # Slurm holds a requeued job until a begin time a few minutes away; start it now
-            wait_for("the job requeued", lambda: squeue(job_id).startswith("PENDING"), proc=proc, log=log)
+            wait_for("the job requeued", lambda: squeue(job_id).startswith("PENDING"), proc=proc, log=log, story=story)
             # the first attempt's log, before the second attempt's output replaces it
             first_log = "".join(p.read_text(errors="replace") for p in (root / "jobs" / job_id).glob("*_log.err"))
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
-            assert proc.wait(timeout=600) == 0, log.read_text(errors="replace")[-3000:]
+            assert proc.wait(timeout=600) == 0, log.read_text(errors="replace")[-3000:] + "\n" + story()
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
