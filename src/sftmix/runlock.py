@@ -34,6 +34,7 @@ class LockHolder(BaseModel):
     pid: int
     host: str
     since: float
+    run: str | None = None  # a training's claim (``TrainingClaim``): the study run that holds it
 
 
 class AlreadyRunning(Exception):
@@ -51,16 +52,9 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.fd = _open(self.path)
-        deadline = time.monotonic() + self.wait_s  # a driver's probe holds the lock for microseconds
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise AlreadyRunning(str(self.path)) from None
-                time.sleep(0.05)
+        if not _lock_within(self.fd, self.wait_s):
+            os.close(self.fd)
+            raise AlreadyRunning(str(self.path))
         _sign(self.fd)
         self._before = os.environ.get(HELD)
         os.environ[HELD] = str(self.path)
@@ -123,6 +117,20 @@ def _sign(fd: int, **extra) -> None:
     os.write(fd, LockHolder(pid=os.getpid(), host=os.uname().nodename, since=time.time(), **extra).model_dump_json().encode())
 
 
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take an exclusive ``flock`` on ``fd``, trying for ``seconds``; whether it was taken. A probe
+    (``is_running``, ``claimed_by``) holds a lock for microseconds, and is no holder to give up to."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 def _release(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
@@ -171,19 +179,10 @@ class TrainingClaim:
 
     def __enter__(self) -> TrainingClaim:
         self.fd = _open(self.path)
-        deadline = time.monotonic() + 0.5  # `study status` probes the claim for microseconds: not a holder to wait for
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                if self.waiting is not None:
-                    self.waiting(_holder(self.path))
-                fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if its holder dies
-                break
+        if not _lock_within(self.fd, 0.5):  # `study status` probes the claim: not a holder to wait for
+            if self.waiting is not None:
+                self.waiting(_holder(self.path))
+            fcntl.flock(self.fd, fcntl.LOCK_EX)  # released by the kernel if its holder dies
         _sign(self.fd, run=self.run)
         return self
 

@@ -2,21 +2,19 @@
 this way (``accelerate launch -m sftmix.cli train``)."""
 
 import atexit
-import logging
 import os
 import sys
 
 from sftmix.cli import main
 
 status = main()
-if int(os.environ.get("WORLD_SIZE", "1")) > 1 and status == 0:
+if status == 0 and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
     # A rank of a launched run whose work is all saved and whose process group is released. The
     # interpreter's finalisation can still destroy a gloo worker thread that is joinable ("terminate
     # called without an active exception", SIGABRT), and the launcher then fails the whole run: a
     # successful rank leaves without finalisation, once its exit hooks have run (a tracker such as
-    # wandb finishes its run in one) and what it printed and logged is out.
+    # wandb finishes its run in one; logging's flushes its handlers) and what it printed is out.
     atexit._run_exitfuncs()
-    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -216,7 +216,7 @@ def status_rows(store: Store | None, runs: list[PlannedRun], out: Path | None = 
                 on = f"host {holder.host}, pid {holder.pid}" if holder else "a worker"
                 state, detail = "running", f"on {where + ', ' if job else ''}{on}"
                 twin = runlock.claimed_by(layout.training_claim(run_out, stable_hash(trained_view(r.config))))
-                if twin is not None and getattr(twin, "run", r.id) != r.id:
+                if twin is not None and twin.run not in (None, r.id):
                     detail += f"; waiting for run {twin.run}, which trains the same stages"
             elif q := queued_job(run_out):
                 state, detail = "queued", f"{where} ({q.state})"

@@ -113,7 +113,7 @@ def training_claim(cfg: RunConfig, run_out: Path) -> TrainingClaim:
     """The claim on the run's training, held while it trains and evaluates: a twin run of it (only
     the evaluation differs) that another driver started at the same moment waits, then adopts."""
     def waiting(by: LockHolder | None) -> None:
-        twin = getattr(by, "run", None) or "another run"
+        twin = by.run if by is not None and by.run else "another run"
         print(f"run {run_out.name}: run {twin} is training the same stages; waiting for it, to take them", file=sys.stderr,
               flush=True)
 
