@@ -574,6 +574,11 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
     assert "this job is preempted" in first_log and f"JOB {job_id} ON" in first_log and "DUE TO JOB REQUEUE" in first_log, first_log[-2000:]
     assert "this attempt ends: the job was requeued" in first_log and "died with <Signals.SIGTERM" in first_log, first_log[-2000:]
     assert metrics(root / "results.sqlite") == pytest.approx(metrics(tmp_path / "ref" / "results.sqlite"), rel=2e-3)
+    # the story a failure would print is not empty: Slurm's own lines about the job and its stderr
+    told = story()
+    assert re.search(rf"--- slurmctld.log, lines naming job {job_id}:\n.*JobId={job_id}\b", told), told[-3000:]
+    assert re.search(rf"--- slurmd.log, lines naming job {job_id}:\n.*Launching batch job {job_id}\b", told), told[-3000:]
+    assert f"--- {job_id}_0_log.err, its end:" in told, told[-3000:]
 
 
 def test_a_slurm_job_killed_without_a_result_is_recorded_not_waited_for(tmp_path, slurm):
