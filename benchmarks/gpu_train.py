@@ -15,14 +15,17 @@ Paths, each in a process of its own (its peak memory is its own):
   Liger): what the loss's logits cost in memory and speed;
 - ``sftmix_packed``: packed rows (``--pack-rows`` x ``--pack-len``; flex_attention on CUDA: no
   dense mask), ``sftmix_packed_sdpa`` the same through sdpa's dense block-diagonal mask;
+- ``sftmix_ckpt``: the default with gradient checkpointing, TRL's default setting: the memory
+  comparison at equal settings;
 - ``sftmix_compile``: the default with ``torch.compile`` (CUDA only unless ``--paths`` names it);
 - ``trl``: SFTTrainer's defaults (gradient checkpointing on), ``trl_nockpt`` without it,
   ``trl_packed`` packing without it; the same rows and labels (a ``labels`` column).
 
 For each: real (non-pad) tokens/s over the timed steps (the first ``--warmup`` steps not timed),
 MFU = 6·N·tokens/s over the bf16 matmul peak measured in the same run (fp32 where the path trains
-in fp32), peak memory (CUDA: max allocated; CPU: the process's peak RSS), and the loss on one fixed
-batch at the initial weights (the same loss semantics give the same number in every path). Then
+in fp32), peak memory (CUDA: max allocated; CPU: the process's peak RSS), whether the model recomputed its
+activations (read from the model after training, not from the config asked for), and the loss on
+one fixed batch at the initial weights (the same loss semantics give the same number in every path). Then
 what the length-grouped sampler does to the largest batch, from the rows alone.
 
     python benchmarks/gpu_train.py --smoke                  # CPU, about a minute
@@ -52,7 +55,7 @@ SHAPES = {  # SmolLM2's configs (vocabulary 49152, tied embeddings)
 }
 # in the order they run: the goals' comparisons first (the defaults, then each trainer's packed path),
 # so that a spent time budget skips the side measurements, the compiled path (minutes of compiling) last
-PATHS = ("sftmix", "trl", "sftmix_packed", "trl_packed", "trl_nockpt", "sftmix_packed_sdpa", "sftmix_unfused",
+PATHS = ("sftmix", "trl", "sftmix_packed", "trl_packed", "sftmix_ckpt", "trl_nockpt", "sftmix_packed_sdpa", "sftmix_unfused",
          "sftmix_loss_full", "sftmix_loss_chunked", "sftmix_compile")
 FIXED = 8  # rows of the fixed batch
 
@@ -126,6 +129,7 @@ def run_path(path: str, args) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from sftmix.compat import is_checkpointing
     from sftmix.config import KernelSettings, TrainSettings
     from sftmix.train.stage import StageTrainer, linear_loss, resolve_kernels, training_arguments
     from sftmix.train.tokenize import Collator
@@ -161,7 +165,8 @@ def run_path(path: str, args) -> dict:
                    "sftmix_compile": KernelSettings(compile=True)}.get(path, KernelSettings())
         s = TrainSettings(epochs=1, max_steps=args.steps, batch_size=batch_rows, per_device_batch_size=batch_rows,
                           max_length=args.pack_len if is_packed else args.max_length, lr=2e-5, precision="bf16" if bf16 else "fp32",
-                          report_to=[], logging_steps=1, save_steps=10 ** 6, packing=is_packed, kernels=kernels)
+                          report_to=[], logging_steps=1, save_steps=10 ** 6, packing=is_packed, kernels=kernels,
+                          gradient_checkpointing=path == "sftmix_ckpt")
         k = resolve_kernels(kernels, is_packed)
         model = build(k.attention)
         clock = Clock(Collator(tok.pad_token_id))
@@ -179,7 +184,7 @@ def run_path(path: str, args) -> dict:
         trainer = SFTTrainer(model=model, args=conf, train_dataset=ds.remove_columns(["length"]), processing_class=tok)
         clock = Clock(trainer.data_collator)
         trainer.data_collator = clock
-        how = {"gradient_checkpointing": bool(conf.gradient_checkpointing), "packing": is_packed}
+        how = {"packing": is_packed}
     with torch.no_grad():
         batch = {k: v.to(device) for k, v in fixed.items()}
         loss_fixed = float(trainer.compute_loss(trainer.model.to(device), batch, num_items_in_batch=n_fixed.to(device)))
@@ -193,6 +198,7 @@ def run_path(path: str, args) -> dict:
     timed = clock.ends[-1] - (clock.ends[w - 1] if w else t0)
     tokens = sum(clock.tokens[w:steps])
     n_params = sum(p.numel() for p in model.parameters())
+    how["gradient_checkpointing"] = is_checkpointing(trainer.model)  # what ran, not what the config asked for
     return {"path": path, "steps": steps, "timed_steps": steps - w, "tokens_per_s": tokens / timed, "params": n_params, "bf16": bf16,
             "peak_memory_gb": (torch.cuda.max_memory_allocated() if cuda else
                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9,
@@ -228,8 +234,12 @@ def batch_shapes(args) -> dict:
 
 
 def how_of(r: dict) -> dict:
-    """What a measured path ran with: sftmix's resolved kernels, or TRL's checkpointing and packing."""
-    return r.get("kernels") or {k: r[k] for k in ("gradient_checkpointing", "packing")}
+    """What a measured path ran with: sftmix's resolved kernels or TRL's packing, and whether the
+    model recomputed its activations."""
+    how = {**(r.get("kernels") or {"packing": r["packing"]})}
+    if "gradient_checkpointing" in r:  # a results file of an earlier version has it for TRL's paths only
+        how["gradient_checkpointing"] = r["gradient_checkpointing"]
+    return how
 
 
 def not_measured(r: dict, tail: int) -> str:
@@ -357,6 +367,10 @@ def main() -> int:
         ours_gb, theirs_gb = done["sftmix"]["peak_memory_gb"], done["trl"]["peak_memory_gb"]
         print(f"memory, defaults at equal batch: sftmix {ours_gb:.2f} GB, TRL {theirs_gb:.2f} GB "
               f"({done['sftmix']['memory_kind']})")
+    if "sftmix_ckpt" in done and "trl" in done:
+        ours_gb, theirs_gb = done["sftmix_ckpt"]["peak_memory_gb"], done["trl"]["peak_memory_gb"]
+        print(f"RATIO memory at equal settings (gradient checkpointing, as TRL's default): sftmix / TRL {ours_gb / theirs_gb:.2f}x "
+              f"({ours_gb:.2f} / {theirs_gb:.2f} GB), real tokens/s {done['sftmix_ckpt']['tokens_per_s'] / done['trl']['tokens_per_s']:.2f}x")
     if "sftmix_loss_full" in done and "sftmix_loss_chunked" in done:
         full, chunked = done["sftmix_loss_full"], done["sftmix_loss_chunked"]
         print(f"RATIO the loss 2,048 positions at a time / all at once: memory {chunked['peak_memory_gb'] / full['peak_memory_gb']:.2f}x "

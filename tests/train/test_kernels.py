@@ -258,25 +258,32 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 @pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").exists(), reason=f"the GPU benchmark reads GSM8K and Code Alpaca from {DATA}")
 def test_gpu_benchmark_smoke_measures_both_trainers_on_the_same_loss(tmp_path):
-    """benchmarks/gpu_train.py in its CPU size: sftmix's default and TRL's packed path train, the
-    results name the kernels used, and both give the same loss on the same fixed batch."""
+    """benchmarks/gpu_train.py in its CPU size: sftmix's packed path, sftmix with gradient
+    checkpointing and TRL's default train; the results name the kernels used and whether each
+    model recomputed its activations, read from the model (TRL's default does, sftmix's does not
+    unless asked: the memory comparison at equal settings rests on it), and every path gives the
+    same loss on the same fixed batch."""
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--smoke", "--paths", "sftmix,trl_packed",
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--smoke", "--paths", "sftmix_packed,trl,sftmix_ckpt",
                         "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     doc = json.loads(out.read_text())
     res = {x["path"]: x for x in doc["results"]}
-    assert set(res) == {"sftmix", "trl_packed"} and all(x["tokens_per_s"] > 0 and x["steps"] == 4 for x in res.values())
-    assert res["sftmix"]["kernels"]["optimizer"] == "adamw_torch_fused" and res["trl_packed"]["packing"] is True
-    assert abs(res["sftmix"]["loss_fixed_batch"] - res["trl_packed"]["loss_fixed_batch"]) < 1e-4
+    assert set(res) == {"sftmix_packed", "trl", "sftmix_ckpt"} and all(x["tokens_per_s"] > 0 and x["steps"] == 4 for x in res.values())
+    assert res["sftmix_packed"]["kernels"]["optimizer"] == "adamw_torch_fused" and res["trl"]["packing"] is False
+    assert [res[p]["gradient_checkpointing"] for p in ("sftmix_packed", "trl", "sftmix_ckpt")] == [False, True, True]
+    losses = [x["loss_fixed_batch"] for x in res.values()]
+    assert max(losses) - min(losses) < 1e-4
     shapes = doc["batch_shapes"]
     assert shapes["grouped_padded"] >= shapes["batch_rows"] * shapes["longest_row"] - 8  # the longest row's batch is padded to it
     assert "RATIO sftmix best" in r.stdout and doc["peaks"]["fp32"] > 0
+    assert "RATIO memory at equal settings (gradient checkpointing, as TRL's default): sftmix / TRL" in r.stdout
     table = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--markdown", str(out)], capture_output=True,
                            text=True, cwd=REPO, timeout=120).stdout.splitlines()
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table if line.startswith(("| sftmix", "| trl"))}
-    assert set(rows) == {"sftmix", "trl_packed"} and rows["sftmix"][1] == "8 rows" and rows["trl_packed"][1] == "2 x 512"
-    assert rows["sftmix"][3] == f"{res['sftmix']['mfu']:.1%}"  # the MFU the run computed, not recomputed apart
+    assert set(rows) == set(res) and rows["sftmix_packed"][1] == "2 x 512" and rows["trl"][1] == "8 rows"
+    assert rows["sftmix_ckpt"][3] == f"{res['sftmix_ckpt']['mfu']:.1%}"  # the MFU the run computed, not recomputed apart
+    assert "gradient_checkpointing True" in rows["trl"][-1] and "gradient_checkpointing False" in rows["sftmix_packed"][-1]
 
 
 @pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").exists(), reason=f"the GPU benchmark reads GSM8K and Code Alpaca from {DATA}")
