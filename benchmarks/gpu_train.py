@@ -34,6 +34,9 @@ what the length-grouped sampler does to the largest batch, from the rows alone.
 
 Each path's result is printed and written to ``--out`` as soon as it is measured, so a run cut
 short keeps what it measured; the paths run in the order of ``PATHS`` (the goals' comparisons first).
+A lent GPU gives one call: where an sftmix path fails and its error names Liger (say, a Triton
+build the image's torch does not take), the path is measured again with Liger off, and its row
+says that Liger failed and why, rather than leaving the defaults unmeasured.
 """
 
 from __future__ import annotations
@@ -163,6 +166,8 @@ def run_path(path: str, args) -> dict:
                    "sftmix_loss_chunked": KernelSettings(liger="off", loss="chunked"),
                    "sftmix_packed_sdpa": KernelSettings(attention="sdpa"),
                    "sftmix_compile": KernelSettings(compile=True)}.get(path, KernelSettings())
+        if kernels.liger == "auto":  # the paths that leave Liger to the machine take --liger
+            kernels = kernels.model_copy(update={"liger": args.liger})
         s = TrainSettings(epochs=1, max_steps=args.steps, batch_size=batch_rows, per_device_batch_size=batch_rows,
                           max_length=args.pack_len if is_packed else args.max_length, lr=2e-5, precision="bf16" if bf16 else "fp32",
                           report_to=[], logging_steps=1, save_steps=10 ** 6, packing=is_packed, kernels=kernels,
@@ -237,6 +242,8 @@ def how_of(r: dict) -> dict:
     """What a measured path ran with: sftmix's resolved kernels or TRL's packing, and whether the
     model recomputed its activations."""
     how = {**(r.get("kernels") or {"packing": r["packing"]})}
+    if "liger_failed" in r:  # measured again with Liger off: why it failed with it
+        how["liger_failed"] = r["liger_failed"]
     if "gradient_checkpointing" in r:  # a results file of an earlier version has it for TRL's paths only
         how["gradient_checkpointing"] = r["gradient_checkpointing"]
     return how
@@ -266,7 +273,7 @@ def markdown(doc: dict) -> str:
             last = {**r, "failed": (r.get("failed", "").strip().splitlines() or ["no output"])[-1]}  # its error's last line
             lines.append(f"| {r['path']} | | | | | | {not_measured(last, 200).replace('|', '/')} |")
             continue
-        how = ", ".join(f"{k} {v}" for k, v in how_of(r).items())
+        how = ", ".join(f"{k} {v}" for k, v in how_of(r).items()).replace("|", "/")
         batch = f"{r['rows_per_batch']} x {r['packed_row_tokens']}" if r.get("packed_row_tokens") else f"{r['rows_per_batch']} rows"
         lines.append(f"| {r['path']} | {batch} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['peak_memory_gb']:.1f} "
                      f"| {r['loss_fixed_batch']:.5f} | {how} |")
@@ -285,6 +292,8 @@ def main() -> int:
     ap.add_argument("--pack-len", type=int, default=None, help="tokens per packed row (default 2048, smoke 512)")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (CUDA always)")
+    ap.add_argument("--liger", choices=("auto", "on", "off"), default="auto",
+                    help="train.kernels.liger for the paths that do not set it (default auto: on where it can run)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer files (default: the embedded model's)")
     ap.add_argument("--work", default="/tmp/sftmix-gpu-train")
@@ -335,17 +344,25 @@ def main() -> int:
 
     header = f"{'path':20s} {'tokens/s':>10s} {'MFU':>7s} {'memory GB':>10s} {'fixed-batch loss':>17s}  how"
     print(header, flush=True)
+    def measure(path: str, extra: list[str]) -> dict:
+        """One path in a process of its own: its result, or why it has none."""
+        try:
+            out = subprocess.run([sys.executable, __file__, *argv, *extra, "--only", path], capture_output=True, text=True,
+                                 timeout=max(60, args.path_limit_s))
+        except subprocess.TimeoutExpired:
+            return {"path": path, "failed": f"ran past {max(60, args.path_limit_s)} s"}
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        return json.loads(line[0][7:]) if line else {"path": path, "failed": out.stderr[-1500:]}
+
     for path in args.paths or PATHS:
         if time.perf_counter() - start > args.budget_s:
             r = {"path": path, "skipped": f"the {args.budget_s}-second budget was spent"}
         else:
-            try:
-                out = subprocess.run([sys.executable, __file__, *argv, "--only", path], capture_output=True, text=True,
-                                     timeout=max(60, args.path_limit_s))
-                line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-                r = json.loads(line[0][7:]) if line else {"path": path, "failed": out.stderr[-1500:]}
-            except subprocess.TimeoutExpired:
-                r = {"path": path, "failed": f"ran past {max(60, args.path_limit_s)} s"}
+            r = measure(path, [])
+            if "failed" in r and path.startswith("sftmix") and args.liger != "off" and "liger" in r["failed"].lower():
+                why = (r["failed"].strip().splitlines() or ["no output"])[-1]
+                print(f"{path}: failed with Liger ({why}); measuring it again with Liger off", flush=True)
+                r = {**measure(path, ["--liger", "off"]), "liger_failed": why}
         if "tokens_per_s" in r:
             r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peaks["bf16" if r["bf16"] else "fp32"]
         results.append(r)

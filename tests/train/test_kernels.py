@@ -287,13 +287,15 @@ def test_gpu_benchmark_smoke_measures_both_trainers_on_the_same_loss(tmp_path):
 
 
 @pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").exists(), reason=f"the GPU benchmark reads GSM8K and Code Alpaca from {DATA}")
-def test_gpu_benchmark_cut_short_keeps_what_it_measured(tmp_path):
-    """A lent GPU's time runs out mid-run: each path's result is in --out as soon as it is measured.
-    The run is killed as soon as the file appears, and it holds the first of three paths (a
-    benchmark that wrote its results only at the end would show all three, or none)."""
+def test_gpu_benchmark_cut_short_keeps_what_it_measured_and_measures_without_liger_where_it_fails(tmp_path):
+    """A lent GPU gives one call. Its time runs out mid-run: each path's result is in --out as soon
+    as it is measured. The run is killed as soon as the file appears, and it holds the first of
+    three paths (a benchmark that wrote its results only at the end would show all three, or none).
+    And a default path that fails with Liger is measured again without it, saying why: here Liger
+    is asked for (``--liger on``) where it cannot run, torch's CPU, and sftmix refuses it."""
     out = tmp_path / "gpu.json"
     proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--smoke", "--paths",
-                             "sftmix,sftmix_unfused,sftmix_loss_full", "--work", str(tmp_path / "work"), "--out", str(out)],
+                             "sftmix,sftmix_unfused,sftmix_loss_full", "--liger", "on", "--work", str(tmp_path / "work"), "--out", str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
@@ -304,3 +306,8 @@ def test_gpu_benchmark_cut_short_keeps_what_it_measured(tmp_path):
         proc.wait()
     doc = json.loads(out.read_text())
     assert [r["path"] for r in doc["results"]] == ["sftmix"] and doc["results"][0]["tokens_per_s"] > 0
+    first = doc["results"][0]
+    assert first["kernels"]["liger"] is False and "train.kernels.liger: on, but" in first["liger_failed"], first
+    table = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--markdown", str(out)], capture_output=True,
+                           text=True, cwd=REPO, timeout=120).stdout
+    assert "liger False" in table and "SftmixError: train.kernels.liger: on, but Liger-Kernel is not installed" in table, table
