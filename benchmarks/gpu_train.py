@@ -34,14 +34,16 @@ what the length-grouped sampler does to the largest batch, from the rows alone.
 
 Each path's result is printed and written to ``--out`` as soon as it is measured, so a run cut
 short keeps what it measured; the paths run in the order of ``PATHS`` (the goals' comparisons first).
-A lent GPU gives one call: where an sftmix path fails and its error names Liger (say, a Triton
-build the image's torch does not take), the path is measured again with Liger off, and its row
-says that Liger failed and why, rather than leaving the defaults unmeasured.
+A lent GPU gives one call: where an sftmix path that trains with Liger fails (say, a Triton build
+the image's torch does not take: its error need not name Liger), the path is measured again with
+Liger off, and its row says that it failed with Liger and how, rather than leaving the defaults
+unmeasured.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
@@ -127,13 +129,31 @@ class Clock:
         return StepEnd()
 
 
+def path_kernels(path: str, liger: str):
+    """An sftmix path's ``train.kernels``; those that leave Liger to the machine take ``liger``."""
+    from sftmix.config import KernelSettings
+
+    kernels = {"sftmix_unfused": KernelSettings(optimizer="adamw_torch", attention="sdpa", liger="off"),
+               "sftmix_loss_full": KernelSettings(liger="off", loss="full"),
+               "sftmix_loss_chunked": KernelSettings(liger="off", loss="chunked"),
+               "sftmix_packed_sdpa": KernelSettings(attention="sdpa"),
+               "sftmix_compile": KernelSettings(compile=True)}.get(path, KernelSettings())
+    return kernels.model_copy(update={"liger": liger}) if kernels.liger == "auto" else kernels
+
+
+def with_liger(path: str, liger: str, cuda: bool) -> bool:
+    """Whether an sftmix path trains with Liger here (or asks for it where it cannot run)."""
+    asked = path_kernels(path, liger).liger if path.startswith("sftmix") else "off"
+    return asked == "on" or (asked == "auto" and cuda and importlib.util.find_spec("liger_kernel") is not None)
+
+
 def run_path(path: str, args) -> dict:
     """Train one path for ``--steps`` steps; its throughput, memory and fixed-batch loss."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from sftmix.compat import is_checkpointing
-    from sftmix.config import KernelSettings, TrainSettings
+    from sftmix.config import TrainSettings
     from sftmix.train.stage import StageTrainer, linear_loss, resolve_kernels, training_arguments
     from sftmix.train.tokenize import Collator
 
@@ -161,13 +181,7 @@ def run_path(path: str, args) -> dict:
     fixed.pop("num_real_tokens")
     n_fixed = (fixed["labels"][:, 1:] != -100).sum()
     if path.startswith("sftmix"):
-        kernels = {"sftmix_unfused": KernelSettings(optimizer="adamw_torch", attention="sdpa", liger="off"),
-                   "sftmix_loss_full": KernelSettings(liger="off", loss="full"),
-                   "sftmix_loss_chunked": KernelSettings(liger="off", loss="chunked"),
-                   "sftmix_packed_sdpa": KernelSettings(attention="sdpa"),
-                   "sftmix_compile": KernelSettings(compile=True)}.get(path, KernelSettings())
-        if kernels.liger == "auto":  # the paths that leave Liger to the machine take --liger
-            kernels = kernels.model_copy(update={"liger": args.liger})
+        kernels = path_kernels(path, args.liger)
         s = TrainSettings(epochs=1, max_steps=args.steps, batch_size=batch_rows, per_device_batch_size=batch_rows,
                           max_length=args.pack_len if is_packed else args.max_length, lr=2e-5, precision="bf16" if bf16 else "fp32",
                           report_to=[], logging_steps=1, save_steps=10 ** 6, packing=is_packed, kernels=kernels,
@@ -242,7 +256,7 @@ def how_of(r: dict) -> dict:
     """What a measured path ran with: sftmix's resolved kernels or TRL's packing, and whether the
     model recomputed its activations."""
     how = {**(r.get("kernels") or {"packing": r["packing"]})}
-    if "liger_failed" in r:  # measured again with Liger off: why it failed with it
+    if "liger_failed" in r:  # measured again with Liger off: how it failed with Liger on
         how["liger_failed"] = r["liger_failed"]
     if "gradient_checkpointing" in r:  # a results file of an earlier version has it for TRL's paths only
         how["gradient_checkpointing"] = r["gradient_checkpointing"]
@@ -359,9 +373,9 @@ def main() -> int:
             r = {"path": path, "skipped": f"the {args.budget_s}-second budget was spent"}
         else:
             r = measure(path, [])
-            if "failed" in r and path.startswith("sftmix") and args.liger != "off" and "liger" in r["failed"].lower():
+            if "failed" in r and with_liger(path, args.liger, device == "cuda"):
                 why = (r["failed"].strip().splitlines() or ["no output"])[-1]
-                print(f"{path}: failed with Liger ({why}); measuring it again with Liger off", flush=True)
+                print(f"{path}: failed with Liger on ({why}); measuring it again with Liger off", flush=True)
                 r = {**measure(path, ["--liger", "off"]), "liger_failed": why}
         if "tokens_per_s" in r:
             r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peaks["bf16" if r["bf16"] else "fp32"]

@@ -311,3 +311,19 @@ def test_gpu_benchmark_cut_short_keeps_what_it_measured_and_measures_without_lig
     table = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--markdown", str(out)], capture_output=True,
                            text=True, cwd=REPO, timeout=120).stdout
     assert "liger False" in table and "SftmixError: train.kernels.liger: on, but Liger-Kernel is not installed" in table, table
+
+
+def test_gpu_benchmark_retries_without_liger_only_the_paths_that_train_with_it():
+    """Which failed paths the benchmark measures again with Liger off: the sftmix paths that leave
+    Liger to the machine, where Liger is on (asked for, or auto on CUDA with Liger installed);
+    never TRL's paths or those that set Liger off themselves."""
+    spec = importlib.util.spec_from_file_location("gpu_train", REPO / "benchmarks" / "gpu_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    assert [bench.with_liger(p, "on", cuda=False) for p in ("sftmix", "sftmix_packed", "sftmix_ckpt", "sftmix_packed_sdpa",
+                                                           "sftmix_compile")] == [True] * 5
+    assert not any(bench.with_liger(p, "on", cuda=True) for p in ("sftmix_unfused", "sftmix_loss_full", "sftmix_loss_chunked",
+                                                                  "trl", "trl_packed", "trl_nockpt"))
+    assert bench.with_liger("sftmix", "auto", cuda=False) is False and bench.with_liger("sftmix", "off", cuda=True) is False
+    assert bench.with_liger("sftmix", "auto", cuda=True) is installed
