@@ -43,7 +43,6 @@ unmeasured.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import resource
 import subprocess
@@ -141,10 +140,13 @@ def path_kernels(path: str, liger: str):
     return kernels.model_copy(update={"liger": liger}) if kernels.liger == "auto" else kernels
 
 
-def with_liger(path: str, liger: str, cuda: bool) -> bool:
-    """Whether an sftmix path trains with Liger here (or asks for it where it cannot run)."""
-    asked = path_kernels(path, liger).liger if path.startswith("sftmix") else "off"
-    return asked == "on" or (asked == "auto" and cuda and importlib.util.find_spec("liger_kernel") is not None)
+def failed_with_liger(r: dict, liger: str) -> bool:
+    """Whether a path's failure may be Liger's: it resolved its kernels with Liger on (what sftmix's
+    ``resolve_kernels`` chose in the path's process, ``resolved``), or asked for Liger where sftmix
+    refused it before resolving anything."""
+    if "failed" not in r or not r["path"].startswith("sftmix"):
+        return False
+    return r["resolved"]["liger"] if "resolved" in r else path_kernels(r["path"], liger).liger == "on"
 
 
 def run_path(path: str, args) -> dict:
@@ -187,6 +189,7 @@ def run_path(path: str, args) -> dict:
                           report_to=[], logging_steps=1, save_steps=10 ** 6, packing=is_packed, kernels=kernels,
                           gradient_checkpointing=path == "sftmix_ckpt")
         k = resolve_kernels(kernels, is_packed)
+        print("KERNELS " + k.model_dump_json(), flush=True)  # what the parent reads should this path fail
         model = build(k.attention)
         clock = Clock(Collator(tok.pad_token_id))
         trainer = StageTrainer(model=model, args=training_arguments(s, out_dir, 0, 1, progress=False, kernels=k), train_dataset=ds,
@@ -358,22 +361,28 @@ def main() -> int:
 
     header = f"{'path':20s} {'tokens/s':>10s} {'MFU':>7s} {'memory GB':>10s} {'fixed-batch loss':>17s}  how"
     print(header, flush=True)
+
     def measure(path: str, extra: list[str]) -> dict:
-        """One path in a process of its own: its result, or why it has none."""
+        """One path in a process of its own: its result, or why it has none (with the kernels it
+        resolved, where it got that far)."""
         try:
             out = subprocess.run([sys.executable, __file__, *argv, *extra, "--only", path], capture_output=True, text=True,
                                  timeout=max(60, args.path_limit_s))
-        except subprocess.TimeoutExpired:
-            return {"path": path, "failed": f"ran past {max(60, args.path_limit_s)} s"}
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        return json.loads(line[0][7:]) if line else {"path": path, "failed": out.stderr[-1500:]}
+            stdout, failed = out.stdout, out.stderr[-1500:]
+        except subprocess.TimeoutExpired as e:
+            stdout, failed = e.stdout or "", f"ran past {max(60, args.path_limit_s)} s"
+            stdout = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout
+        said = {x.split(" ", 1)[0]: x.split(" ", 1)[1] for x in stdout.splitlines() if x.startswith(("RESULT ", "KERNELS "))}
+        if "RESULT" in said:
+            return json.loads(said["RESULT"])
+        return {"path": path, "failed": failed, **({"resolved": json.loads(said["KERNELS"])} if "KERNELS" in said else {})}
 
     for path in args.paths or PATHS:
         if time.perf_counter() - start > args.budget_s:
             r = {"path": path, "skipped": f"the {args.budget_s}-second budget was spent"}
         else:
             r = measure(path, [])
-            if "failed" in r and with_liger(path, args.liger, device == "cuda"):
+            if failed_with_liger(r, args.liger):
                 why = (r["failed"].strip().splitlines() or ["no output"])[-1]
                 print(f"{path}: failed with Liger on ({why}); measuring it again with Liger off", flush=True)
                 r = {**measure(path, ["--liger", "off"]), "liger_failed": why}

@@ -314,16 +314,36 @@ def test_gpu_benchmark_cut_short_keeps_what_it_measured_and_measures_without_lig
 
 
 def test_gpu_benchmark_retries_without_liger_only_the_paths_that_train_with_it():
-    """Which failed paths the benchmark measures again with Liger off: the sftmix paths that leave
-    Liger to the machine, where Liger is on (asked for, or auto on CUDA with Liger installed);
-    never TRL's paths or those that set Liger off themselves."""
+    """Which failed paths the benchmark measures again with Liger off: an sftmix path whose own
+    process resolved its kernels with Liger on (sftmix's ``resolve_kernels``, as the path reported
+    it before failing), or that asked for Liger where sftmix refused it; never a path that resolved
+    Liger off, one that sets it off itself, TRL's, or one that did not fail."""
     spec = importlib.util.spec_from_file_location("gpu_train", REPO / "benchmarks" / "gpu_train.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    installed = importlib.util.find_spec("liger_kernel") is not None
-    assert [bench.with_liger(p, "on", cuda=False) for p in ("sftmix", "sftmix_packed", "sftmix_ckpt", "sftmix_packed_sdpa",
-                                                           "sftmix_compile")] == [True] * 5
-    assert not any(bench.with_liger(p, "on", cuda=True) for p in ("sftmix_unfused", "sftmix_loss_full", "sftmix_loss_chunked",
-                                                                  "trl", "trl_packed", "trl_nockpt"))
-    assert bench.with_liger("sftmix", "auto", cuda=False) is False and bench.with_liger("sftmix", "off", cuda=True) is False
-    assert bench.with_liger("sftmix", "auto", cuda=True) is installed
+    on, off = {"liger": True}, {"liger": False}
+    assert bench.failed_with_liger({"path": "sftmix", "failed": "CUDA error", "resolved": on}, "auto")
+    assert not bench.failed_with_liger({"path": "sftmix", "failed": "CUDA error", "resolved": off}, "auto")
+    assert not bench.failed_with_liger({"path": "sftmix", "tokens_per_s": 1.0, "resolved": on}, "auto")
+    assert not bench.failed_with_liger({"path": "trl", "failed": "out of memory"}, "on")
+    # refused before resolving: Liger asked for on the paths that leave it to the machine
+    assert [bench.failed_with_liger({"path": p, "failed": "x"}, "on") for p in ("sftmix", "sftmix_packed", "sftmix_ckpt",
+                                                                              "sftmix_packed_sdpa", "sftmix_compile")] == [True] * 5
+    assert not any(bench.failed_with_liger({"path": p, "failed": "x"}, "on")
+                   for p in ("sftmix_unfused", "sftmix_loss_full", "sftmix_loss_chunked"))
+    assert not bench.failed_with_liger({"path": "sftmix", "failed": "x"}, "auto")
+
+
+@pytest.mark.skipif(not (DATA / "gsm8k" / "train.jsonl").exists(), reason=f"the GPU benchmark reads GSM8K and Code Alpaca from {DATA}")
+def test_gpu_benchmark_a_path_failing_after_its_kernels_resolved_says_which(tmp_path):
+    """A path that fails after sftmix resolved its kernels (here its work folder cannot be made)
+    carries the kernels its own process resolved, which is what decides a retry without Liger on a
+    GPU; on this CPU they have Liger off, so the failure is recorded once, not retried."""
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--smoke", "--paths", "sftmix", "--steps", "2",
+                        "--warmup", "1", "--work", "/dev/null/work", "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                       timeout=600)
+    assert r.returncode == 1, (r.stdout[-3000:], r.stderr[-3000:])
+    [res] = json.loads(out.read_text())["results"]
+    assert "NotADirectoryError" in res["failed"] and "liger_failed" not in res and "measuring it again" not in r.stdout
+    assert res["resolved"] == resolve_kernels(KernelSettings(), packing=False).model_dump(mode="json")
